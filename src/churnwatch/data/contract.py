@@ -1,0 +1,480 @@
+"""The data contract: map a user's event log onto churnwatch's canonical columns and validate it.
+
+Everything downstream (snapshots, encoding, aggregates, scoring) reads only the canonical frame this
+module returns, so a new event log needs a config change, never a code change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+CUSTOMER_ID = "customer_id"
+TIMESTAMP = "timestamp"
+MISSING = "__missing__"
+"""Explicit category for a null categorical value (nulls are information, never silently dropped)."""
+
+Policy = Literal["drop", "fail"]
+_OFFSET_RE = r"(?:[zZ]|[+-]\d{2}:?\d{2})$"
+
+
+class DataValidationError(ValueError):
+    """Bad input data. The message is one line naming the file, the column and an example row."""
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work (e.g. a label window that leaks into the test period)."""
+
+
+@dataclass(frozen=True)
+class NumericField:
+    """A numeric column and what counts as a valid value for it."""
+
+    name: str
+    min: float | None = None
+    max: float | None = None
+    fill: float | None = None
+    """Value used for nulls. None: a null is invalid (handled by the policy)."""
+    transform: Literal["log1p", "none"] = "log1p"
+    """`log1p` is signed: sign(x) * log1p(|x|), so heavy-tailed amounts and negative deltas both work."""
+
+    @classmethod
+    def parse(cls, spec: str | Mapping[str, Any]) -> NumericField:
+        if isinstance(spec, str):
+            return cls(name=spec)
+        unknown = set(spec) - {"name", "min", "max", "fill", "transform"}
+        if unknown or "name" not in spec:
+            raise ConfigError(f"numeric field spec {dict(spec)!r}: needs 'name'; unknown keys: "
+                              f"{sorted(unknown)}")
+        if spec.get("transform", "log1p") not in ("log1p", "none"):
+            raise ConfigError(f"numeric field {spec['name']!r}: transform must be log1p or none")
+        return cls(**{k: spec[k] for k in spec})
+
+
+@dataclass(frozen=True)
+class EventSchema:
+    """Which columns of the raw events table mean what."""
+
+    customer_id: str
+    timestamp: str
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[NumericField, ...] = ()
+    timezone: str = "UTC"
+    timestamp_format: str | None = None
+
+    @property
+    def numeric_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.numeric)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> EventSchema:
+        schema = cls(
+            customer_id=str(cfg["customer_id"]),
+            timestamp=str(cfg["timestamp"]),
+            categorical=tuple(str(c) for c in (cfg.get("categorical") or ())),
+            numeric=tuple(NumericField.parse(dict(s) if isinstance(s, Mapping) else s)
+                          for s in (cfg.get("numeric") or ())),
+            timezone=str(cfg.get("timezone") or "UTC"),
+            timestamp_format=cfg.get("timestamp_format"),
+        )
+        names = [*schema.categorical, *schema.numeric_names]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        clash = sorted(set(names) & {CUSTOMER_ID, TIMESTAMP, schema.customer_id, schema.timestamp})
+        if dupes or clash:
+            raise ConfigError(f"event fields must be distinct and not the id/timestamp: repeated {dupes}, "
+                              f"clash {clash}")
+        return schema
+
+
+@dataclass(frozen=True)
+class CustomerSchema:
+    """Static per-customer attributes, joined to events by the customer id."""
+
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[NumericField, ...] = ()
+    dates: tuple[str, ...] = ()
+    """Date columns (e.g. signup) become 'days before the cutoff' features, computed per snapshot."""
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> CustomerSchema:
+        cfg = cfg or {}
+        return cls(
+            categorical=tuple(str(c) for c in (cfg.get("categorical") or ())),
+            numeric=tuple(NumericField.parse(dict(s) if isinstance(s, Mapping) else s)
+                          for s in (cfg.get("numeric") or ())),
+            dates=tuple(str(c) for c in (cfg.get("dates") or ())),
+        )
+
+
+@dataclass
+class ValidationReport:
+    """What validation did to one table: rows read, kept, and dropped per reason with an example."""
+
+    path: str
+    rows_read: int = 0
+    rows_filtered: int = 0
+    rows_kept: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "rows_read": self.rows_read, "rows_filtered": self.rows_filtered,
+                "rows_kept": self.rows_kept, "dropped": dict(self.dropped), "examples": dict(self.examples)}
+
+    def summary(self) -> str:
+        dropped = ", ".join(f"{k}={v}" for k, v in self.dropped.items()) or "none"
+        return (f"{Path(self.path).name}: read {self.rows_read:,} rows, filtered {self.rows_filtered:,}, "
+                f"kept {self.rows_kept:,}; dropped: {dropped}")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read parquet or CSV by extension; a missing or unreadable file is a one-line error."""
+    path = Path(path)
+    if not path.exists():
+        raise DataValidationError(f"{path}: file not found")
+    suffixes = "".join(path.suffixes).lower()
+    try:
+        if suffixes.endswith((".parquet", ".pq")):
+            available = pq.read_schema(path).names
+            wanted = [c for c in columns if c in available] if columns is not None else None
+            return pq.read_table(path, columns=wanted).to_pandas()
+        if suffixes.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
+            sep = "\t" if ".tsv" in suffixes else ","
+            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                                encoding="utf-8-sig", usecols=lambda c: columns is None or c in columns)
+            return frame
+    except (pa.ArrowException, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataValidationError(f"{path}: cannot read file ({first})") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise DataValidationError(f"{path}: file is empty (no header, no rows)") from exc
+    raise DataValidationError(f"{path}: unsupported file type {suffixes or '(none)'}; use .parquet or .csv")
+
+
+def _require_columns(frame: pd.DataFrame, needed: Sequence[str], path: str, what: str) -> None:
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        have = ", ".join(map(str, frame.columns[:12])) + (" ..." if len(frame.columns) > 12 else "")
+        raise DataValidationError(f"{path}: column {missing[0]!r} ({what}) not found; columns are: {have}")
+
+
+# ------------------------------------------------------------------------------------------- coercions
+
+
+def normalise_ids(values: pd.Series) -> pd.Series:
+    """Ids as strings, so 17850, 17850.0 and "17850" are the same customer in every table.
+
+    Returns a categorical series; null/empty ids stay null for the caller to report.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):  # normalise the few categories, not every row
+        cats = normalise_ids(pd.Series(values.cat.categories)).astype(object).to_numpy()
+        codes = values.cat.codes.to_numpy()
+        mapped = np.where(codes >= 0, cats[np.maximum(codes, 0)] if len(cats) else None, None)
+        return pd.Series(mapped, index=values.index, dtype=object).astype("category")
+    if pd.api.types.is_float_dtype(values.dtype):
+        finite = values.notna() & np.isfinite(values.to_numpy(dtype=float, na_value=np.nan))
+        integral = finite & (values.fillna(0) % 1 == 0)
+        out = values.astype(object)
+        out[integral] = values[integral].astype("int64").astype(str)
+        out[finite & ~integral] = values[finite & ~integral].astype(str)
+        out[~finite] = None
+        values = out
+    elif pd.api.types.is_integer_dtype(values.dtype):
+        values = values.astype(str)
+    strings = values.astype("string").str.strip()
+    strings = strings.mask(strings == "")
+    return strings.astype("category")
+
+
+def parse_timestamps(values: pd.Series, timezone: str, fmt: str | None = None) -> pd.Series:
+    """Parse to naive datetime64[us] wall-clock time in `timezone` (us: far-future values stay readable).
+
+    The rule: tz-aware values (and strings with an offset or 'Z') are converted to `timezone`;
+    naive values are taken to be in `timezone` already. Unparseable values become NaT.
+    """
+    if isinstance(values.dtype, pd.DatetimeTZDtype):
+        return values.dt.tz_convert(timezone).dt.tz_localize(None).astype("datetime64[us]")
+    if pd.api.types.is_datetime64_dtype(values.dtype):
+        return values.astype("datetime64[us]")
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
+    if not (pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype)
+            or isinstance(values.dtype, pd.CategoricalDtype)):
+        return out  # numbers are not timestamps: every row is reported as unparseable
+    text = values.astype("string").str.strip()
+    has_offset = text.str.contains(_OFFSET_RE, regex=True, na=False)
+    for aware, subset in ((False, text[~has_offset & text.notna()]), (True, text[has_offset])):
+        if subset.empty:
+            continue
+        parsed = _to_datetime(subset, fmt, utc=aware)
+        if aware:
+            parsed = parsed.dt.tz_convert(timezone).dt.tz_localize(None)
+        out.loc[subset.index] = parsed.astype("datetime64[us]")
+    return out
+
+
+def _to_datetime(text: pd.Series, fmt: str | None, utc: bool) -> pd.Series:
+    if fmt:
+        return pd.to_datetime(text, format=fmt, errors="coerce", utc=utc)
+    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=utc)
+    retry = parsed.isna()
+    if retry.any():  # slow path only for rows ISO 8601 could not read (e.g. "12/1/2010 8:26")
+        parsed[retry] = pd.to_datetime(text[retry], format="mixed", errors="coerce", utc=utc)
+    return parsed
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+class _Checker:
+    """Collects invalid-row masks per reason, then drops them or fails, per the policy."""
+
+    def __init__(self, frame: pd.DataFrame, raw: pd.DataFrame, report: ValidationReport, policy: Policy):
+        if policy not in ("drop", "fail"):
+            raise ConfigError(f"data.policy must be 'drop' or 'fail', got {policy!r}")
+        self.frame, self.raw, self.report, self.policy = frame, raw, report, policy
+        self.bad = np.zeros(len(frame), dtype=bool)
+
+    def flag(self, reason: str, column: str, mask: np.ndarray | pd.Series, what: str) -> None:
+        mask = np.asarray(mask, dtype=bool) & ~self.bad
+        n = int(mask.sum())
+        if n == 0:
+            return
+        pos = int(np.flatnonzero(mask)[0])
+        example = _describe_row(self.raw, pos)
+        if self.policy == "fail":
+            raise DataValidationError(
+                f"{self.report.path}: column {column!r}: {n:,} row(s) {what}, e.g. row {pos}: {example} "
+                f"(set data.policy=drop to drop them)")
+        self.bad |= mask
+        self.report.dropped[reason] = self.report.dropped.get(reason, 0) + n
+        self.report.examples.setdefault(reason, f"column {column!r}, row {pos}: {example}")
+
+    def result(self) -> pd.DataFrame:
+        kept = self.frame.loc[~self.bad] if self.bad.any() else self.frame
+        self.report.rows_kept = len(kept)
+        return kept
+
+
+def _describe_row(raw: pd.DataFrame, pos: int, limit: int = 240) -> str:
+    row = raw.iloc[pos].to_dict()
+    text = "{" + ", ".join(f"{k}: {v!r}" for k, v in row.items()) + "}"
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _coerce_numeric(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Return float64 values and a mask of values that are present but not numbers."""
+    if pd.api.types.is_bool_dtype(raw.dtype) or pd.api.types.is_numeric_dtype(raw.dtype):
+        values = raw.to_numpy(dtype="float64", na_value=np.nan)
+        return values, np.zeros(len(raw), dtype=bool)
+    text = raw.astype("string").str.strip()
+    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+    non_numeric = np.isnan(values) & text.notna().to_numpy() & (text != "").fillna(False).to_numpy()
+    return values, non_numeric
+
+
+def _validate_numeric(check: _Checker, raw: pd.Series, spec: NumericField, source: str) -> pd.Series:
+    values, non_numeric = _coerce_numeric(raw)
+    check.flag("non_numeric", source, non_numeric, "are not numbers")
+    check.flag("non_finite", source, np.isinf(values) | (np.abs(values) > 1e300), "are inf or overflow")
+    missing = np.isnan(values) & ~non_numeric
+    if spec.fill is None:
+        check.flag("missing_value", source, missing, "are null/NaN and the field declares no 'fill'")
+    with np.errstate(invalid="ignore"):
+        if spec.min is not None:
+            check.flag("below_min", source, values < spec.min, f"are below the declared min {spec.min}")
+        if spec.max is not None:
+            check.flag("above_max", source, values > spec.max, f"are above the declared max {spec.max}")
+    return pd.Series(values, index=raw.index)
+
+
+def _categorical(raw: pd.Series) -> pd.Series:
+    """Strings as a categorical with nulls mapped to the explicit MISSING category."""
+    if isinstance(raw.dtype, pd.CategoricalDtype):
+        cats = pd.Index(raw.cat.categories.astype(str).str.strip())
+        codes = raw.cat.codes.to_numpy()
+        out = pd.Categorical.from_codes(codes, categories=cats.unique()) if cats.is_unique else \
+            pd.Categorical(np.asarray(cats, dtype=object)[codes])
+        series = pd.Series(out, index=raw.index)
+    else:
+        text = raw.astype("string").str.strip()
+        series = text.astype("category")
+    series = series.mask(series.astype("string").fillna("") == "")
+    if series.isna().any():
+        series = series.cat.add_categories([MISSING]).fillna(MISSING)
+    return series
+
+
+@dataclass(frozen=True)
+class LoadedEvents:
+    """The canonical, validated event frame plus what validation did."""
+
+    frame: pd.DataFrame
+    """Columns: customer_id (category), timestamp (datetime64[ns]), categorical fields (category, with
+    MISSING for nulls), numeric fields (float64; NaN only where the field declares a `fill`). Sorted by
+    customer id, then timestamp, then original row order."""
+    schema: EventSchema
+    report: ValidationReport
+    data_end: pd.Timestamp
+
+
+def load_events(
+    path: str | Path,
+    schema: EventSchema,
+    policy: Policy = "drop",
+    end_date: str | pd.Timestamp | None = None,
+    row_filter: str | None = None,
+    derived: Mapping[str, str] | None = None,
+    frame: pd.DataFrame | None = None,
+) -> LoadedEvents:
+    """Load (or take `frame`), filter, derive, rename to canonical columns, validate, sort.
+
+    `end_date` is the data's end: events after it are 'in the future' (default: now). `row_filter` is a
+    pandas query that selects the rows that are events at all (e.g. excluding cancellations);
+    `derived` adds columns from pandas `eval` expressions before validation.
+    """
+    path = str(path)
+    raw = frame if frame is not None else read_table(path)
+    report = ValidationReport(path=path, rows_read=len(raw))
+    if len(raw.columns) == 0 or (len(raw) == 0 and frame is None and raw.columns.empty):
+        raise DataValidationError(f"{path}: file has no columns")
+    raw = _apply_filter_and_derived(raw, path, row_filter, derived, report)
+    needed = [schema.customer_id, schema.timestamp, *schema.categorical, *schema.numeric_names]
+    roles = ["customer id"] + ["timestamp"] + ["categorical"] * len(schema.categorical) + ["numeric"] * len(
+        schema.numeric)
+    for col, role in zip(needed, roles, strict=True):
+        _require_columns(raw, [col], path, f"data.{'customer_id' if role == 'customer id' else role}")
+    raw = raw[needed].reset_index(drop=True)
+    if len(raw) == 0:
+        raise DataValidationError(f"{path}: no event rows (header only, or every row filtered out)")
+
+    out = pd.DataFrame(index=raw.index)
+    check = _Checker(out, raw, report, policy)
+    out[CUSTOMER_ID] = normalise_ids(raw[schema.customer_id])
+    check.flag("null_id", schema.customer_id, out[CUSTOMER_ID].isna(), "have a null or empty customer id")
+    ts = parse_timestamps(raw[schema.timestamp], schema.timezone, schema.timestamp_format)
+    check.flag("bad_timestamp", schema.timestamp, ts.isna(), "have a null or unparseable timestamp")
+    end = _resolve_end(end_date, schema.timezone)
+    check.flag("future", schema.timestamp, (ts > end).to_numpy(),
+               f"are after the data's end {end} (data.end_date)")
+    check.flag("bad_timestamp", schema.timestamp, (ts < pd.Timestamp.min).to_numpy(),
+               f"are before {pd.Timestamp.min.date()}, the earliest supported time")
+    out[TIMESTAMP] = ts.where(~check.bad)
+    for name in schema.categorical:
+        out[name] = _categorical(raw[name])
+    for spec in schema.numeric:
+        out[spec.name] = _validate_numeric(check, raw[spec.name], spec, spec.name)
+    dup = out.duplicated(keep="first").to_numpy()
+    check.flag("duplicate", ",".join(needed), dup, "are exact duplicates of an earlier row")
+    kept = check.result()
+    if kept.empty:
+        raise DataValidationError(f"{path}: no valid events left after validation ({report.summary()})")
+    kept = kept.astype({TIMESTAMP: "datetime64[ns]"})
+    kept = kept.sort_values([CUSTOMER_ID, TIMESTAMP], kind="stable").reset_index(drop=True)
+    kept[CUSTOMER_ID] = kept[CUSTOMER_ID].cat.remove_unused_categories()
+    if report.dropped:
+        log.warning("%s", report.summary())
+    else:
+        log.info("%s", report.summary())
+    return LoadedEvents(frame=kept, schema=schema, report=report, data_end=kept[TIMESTAMP].max())
+
+
+def _resolve_end(end_date: str | pd.Timestamp | None, timezone: str) -> pd.Timestamp:
+    if end_date is None:
+        return pd.Timestamp.now(tz=timezone).tz_localize(None)
+    end = pd.Timestamp(end_date)
+    return end.tz_convert(timezone).tz_localize(None) if end.tzinfo is not None else end
+
+
+def _apply_filter_and_derived(raw: pd.DataFrame, path: str, row_filter: str | None,
+                              derived: Mapping[str, str] | None, report: ValidationReport) -> pd.DataFrame:
+    if row_filter:
+        try:
+            keep = raw.eval(row_filter, engine="python")
+        except Exception as exc:  # noqa: BLE001 - any pandas eval failure is a config error
+            raise ConfigError(f"{path}: data.filter {row_filter!r} failed: {exc}") from exc
+        keep = pd.Series(keep, index=raw.index).fillna(False).astype(bool)
+        report.rows_filtered = int((~keep).sum())
+        raw = raw.loc[keep.to_numpy()]
+    for name, expr in (derived or {}).items():
+        try:
+            raw = raw.assign(**{name: raw.eval(expr, engine="python")})
+        except Exception as exc:  # noqa: BLE001
+            raise ConfigError(f"{path}: data.derived.{name} = {expr!r} failed: {exc}") from exc
+    return raw
+
+
+def load_customers(path: str | Path, id_column: str, schema: CustomerSchema, timezone: str = "UTC",
+                   policy: Policy = "drop") -> tuple[pd.DataFrame, ValidationReport]:
+    """Static attributes, one row per customer, indexed by canonical customer id."""
+    path = str(path)
+    raw = read_table(path)
+    report = ValidationReport(path=path, rows_read=len(raw))
+    needed = [id_column, *schema.categorical, *(f.name for f in schema.numeric), *schema.dates]
+    _require_columns(raw, [id_column], path, "customer id")
+    for col in needed[1:]:
+        _require_columns(raw, [col], path, "data.customers field")
+    raw = raw[needed].reset_index(drop=True)
+    out = pd.DataFrame(index=raw.index)
+    check = _Checker(out, raw, report, policy)
+    out[CUSTOMER_ID] = normalise_ids(raw[id_column])
+    check.flag("null_id", id_column, out[CUSTOMER_ID].isna(), "have a null or empty customer id")
+    check.flag("duplicate_id", id_column, out[CUSTOMER_ID].duplicated(keep="first").to_numpy()
+               & out[CUSTOMER_ID].notna().to_numpy(), "repeat a customer id")
+    for name in schema.categorical:
+        out[name] = _categorical(raw[name])
+    for spec in schema.numeric:
+        out[spec.name] = _validate_numeric(check, raw[spec.name], spec, spec.name)
+    for name in schema.dates:
+        parsed = parse_timestamps(raw[name], timezone)
+        check.flag("bad_date", name, parsed.isna() & raw[name].notna().to_numpy(), "are unparseable dates")
+        out[name] = parsed
+    kept = check.result()
+    kept = kept.set_index(kept[CUSTOMER_ID].astype(str)).drop(columns=[CUSTOMER_ID])
+    kept.index.name = CUSTOMER_ID
+    (log.warning if report.dropped else log.info)("%s", report.summary())
+    return kept, report
+
+
+def load_labels(path: str | Path, id_column: str, cutoff_column: str = "cutoff",
+                label_column: str = "churned") -> pd.DataFrame:
+    """Explicit churn labels per (customer, cutoff); labels must be 0/1 or booleans."""
+    path = str(path)
+    raw = read_table(path)
+    for col, what in ((id_column, "customer id"), (cutoff_column, "data.labels.cutoff"),
+                      (label_column, "data.labels.label")):
+        _require_columns(raw, [col], path, what)
+    ids = normalise_ids(raw[id_column])
+    cutoffs = parse_timestamps(raw[cutoff_column], "UTC")
+    labels, non_numeric = _coerce_numeric(raw[label_column].replace({"True": 1, "False": 0, "true": 1,
+                                                                     "false": 0}))
+    problems = [(id_column, ids.isna().to_numpy(), "have a null or empty customer id"),
+                (cutoff_column, cutoffs.isna().to_numpy(), "have an unparseable cutoff"),
+                (label_column, non_numeric | ~np.isin(labels, (0.0, 1.0)), "are not 0/1 labels")]
+    for col, mask, what in problems:
+        if mask.any():
+            pos = int(np.flatnonzero(mask)[0])
+            raise DataValidationError(f"{path}: column {col!r}: {int(mask.sum()):,} row(s) {what}, "
+                                      f"e.g. row {pos}: {_describe_row(raw, pos)}")
+    out = pd.DataFrame({CUSTOMER_ID: ids.astype(str), "cutoff": cutoffs.dt.normalize(),
+                        "label": labels.astype("float32")})
+    dup = out.duplicated([CUSTOMER_ID, "cutoff"], keep=False)
+    if dup.any():
+        pos = int(np.flatnonzero(dup.to_numpy())[0])
+        raise DataValidationError(f"{path}: column {cutoff_column!r}: (customer, cutoff) pairs repeat, "
+                                  f"e.g. row {pos}: {_describe_row(raw, pos)}")
+    return out
+

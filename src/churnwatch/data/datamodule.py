@@ -1,0 +1,54 @@
+"""Lightning DataModule: serves train/val/test EventBatches from the encoded snapshots."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader
+
+from churnwatch.data.batch import LengthBucketBatchSampler, SequenceDataset
+from churnwatch.data.dataset import ChurnData, Split, as_dict, build_data
+
+
+class ChurnDataModule(L.LightningDataModule):
+    """Builds the data once (`setup`), then hands out loaders whose batches are slices of flat arrays."""
+
+    def __init__(self, data: Mapping[str, Any] | DictConfig):
+        super().__init__()
+        self.save_hyperparameters({"data": as_dict(data)})
+        self.cfg = self.hparams["data"]
+        self.data: ChurnData | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is None:
+            self.data = build_data(self.cfg)
+
+    def _dataset(self, split: Split) -> SequenceDataset:
+        agg = self.data.featurizer.scale(split.aggregates) if self.cfg.get("use_aggregates") else None
+        return SequenceDataset(split.seqs, agg)
+
+    def _loader(self, split: Split, train: bool) -> DataLoader:
+        cfg = self.cfg
+        batch_size = int(cfg.get("batch_size", 256) if train else cfg.get("eval_batch_size", 1024))
+        trainer = self.trainer if self._trainer is not None else None
+        sampler = LengthBucketBatchSampler(
+            split.seqs.lengths, batch_size, shuffle=train, bucket=bool(cfg.get("bucket_by_length", True)),
+            seed=int(cfg.get("seed") or 0), num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0)
+        workers = int(cfg.get("num_workers", 0))
+        return DataLoader(self._dataset(split), sampler=sampler, batch_size=None, num_workers=workers,
+                          pin_memory=bool(cfg.get("pin_memory", False)), persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data.train, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data.val, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.data.test is None:
+            raise ValueError("no test split: set data.test_cutoff")
+        return self._loader(self.data.test, train=False)

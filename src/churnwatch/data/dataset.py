@@ -1,0 +1,174 @@
+"""From a data config to encoded train/val/test splits: contract → snapshots → split → fit → encode.
+
+Data flows one way. Encoders and aggregate statistics are fitted on the training split only, then the
+same fitted objects transform validation and test (and, later, scoring) data.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from churnwatch.data.contract import (
+    CustomerSchema,
+    EventSchema,
+    LoadedEvents,
+    ValidationReport,
+    load_customers,
+    load_events,
+    load_labels,
+)
+from churnwatch.data.snapshots import (
+    EventLog,
+    SnapshotPlan,
+    Snapshots,
+    build_snapshots,
+    holdout_split,
+    kfold_splits,
+    label_event_mask,
+)
+from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec, AggregateTable
+from churnwatch.features.encode import EncodedSequences, SequenceEncoder
+
+log = logging.getLogger(__name__)
+
+
+def as_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    """A resolved plain dict from a DictConfig (or a copy of a plain mapping)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+@dataclass
+class Split:
+    """One split's snapshot rows, encoded sequences and aggregate features, row-aligned."""
+
+    snaps: Snapshots
+    seqs: EncodedSequences
+    aggregates: AggregateTable
+
+    def __len__(self) -> int:
+        return len(self.snaps)
+
+
+@dataclass
+class ChurnData:
+    """Everything training needs, plus the fitted encoders scoring will reuse."""
+
+    log: EventLog
+    customers: pd.DataFrame | None
+    plan: SnapshotPlan
+    encoder: SequenceEncoder
+    featurizer: AggregateFeaturizer
+    train: Split
+    val: Split
+    test: Split | None
+    reports: list[ValidationReport] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Sizes, churn rates and validation counts, JSON-able."""
+        def split_info(s: Split | None) -> dict[str, Any] | None:
+            if s is None:
+                return None
+            per_cutoff = s.snaps.summary()
+            return {"rows": len(s), "customers": int(len(np.unique(s.snaps.customer))),
+                    "churn_rate": float(np.nanmean(s.snaps.label)) if len(s) else None,
+                    "events": int(len(s.seqs.cat)),
+                    "per_cutoff": {str(pd.Timestamp(k).date()): {"customers": int(v.customers),
+                                                                 "churn_rate": round(float(v.churn_rate), 4)}
+                                   for k, v in per_cutoff.iterrows()}}
+
+        return {
+            "validation": [r.as_dict() for r in self.reports],
+            "events": len(self.log), "customers": self.log.n_customers,
+            "train_cutoffs": [str(c.date()) for c in self.plan.train_cutoffs],
+            "test_cutoff": str(self.plan.test_cutoff.date()) if self.plan.test_cutoff is not None else None,
+            "horizon_days": self.plan.horizon_days,
+            "train": split_info(self.train), "val": split_info(self.val), "test": split_info(self.test),
+            "sequence_features": {"categorical": dict(zip(self.encoder.cat_names,
+                                                          self.encoder.cat_cardinalities, strict=True)),
+                                  "numeric": self.encoder.num_names,
+                                  "static_categorical": dict(zip(self.encoder.static_cat_names,
+                                                                 self.encoder.static_cat_cardinalities,
+                                                                 strict=True)),
+                                  "static_numeric": self.encoder.static_num_names,
+                                  "max_len": self.encoder.max_len},
+            "aggregate_features": self.train.aggregates.names,
+        }
+
+
+def load_sources(cfg: Mapping[str, Any]) -> tuple[LoadedEvents, pd.DataFrame | None, pd.DataFrame | None,
+                                                    list[ValidationReport]]:
+    """Events, customers and labels as the config maps them, validated."""
+    events_path = Path(cfg["events_path"])
+    if not events_path.exists() and cfg.get("generate"):
+        _generate(events_path.parent, cfg["generate"])
+    schema = EventSchema.from_config(cfg)
+    events = load_events(events_path, schema, policy=cfg.get("policy", "drop"), end_date=cfg.get("end_date"),
+                         row_filter=cfg.get("filter"), derived=cfg.get("derived"))
+    reports = [events.report]
+    customers = None
+    if cfg.get("customers_path"):
+        customers, report = load_customers(cfg["customers_path"], schema.customer_id,
+                                           CustomerSchema.from_config(cfg.get("customers")), schema.timezone,
+                                           cfg.get("policy", "drop"))
+        reports.append(report)
+    labels = None
+    if cfg.get("labels_path"):
+        names = cfg.get("labels") or {}
+        labels = load_labels(cfg["labels_path"], schema.customer_id, names.get("cutoff", "cutoff"),
+                             names.get("label", "churned"))
+    return events, customers, labels, reports
+
+
+def _generate(out_dir: Path, params: Mapping[str, Any]) -> None:
+    from churnwatch.data import synthetic
+
+    log.info("%s has no events file: generating synthetic data there (%s)", out_dir, dict(params))
+    synthetic.write(synthetic.generate(**params), out_dir)
+
+
+def build_data(cfg: Mapping[str, Any] | DictConfig) -> ChurnData:
+    """Run the whole data path for a `data` config (see conf/data/synthetic.yaml for the keys)."""
+    cfg = as_dict(cfg)
+    events, customers, labels, reports = load_sources(cfg)
+    event_log = EventLog.from_frame(events.frame)
+    plan = SnapshotPlan.from_config(cfg)
+    label_mask = label_event_mask(event_log.frame, cfg.get("label_events"))
+    train_all = build_snapshots(event_log, plan.train_cutoffs, plan, labels, label_mask, events.data_end)
+    seed = int(cfg.get("seed") or 0)
+    if cfg.get("fold") is not None:
+        train_idx, val_idx = kfold_splits(train_all, int(cfg["folds"]), seed)[int(cfg["fold"])]
+    else:
+        train_idx, val_idx = holdout_split(train_all, float(cfg.get("val_fraction", 0.2)), seed)
+    train_snaps, val_snaps = train_all.subset(train_idx), train_all.subset(val_idx)
+    test_snaps = None
+    if plan.test_cutoff is not None:
+        test_snaps = build_snapshots(event_log, [plan.test_cutoff], plan, labels, label_mask, events.data_end)
+
+    vocab = cfg.get("vocab") or {}
+    customer_schema = CustomerSchema.from_config(cfg.get("customers")) if customers is not None \
+        else CustomerSchema()
+    encoder = SequenceEncoder(events.schema, customer_schema, int(cfg.get("max_len", 256)),
+                              int(vocab.get("min_count", 1)), vocab.get("max_size"))
+    encoder.fit(event_log, train_snaps, customers)
+    featurizer = AggregateFeaturizer(AggregateSpec.from_config(cfg.get("aggregates")),
+                                     customer_schema.categorical, [f.name for f in customer_schema.numeric],
+                                     customer_schema.dates)
+    featurizer.fit(event_log, train_snaps, customers)
+
+    def split(snaps: Snapshots) -> Split:
+        return Split(snaps, encoder.transform(event_log, snaps, customers),
+                     featurizer.transform(event_log, snaps, customers))
+
+    return ChurnData(event_log, customers, plan, encoder, featurizer, split(train_snaps), split(val_snaps),
+                     split(test_snaps) if test_snaps is not None else None, reports)
+

@@ -1,0 +1,268 @@
+"""Snapshots: for a cutoff, who is in the population, which history they have, and whether they churned.
+
+A snapshot row points at a customer's history as a half-open range of the sorted event log, so features
+can only ever see events strictly before the cutoff: the leakage guarantee is structural.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from churnwatch.data.contract import CUSTOMER_ID, TIMESTAMP, ConfigError
+
+DAY_NS = 86_400 * 10**9
+
+
+@dataclass(frozen=True)
+class EventLog:
+    """The validated events in flat arrays, sorted by customer then time, with per-customer offsets."""
+
+    frame: pd.DataFrame
+    customer_ids: np.ndarray
+    """Canonical id strings; `customer` indexes into it."""
+    customer: np.ndarray
+    ts: np.ndarray
+    """int64 nanoseconds (naive wall-clock time in the configured timezone)."""
+    offsets: np.ndarray
+    """Customer i's events are [offsets[i], offsets[i + 1])."""
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> EventLog:
+        ids = frame[CUSTOMER_ID]
+        if not isinstance(ids.dtype, pd.CategoricalDtype):
+            ids = ids.astype("category")
+        codes = ids.cat.codes.to_numpy().astype(np.int64)
+        ts = frame[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
+        if len(codes) and (np.any(np.diff(codes) < 0) or np.any((np.diff(codes) == 0) & (np.diff(ts) < 0))):
+            raise ValueError("EventLog needs events sorted by customer, then time (use load_events)")
+        counts = np.bincount(codes, minlength=len(ids.cat.categories))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(frame=frame, customer_ids=np.asarray(ids.cat.categories.astype(str), dtype=object),
+                   customer=codes, ts=ts, offsets=offsets)
+
+    @property
+    def n_customers(self) -> int:
+        return len(self.customer_ids)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def count_in(self, lo: np.datetime64 | None, hi: np.datetime64, mask: np.ndarray | None = None) -> np.ndarray:
+        """Per-customer number of events with lo <= t < hi (optionally among `mask`ed events only)."""
+        sel = self.ts < _ns(hi)
+        if lo is not None:
+            sel &= self.ts >= _ns(lo)
+        if mask is not None:
+            sel &= mask
+        return np.bincount(self.customer[sel], minlength=self.n_customers)
+
+    def gap_days(self) -> np.ndarray:
+        """Days since the customer's previous event; 0 for a customer's first event."""
+        gaps = np.zeros(len(self.ts), dtype=np.float64)
+        if len(self.ts) > 1:
+            gaps[1:] = np.diff(self.ts) / DAY_NS
+            gaps[self.offsets[:-1][np.diff(self.offsets) > 0]] = 0.0
+        return gaps
+
+
+def _ns(value: Any) -> np.int64:
+    return np.int64(pd.Timestamp(value).value)
+
+
+@dataclass(frozen=True)
+class Snapshots:
+    """Rows of (customer, cutoff, history range, label), possibly from several cutoffs."""
+
+    customer: np.ndarray
+    cutoff: np.ndarray
+    """datetime64[ns] per row."""
+    start: np.ndarray
+    end: np.ndarray
+    """History = events [start, end) of the EventLog: all of the customer's events strictly before cutoff."""
+    label: np.ndarray
+    """float32: 1 = churned, 0 = stayed, NaN = unknown (scoring)."""
+
+    def __len__(self) -> int:
+        return len(self.customer)
+
+    def subset(self, index: np.ndarray) -> Snapshots:
+        return Snapshots(self.customer[index], self.cutoff[index], self.start[index], self.end[index],
+                         self.label[index])
+
+    @staticmethod
+    def concat(parts: Sequence[Snapshots]) -> Snapshots:
+        return Snapshots(*(np.concatenate([getattr(p, f) for p in parts])
+                           for f in ("customer", "cutoff", "start", "end", "label")))
+
+    def customer_ids(self, log: EventLog) -> np.ndarray:
+        return log.customer_ids[self.customer]
+
+    def summary(self) -> pd.DataFrame:
+        """Rows and churn rate per cutoff."""
+        frame = pd.DataFrame({"cutoff": self.cutoff, "label": self.label})
+        return frame.groupby("cutoff").agg(customers=("label", "size"), churn_rate=("label", "mean"))
+
+
+@dataclass(frozen=True)
+class SnapshotPlan:
+    """Which cutoffs train and test use, and what 'churn' means at a cutoff."""
+
+    train_cutoffs: tuple[pd.Timestamp, ...]
+    test_cutoff: pd.Timestamp | None
+    horizon_days: int
+    lookback_days: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> SnapshotPlan:
+        horizon = int(cfg["horizon_days"])
+        if horizon <= 0:
+            raise ConfigError(f"data.horizon_days must be positive, got {horizon}")
+        test = pd.Timestamp(cfg["test_cutoff"]).normalize() if cfg.get("test_cutoff") else None
+        explicit = cfg.get("train_cutoffs")
+        if explicit:
+            train = tuple(sorted(pd.Timestamp(c).normalize() for c in explicit))
+        else:
+            n = int(cfg.get("n_snapshots") or 1)
+            every = int(cfg.get("snapshot_every_days") or 30)
+            last = cfg.get("last_train_cutoff")
+            if last is None:
+                if test is None:
+                    raise ConfigError("set data.train_cutoffs, data.last_train_cutoff or data.test_cutoff")
+                last_ts = test - pd.Timedelta(days=horizon)
+            else:
+                last_ts = pd.Timestamp(last).normalize()
+            train = tuple(last_ts - pd.Timedelta(days=every * k) for k in reversed(range(n)))
+        lookback = cfg.get("lookback_days")
+        plan = cls(train, test, horizon, int(lookback) if lookback else None)
+        plan.check()
+        return plan
+
+    def check(self) -> None:
+        """Reject plans whose training labels would peek into the test period."""
+        if len(set(self.train_cutoffs)) != len(self.train_cutoffs):
+            raise ConfigError(f"data.train_cutoffs repeat a date: {[str(c.date()) for c in self.train_cutoffs]}")
+        if self.test_cutoff is None:
+            return
+        horizon = pd.Timedelta(days=self.horizon_days)
+        for c in self.train_cutoffs:
+            if c + horizon > self.test_cutoff:
+                raise ConfigError(
+                    f"training cutoff {c.date()} + horizon {self.horizon_days}d ends {(c + horizon).date()}, "
+                    f"after data.test_cutoff {self.test_cutoff.date()}: its labels would leak test-period "
+                    f"events (latest allowed cutoff: {(self.test_cutoff - horizon).date()})")
+
+
+def build_snapshot(
+    log: EventLog,
+    cutoff: str | pd.Timestamp,
+    horizon_days: int | None,
+    lookback_days: int | None = None,
+    labels: pd.DataFrame | None = None,
+    label_events: np.ndarray | None = None,
+    data_end: pd.Timestamp | None = None,
+) -> Snapshots:
+    """One cutoff's population, history ranges and labels.
+
+    Population: customers with at least one event before the cutoff (and, with `lookback_days`, at least
+    one in the `lookback_days` before it). Label: from `labels` (explicit, per customer and cutoff) if
+    given, else 1 when the customer has no event (among `label_events`, if given) in
+    [cutoff, cutoff + horizon). `horizon_days=None` builds an unlabelled (scoring) snapshot.
+    """
+    c = pd.Timestamp(cutoff)
+    n_before = log.count_in(None, c)
+    in_pop = n_before > 0
+    if lookback_days:
+        in_pop &= log.count_in(c - pd.Timedelta(days=lookback_days), c) > 0
+    customers = np.flatnonzero(in_pop)
+    if horizon_days is None:
+        label = np.full(len(customers), np.nan, dtype=np.float32)
+    elif labels is not None:
+        at_cutoff = labels.loc[labels["cutoff"] == c.normalize()]
+        lookup = pd.Series(at_cutoff["label"].to_numpy(), index=at_cutoff[CUSTOMER_ID].to_numpy())
+        label = lookup.reindex(log.customer_ids[customers]).to_numpy(dtype=np.float32)
+        known = ~np.isnan(label)
+        customers, label = customers[known], label[known]
+    else:
+        window_end = c + pd.Timedelta(days=horizon_days)
+        if data_end is not None and window_end > data_end + pd.Timedelta(days=1):
+            raise ConfigError(
+                f"cutoff {c.date()}: label window [{c.date()}, {window_end.date()}) runs past the data's end "
+                f"{data_end.date()}, so every customer would look churned; use an earlier cutoff")
+        active = log.count_in(c, window_end, mask=label_events)
+        label = (active[customers] == 0).astype(np.float32)
+    start = log.offsets[customers]
+    return Snapshots(customer=customers.astype(np.int64),
+                     cutoff=np.full(len(customers), c.to_datetime64(), dtype="datetime64[ns]"),
+                     start=start, end=start + n_before[customers], label=label)
+
+
+def label_event_mask(frame: pd.DataFrame, label_events: Mapping[str, Sequence[str]] | None) -> np.ndarray | None:
+    """Which events count as activity for the implicit churn label (None: every event)."""
+    if not label_events:
+        return None
+    mask = np.ones(len(frame), dtype=bool)
+    for column, values in label_events.items():
+        if column not in frame.columns:
+            raise ConfigError(f"data.label_events names column {column!r}, which is not an event field")
+        mask &= frame[column].astype(str).isin([str(v) for v in values]).to_numpy()
+    return mask
+
+
+def build_snapshots(log: EventLog, cutoffs: Sequence[pd.Timestamp], plan: SnapshotPlan,
+                    labels: pd.DataFrame | None = None, label_events: np.ndarray | None = None,
+                    data_end: pd.Timestamp | None = None) -> Snapshots:
+    """Several cutoffs stacked; a customer appears once per cutoff whose population includes them."""
+    parts = [build_snapshot(log, c, plan.horizon_days, plan.lookback_days, labels, label_events, data_end)
+             for c in cutoffs]
+    for c, part in zip(cutoffs, parts, strict=True):
+        if len(part) == 0:
+            raise ConfigError(f"cutoff {pd.Timestamp(c).date()} has an empty population: no customer has "
+                              f"events before it (data starts {pd.Timestamp(log.ts.min()).date()})")
+    return Snapshots.concat(parts)
+
+
+def _customer_strata(snaps: Snapshots) -> tuple[np.ndarray, np.ndarray]:
+    """Unique customers and a stratum per customer: their label at their latest cutoff."""
+    order = np.lexsort((snaps.cutoff, snaps.customer))
+    cust = snaps.customer[order]
+    last = np.r_[cust[1:] != cust[:-1], True]
+    return cust[last], np.nan_to_num(snaps.label[order][last], nan=0.0).astype(int)
+
+
+def _stratify(strata: np.ndarray, n_splits: int) -> np.ndarray | None:
+    _, counts = np.unique(strata, return_counts=True)
+    return strata if len(counts) > 1 and counts.min() >= n_splits else None
+
+
+def holdout_split(snaps: Snapshots, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, val): a stratified holdout of customers, so no customer is in both."""
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    customers, strata = _customer_strata(snaps)
+    if len(customers) < 2:
+        raise ConfigError("need at least 2 training customers to hold out a validation set")
+    _, val_customers = train_test_split(customers, test_size=val_fraction, random_state=seed,
+                                        stratify=_stratify(strata, 2))
+    is_val = np.isin(snaps.customer, val_customers)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def kfold_splits(snaps: Snapshots, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Row indices (train, val) per fold, stratified k-fold by customer."""
+    customers, strata = _customer_strata(snaps)
+    if folds < 2 or folds > len(customers):
+        raise ConfigError(f"cv folds must be in [2, {len(customers)}], got {folds}")
+    stratify = _stratify(strata, folds)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    y = stratify if stratify is not None else np.zeros(len(customers), dtype=int)
+    out = []
+    for _, val_pos in splitter.split(customers, y):
+        is_val = np.isin(snaps.customer, customers[val_pos])
+        out.append((np.flatnonzero(~is_val), np.flatnonzero(is_val)))
+    return out

@@ -1,0 +1,332 @@
+"""Per-customer aggregate features for the tabular baselines, from the same history the sequence sees.
+
+RFM, counts and spend in windows, MA/EMA trend ratios, inter-purchase gaps, category mix and its shift,
+counts of chosen event values (complaints, contacts, ...), summaries of numeric fields (satisfaction, ...)
+and static attributes. Every value is computed from events strictly before the row's cutoff, and every
+"no data" case has an explicit, documented fill: no NaN leaves this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnwatch.data.contract import MISSING, ConfigError
+from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
+from churnwatch.features.encode import Vocabulary, history_mask, ranges
+from churnwatch.features.encode import signed_log1p as _signed_log1p
+
+
+@dataclass(frozen=True)
+class AggregateSpec:
+    """Which event fields mean money, purchases, mix and the counts worth keeping."""
+
+    windows: tuple[int, ...] = (7, 30, 90, 180)
+    amount: str | None = None
+    purchase_when: Mapping[str, tuple[str, ...]] | None = None
+    """Which events are purchases, e.g. {event_type: [purchase]}; None: every event is a purchase."""
+    count_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    mix_field: str | None = None
+    mix_top_k: int = 8
+    numeric_summaries: tuple[str, ...] = ()
+    ema_half_lives: tuple[float, float] = (14.0, 90.0)
+    recent_days: int = 90
+    """'Recent' for the mix shift, amount trend and recent numeric means."""
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> AggregateSpec:
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"data.aggregates: unknown keys {sorted(unknown)}")
+        conv = {
+            "windows": lambda v: tuple(int(x) for x in v),
+            "purchase_when": lambda v: {str(k): tuple(map(str, x)) for k, x in v.items()} if v else None,
+            "count_values": lambda v: {str(k): tuple(map(str, x)) for k, x in (v or {}).items()},
+            "numeric_summaries": lambda v: tuple(map(str, v or ())),
+            "ema_half_lives": lambda v: (float(v[0]), float(v[1])),
+        }
+        return cls(**{k: conv.get(k, lambda v: v)(v) for k, v in cfg.items()})
+
+
+@dataclass
+class AggregateTable:
+    """A float32 feature matrix with names; `categorical` names the columns holding category ids."""
+
+    values: np.ndarray
+    names: list[str]
+    categorical: list[str]
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.values, columns=self.names)
+
+
+class AggregateFeaturizer:
+    """fit on training snapshots (mix categories, static vocabularies, fills), transform any snapshots."""
+
+    def __init__(self, spec: AggregateSpec, static_categorical: Sequence[str] = (),
+                 static_numeric: Sequence[str] = (), static_dates: Sequence[str] = ()):
+        self.spec = spec
+        self.static_categorical = list(static_categorical)
+        self.static_numeric = list(static_numeric)
+        self.static_dates = list(static_dates)
+        self.mix_categories: list[str] = []
+        self.static_vocabs: dict[str, Vocabulary] = {}
+        self.fill: dict[str, float] = {}
+        self.scale_mean = np.zeros(0)
+        self.scale_std = np.ones(0)
+
+    def fit(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
+            ) -> AggregateFeaturizer:
+        self._check(log)
+        seen = history_mask(len(log), snaps.start, snaps.end)
+        if self.spec.mix_field:
+            values = log.frame[self.spec.mix_field][seen & self._purchase_mask(log)]
+            vocab = Vocabulary.fit(values[values.astype(str) != MISSING], 1, self.spec.mix_top_k + 2)
+            self.mix_categories = vocab.tokens[2:]
+        if customers is not None:
+            rows = customers.reindex(snaps.customer_ids(log))
+            for name in self.static_categorical:
+                self.static_vocabs[name] = Vocabulary.fit(rows[name].dropna(), 1, None)
+        else:
+            self.static_vocabs = {name: Vocabulary.fit(pd.Series([], dtype=str)) for name in
+                                  self.static_categorical}
+        self.fill = {}
+        table = self._compute(log, snaps, customers)
+        # Fills for 'no observation' cases are training means, so the table never holds NaN.
+        means = np.nanmean(np.where(np.isfinite(table.values), table.values, np.nan), axis=0) \
+            if len(table.values) else np.zeros(len(table.names))
+        self.fill = {n: float(np.nan_to_num(m)) for n, m in zip(table.names, means, strict=True)}
+        scaled = _signed_log1p(self.transform(log, snaps, customers).values.astype(np.float64))
+        self.scale_mean = scaled.mean(axis=0) if len(scaled) else np.zeros(len(table.names))
+        std = scaled.std(axis=0) if len(scaled) else np.ones(len(table.names))
+        self.scale_std = np.where(std > 1e-12, std, 1.0)
+        return self
+
+    def scale(self, table: AggregateTable) -> np.ndarray:
+        """Signed log1p, then standardise with training statistics: the form a network takes."""
+        return ((_signed_log1p(table.values.astype(np.float64)) - self.scale_mean) / self.scale_std
+                ).astype(np.float32)
+
+    def transform(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
+                  ) -> AggregateTable:
+        table = self._compute(log, snaps, customers)
+        for j, name in enumerate(table.names):
+            col = table.values[:, j]
+            col[~np.isfinite(col)] = self.fill.get(name, 0.0)
+        return table
+
+    def fit_transform(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
+                      ) -> AggregateTable:
+        return self.fit(log, snaps, customers).transform(log, snaps, customers)
+
+    # ----------------------------------------------------------------------------------------------------
+    def _check(self, log: EventLog) -> None:
+        cols = set(log.frame.columns)
+        wanted = [self.spec.amount, self.spec.mix_field, *self.spec.numeric_summaries,
+                  *(self.spec.purchase_when or {}), *self.spec.count_values]
+        for name in wanted:
+            if name is not None and name not in cols:
+                raise ConfigError(f"data.aggregates names {name!r}, which is not an event field "
+                                  f"(fields: {sorted(cols)})")
+
+    def _purchase_mask(self, log: EventLog) -> np.ndarray:
+        mask = np.ones(len(log), dtype=bool)
+        for col, values in (self.spec.purchase_when or {}).items():
+            mask &= _isin(log.frame[col], values)
+        return mask
+
+    def _compute(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None) -> AggregateTable:
+        self._check(log)
+        spec = self.spec
+        n = len(snaps)
+        lengths = snaps.end - snaps.start
+        rows = ranges(snaps.start, snaps.end)
+        seg = np.repeat(np.arange(n), lengths)
+        age = (np.repeat(snaps.cutoff.view(np.int64), lengths) - log.ts[rows]) / DAY_NS
+        cols: dict[str, np.ndarray] = {}
+
+        def total(weights: np.ndarray | None = None) -> np.ndarray:
+            return np.bincount(seg, weights=weights, minlength=n).astype(np.float64)
+
+        purchase_all = self._purchase_mask(log)
+        is_p = purchase_all[rows]
+        amount = np.nan_to_num(log.frame[spec.amount].to_numpy(dtype=np.float64)[rows]) * is_p \
+            if spec.amount else is_p.astype(np.float64)
+        first_age = age[np.concatenate([[0], np.cumsum(lengths)[:-1]])] if n else np.zeros(0)
+        last_age = age[np.cumsum(lengths) - 1] if n else np.zeros(0)
+
+        # Recency / frequency / monetary (on purchases) and activity.
+        n_p = total(is_p.astype(np.float64))
+        p_age = np.where(is_p, age, np.inf)
+        recency = np.full(n, np.inf)
+        np.minimum.at(recency, seg, p_age)
+        cols["recency_days"] = np.where(np.isfinite(recency), recency, first_age)  # never bought: tenure
+        cols["n_purchases"] = n_p
+        cols["spend_total"] = total(amount)
+        cols["spend_mean"] = cols["spend_total"] / np.maximum(n_p, 1)
+        cols["tenure_days"] = first_age
+        cols["n_events"] = lengths.astype(np.float64)
+        cols["days_since_last_event"] = last_age
+        cols["purchases_per_30d"] = n_p / np.maximum(first_age, 1.0) * 30
+        for w in spec.windows:
+            in_w = age < w
+            cols[f"n_purchases_{w}d"] = total((is_p & in_w).astype(np.float64))
+            cols[f"spend_{w}d"] = total(amount * in_w)
+            cols[f"n_events_{w}d"] = total(in_w.astype(np.float64))
+
+        # Moving-average trend ratios (smoothed, 1.0 = steady) and exponentially weighted rates.
+        def counts_in(w: float, weights: np.ndarray) -> np.ndarray:
+            return total(weights * (age < w))
+
+        for short, long in ((30, 90), (90, 180)):
+            for what, weights in (("freq", is_p.astype(np.float64)), ("spend", amount)):
+                s, lg = counts_in(short, weights), counts_in(long, weights)
+                scale = float(np.mean(weights)) if len(weights) else 1.0
+                cols[f"{what}_trend_{short}_{long}"] = (s + scale) / (lg * short / long + scale)
+        hl_short, hl_long = spec.ema_half_lives
+        ema_s = total(is_p * np.exp2(-age / hl_short)) * np.log(2) / hl_short
+        ema_l = total(is_p * np.exp2(-age / hl_long)) * np.log(2) / hl_long
+        cols[f"ema_rate_{hl_short:g}d"] = ema_s
+        cols[f"ema_rate_{hl_long:g}d"] = ema_l
+        cols["ema_trend"] = (ema_s + 1e-3) / (ema_l + 1e-3)
+
+        # Gaps between purchase occasions (lines at the same moment are one occasion). Histories are
+        # prefixes of the customer's events, so each occasion's previous one is always in range.
+        p_gap = _previous_gap_days(log, purchase_all)[rows]
+        cols["n_purchase_occasions"] = total((is_p & (p_gap != 0)).astype(np.float64))
+        has_gap = is_p & np.isfinite(p_gap) & (p_gap != 0)
+        g = np.where(has_gap, p_gap, 0.0)
+        n_gap = total(has_gap.astype(np.float64))
+        mean_gap = total(g) / np.maximum(n_gap, 1)
+        var_gap = total(g * g) / np.maximum(n_gap, 1) - mean_gap**2
+        max_gap = np.zeros(n)
+        np.maximum.at(max_gap, seg, g)
+        last_gap = np.zeros(n)
+        last_idx = np.full(n, -1)
+        np.maximum.at(last_idx, seg, np.where(has_gap, np.arange(len(rows)), -1))
+        last_gap[last_idx >= 0] = g[last_idx[last_idx >= 0]]
+        no_gap = n_gap == 0  # fewer than two purchases: the usual gap is the whole tenure
+        cols["gap_mean_days"] = np.where(no_gap, first_age, mean_gap)
+        cols["gap_std_days"] = np.sqrt(np.clip(var_gap, 0, None))
+        cols["gap_max_days"] = np.where(no_gap, first_age, max_gap)
+        cols["gap_last_days"] = np.where(no_gap, first_age, last_gap)
+        cols["recency_over_mean_gap"] = cols["recency_days"] / np.maximum(cols["gap_mean_days"], 1.0)
+
+        recent = age < spec.recent_days
+        amt_recent = total(amount * recent) / np.maximum(total((is_p & recent).astype(np.float64)), 1)
+        amt_before = total(amount * ~recent) / np.maximum(total((is_p & ~recent).astype(np.float64)), 1)
+        cols["amount_trend"] = (amt_recent + 1.0) / (amt_before + 1.0)
+
+        if spec.mix_field:
+            self._mix(log, rows, seg, n, is_p, recent, cols)
+        for col, values in spec.count_values.items():
+            hit = _isin(log.frame[col], values)[rows]
+            for value in values:
+                one = (hit & _isin(log.frame[col], (value,))[rows]).astype(np.float64)
+                name = f"n_{col}_{value}"
+                cols[name] = total(one)
+                for w in (30, spec.recent_days):
+                    cols[f"{name}_{w}d"] = total(one * (age < w))
+                latest = np.full(n, np.inf)
+                np.minimum.at(latest, seg, np.where(one > 0, age, np.inf))
+                cols[f"days_since_{col}_{value}"] = np.where(np.isfinite(latest), latest, first_age + 1)
+        for name in spec.numeric_summaries:
+            self._summaries(log, name, rows, seg, n, recent, total, cols)
+        categorical = self._static(log, snaps, customers, cols)
+        names = list(cols)
+        values = np.column_stack([cols[k] for k in names]).astype(np.float32) if names else \
+            np.zeros((n, 0), np.float32)
+        return AggregateTable(values, names, categorical)
+
+    def _mix(self, log: EventLog, rows: np.ndarray, seg: np.ndarray, n: int, is_p: np.ndarray,
+             recent: np.ndarray, cols: dict[str, np.ndarray]) -> None:
+        k = len(self.mix_categories)
+        lookup = Vocabulary(["<pad>", "<other>", *self.mix_categories]).lookup(log.frame[self.spec.mix_field])
+        code = lookup[rows] - 2  # -1 = other (OOV), 0..k-1 = top categories
+        valid = is_p & (log.frame[self.spec.mix_field].astype(str).to_numpy()[rows] != MISSING)
+        bins = np.where(code < 0, k, code)  # 'other' is bucket k
+        counts = {}
+        for part, sel in (("all", valid), ("recent", valid & recent), ("before", valid & ~recent)):
+            flat = np.bincount(seg[sel] * (k + 1) + bins[sel], minlength=n * (k + 1)).reshape(n, k + 1)
+            counts[part] = flat / np.maximum(flat.sum(axis=1, keepdims=True), 1)
+            counts[part + "_n"] = flat.sum(axis=1)
+        field_name = self.spec.mix_field
+        for j, cat in enumerate([*self.mix_categories, "other"]):
+            cols[f"mix_{field_name}_{cat}"] = counts["all"][:, j]
+            cols[f"mix_{field_name}_{cat}_recent"] = counts["recent"][:, j]
+        both = (counts["recent_n"] > 0) & (counts["before_n"] > 0)
+        shift = 0.5 * np.abs(counts["recent"] - counts["before"]).sum(axis=1)
+        cols[f"mix_shift_{field_name}"] = np.where(both, shift, 0.0)
+
+    def _summaries(self, log: EventLog, name: str, rows: np.ndarray, seg: np.ndarray, n: int,
+                   recent: np.ndarray, total: Any, cols: dict[str, np.ndarray]) -> None:
+        raw = log.frame[name].to_numpy(dtype=np.float64)[rows]
+        seen = np.isfinite(raw)
+        x = np.where(seen, raw, 0.0)
+        count = total(seen.astype(np.float64))
+        recent_count = total((seen & recent).astype(np.float64))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cols[f"{name}_count"] = count
+            cols[f"{name}_mean"] = np.where(count > 0, total(x) / count, np.nan)
+            cols[f"{name}_mean_recent"] = np.where(recent_count > 0, total(x * recent) / recent_count, np.nan)
+        low = np.full(n, np.inf)
+        np.minimum.at(low, seg, np.where(seen, raw, np.inf))
+        cols[f"{name}_min"] = np.where(np.isfinite(low), low, np.nan)
+        last_idx = np.full(n, -1)
+        np.maximum.at(last_idx, seg, np.where(seen, np.arange(len(rows)), -1))
+        last = np.full(n, np.nan)
+        last[last_idx >= 0] = raw[last_idx[last_idx >= 0]]
+        cols[f"{name}_last"] = last
+        cols[f"{name}_trend"] = cols[f"{name}_mean_recent"] - cols[f"{name}_mean"]
+
+    def _static(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None,
+                cols: dict[str, np.ndarray]) -> list[str]:
+        rows = customers.reindex(snaps.customer_ids(log)) if customers is not None else None
+        n = len(snaps)
+        for name in self.static_numeric:
+            cols[f"static_{name}"] = rows[name].to_numpy(dtype=np.float64) if rows is not None else np.full(n, np.nan)
+        for name in self.static_dates:
+            when = rows[name].to_numpy(dtype="datetime64[ns]") if rows is not None else None
+            days = (snaps.cutoff - when) / np.timedelta64(1, "D") if when is not None else np.full(n, np.nan)
+            cols[f"static_{name}_days"] = np.clip(days, 0, None)
+        categorical = []
+        for name in self.static_categorical:
+            vocab = self.static_vocabs[name]
+            ids = vocab.lookup(rows[name]) if rows is not None else np.ones(n, dtype=np.int32)
+            cols[f"static_{name}"] = ids.astype(np.float64)
+            categorical.append(f"static_{name}")
+        return categorical
+
+
+def _isin(values: pd.Series, wanted: Sequence[str]) -> np.ndarray:
+    """Vectorised membership on a (categorical) column, comparing as strings."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        hit = np.isin(values.cat.categories.astype(str), list(wanted))
+        codes = values.cat.codes.to_numpy()
+        return np.where(codes >= 0, hit[np.maximum(codes, 0)], False) if len(hit) else np.zeros(len(values), bool)
+    return values.astype(str).isin(list(wanted)).to_numpy()
+
+
+def _previous_gap_days(log: EventLog, mask: np.ndarray) -> np.ndarray:
+    """Per masked event: days since the customer's previous masked event at an earlier moment.
+
+    NaN for the first occasion, 0 for further events at the same moment (same basket), so gap
+    statistics describe the time between occasions, not between lines of one invoice.
+    """
+    out = np.full(len(log), np.nan)
+    idx = np.flatnonzero(mask)
+    if len(idx) > 1:
+        cust, ts = log.customer[idx], log.ts[idx]
+        new_occasion = np.r_[True, (cust[1:] != cust[:-1]) | (ts[1:] != ts[:-1])]
+        occ = idx[new_occasion]
+        same = log.customer[occ[1:]] == log.customer[occ[:-1]]
+        gaps = np.full(len(occ), np.nan)
+        gaps[1:] = np.where(same, (log.ts[occ[1:]] - log.ts[occ[:-1]]) / DAY_NS, np.nan)
+        out[occ] = gaps
+        out[idx[~new_occasion]] = 0.0
+    return out

@@ -1,0 +1,100 @@
+"""Aggregate features checked by hand on a tiny log."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnwatch.data.contract import ConfigError, EventSchema, load_events
+from churnwatch.data.snapshots import EventLog, build_snapshot
+from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec
+
+from .conftest import SCHEMA_CFG
+
+SPEC = AggregateSpec.from_config({
+    "windows": [7, 30], "amount": "amount", "purchase_when": {"kind": ["purchase"]},
+    "count_values": {"kind": ["complaint"]}, "mix_field": "cat", "mix_top_k": 2, "numeric_summaries": ["amount"],
+    "recent_days": 30,
+})
+
+
+def _table(rows, cutoff="2024-04-01", customers=None, featurizer=None):
+    frame = pd.DataFrame(rows, columns=["cid", "ts", "kind", "cat", "amount"])
+    loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
+    log = EventLog.from_frame(loaded.frame)
+    snap = build_snapshot(log, cutoff, horizon_days=None)
+    feat = featurizer or AggregateFeaturizer(SPEC).fit(log, snap, customers)
+    table = feat.transform(log, snap, customers)
+    return table.to_frame().set_index(snap.customer_ids(log)), feat
+
+
+ROWS = [
+    # a: bought 60, 20 and 5 days before the cutoff (two lines on the last day), then complained.
+    ("a", "2024-02-01", "purchase", "x", 10.0),
+    ("a", "2024-03-12", "purchase", "x", 30.0),
+    ("a", "2024-03-27", "purchase", "y", 5.0),
+    ("a", "2024-03-27", "purchase", "z", 5.0),
+    ("a", "2024-03-30", "complaint", None, None),
+    # b: a single purchase long ago.
+    ("b", "2023-10-03", "purchase", "y", 100.0),
+]
+
+
+def test_rfm_windows_gaps_and_counts_by_hand():
+    t, _ = _table(ROWS)
+    a, b = t.loc["a"], t.loc["b"]
+    assert a["recency_days"] == pytest.approx(5)
+    assert a["n_purchases"] == 4 and a["n_purchase_occasions"] == 3
+    assert a["spend_total"] == pytest.approx(50) and a["spend_mean"] == pytest.approx(12.5)
+    assert a["tenure_days"] == pytest.approx(60)
+    assert a["days_since_last_event"] == pytest.approx(2)
+    assert a["n_purchases_7d"] == 2 and a["spend_7d"] == pytest.approx(10)
+    assert a["n_purchases_30d"] == 3 and a["spend_30d"] == pytest.approx(40)
+    assert a["n_events_7d"] == 3
+    assert a["gap_mean_days"] == pytest.approx((40 + 15) / 2)  # occasions, not invoice lines
+    assert a["gap_max_days"] == pytest.approx(40) and a["gap_last_days"] == pytest.approx(15)
+    assert a["n_kind_complaint"] == 1 and a["days_since_kind_complaint"] == pytest.approx(2)
+    # b never bought twice: gap statistics fall back to the tenure, explicitly
+    assert b["gap_mean_days"] == pytest.approx(b["tenure_days"]) == pytest.approx(181)
+    assert b["n_kind_complaint"] == 0
+
+
+def test_category_mix_and_shift():
+    t, feat = _table(ROWS)
+    a = t.loc["a"]
+    assert feat.mix_categories == ["x", "y"]  # top-2 by purchases; z falls into 'other'
+    assert a["mix_cat_x"] == pytest.approx(0.5) and a["mix_cat_other"] == pytest.approx(0.25)
+    assert a["mix_cat_x_recent"] == pytest.approx(1 / 3)
+    # before the last 30 days: all x; recent: x, y, z a third each → total variation 2/3
+    assert a["mix_shift_cat"] == pytest.approx(2 / 3)
+
+
+def test_numeric_summaries_and_no_nan_anywhere():
+    t, _ = _table(ROWS)
+    assert t.loc["a", "amount_last"] == pytest.approx(5)
+    assert t.loc["a", "amount_min"] == pytest.approx(5)
+    assert t.loc["a", "amount_mean"] == pytest.approx(12.5)
+    assert np.isfinite(t.to_numpy()).all()
+
+
+def test_static_attributes_become_features():
+    customers = pd.DataFrame({"region": ["n", "s"], "signup": pd.to_datetime(["2024-03-01", "2023-01-01"])},
+                             index=pd.Index(["a", "b"], name="customer_id"))
+    frame = pd.DataFrame(ROWS, columns=["cid", "ts", "kind", "cat", "amount"])
+    loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
+    log = EventLog.from_frame(loaded.frame)
+    snap = build_snapshot(log, "2024-04-01", horizon_days=None)
+    feat = AggregateFeaturizer(SPEC, static_categorical=["region"], static_dates=["signup"])
+    table = feat.fit(log, snap, customers).transform(log, snap, customers)
+    frame = table.to_frame()
+    assert frame["static_signup_days"].tolist() == [31.0, 456.0]
+    assert table.categorical == ["static_region"]
+    assert sorted(frame["static_region"].tolist()) == [2.0, 3.0]
+
+
+def test_unknown_field_is_a_config_error():
+    with pytest.raises(ConfigError, match="not an event field"):
+        _table(ROWS, featurizer=AggregateFeaturizer(AggregateSpec(mix_field="nope")))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        AggregateSpec.from_config({"windowz": [1]})

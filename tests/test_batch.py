@@ -1,0 +1,72 @@
+"""EventBatch: padded slices of the flat arrays, last real step, and the length-bucketing sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from churnwatch.data.batch import LengthBucketBatchSampler, SequenceDataset, pad_batch
+from churnwatch.features.encode import EncodedSequences
+
+
+def _seqs(lengths: list[int]) -> EncodedSequences:
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n_events = int(offsets[-1])
+    cat = np.stack([np.arange(1, n_events + 1), np.full(n_events, 7)], axis=1).astype(np.int32)
+    num = np.arange(n_events, dtype=np.float32)[:, None] / 10
+    n = len(lengths)
+    return EncodedSequences(offsets, cat, num, np.ones((n, 1), np.int32), np.zeros((n, 2), np.float32),
+                            np.arange(n, dtype=np.float32) % 2, np.array([f"c{i}" for i in range(n)], dtype=object),
+                            np.full(n, np.datetime64("2024-01-01"), dtype="datetime64[ns]"))
+
+
+def test_pad_batch_places_each_row_left_aligned_with_lengths():
+    seqs = _seqs([3, 1, 2])
+    batch = pad_batch(seqs, np.array([2, 0, 1]))
+    assert batch.cat.shape == (3, 3, 2) and batch.cat.dtype == torch.int64
+    assert batch.lengths.tolist() == [2, 3, 1]
+    assert batch.cat[0, :, 0].tolist() == [5, 6, 0]  # row 2's events are 5, 6 (1-based ids), then padding
+    assert batch.cat[2, :, 0].tolist() == [4, 0, 0]
+    last = batch.cat[torch.arange(3), batch.lengths - 1, 0]
+    assert last.tolist() == [6, 3, 4]  # the last REAL event of each row
+    assert batch.mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
+    assert (batch.num[~batch.mask] == 0).all()
+    assert batch.index.tolist() == [2, 0, 1]
+    assert batch.aggregates.shape == (3, 0)
+
+
+def test_dataset_returns_a_batch_for_a_list_of_rows_with_aggregates():
+    seqs = _seqs([1, 2])
+    ds = SequenceDataset(seqs, aggregates=np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+    batch = ds[[1]]
+    assert batch.aggregates.tolist() == [[3.0, 4.0]]
+    assert batch.label.tolist() == [1.0]
+
+
+def test_bucket_sampler_covers_every_row_once_and_groups_similar_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, size=1000)
+    sampler = LengthBucketBatchSampler(lengths, batch_size=32, seed=1, pool_batches=8)
+    batches = list(sampler)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    assert len(batches) == len(sampler)
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    random_spread = np.mean([np.ptp(lengths[rng.permutation(1000)[:32]]) for _ in range(20)])
+    assert spread < random_spread / 3
+    assert [b for b in LengthBucketBatchSampler(lengths, 32, seed=1, pool_batches=8)] == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # a new order each epoch
+
+
+def test_bucket_sampler_splits_batches_across_ranks():
+    lengths = np.arange(1, 101)
+    ranks = [list(LengthBucketBatchSampler(lengths, 16, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4  # 7 batches padded to 8, four each
+    seen = {i for r in ranks for b in r for i in b}
+    assert seen == set(range(100))
+
+
+def test_unshuffled_sampler_keeps_order_without_bucketing():
+    batches = list(LengthBucketBatchSampler(np.ones(5), 2, shuffle=False, bucket=False))
+    assert batches == [[0, 1], [2, 3], [4]]

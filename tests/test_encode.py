@@ -1,0 +1,100 @@
+"""Sequence encoding: vocabularies, OOV, numeric transforms, time features, truncation, round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnwatch.data.contract import EventSchema, load_events
+from churnwatch.data.snapshots import EventLog, build_snapshot
+from churnwatch.features.encode import OOV, PAD, NumericStats, SequenceEncoder, Vocabulary, ranges
+
+from .conftest import SCHEMA_CFG
+
+
+def _log(rows) -> EventLog:
+    frame = pd.DataFrame(rows, columns=["cid", "ts", "kind", "cat", "amount"])
+    loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
+    return EventLog.from_frame(loaded.frame)
+
+
+def test_vocabulary_min_count_top_k_and_oov():
+    vocab = Vocabulary.fit(pd.Series(["a"] * 5 + ["b"] * 3 + ["c"] * 3 + ["d"]), min_count=2, max_size=4)
+    assert vocab.tokens == ["<pad>", "<oov>", "a", "b"]  # b beats c on the tie by name; d is too rare
+    ids = vocab.lookup(pd.Series(["a", "c", "zzz", None, "b"]))
+    assert ids.tolist() == [2, OOV, OOV, OOV, 3]
+    assert PAD not in ids
+
+
+def test_ranges_concatenates_aranges():
+    assert ranges(np.array([0, 5, 7]), np.array([2, 5, 10])).tolist() == [0, 1, 7, 8, 9]
+
+
+def test_numeric_transform_signed_log1p_then_standardise():
+    stats = NumericStats(EventSchema.from_config(SCHEMA_CFG).numeric).fit([np.array([0.0, np.e - 1, np.nan])])
+    z = stats.transform([np.array([np.nan, np.e - 1])])
+    raw = np.array([0.0, 1.0, 0.0])  # log1p with NaN filled by 0.0
+    assert z[:, 0] == pytest.approx((np.array([0.0, 1.0]) - raw.mean()) / raw.std(), rel=1e-6)
+    assert z.dtype == np.float32 and np.isfinite(z).all()
+
+
+def test_encoding_of_a_tiny_log_by_hand():
+    log = _log([
+        ("a", "2024-01-01 09:00", "purchase", "x", 10.0),   # Monday
+        ("a", "2024-01-03 18:30", "purchase", "y", 20.0),   # Wednesday
+        ("a", "2024-01-04 07:00", "complaint", None, None),  # Thursday
+        ("b", "2024-01-02 12:00", "purchase", "x", 5.0),
+        ("b", "2024-02-01 12:00", "purchase", "new", 5.0),  # after the cutoff: never seen
+    ])
+    snap = build_snapshot(log, "2024-01-05", horizon_days=30)
+    enc = SequenceEncoder(EventSchema.from_config(SCHEMA_CFG), max_len=2).fit(log, snap)
+    seqs = enc.transform(log, snap)
+    assert enc.cat_names == ["kind", "cat", "day_of_week", "hour"]
+    assert enc.num_names == ["amount", "gap_days", "age_days"]
+    assert seqs.lengths.tolist() == [2, 1]  # a keeps its LAST 2 events
+    cat = seqs.cat
+    assert cat[:2, 2].tolist() == [3, 4]  # Wednesday, Thursday (Monday = 1)
+    assert cat[:2, 3].tolist() == [19, 8]  # hours 18 and 7, 1-based
+    assert enc.vocabs["cat"].tokens[cat[1, 1]] == "__missing__"
+    gap_col = enc.num_names.index("gap_days")
+    gap = seqs.num[:, gap_col] * enc.numeric.std[gap_col] + enc.numeric.mean[gap_col]
+    assert np.expm1(gap[:2]) == pytest.approx([2 + 9.5 / 24, 12.5 / 24], rel=1e-4)  # true gaps, not truncated
+    age_col = enc.num_names.index("age_days")
+    age = np.expm1(seqs.num[:, age_col] * enc.numeric.std[age_col] + enc.numeric.mean[age_col])
+    assert age[2] == pytest.approx(2.5, rel=1e-4)  # b: 2024-01-02 12:00 → cutoff 2024-01-05
+    assert seqs.label.tolist() == [1.0, 0.0]
+
+
+def test_length_one_history_and_unknown_categories_at_transform_time():
+    train = _log([("a", "2024-01-01", "purchase", "x", 1.0), ("a", "2024-01-02", "purchase", "x", 2.0)])
+    enc = SequenceEncoder(EventSchema.from_config(SCHEMA_CFG)).fit(train, build_snapshot(train, "2024-01-03", 10))
+    other = _log([("z", "2024-01-01", "refund", "brand-new", 3.0)])
+    seqs = enc.transform(other, build_snapshot(other, "2024-01-03", 10))
+    assert seqs.lengths.tolist() == [1]
+    assert seqs.cat[0, :2].tolist() == [OOV, OOV]
+    assert np.isfinite(seqs.num).all()
+
+
+def test_encoder_state_is_json_and_round_trips(loaded):
+    log = EventLog.from_frame(loaded.frame)
+    snap = build_snapshot(log, "2024-05-01", 30)
+    enc = SequenceEncoder(EventSchema.from_config(SCHEMA_CFG), max_len=16, min_count=2).fit(log, snap)
+    state = json.loads(json.dumps(enc.state()))
+    again = SequenceEncoder.from_state(state, EventSchema.from_config(SCHEMA_CFG))
+    a, b = enc.transform(log, snap), again.transform(log, snap)
+    assert np.array_equal(a.cat, b.cat) and np.array_equal(a.num, b.num)
+    assert np.array_equal(a.offsets, b.offsets)
+
+
+def test_subset_keeps_rows_and_their_events(loaded):
+    log = EventLog.from_frame(loaded.frame)
+    snap = build_snapshot(log, "2024-05-01", 30)
+    seqs = SequenceEncoder(EventSchema.from_config(SCHEMA_CFG)).fit(log, snap).transform(log, snap)
+    rows = np.array([3, 0, 5])
+    sub = seqs.subset(rows)
+    for k, r in enumerate(rows):
+        assert np.array_equal(sub.cat[sub.offsets[k]:sub.offsets[k + 1]], seqs.cat[seqs.offsets[r]:seqs.offsets[r + 1]])
+    assert sub.customer_id.tolist() == seqs.customer_id[rows].tolist()
