@@ -13,8 +13,8 @@ from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec
 from .conftest import SCHEMA_CFG
 
 SPEC = AggregateSpec.from_config({
-    "windows": [7, 30], "amount": "amount", "purchase_when": {"kind": ["purchase"]},
-    "count_values": {"kind": ["complaint"]}, "mix_field": "cat", "mix_top_k": 2, "numeric_summaries": ["amount"],
+    "windows": [7, 30], "amount": "amount", "purchase_when": "kind == 'purchase'",
+    "count_values": ["kind:complaint"], "mix_field": "cat", "mix_top_k": 2, "numeric_summaries": ["amount"],
     "recent_days": 30,
 })
 
@@ -98,3 +98,7 @@ def test_unknown_field_is_a_config_error():
         _table(ROWS, featurizer=AggregateFeaturizer(AggregateSpec(mix_field="nope")))
     with pytest.raises(ConfigError, match="unknown keys"):
         AggregateSpec.from_config({"windowz": [1]})
+    with pytest.raises(ConfigError, match="field:value"):
+        AggregateSpec.from_config({"count_values": ["complaint"]})
+    with pytest.raises(ConfigError, match="purchase_when"):
+        _table(ROWS, featurizer=AggregateFeaturizer(AggregateSpec(purchase_when="nope == 1")))

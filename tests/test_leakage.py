@@ -24,8 +24,8 @@ def _cfg(path: Path) -> dict:
         **SCHEMA_CFG, "events_path": str(path), "end_date": "2030-01-01", "horizon_days": 30,
         "train_cutoffs": CUTOFFS, "test_cutoff": TEST_CUTOFF, "val_fraction": 0.25, "seed": 3, "max_len": 8,
         "vocab": {"min_count": 1},
-        "aggregates": {"amount": "amount", "purchase_when": {"kind": ["purchase"]}, "mix_field": "cat",
-                       "count_values": {"kind": ["complaint"]}, "numeric_summaries": ["amount"]},
+        "aggregates": {"amount": "amount", "purchase_when": "kind == 'purchase'", "mix_field": "cat",
+                       "count_values": ["kind:complaint"], "numeric_summaries": ["amount"]},
     }
 
 

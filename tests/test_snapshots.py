@@ -59,7 +59,7 @@ def test_lookback_restricts_population_to_recently_active():
 def test_label_events_limit_what_counts_as_activity():
     log = _log([("a", "2024-01-01", "purchase"), ("a", "2024-02-05", "complaint"),
                 ("b", "2024-01-01", "purchase"), ("b", "2024-02-05", "purchase")])
-    mask = label_event_mask(log.frame, {"kind": ["purchase"]})
+    mask = label_event_mask(log.frame, "kind == 'purchase'")
     snap = build_snapshot(log, "2024-02-01", horizon_days=30, label_events=mask)
     assert _by_id(log, snap)["a"][0] == 1.0  # only a complaint after the cutoff: churned
     assert _by_id(log, snap)["b"][0] == 0.0

@@ -402,19 +402,26 @@ def _resolve_end(end_date: str | pd.Timestamp | None, timezone: str) -> pd.Times
 def _apply_filter_and_derived(raw: pd.DataFrame, path: str, row_filter: str | None,
                               derived: Mapping[str, str] | None, report: ValidationReport) -> pd.DataFrame:
     if row_filter:
-        try:
-            keep = raw.eval(row_filter, engine="python")
-        except Exception as exc:  # noqa: BLE001 - any pandas eval failure is a config error
-            raise ConfigError(f"{path}: data.filter {row_filter!r} failed: {exc}") from exc
-        keep = pd.Series(keep, index=raw.index).fillna(False).astype(bool)
+        keep = query_mask(raw, row_filter, f"{path}: data.filter")
         report.rows_filtered = int((~keep).sum())
-        raw = raw.loc[keep.to_numpy()]
+        raw = raw.loc[keep]
     for name, expr in (derived or {}).items():
         try:
             raw = raw.assign(**{name: raw.eval(expr, engine="python")})
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(f"{path}: data.derived.{name} = {expr!r} failed: {exc}") from exc
     return raw
+
+
+def query_mask(frame: pd.DataFrame, query: str | None, what: str) -> np.ndarray:
+    """Rows selected by a pandas query from the config (all rows when `query` is None)."""
+    if not query:
+        return np.ones(len(frame), dtype=bool)
+    try:
+        result = frame.eval(query, engine="python")
+    except Exception as exc:  # noqa: BLE001 - any pandas eval failure is a config error
+        raise ConfigError(f"{what} = {query!r} failed: {exc}") from exc
+    return np.asarray(pd.Series(result, index=frame.index).fillna(False), dtype=bool)
 
 
 def load_customers(path: str | Path, id_column: str, schema: CustomerSchema, timezone: str = "UTC",

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from churnwatch.data.contract import CUSTOMER_ID, TIMESTAMP, ConfigError
+from churnwatch.data.contract import CUSTOMER_ID, TIMESTAMP, ConfigError, query_mask
 
 DAY_NS = 86_400 * 10**9
 
@@ -202,16 +202,11 @@ def build_snapshot(
                      start=start, end=start + n_before[customers], label=label)
 
 
-def label_event_mask(frame: pd.DataFrame, label_events: Mapping[str, Sequence[str]] | None) -> np.ndarray | None:
-    """Which events count as activity for the implicit churn label (None: every event)."""
+def label_event_mask(frame: pd.DataFrame, label_events: str | None) -> np.ndarray | None:
+    """Which events count as activity for the implicit churn label, as a pandas query (None: every event)."""
     if not label_events:
         return None
-    mask = np.ones(len(frame), dtype=bool)
-    for column, values in label_events.items():
-        if column not in frame.columns:
-            raise ConfigError(f"data.label_events names column {column!r}, which is not an event field")
-        mask &= frame[column].astype(str).isin([str(v) for v in values]).to_numpy()
-    return mask
+    return query_mask(frame, label_events, "data.label_events")
 
 
 def build_snapshots(log: EventLog, cutoffs: Sequence[pd.Timestamp], plan: SnapshotPlan,

@@ -9,13 +9,13 @@ and static attributes. Every value is computed from events strictly before the r
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from churnwatch.data.contract import MISSING, ConfigError
+from churnwatch.data.contract import MISSING, ConfigError, query_mask
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 from churnwatch.features.encode import Vocabulary, history_mask, ranges
 from churnwatch.features.encode import signed_log1p as _signed_log1p
@@ -27,9 +27,10 @@ class AggregateSpec:
 
     windows: tuple[int, ...] = (7, 30, 90, 180)
     amount: str | None = None
-    purchase_when: Mapping[str, tuple[str, ...]] | None = None
-    """Which events are purchases, e.g. {event_type: [purchase]}; None: every event is a purchase."""
-    count_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    purchase_when: str | None = None
+    """Which events are purchases, as a pandas query, e.g. "event_type == 'purchase'"; None: every event."""
+    count_values: tuple[tuple[str, str], ...] = ()
+    """(field, value) pairs to count, given in config as "field:value" strings."""
     mix_field: str | None = None
     mix_top_k: int = 8
     numeric_summaries: tuple[str, ...] = ()
@@ -45,8 +46,8 @@ class AggregateSpec:
             raise ConfigError(f"data.aggregates: unknown keys {sorted(unknown)}")
         conv = {
             "windows": lambda v: tuple(int(x) for x in v),
-            "purchase_when": lambda v: {str(k): tuple(map(str, x)) for k, x in v.items()} if v else None,
-            "count_values": lambda v: {str(k): tuple(map(str, x)) for k, x in (v or {}).items()},
+            "purchase_when": lambda v: str(v) if v else None,
+            "count_values": lambda v: tuple(_field_value(x) for x in (v or ())),
             "numeric_summaries": lambda v: tuple(map(str, v or ())),
             "ema_half_lives": lambda v: (float(v[0]), float(v[1])),
         }
@@ -128,17 +129,14 @@ class AggregateFeaturizer:
     def _check(self, log: EventLog) -> None:
         cols = set(log.frame.columns)
         wanted = [self.spec.amount, self.spec.mix_field, *self.spec.numeric_summaries,
-                  *(self.spec.purchase_when or {}), *self.spec.count_values]
+                  *(f for f, _ in self.spec.count_values)]
         for name in wanted:
             if name is not None and name not in cols:
                 raise ConfigError(f"data.aggregates names {name!r}, which is not an event field "
                                   f"(fields: {sorted(cols)})")
 
     def _purchase_mask(self, log: EventLog) -> np.ndarray:
-        mask = np.ones(len(log), dtype=bool)
-        for col, values in (self.spec.purchase_when or {}).items():
-            mask &= _isin(log.frame[col], values)
-        return mask
+        return query_mask(log.frame, self.spec.purchase_when, "data.aggregates.purchase_when")
 
     def _compute(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None) -> AggregateTable:
         self._check(log)
@@ -224,17 +222,15 @@ class AggregateFeaturizer:
 
         if spec.mix_field:
             self._mix(log, rows, seg, n, is_p, recent, cols)
-        for col, values in spec.count_values.items():
-            hit = _isin(log.frame[col], values)[rows]
-            for value in values:
-                one = (hit & _isin(log.frame[col], (value,))[rows]).astype(np.float64)
-                name = f"n_{col}_{value}"
-                cols[name] = total(one)
-                for w in (30, spec.recent_days):
-                    cols[f"{name}_{w}d"] = total(one * (age < w))
-                latest = np.full(n, np.inf)
-                np.minimum.at(latest, seg, np.where(one > 0, age, np.inf))
-                cols[f"days_since_{col}_{value}"] = np.where(np.isfinite(latest), latest, first_age + 1)
+        for col, value in spec.count_values:
+            one = _isin(log.frame[col], (value,))[rows].astype(np.float64)
+            name = f"n_{col}_{value}"
+            cols[name] = total(one)
+            for w in (30, spec.recent_days):
+                cols[f"{name}_{w}d"] = total(one * (age < w))
+            latest = np.full(n, np.inf)
+            np.minimum.at(latest, seg, np.where(one > 0, age, np.inf))
+            cols[f"days_since_{col}_{value}"] = np.where(np.isfinite(latest), latest, first_age + 1)
         for name in spec.numeric_summaries:
             self._summaries(log, name, rows, seg, n, recent, total, cols)
         categorical = self._static(log, snaps, customers, cols)
@@ -301,6 +297,13 @@ class AggregateFeaturizer:
             cols[f"static_{name}"] = ids.astype(np.float64)
             categorical.append(f"static_{name}")
         return categorical
+
+
+def _field_value(item: str) -> tuple[str, str]:
+    name, sep, value = str(item).partition(":")
+    if not sep or not name.strip() or not value.strip():
+        raise ConfigError(f"data.aggregates.count_values: expected 'field:value', got {item!r}")
+    return name.strip(), value.strip()
 
 
 def _isin(values: pd.Series, wanted: Sequence[str]) -> np.ndarray:

@@ -1,0 +1,50 @@
+"""Dry-run the data path: python scripts/prepare.py [data=online_retail] [data.<key>=value ...]
+
+Validates the event log, builds snapshots and splits, fits the encoders on the training split, encodes
+everything, prints a summary and writes data_report.json into the run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from churnwatch.data.dataset import build_data
+
+log = logging.getLogger("churnwatch.prepare")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(cfg.paths.output_dir)
+    log.info("run dir: %s", run_dir)
+    data = build_data(cfg.data)
+    summary = data.summary()
+    (run_dir / "data_report.json").write_text(json.dumps(summary, indent=2, default=str))
+
+    console = Console()
+    for report in data.reports:
+        console.print(f"[bold]validation[/bold] {report.summary()}")
+    table = Table(title=f"snapshots (horizon {data.plan.horizon_days} days)")
+    for col in ("split", "cutoff", "customers", "churn rate"):
+        table.add_column(col, justify="right" if col != "split" else "left")
+    for name in ("train", "val", "test"):
+        info = summary[name]
+        for cutoff, row in (info or {}).get("per_cutoff", {}).items():
+            table.add_row(name, cutoff, f"{row['customers']:,}", f"{row['churn_rate']:.1%}")
+    console.print(table)
+    seq = summary["sequence_features"]
+    console.print(f"sequence features: {len(seq['categorical'])} categorical {seq['categorical']}, "
+                  f"{len(seq['numeric'])} numeric, max_len {seq['max_len']}; "
+                  f"{len(summary['aggregate_features'])} aggregate features")
+    console.print(f"report: {run_dir / 'data_report.json'}")
+
+
+if __name__ == "__main__":
+    main()
