@@ -98,3 +98,12 @@ def test_subset_keeps_rows_and_their_events(loaded):
     for k, r in enumerate(rows):
         assert np.array_equal(sub.cat[sub.offsets[k]:sub.offsets[k + 1]], seqs.cat[seqs.offsets[r]:seqs.offsets[r + 1]])
     assert sub.customer_id.tolist() == seqs.customer_id[rows].tolist()
+
+
+def test_chunked_transform_equals_one_pass(loaded):
+    log = EventLog.from_frame(loaded.frame)
+    snap = build_snapshot(log, "2024-05-01", 30)
+    enc = SequenceEncoder(EventSchema.from_config(SCHEMA_CFG), max_len=12).fit(log, snap)
+    whole, chunked = enc.transform(log, snap), enc.transform(log, snap, chunk_events=7)
+    assert np.array_equal(whole.cat, chunked.cat) and np.array_equal(whole.num, chunked.num)
+    assert np.array_equal(whole.offsets, chunked.offsets)

@@ -33,7 +33,7 @@ class ChurnDataModule(L.LightningDataModule):
     def _loader(self, split: Split, train: bool) -> DataLoader:
         cfg = self.cfg
         batch_size = int(cfg.get("batch_size", 256) if train else cfg.get("eval_batch_size", 1024))
-        trainer = self.trainer if self._trainer is not None else None
+        trainer = self.trainer
         sampler = LengthBucketBatchSampler(
             split.seqs.lengths, batch_size, shuffle=train, bucket=bool(cfg.get("bucket_by_length", True)),
             seed=int(cfg.get("seed") or 0), num_replicas=trainer.world_size if trainer else 1,

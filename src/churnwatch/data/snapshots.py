@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,7 @@ class EventLog:
             sel &= mask
         return np.bincount(self.customer[sel], minlength=self.n_customers)
 
+    @cached_property
     def gap_days(self) -> np.ndarray:
         """Days since the customer's previous event; 0 for a customer's first event."""
         gaps = np.zeros(len(self.ts), dtype=np.float64)

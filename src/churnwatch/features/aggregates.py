@@ -102,7 +102,7 @@ class AggregateFeaturizer:
         means = np.nanmean(np.where(np.isfinite(table.values), table.values, np.nan), axis=0) \
             if len(table.values) else np.zeros(len(table.names))
         self.fill = {n: float(np.nan_to_num(m)) for n, m in zip(table.names, means, strict=True)}
-        scaled = _signed_log1p(self.transform(log, snaps, customers).values.astype(np.float64))
+        scaled = _signed_log1p(self._apply_fill(table).values.astype(np.float64))
         self.scale_mean = scaled.mean(axis=0) if len(scaled) else np.zeros(len(table.names))
         std = scaled.std(axis=0) if len(scaled) else np.ones(len(table.names))
         self.scale_std = np.where(std > 1e-12, std, 1.0)
@@ -115,7 +115,9 @@ class AggregateFeaturizer:
 
     def transform(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
                   ) -> AggregateTable:
-        table = self._compute(log, snaps, customers)
+        return self._apply_fill(self._compute(log, snaps, customers))
+
+    def _apply_fill(self, table: AggregateTable) -> AggregateTable:
         for j, name in enumerate(table.names):
             col = table.values[:, j]
             col[~np.isfinite(col)] = self.fill.get(name, 0.0)
@@ -244,7 +246,7 @@ class AggregateFeaturizer:
         k = len(self.mix_categories)
         lookup = Vocabulary(["<pad>", "<other>", *self.mix_categories]).lookup(log.frame[self.spec.mix_field])
         code = lookup[rows] - 2  # -1 = other (OOV), 0..k-1 = top categories
-        valid = is_p & (log.frame[self.spec.mix_field].astype(str).to_numpy()[rows] != MISSING)
+        valid = is_p & ~_isin(log.frame[self.spec.mix_field], (MISSING,))[rows]
         bins = np.where(code < 0, k, code)  # 'other' is bucket k
         counts = {}
         for part, sel in (("all", valid), ("recent", valid & recent), ("before", valid & ~recent)):

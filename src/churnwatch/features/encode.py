@@ -46,13 +46,18 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def lookup(self, values: pd.Series) -> np.ndarray:
-        """int32 ids; unseen values (and nulls) map to OOV."""
+    def table(self, values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(ids per category of `values`, category codes): ids = table[codes]; unseen and null → OOV."""
         index = {t: i for i, t in enumerate(self.tokens)}
         cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
         table = np.array([index.get(str(c), OOV) for c in cat.cat.categories] + [OOV], dtype=np.int32)
         codes = cat.cat.codes.to_numpy()
-        return table[np.where(codes < 0, len(table) - 1, codes)]
+        return table, np.where(codes < 0, len(table) - 1, codes)
+
+    def lookup(self, values: pd.Series) -> np.ndarray:
+        """int32 ids; unseen values (and nulls) map to OOV."""
+        table, codes = self.table(values)
+        return table[codes]
 
 
 @dataclass
@@ -63,8 +68,9 @@ class NumericStats:
     mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
     std: np.ndarray = field(default_factory=lambda: np.ones(0))
 
-    def _raw(self, columns: Sequence[np.ndarray]) -> np.ndarray:
-        out = np.empty((len(columns[0]) if columns else 0, len(self.fields)), dtype=np.float64)
+    def _raw(self, columns: Sequence[np.ndarray], n_rows: int | None = None) -> np.ndarray:
+        n_rows = len(columns[0]) if columns else (n_rows or 0)
+        out = np.empty((n_rows, len(self.fields)), dtype=np.float64)
         for j, (spec, col) in enumerate(zip(self.fields, columns, strict=True)):
             x = np.asarray(col, dtype=np.float64)
             if spec.fill is not None:
@@ -80,9 +86,11 @@ class NumericStats:
         self.mean = np.nan_to_num(self.mean)
         return self
 
-    def transform(self, columns: Sequence[np.ndarray]) -> np.ndarray:
-        """float32 (n, n_fields); any value still missing becomes 0 (the training mean), never NaN."""
-        z = (self._raw(columns) - self.mean) / self.std
+    def transform(self, columns: Sequence[np.ndarray], n_rows: int | None = None) -> np.ndarray:
+        """float32 (n, n_fields); any value still missing becomes 0 (the training mean), never NaN.
+
+        `n_rows` gives the row count when there are no fields (columns is empty)."""
+        z = (self._raw(columns, n_rows) - self.mean) / self.std
         return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
     def state(self) -> dict[str, Any]:
@@ -214,32 +222,45 @@ class SequenceEncoder:
             [static[n].to_numpy(dtype=np.float64) for n in self.static_num_names])
         return self
 
-    def transform(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
-                  ) -> EncodedSequences:
-        """Encode each snapshot row's last `max_len` events before its cutoff."""
+    def transform(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None,
+                  chunk_events: int = 1_000_000) -> EncodedSequences:
+        """Encode each snapshot row's last `max_len` events before its cutoff.
+
+        Works through the rows in chunks of about `chunk_events` events, writing into preallocated
+        outputs, so temporary memory stays bounded however large the log is.
+        """
         if not self.is_fitted:
             raise RuntimeError("SequenceEncoder.transform called before fit")
-        lengths, rows, gap, age = self._window(log, snaps)
+        start = np.maximum(snaps.start, snaps.end - self.max_len)
+        offsets = np.concatenate([[0], np.cumsum(snaps.end - start)]).astype(np.int64)
         frame = log.frame
-        n_cat = len(self.cat_names)
-        cat = np.empty((len(rows), n_cat), dtype=np.int32)
-        for j, name in enumerate(self.schema.categorical):
-            cat[:, j] = self.vocabs[name].lookup(frame[name])[rows]
-        ts = log.ts[rows]
-        # Day of week and hour of the event's wall-clock time: 1-based, 0 stays padding.
-        days = ts // DAY_NS
-        cat[:, n_cat - 2] = (days + 3) % 7 + 1  # 1970-01-01 was a Thursday (Monday = 1)
-        cat[:, n_cat - 1] = (ts - days * DAY_NS) // (3600 * 10**9) + 1
-        num_cols = [frame[n].to_numpy(dtype=np.float64)[rows] for n in self.schema.numeric_names]
-        num = self.numeric.transform([*num_cols, gap, age])
+        n_fields = len(self.schema.categorical)
+        cat = np.empty((int(offsets[-1]), n_fields + len(TIME_CATEGORICAL)), dtype=np.int32)
+        num = np.empty((int(offsets[-1]), len(self.num_names)), dtype=np.float32)
+        tables, codes = {}, {}
+        for name in self.schema.categorical:
+            tables[name], codes[name] = self.vocabs[name].table(frame[name])
+        numeric = [frame[n].to_numpy(dtype=np.float64) for n in self.schema.numeric_names]
+        cuts = np.searchsorted(offsets, np.arange(chunk_events, offsets[-1], chunk_events))
+        bounds = np.unique(np.concatenate([[0], cuts, [len(snaps)]]))
+        for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
+            out = slice(offsets[r0], offsets[r1])
+            rows = ranges(start[r0:r1], snaps.end[r0:r1])
+            for j, name in enumerate(self.schema.categorical):
+                cat[out, j] = tables[name][codes[name][rows]]
+            ts = log.ts[rows]
+            # Day of week and hour of the event's wall-clock time: 1-based, 0 stays padding.
+            days = ts // DAY_NS
+            cat[out, n_fields] = (days + 3) % 7 + 1  # 1970-01-01 was a Thursday (Monday = 1)
+            cat[out, n_fields + 1] = (ts - days * DAY_NS) // (3600 * 10**9) + 1
+            age = (np.repeat(snaps.cutoff[r0:r1].view(np.int64), np.diff(offsets[r0:r1 + 1])) - ts) / DAY_NS
+            num[out] = self.numeric.transform([*(col[rows] for col in numeric), log.gap_days[rows], age])
         static = self._static_frame(log, snaps, customers)
         static_cat = np.zeros((len(snaps), len(self.static_cat_names)), dtype=np.int32)
         for j, name in enumerate(self.static_cat_names):
             static_cat[:, j] = self.static_vocabs[name].lookup(static[name])
         static_num = self.static_numeric.transform([static[n].to_numpy(dtype=np.float64)
-                                                    for n in self.static_num_names]) if self.static_num_names \
-            else np.zeros((len(snaps), 0), dtype=np.float32)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+                                                    for n in self.static_num_names], n_rows=len(snaps))
         return EncodedSequences(offsets, cat, num, static_cat, static_num, snaps.label.astype(np.float32),
                                 snaps.customer_ids(log), snaps.cutoff)
 
@@ -249,7 +270,7 @@ class SequenceEncoder:
         lengths = snaps.end - start
         rows = ranges(start, snaps.end)
         age = (np.repeat(snaps.cutoff.view(np.int64), lengths) - log.ts[rows]) / DAY_NS
-        return lengths, rows, log.gap_days()[rows], age
+        return lengths, rows, log.gap_days[rows], age
 
     # -- static attributes ----------------------------------------------------------------------------------
     def _static_num_fields(self) -> list[NumericField]:

@@ -1,0 +1,167 @@
+"""Benchmark the data path: synthetic generation, then load/validate, snapshot, encode and aggregate.
+
+    python scripts/bench_data.py [--customers 1000000] [--work-dir /tmp/churnwatch_bench]
+
+Each phase runs in a fresh Python process so its peak RSS is its own. Prints a markdown table for
+docs/BENCHMARKS.md and writes the raw figures as JSON next to the generated data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRSS:
+    """Samples this process's RSS every few ms: the peak above a baseline, for one phase of work."""
+
+    def __init__(self, every: float = 0.005):
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+
+    def __enter__(self) -> PeakRSS:
+        self.base = _rss_bytes()
+        self.peak = self.base
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.every)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+def phase_generate(args: argparse.Namespace) -> dict:
+    from churnwatch.data import synthetic
+
+    t0 = time.perf_counter()
+    data = synthetic.generate(n_customers=args.customers, seed=0)
+    t1 = time.perf_counter()
+    synthetic.write(data, args.work_dir)
+    t2 = time.perf_counter()
+    return {"customers": args.customers, "events": len(data.events), "generate_s": t1 - t0, "write_s": t2 - t1,
+            "total_s": t2 - t0, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def phase_encode(args: argparse.Namespace) -> dict:
+    import pandas as pd
+    from hydra import compose, initialize_config_dir
+
+    from churnwatch.data.contract import CustomerSchema, EventSchema, load_customers, load_events
+    from churnwatch.data.snapshots import EventLog, SnapshotPlan, build_snapshots
+    from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec
+    from churnwatch.features.encode import SequenceEncoder
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("prepare", overrides=[f"data.data_dir={args.work_dir}", "paths.output_dir=."])
+    cfg = cfg.data
+    out: dict = {}
+    t = time.perf_counter()
+    schema = EventSchema.from_config(cfg)
+    loaded = load_events(cfg.events_path, schema, end_date=cfg.end_date)
+    customers, _ = load_customers(cfg.customers_path, schema.customer_id, CustomerSchema.from_config(cfg.customers))
+    out["load_validate_s"] = time.perf_counter() - t
+    out["events"] = len(loaded.frame)
+    out["raw_frame_gb"] = loaded.frame.memory_usage(deep=True).sum() / 2**30
+    log = EventLog.from_frame(loaded.frame)
+    t = time.perf_counter()
+    plan = SnapshotPlan.from_config(cfg)
+    # One cutoff, whole histories: every event before it is encoded (no max_len truncation).
+    snaps = build_snapshots(log, [pd.Timestamp(args.cutoff)], plan)
+    out["snapshot_s"] = time.perf_counter() - t
+    out["snapshot_rows"] = len(snaps)
+    out["history_events"] = int((snaps.end - snaps.start).sum())
+    encoder = SequenceEncoder(schema, CustomerSchema.from_config(cfg.customers), max_len=10**9, min_count=5)
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        encoder.fit(log, snaps, customers)
+        out["encoder_fit_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        seqs = encoder.transform(log, snaps, customers)
+        out["encode_s"] = time.perf_counter() - t
+    out["encoded_events"] = int(len(seqs.cat))
+    out["encode_events_per_s"] = out["encoded_events"] / out["encode_s"]
+    out["fit_plus_encode_events_per_s"] = out["encoded_events"] / (out["encode_s"] + out["encoder_fit_s"])
+    out["encode_peak_extra_gb"] = (mem.peak - mem.base) / 2**30
+    out["encode_peak_over_raw"] = out["encode_peak_extra_gb"] / out["raw_frame_gb"]
+    del seqs
+    featurizer = AggregateFeaturizer(AggregateSpec.from_config(cfg.aggregates), cfg.customers.categorical, [],
+                                     cfg.customers.dates)
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        table = featurizer.fit(log, snaps, customers).transform(log, snaps, customers)
+        out["aggregates_fit_transform_s"] = time.perf_counter() - t
+    out["aggregate_features"] = len(table.names)
+    out["aggregates_events_per_s"] = out["history_events"] / out["aggregates_fit_transform_s"]
+    out["aggregates_peak_extra_gb"] = (mem.peak - mem.base) / 2**30
+    out["process_peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=1_000_000)
+    parser.add_argument("--work-dir", type=Path, default=Path("/tmp/churnwatch_bench"))
+    parser.add_argument("--cutoff", default="2024-10-15")
+    parser.add_argument("--phase", choices=["generate", "encode"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        result = {"generate": phase_generate, "encode": phase_encode}[args.phase](args)
+        print(json.dumps(result))
+        return
+    results = {}
+    for phase in ("generate", "encode"):
+        cmd = [sys.executable, __file__, "--phase", phase, "--customers", str(args.customers),
+               "--work-dir", str(args.work_dir), "--cutoff", args.cutoff]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            sys.exit(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
+        results[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
+    results["machine"] = f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, " \
+                         f"numpy {np.__version__}, python {platform.python_version()}"
+    (args.work_dir / "bench_data.json").write_text(json.dumps(results, indent=2))
+    g, e = results["generate"], results["encode"]
+    rows = [
+        ("generate + write parquet", f"{g['total_s']:.1f} s", f"{g['customers']:,} customers, {g['events']:,} events",
+         f"{g['peak_rss_gb']:.2f} GB peak RSS"),
+        ("load + validate (parquet → canonical frame)", f"{e['load_validate_s']:.1f} s",
+         f"{e['events'] / e['load_validate_s'] / 1e6:.2f} M events/s", f"raw frame {e['raw_frame_gb']:.2f} GB"),
+        ("snapshot (one cutoff, full histories)", f"{e['snapshot_s']:.2f} s", f"{e['snapshot_rows']:,} rows", ""),
+        ("sequence encoding: transform", f"{e['encode_s']:.1f} s",
+         f"{e['encode_events_per_s'] / 1e6:.2f} M events/s ({e['encoded_events']:,} events)",
+         f"peak +{e['encode_peak_extra_gb']:.2f} GB = {e['encode_peak_over_raw']:.2f}× raw (fit included)"),
+        ("sequence encoding: fit + transform", f"{e['encode_s'] + e['encoder_fit_s']:.1f} s",
+         f"{e['fit_plus_encode_events_per_s'] / 1e6:.2f} M events/s", ""),
+        ("aggregates: fit + transform", f"{e['aggregates_fit_transform_s']:.1f} s",
+         f"{e['aggregates_events_per_s'] / 1e6:.2f} M events/s, {e['aggregate_features']} features",
+         f"peak +{e['aggregates_peak_extra_gb']:.2f} GB"),
+    ]
+    print("| step | time | throughput | memory |\n| --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    print(f"\n{results['machine']}; figures in {args.work_dir / 'bench_data.json'}")
+
+
+if __name__ == "__main__":
+    main()
