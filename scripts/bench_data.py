@@ -59,8 +59,14 @@ def phase_generate(args: argparse.Namespace) -> dict:
     t1 = time.perf_counter()
     synthetic.write(data, args.work_dir)
     t2 = time.perf_counter()
-    return {"customers": args.customers, "events": len(data.events), "generate_s": t1 - t0, "write_s": t2 - t1,
-            "total_s": t2 - t0, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {
+        "customers": args.customers,
+        "events": len(data.events),
+        "generate_s": t1 - t0,
+        "write_s": t2 - t1,
+        "total_s": t2 - t0,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+    }
 
 
 def phase_encode(args: argparse.Namespace) -> dict:
@@ -80,7 +86,9 @@ def phase_encode(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     schema = EventSchema.from_config(cfg)
     loaded = load_events(cfg.events_path, schema, end_date=cfg.end_date)
-    customers, _ = load_customers(cfg.customers_path, schema.customer_id, CustomerSchema.from_config(cfg.customers))
+    customers, _ = load_customers(
+        cfg.customers_path, schema.customer_id, CustomerSchema.from_config(cfg.customers)
+    )
     out["load_validate_s"] = time.perf_counter() - t
     out["events"] = len(loaded.frame)
     out["raw_frame_gb"] = loaded.frame.memory_usage(deep=True).sum() / 2**30
@@ -106,8 +114,9 @@ def phase_encode(args: argparse.Namespace) -> dict:
     out["encode_peak_extra_gb"] = (mem.peak - mem.base) / 2**30
     out["encode_peak_over_raw"] = out["encode_peak_extra_gb"] / out["raw_frame_gb"]
     del seqs
-    featurizer = AggregateFeaturizer(AggregateSpec.from_config(cfg.aggregates), cfg.customers.categorical, [],
-                                     cfg.customers.dates)
+    featurizer = AggregateFeaturizer(
+        AggregateSpec.from_config(cfg.aggregates), cfg.customers.categorical, [], cfg.customers.dates
+    )
     with PeakRSS() as mem:
         t = time.perf_counter()
         table = featurizer.fit(log, snaps, customers).transform(log, snaps, customers)
@@ -120,7 +129,9 @@ def phase_encode(args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/churnwatch_bench"))
     parser.add_argument("--cutoff", default="2024-10-15")
@@ -132,30 +143,65 @@ def main() -> None:
         return
     results = {}
     for phase in ("generate", "encode"):
-        cmd = [sys.executable, __file__, "--phase", phase, "--customers", str(args.customers),
-               "--work-dir", str(args.work_dir), "--cutoff", args.cutoff]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--phase",
+            phase,
+            "--customers",
+            str(args.customers),
+            "--work-dir",
+            str(args.work_dir),
+            "--cutoff",
+            args.cutoff,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             sys.exit(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
         results[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
-    results["machine"] = f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, " \
-                         f"numpy {np.__version__}, python {platform.python_version()}"
+    results["machine"] = (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"numpy {np.__version__}, python {platform.python_version()}"
+    )
     (args.work_dir / "bench_data.json").write_text(json.dumps(results, indent=2))
     g, e = results["generate"], results["encode"]
     rows = [
-        ("generate + write parquet", f"{g['total_s']:.1f} s", f"{g['customers']:,} customers, {g['events']:,} events",
-         f"{g['peak_rss_gb']:.2f} GB peak RSS"),
-        ("load + validate (parquet → canonical frame)", f"{e['load_validate_s']:.1f} s",
-         f"{e['events'] / e['load_validate_s'] / 1e6:.2f} M events/s", f"raw frame {e['raw_frame_gb']:.2f} GB"),
-        ("snapshot (one cutoff, full histories)", f"{e['snapshot_s']:.2f} s", f"{e['snapshot_rows']:,} rows", ""),
-        ("sequence encoding: transform", f"{e['encode_s']:.1f} s",
-         f"{e['encode_events_per_s'] / 1e6:.2f} M events/s ({e['encoded_events']:,} events)",
-         f"peak +{e['encode_peak_extra_gb']:.2f} GB = {e['encode_peak_over_raw']:.2f}× raw (fit included)"),
-        ("sequence encoding: fit + transform", f"{e['encode_s'] + e['encoder_fit_s']:.1f} s",
-         f"{e['fit_plus_encode_events_per_s'] / 1e6:.2f} M events/s", ""),
-        ("aggregates: fit + transform", f"{e['aggregates_fit_transform_s']:.1f} s",
-         f"{e['aggregates_events_per_s'] / 1e6:.2f} M events/s, {e['aggregate_features']} features",
-         f"peak +{e['aggregates_peak_extra_gb']:.2f} GB"),
+        (
+            "generate + write parquet",
+            f"{g['total_s']:.1f} s",
+            f"{g['customers']:,} customers, {g['events']:,} events",
+            f"{g['peak_rss_gb']:.2f} GB peak RSS",
+        ),
+        (
+            "load + validate (parquet → canonical frame)",
+            f"{e['load_validate_s']:.1f} s",
+            f"{e['events'] / e['load_validate_s'] / 1e6:.2f} M events/s",
+            f"raw frame {e['raw_frame_gb']:.2f} GB",
+        ),
+        (
+            "snapshot (one cutoff, full histories)",
+            f"{e['snapshot_s']:.2f} s",
+            f"{e['snapshot_rows']:,} rows",
+            "",
+        ),
+        (
+            "sequence encoding: transform",
+            f"{e['encode_s']:.1f} s",
+            f"{e['encode_events_per_s'] / 1e6:.2f} M events/s ({e['encoded_events']:,} events)",
+            f"peak +{e['encode_peak_extra_gb']:.2f} GB = {e['encode_peak_over_raw']:.2f}× raw (fit included)",
+        ),
+        (
+            "sequence encoding: fit + transform",
+            f"{e['encode_s'] + e['encoder_fit_s']:.1f} s",
+            f"{e['fit_plus_encode_events_per_s'] / 1e6:.2f} M events/s",
+            "",
+        ),
+        (
+            "aggregates: fit + transform",
+            f"{e['aggregates_fit_transform_s']:.1f} s",
+            f"{e['aggregates_events_per_s'] / 1e6:.2f} M events/s, {e['aggregate_features']} features",
+            f"peak +{e['aggregates_peak_extra_gb']:.2f} GB",
+        ),
     ]
     print("| step | time | throughput | memory |\n| --- | --- | --- | --- |")
     for row in rows:

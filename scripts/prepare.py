@@ -40,9 +40,11 @@ def main(cfg: DictConfig) -> None:
             table.add_row(name, cutoff, f"{row['customers']:,}", f"{row['churn_rate']:.1%}")
     console.print(table)
     seq = summary["sequence_features"]
-    console.print(f"sequence features: {len(seq['categorical'])} categorical {seq['categorical']}, "
-                  f"{len(seq['numeric'])} numeric, max_len {seq['max_len']}; "
-                  f"{len(summary['aggregate_features'])} aggregate features")
+    console.print(
+        f"sequence features: {len(seq['categorical'])} categorical {seq['categorical']}, "
+        f"{len(seq['numeric'])} numeric, max_len {seq['max_len']}; "
+        f"{len(summary['aggregate_features'])} aggregate features"
+    )
     console.print(f"report: {run_dir / 'data_report.json'}")
 
 

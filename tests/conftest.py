@@ -21,7 +21,9 @@ SCHEMA_CFG = {
 }
 
 
-def make_events(n_customers: int = 40, seed: int = 0, start: str = "2024-01-01", days: int = 200) -> pd.DataFrame:
+def make_events(
+    n_customers: int = 40, seed: int = 0, start: str = "2024-01-01", days: int = 200
+) -> pd.DataFrame:
     """Random raw events in the SCHEMA_CFG mapping: purchases and complaints over `days` days."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -30,13 +32,15 @@ def make_events(n_customers: int = 40, seed: int = 0, start: str = "2024-01-01",
         offsets = np.sort(rng.uniform(0, days, n))
         for off in offsets:
             kind = "complaint" if rng.random() < 0.1 else "purchase"
-            rows.append({
-                "cid": f"u{c:03d}",
-                "ts": pd.Timestamp(start) + pd.Timedelta(days=float(off)),
-                "kind": kind,
-                "cat": rng.choice(["a", "b", "c", "d"]) if kind == "purchase" else None,
-                "amount": float(rng.gamma(2, 20)) if kind == "purchase" else np.nan,
-            })
+            rows.append(
+                {
+                    "cid": f"u{c:03d}",
+                    "ts": pd.Timestamp(start) + pd.Timedelta(days=float(off)),
+                    "kind": kind,
+                    "cat": rng.choice(["a", "b", "c", "d"]) if kind == "purchase" else None,
+                    "amount": float(rng.gamma(2, 20)) if kind == "purchase" else np.nan,
+                }
+            )
     return pd.DataFrame(rows)
 
 

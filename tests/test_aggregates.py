@@ -12,11 +12,18 @@ from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec
 
 from .conftest import SCHEMA_CFG
 
-SPEC = AggregateSpec.from_config({
-    "windows": [7, 30], "amount": "amount", "purchase_when": "kind == 'purchase'",
-    "count_values": ["kind:complaint"], "mix_field": "cat", "mix_top_k": 2, "numeric_summaries": ["amount"],
-    "recent_days": 30,
-})
+SPEC = AggregateSpec.from_config(
+    {
+        "windows": [7, 30],
+        "amount": "amount",
+        "purchase_when": "kind == 'purchase'",
+        "count_values": ["kind:complaint"],
+        "mix_field": "cat",
+        "mix_top_k": 2,
+        "numeric_summaries": ["amount"],
+        "recent_days": 30,
+    }
+)
 
 
 def _table(rows, cutoff="2024-04-01", customers=None, featurizer=None):
@@ -79,8 +86,10 @@ def test_numeric_summaries_and_no_nan_anywhere():
 
 
 def test_static_attributes_become_features():
-    customers = pd.DataFrame({"region": ["n", "s"], "signup": pd.to_datetime(["2024-03-01", "2023-01-01"])},
-                             index=pd.Index(["a", "b"], name="customer_id"))
+    customers = pd.DataFrame(
+        {"region": ["n", "s"], "signup": pd.to_datetime(["2024-03-01", "2023-01-01"])},
+        index=pd.Index(["a", "b"], name="customer_id"),
+    )
     frame = pd.DataFrame(ROWS, columns=["cid", "ts", "kind", "cat", "amount"])
     loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
     log = EventLog.from_frame(loaded.frame)

@@ -15,9 +15,16 @@ def _seqs(lengths: list[int]) -> EncodedSequences:
     cat = np.stack([np.arange(1, n_events + 1), np.full(n_events, 7)], axis=1).astype(np.int32)
     num = np.arange(n_events, dtype=np.float32)[:, None] / 10
     n = len(lengths)
-    return EncodedSequences(offsets, cat, num, np.ones((n, 1), np.int32), np.zeros((n, 2), np.float32),
-                            np.arange(n, dtype=np.float32) % 2, np.array([f"c{i}" for i in range(n)], dtype=object),
-                            np.full(n, np.datetime64("2024-01-01"), dtype="datetime64[ns]"))
+    return EncodedSequences(
+        offsets,
+        cat,
+        num,
+        np.ones((n, 1), np.int32),
+        np.zeros((n, 2), np.float32),
+        np.arange(n, dtype=np.float32) % 2,
+        np.array([f"c{i}" for i in range(n)], dtype=object),
+        np.full(n, np.datetime64("2024-01-01"), dtype="datetime64[ns]"),
+    )
 
 
 def test_pad_batch_places_each_row_left_aligned_with_lengths():

@@ -30,8 +30,10 @@ def test_data_configs_compose_and_parse():
         EventSchema.from_config(cfg.data)
         plan = SnapshotPlan.from_config(cfg.data)
         assert plan.test_cutoff is not None
-        assert all(c + __import__("pandas").Timedelta(days=plan.horizon_days) <= plan.test_cutoff
-                   for c in plan.train_cutoffs)
+        assert all(
+            c + __import__("pandas").Timedelta(days=plan.horizon_days) <= plan.test_cutoff
+            for c in plan.train_cutoffs
+        )
 
 
 def test_online_retail_inherits_but_replaces_aggregate_counts():
@@ -45,14 +47,28 @@ def test_a_new_event_log_with_overrides_only(tmp_path):
     events = make_events(n_customers=50, seed=2).rename(columns={"cid": "user", "ts": "when"})
     path = tmp_path / "my_log.csv"
     events.to_csv(path, index=False)
-    cfg = compose("prepare", [
-        f"data.events_path={path}", "data.customers_path=null", "data.generate=null",
-        "data.customer_id=user", "data.timestamp=when", "data.categorical=[kind,cat]",
-        "data.numeric=[{name: amount, min: 0, fill: 0}]", "data.end_date=2030-01-01",
-        "data.horizon_days=30", "data.lookback_days=null", "data.test_cutoff=2024-06-15", "data.n_snapshots=2",
-        "data.aggregates.purchase_when='kind == \"purchase\"'", "data.aggregates.count_values=[kind:complaint]",
-        "data.aggregates.mix_field=cat", "data.aggregates.numeric_summaries=[]", "data.vocab.min_count=1",
-    ])
+    cfg = compose(
+        "prepare",
+        [
+            f"data.events_path={path}",
+            "data.customers_path=null",
+            "data.generate=null",
+            "data.customer_id=user",
+            "data.timestamp=when",
+            "data.categorical=[kind,cat]",
+            "data.numeric=[{name: amount, min: 0, fill: 0}]",
+            "data.end_date=2030-01-01",
+            "data.horizon_days=30",
+            "data.lookback_days=null",
+            "data.test_cutoff=2024-06-15",
+            "data.n_snapshots=2",
+            "data.aggregates.purchase_when='kind == \"purchase\"'",
+            "data.aggregates.count_values=[kind:complaint]",
+            "data.aggregates.mix_field=cat",
+            "data.aggregates.numeric_summaries=[]",
+            "data.vocab.min_count=1",
+        ],
+    )
     data = build_data(cfg.data)
     assert data.encoder.cat_names[:2] == ["kind", "cat"]
     assert len(data.train) > 0 and data.test is not None and len(data.test) > 0

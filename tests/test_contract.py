@@ -39,8 +39,9 @@ def _events(**overrides) -> pd.DataFrame:
     return pd.DataFrame(base)
 
 
-def _load(frame: pd.DataFrame, policy: str = "drop", cfg: dict | None = None, end_date: str = "2025-01-01",
-          **kw):
+def _load(
+    frame: pd.DataFrame, policy: str = "drop", cfg: dict | None = None, end_date: str = "2025-01-01", **kw
+):
     schema = EventSchema.from_config(cfg or SCHEMA_CFG)
     return load_events("shop/events.csv", schema, policy=policy, end_date=end_date, frame=frame, **kw)
 
@@ -49,14 +50,18 @@ def test_canonical_frame_is_sorted_typed_and_keeps_nulls_as_missing_category():
     out = _load(_events(cid=["c", "a", "b", "a"])).frame
     assert list(out.columns) == [CUSTOMER_ID, TIMESTAMP, "kind", "cat", "amount"]
     assert out[CUSTOMER_ID].astype(str).tolist() == ["a", "a", "b", "c"]
-    assert out[TIMESTAMP].is_monotonic_increasing or out.groupby(CUSTOMER_ID, observed=True)[TIMESTAMP].apply(
-        lambda s: s.is_monotonic_increasing).all()
+    assert (
+        out[TIMESTAMP].is_monotonic_increasing
+        or out.groupby(CUSTOMER_ID, observed=True)[TIMESTAMP].apply(lambda s: s.is_monotonic_increasing).all()
+    )
     assert out["cat"].astype(str).tolist().count(MISSING) == 1
     assert out["amount"].isna().sum() == 1  # filled later by the encoder, explicitly
 
 
 def test_missing_column_error_names_file_and_column():
-    with pytest.raises(DataValidationError, match=r"shop/events.csv: column 'amount' \(data.numeric\) not found"):
+    with pytest.raises(
+        DataValidationError, match=r"shop/events.csv: column 'amount' \(data.numeric\) not found"
+    ):
         _load(_events().drop(columns=["amount"]))
 
 
@@ -111,8 +116,11 @@ def test_unknown_policy_is_a_config_error():
 def test_timezone_rule_aware_converted_naive_kept():
     values = pd.Series(["2024-03-01 12:00", "2024-03-01T12:00:00+02:00", "2024-03-01T12:00:00Z", "junk"])
     parsed = parse_timestamps(values, "UTC")
-    assert parsed.tolist()[:3] == [pd.Timestamp("2024-03-01 12:00"), pd.Timestamp("2024-03-01 10:00"),
-                                   pd.Timestamp("2024-03-01 12:00")]
+    assert parsed.tolist()[:3] == [
+        pd.Timestamp("2024-03-01 12:00"),
+        pd.Timestamp("2024-03-01 10:00"),
+        pd.Timestamp("2024-03-01 12:00"),
+    ]
     assert pd.isna(parsed.iloc[3])
     local = parse_timestamps(values.iloc[:2], "Europe/Berlin")
     assert local.tolist() == [pd.Timestamp("2024-03-01 12:00"), pd.Timestamp("2024-03-01 11:00")]
@@ -134,12 +142,19 @@ def test_numeric_and_string_ids_are_the_same_customer():
 
 
 def test_filter_and_derived_columns_come_from_config():
-    frame = pd.DataFrame({
-        "Invoice": ["1", "C2", "3"], "cid": [1.0, 1.0, 2.0],
-        "ts": ["2024-01-01", "2024-01-02", "2024-01-03"], "qty": [2, -1, 3], "price": [1.5, 1.5, 2.0],
-    })
+    frame = pd.DataFrame(
+        {
+            "Invoice": ["1", "C2", "3"],
+            "cid": [1.0, 1.0, 2.0],
+            "ts": ["2024-01-01", "2024-01-02", "2024-01-03"],
+            "qty": [2, -1, 3],
+            "price": [1.5, 1.5, 2.0],
+        }
+    )
     cfg = {"customer_id": "cid", "timestamp": "ts", "numeric": [{"name": "amount", "min": 0}]}
-    loaded = _load(frame, cfg=cfg, row_filter="~Invoice.str.startswith('C')", derived={"amount": "qty * price"})
+    loaded = _load(
+        frame, cfg=cfg, row_filter="~Invoice.str.startswith('C')", derived={"amount": "qty * price"}
+    )
     assert loaded.report.rows_filtered == 1
     assert loaded.frame["amount"].tolist() == [3.0, 6.0]
     with pytest.raises(ConfigError, match="data.filter"):
@@ -172,8 +187,13 @@ def test_truncated_parquet_is_a_clear_error(tmp_path: Path):
 
 def test_customers_table_validation(tmp_path: Path):
     path = tmp_path / "customers.csv"
-    pd.DataFrame({"cid": ["a", "a", "b", ""], "region": ["n", "n", None, "s"],
-                  "signup": ["2023-01-01", "2023-01-01", "bad", "2023-02-01"]}).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "cid": ["a", "a", "b", ""],
+            "region": ["n", "n", None, "s"],
+            "signup": ["2023-01-01", "2023-01-01", "bad", "2023-02-01"],
+        }
+    ).to_csv(path, index=False)
     table, report = load_customers(path, "cid", CustomerSchema(categorical=("region",), dates=("signup",)))
     assert report.dropped == {"null_id": 1, "duplicate_id": 1, "bad_date": 1}
     assert table.index.tolist() == ["a"]
@@ -183,7 +203,8 @@ def test_customers_table_validation(tmp_path: Path):
 def test_labels_table(tmp_path: Path):
     path = tmp_path / "labels.csv"
     pd.DataFrame({"cid": ["a", "b"], "cutoff": ["2024-02-01", "2024-02-01"], "churned": [1, 0]}).to_csv(
-        path, index=False)
+        path, index=False
+    )
     labels = load_labels(path, "cid")
     assert labels["label"].tolist() == [1.0, 0.0]
     pd.DataFrame({"cid": ["a"], "cutoff": ["2024-02-01"], "churned": [2]}).to_csv(path, index=False)

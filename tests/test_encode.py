@@ -42,13 +42,15 @@ def test_numeric_transform_signed_log1p_then_standardise():
 
 
 def test_encoding_of_a_tiny_log_by_hand():
-    log = _log([
-        ("a", "2024-01-01 09:00", "purchase", "x", 10.0),   # Monday
-        ("a", "2024-01-03 18:30", "purchase", "y", 20.0),   # Wednesday
-        ("a", "2024-01-04 07:00", "complaint", None, None),  # Thursday
-        ("b", "2024-01-02 12:00", "purchase", "x", 5.0),
-        ("b", "2024-02-01 12:00", "purchase", "new", 5.0),  # after the cutoff: never seen
-    ])
+    log = _log(
+        [
+            ("a", "2024-01-01 09:00", "purchase", "x", 10.0),  # Monday
+            ("a", "2024-01-03 18:30", "purchase", "y", 20.0),  # Wednesday
+            ("a", "2024-01-04 07:00", "complaint", None, None),  # Thursday
+            ("b", "2024-01-02 12:00", "purchase", "x", 5.0),
+            ("b", "2024-02-01 12:00", "purchase", "new", 5.0),  # after the cutoff: never seen
+        ]
+    )
     snap = build_snapshot(log, "2024-01-05", horizon_days=30)
     enc = SequenceEncoder(EventSchema.from_config(SCHEMA_CFG), max_len=2).fit(log, snap)
     seqs = enc.transform(log, snap)
@@ -70,7 +72,9 @@ def test_encoding_of_a_tiny_log_by_hand():
 
 def test_length_one_history_and_unknown_categories_at_transform_time():
     train = _log([("a", "2024-01-01", "purchase", "x", 1.0), ("a", "2024-01-02", "purchase", "x", 2.0)])
-    enc = SequenceEncoder(EventSchema.from_config(SCHEMA_CFG)).fit(train, build_snapshot(train, "2024-01-03", 10))
+    enc = SequenceEncoder(EventSchema.from_config(SCHEMA_CFG)).fit(
+        train, build_snapshot(train, "2024-01-03", 10)
+    )
     other = _log([("z", "2024-01-01", "refund", "brand-new", 3.0)])
     seqs = enc.transform(other, build_snapshot(other, "2024-01-03", 10))
     assert seqs.lengths.tolist() == [1]
@@ -96,7 +100,9 @@ def test_subset_keeps_rows_and_their_events(loaded):
     rows = np.array([3, 0, 5])
     sub = seqs.subset(rows)
     for k, r in enumerate(rows):
-        assert np.array_equal(sub.cat[sub.offsets[k]:sub.offsets[k + 1]], seqs.cat[seqs.offsets[r]:seqs.offsets[r + 1]])
+        assert np.array_equal(
+            sub.cat[sub.offsets[k] : sub.offsets[k + 1]], seqs.cat[seqs.offsets[r] : seqs.offsets[r + 1]]
+        )
     assert sub.customer_id.tolist() == seqs.customer_id[rows].tolist()
 
 

@@ -21,11 +21,23 @@ TEST_CUTOFF = "2024-06-15"
 
 def _cfg(path: Path) -> dict:
     return {
-        **SCHEMA_CFG, "events_path": str(path), "end_date": "2030-01-01", "horizon_days": 30,
-        "train_cutoffs": CUTOFFS, "test_cutoff": TEST_CUTOFF, "val_fraction": 0.25, "seed": 3, "max_len": 8,
+        **SCHEMA_CFG,
+        "events_path": str(path),
+        "end_date": "2030-01-01",
+        "horizon_days": 30,
+        "train_cutoffs": CUTOFFS,
+        "test_cutoff": TEST_CUTOFF,
+        "val_fraction": 0.25,
+        "seed": 3,
+        "max_len": 8,
         "vocab": {"min_count": 1},
-        "aggregates": {"amount": "amount", "purchase_when": "kind == 'purchase'", "mix_field": "cat",
-                       "count_values": ["kind:complaint"], "numeric_summaries": ["amount"]},
+        "aggregates": {
+            "amount": "amount",
+            "purchase_when": "kind == 'purchase'",
+            "mix_field": "cat",
+            "count_values": ["kind:complaint"],
+            "numeric_summaries": ["amount"],
+        },
     }
 
 
@@ -55,7 +67,11 @@ def _by_customer(split) -> dict:
     out = {}
     for i, (cid, cut) in enumerate(zip(seqs.customer_id, seqs.cutoff, strict=True)):
         s, e = seqs.offsets[i], seqs.offsets[i + 1]
-        out[(cid, cut)] = (seqs.cat[s:e].tobytes(), seqs.num[s:e].tobytes(), split.aggregates.values[i].tobytes())
+        out[(cid, cut)] = (
+            seqs.cat[s:e].tobytes(),
+            seqs.num[s:e].tobytes(),
+            split.aggregates.values[i].tobytes(),
+        )
     return out
 
 

@@ -10,8 +10,10 @@ from churnwatch.data.dataset import build_data
 from .conftest import ONLINE_RETAIL
 from .test_config import compose
 
-pytestmark = pytest.mark.skipif(not ONLINE_RETAIL.exists(),
-                                reason=f"Online Retail data not found at {ONLINE_RETAIL} (../shared is absent)")
+pytestmark = pytest.mark.skipif(
+    not ONLINE_RETAIL.exists(),
+    reason=f"Online Retail data not found at {ONLINE_RETAIL} (../shared is absent)",
+)
 
 
 def test_protocol_test_snapshot_has_3317_customers_and_43_8_percent_churn():

@@ -1,4 +1,4 @@
-"""The one event-batch type (padded tensors + lengths), the dataset that slices it, and a bucketing sampler."""
+"""The one event-batch type (padded tensors + lengths), the dataset that slices it, a bucketing sampler."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ class EventBatch:
         return int(self.lengths.shape[0])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> EventBatch:
-        return EventBatch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                             for f in fields(self)})
+        return EventBatch(
+            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
+        )
 
     def pin_memory(self) -> EventBatch:
         return EventBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
@@ -62,11 +63,15 @@ def pad_batch(seqs: EncodedSequences, rows: np.ndarray, aggregates: np.ndarray |
     num[row_of, step] = seqs.num[events]
     agg = aggregates[rows] if aggregates is not None else np.zeros((len(rows), 0), dtype=np.float32)
     return EventBatch(
-        cat=torch.from_numpy(cat), num=torch.from_numpy(num), lengths=torch.from_numpy(lengths.astype(np.int64)),
+        cat=torch.from_numpy(cat),
+        num=torch.from_numpy(num),
+        lengths=torch.from_numpy(lengths.astype(np.int64)),
         static_cat=torch.from_numpy(seqs.static_cat[rows].astype(np.int64)),
         static_num=torch.from_numpy(np.ascontiguousarray(seqs.static_num[rows])),
         aggregates=torch.from_numpy(np.ascontiguousarray(agg, dtype=np.float32)),
-        label=torch.from_numpy(seqs.label[rows].astype(np.float32)), index=torch.from_numpy(rows))
+        label=torch.from_numpy(seqs.label[rows].astype(np.float32)),
+        index=torch.from_numpy(rows),
+    )
 
 
 class SequenceDataset(Dataset):
@@ -93,9 +98,18 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
     batch count is padded up to a multiple of num_replicas so all ranks step together).
     """
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, shuffle: bool = True, bucket: bool = True,
-                 pool_batches: int = 50, drop_last: bool = False, seed: int = 0, num_replicas: int = 1,
-                 rank: int = 0):
+    def __init__(
+        self,
+        lengths: np.ndarray,
+        batch_size: int,
+        shuffle: bool = True,
+        bucket: bool = True,
+        pool_batches: int = 50,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.lengths = np.asarray(lengths)
@@ -112,10 +126,13 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng((self.seed, self.epoch))
         order = rng.permutation(len(self.lengths)) if self.shuffle else np.arange(len(self.lengths))
         if self.bucket:
-            pools = [order[i:i + self.pool] for i in range(0, len(order), self.pool)]
-            order = np.concatenate([p[np.argsort(-self.lengths[p], kind="stable")] for p in pools]) \
-                if pools else order
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            pools = [order[i : i + self.pool] for i in range(0, len(order), self.pool)]
+            order = (
+                np.concatenate([p[np.argsort(-self.lengths[p], kind="stable")] for p in pools])
+                if pools
+                else order
+            )
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
         if self.shuffle:
@@ -123,7 +140,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         if self.num_replicas > 1 and batches:
             total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
             batches = (batches * math.ceil(total / len(batches)))[:total]
-            batches = batches[self.rank::self.num_replicas]
+            batches = batches[self.rank :: self.num_replicas]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -131,5 +148,9 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
             yield batch.tolist()
 
     def __len__(self) -> int:
-        n = len(self.lengths) // self.batch_size if self.drop_last else math.ceil(len(self.lengths) / self.batch_size)
+        n = (
+            len(self.lengths) // self.batch_size
+            if self.drop_last
+            else math.ceil(len(self.lengths) / self.batch_size)
+        )
         return math.ceil(n / self.num_replicas) if self.num_replicas > 1 else n

@@ -54,8 +54,9 @@ class NumericField:
             return cls(name=spec)
         unknown = set(spec) - {"name", "min", "max", "fill", "transform"}
         if unknown or "name" not in spec:
-            raise ConfigError(f"numeric field spec {dict(spec)!r}: needs 'name'; unknown keys: "
-                              f"{sorted(unknown)}")
+            raise ConfigError(
+                f"numeric field spec {dict(spec)!r}: needs 'name'; unknown keys: {sorted(unknown)}"
+            )
         if spec.get("transform", "log1p") not in ("log1p", "none"):
             raise ConfigError(f"numeric field {spec['name']!r}: transform must be log1p or none")
         return cls(**{k: spec[k] for k in spec})
@@ -82,8 +83,10 @@ class EventSchema:
             customer_id=str(cfg["customer_id"]),
             timestamp=str(cfg["timestamp"]),
             categorical=tuple(str(c) for c in (cfg.get("categorical") or ())),
-            numeric=tuple(NumericField.parse(dict(s) if isinstance(s, Mapping) else s)
-                          for s in (cfg.get("numeric") or ())),
+            numeric=tuple(
+                NumericField.parse(dict(s) if isinstance(s, Mapping) else s)
+                for s in (cfg.get("numeric") or ())
+            ),
             timezone=str(cfg.get("timezone") or "UTC"),
             timestamp_format=cfg.get("timestamp_format"),
         )
@@ -91,8 +94,9 @@ class EventSchema:
         dupes = sorted({n for n in names if names.count(n) > 1})
         clash = sorted(set(names) & {CUSTOMER_ID, TIMESTAMP, schema.customer_id, schema.timestamp})
         if dupes or clash:
-            raise ConfigError(f"event fields must be distinct and not the id/timestamp: repeated {dupes}, "
-                              f"clash {clash}")
+            raise ConfigError(
+                f"event fields must be distinct and not the id/timestamp: repeated {dupes}, clash {clash}"
+            )
         return schema
 
 
@@ -110,8 +114,10 @@ class CustomerSchema:
         cfg = cfg or {}
         return cls(
             categorical=tuple(str(c) for c in (cfg.get("categorical") or ())),
-            numeric=tuple(NumericField.parse(dict(s) if isinstance(s, Mapping) else s)
-                          for s in (cfg.get("numeric") or ())),
+            numeric=tuple(
+                NumericField.parse(dict(s) if isinstance(s, Mapping) else s)
+                for s in (cfg.get("numeric") or ())
+            ),
             dates=tuple(str(c) for c in (cfg.get("dates") or ())),
         )
 
@@ -128,13 +134,21 @@ class ValidationReport:
     examples: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "rows_read": self.rows_read, "rows_filtered": self.rows_filtered,
-                "rows_kept": self.rows_kept, "dropped": dict(self.dropped), "examples": dict(self.examples)}
+        return {
+            "path": self.path,
+            "rows_read": self.rows_read,
+            "rows_filtered": self.rows_filtered,
+            "rows_kept": self.rows_kept,
+            "dropped": dict(self.dropped),
+            "examples": dict(self.examples),
+        }
 
     def summary(self) -> str:
         dropped = ", ".join(f"{k}={v}" for k, v in self.dropped.items()) or "none"
-        return (f"{Path(self.path).name}: read {self.rows_read:,} rows, filtered {self.rows_filtered:,}, "
-                f"kept {self.rows_kept:,}; dropped: {dropped}")
+        return (
+            f"{Path(self.path).name}: read {self.rows_read:,} rows, filtered {self.rows_filtered:,}, "
+            f"kept {self.rows_kept:,}; dropped: {dropped}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -153,8 +167,15 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.Dat
             return pq.read_table(path, columns=wanted).to_pandas()
         if suffixes.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
             sep = "\t" if ".tsv" in suffixes else ","
-            frame = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
-                                encoding="utf-8-sig", usecols=lambda c: columns is None or c in columns)
+            frame = pd.read_csv(
+                path,
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                encoding="utf-8-sig",
+                usecols=lambda c: columns is None or c in columns,
+            )
             return frame
     except (pa.ArrowException, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -224,8 +245,11 @@ def parse_timestamps(values: pd.Series, timezone: str, fmt: str | None = None) -
     if pd.api.types.is_datetime64_dtype(values.dtype):
         return values.astype("datetime64[us]")
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
-    if not (pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype)
-            or isinstance(values.dtype, pd.CategoricalDtype)):
+    if not (
+        pd.api.types.is_object_dtype(values.dtype)
+        or pd.api.types.is_string_dtype(values.dtype)
+        or isinstance(values.dtype, pd.CategoricalDtype)
+    ):
         return out  # numbers are not timestamps: every row is reported as unparseable
     text = values.astype("string").str.strip()
     has_offset = text.str.contains(_OFFSET_RE, regex=True, na=False)
@@ -271,7 +295,8 @@ class _Checker:
         if self.policy == "fail":
             raise DataValidationError(
                 f"{self.report.path}: column {column!r}: {n:,} row(s) {what}, e.g. row {pos}: {example} "
-                f"(set data.policy=drop to drop them)")
+                f"(set data.policy=drop to drop them)"
+            )
         self.bad |= mask
         self.report.dropped[reason] = self.report.dropped.get(reason, 0) + n
         self.report.examples.setdefault(reason, f"column {column!r}, row {pos}: {example}")
@@ -355,8 +380,12 @@ def load_events(
         raise DataValidationError(f"{path}: file has no columns")
     raw = _apply_filter_and_derived(raw, path, row_filter, derived, report)
     needed = [schema.customer_id, schema.timestamp, *schema.categorical, *schema.numeric_names]
-    roles = ["customer id"] + ["timestamp"] + ["categorical"] * len(schema.categorical) + ["numeric"] * len(
-        schema.numeric)
+    roles = (
+        ["customer id"]
+        + ["timestamp"]
+        + ["categorical"] * len(schema.categorical)
+        + ["numeric"] * len(schema.numeric)
+    )
     for col, role in zip(needed, roles, strict=True):
         _require_columns(raw, [col], path, f"data.{'customer_id' if role == 'customer id' else role}")
     raw = raw[needed].reset_index(drop=True)
@@ -370,10 +399,15 @@ def load_events(
     ts = parse_timestamps(raw[schema.timestamp], schema.timezone, schema.timestamp_format)
     check.flag("bad_timestamp", schema.timestamp, ts.isna(), "have a null or unparseable timestamp")
     end = _resolve_end(end_date, schema.timezone)
-    check.flag("future", schema.timestamp, (ts > end).to_numpy(),
-               f"are after the data's end {end} (data.end_date)")
-    check.flag("bad_timestamp", schema.timestamp, (ts < pd.Timestamp.min).to_numpy(),
-               f"are before {pd.Timestamp.min.date()}, the earliest supported time")
+    check.flag(
+        "future", schema.timestamp, (ts > end).to_numpy(), f"are after the data's end {end} (data.end_date)"
+    )
+    check.flag(
+        "bad_timestamp",
+        schema.timestamp,
+        (ts < pd.Timestamp.min).to_numpy(),
+        f"are before {pd.Timestamp.min.date()}, the earliest supported time",
+    )
     out[TIMESTAMP] = ts.where(~check.bad)
     for name in schema.categorical:
         out[name] = _categorical(raw[name])
@@ -411,8 +445,13 @@ def _resolve_end(end_date: str | pd.Timestamp | None, timezone: str) -> pd.Times
     return end.tz_convert(timezone).tz_localize(None) if end.tzinfo is not None else end
 
 
-def _apply_filter_and_derived(raw: pd.DataFrame, path: str, row_filter: str | None,
-                              derived: Mapping[str, str] | None, report: ValidationReport) -> pd.DataFrame:
+def _apply_filter_and_derived(
+    raw: pd.DataFrame,
+    path: str,
+    row_filter: str | None,
+    derived: Mapping[str, str] | None,
+    report: ValidationReport,
+) -> pd.DataFrame:
     if row_filter:
         keep = query_mask(raw, row_filter, f"{path}: data.filter")
         report.rows_filtered = int((~keep).sum())
@@ -436,8 +475,9 @@ def query_mask(frame: pd.DataFrame, query: str | None, what: str) -> np.ndarray:
     return np.asarray(pd.Series(result, index=frame.index).fillna(False), dtype=bool)
 
 
-def load_customers(path: str | Path, id_column: str, schema: CustomerSchema, timezone: str = "UTC",
-                   policy: Policy = "drop") -> tuple[pd.DataFrame, ValidationReport]:
+def load_customers(
+    path: str | Path, id_column: str, schema: CustomerSchema, timezone: str = "UTC", policy: Policy = "drop"
+) -> tuple[pd.DataFrame, ValidationReport]:
     """Static attributes, one row per customer, indexed by canonical customer id."""
     path = str(path)
     raw = read_table(path)
@@ -451,8 +491,12 @@ def load_customers(path: str | Path, id_column: str, schema: CustomerSchema, tim
     check = _Checker(out, raw, report, policy)
     out[CUSTOMER_ID] = normalise_ids(raw[id_column])
     check.flag("null_id", id_column, out[CUSTOMER_ID].isna(), "have a null or empty customer id")
-    check.flag("duplicate_id", id_column, out[CUSTOMER_ID].duplicated(keep="first").to_numpy()
-               & out[CUSTOMER_ID].notna().to_numpy(), "repeat a customer id")
+    check.flag(
+        "duplicate_id",
+        id_column,
+        out[CUSTOMER_ID].duplicated(keep="first").to_numpy() & out[CUSTOMER_ID].notna().to_numpy(),
+        "repeat a customer id",
+    )
     for name in schema.categorical:
         out[name] = _categorical(raw[name])
     for spec in schema.numeric:
@@ -468,32 +512,43 @@ def load_customers(path: str | Path, id_column: str, schema: CustomerSchema, tim
     return kept, report
 
 
-def load_labels(path: str | Path, id_column: str, cutoff_column: str = "cutoff",
-                label_column: str = "churned") -> pd.DataFrame:
+def load_labels(
+    path: str | Path, id_column: str, cutoff_column: str = "cutoff", label_column: str = "churned"
+) -> pd.DataFrame:
     """Explicit churn labels per (customer, cutoff); labels must be 0/1 or booleans."""
     path = str(path)
     raw = read_table(path)
-    for col, what in ((id_column, "customer id"), (cutoff_column, "data.labels.cutoff"),
-                      (label_column, "data.labels.label")):
+    for col, what in (
+        (id_column, "customer id"),
+        (cutoff_column, "data.labels.cutoff"),
+        (label_column, "data.labels.label"),
+    ):
         _require_columns(raw, [col], path, what)
     ids = normalise_ids(raw[id_column])
     cutoffs = parse_timestamps(raw[cutoff_column], "UTC")
-    labels, non_numeric = _coerce_numeric(raw[label_column].replace({"True": 1, "False": 0, "true": 1,
-                                                                     "false": 0}))
-    problems = [(id_column, ids.isna().to_numpy(), "have a null or empty customer id"),
-                (cutoff_column, cutoffs.isna().to_numpy(), "have an unparseable cutoff"),
-                (label_column, non_numeric | ~np.isin(labels, (0.0, 1.0)), "are not 0/1 labels")]
+    labels, non_numeric = _coerce_numeric(
+        raw[label_column].replace({"True": 1, "False": 0, "true": 1, "false": 0})
+    )
+    problems = [
+        (id_column, ids.isna().to_numpy(), "have a null or empty customer id"),
+        (cutoff_column, cutoffs.isna().to_numpy(), "have an unparseable cutoff"),
+        (label_column, non_numeric | ~np.isin(labels, (0.0, 1.0)), "are not 0/1 labels"),
+    ]
     for col, mask, what in problems:
         if mask.any():
             pos = int(np.flatnonzero(mask)[0])
-            raise DataValidationError(f"{path}: column {col!r}: {int(mask.sum()):,} row(s) {what}, "
-                                      f"e.g. row {pos}: {_describe_row(raw, pos)}")
-    out = pd.DataFrame({CUSTOMER_ID: ids.astype(str), "cutoff": cutoffs.dt.normalize(),
-                        "label": labels.astype("float32")})
+            raise DataValidationError(
+                f"{path}: column {col!r}: {int(mask.sum()):,} row(s) {what}, "
+                f"e.g. row {pos}: {_describe_row(raw, pos)}"
+            )
+    out = pd.DataFrame(
+        {CUSTOMER_ID: ids.astype(str), "cutoff": cutoffs.dt.normalize(), "label": labels.astype("float32")}
+    )
     dup = out.duplicated([CUSTOMER_ID, "cutoff"], keep=False)
     if dup.any():
         pos = int(np.flatnonzero(dup.to_numpy())[0])
-        raise DataValidationError(f"{path}: column {cutoff_column!r}: (customer, cutoff) pairs repeat, "
-                                  f"e.g. row {pos}: {_describe_row(raw, pos)}")
+        raise DataValidationError(
+            f"{path}: column {cutoff_column!r}: (customer, cutoff) pairs repeat, "
+            f"e.g. row {pos}: {_describe_row(raw, pos)}"
+        )
     return out
-

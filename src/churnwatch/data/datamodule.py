@@ -35,12 +35,23 @@ class ChurnDataModule(L.LightningDataModule):
         batch_size = int(cfg.get("batch_size", 256) if train else cfg.get("eval_batch_size", 1024))
         trainer = self.trainer
         sampler = LengthBucketBatchSampler(
-            split.seqs.lengths, batch_size, shuffle=train, bucket=bool(cfg.get("bucket_by_length", True)),
-            seed=int(cfg.get("seed") or 0), num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0)
+            split.seqs.lengths,
+            batch_size,
+            shuffle=train,
+            bucket=bool(cfg.get("bucket_by_length", True)),
+            seed=int(cfg.get("seed") or 0),
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
+        )
         workers = int(cfg.get("num_workers", 0))
-        return DataLoader(self._dataset(split), sampler=sampler, batch_size=None, num_workers=workers,
-                          pin_memory=bool(cfg.get("pin_memory", False)), persistent_workers=workers > 0)
+        return DataLoader(
+            self._dataset(split),
+            sampler=sampler,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=bool(cfg.get("pin_memory", False)),
+            persistent_workers=workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data.train, train=True)

@@ -75,57 +75,84 @@ class ChurnData:
 
     def summary(self) -> dict[str, Any]:
         """Sizes, churn rates and validation counts, JSON-able."""
+
         def split_info(s: Split | None) -> dict[str, Any] | None:
             if s is None:
                 return None
             per_cutoff = s.snaps.summary()
-            return {"rows": len(s), "customers": int(len(np.unique(s.snaps.customer))),
-                    "churn_rate": float(np.nanmean(s.snaps.label)) if len(s) else None,
-                    "events": int(len(s.seqs.cat)),
-                    "per_cutoff": {str(pd.Timestamp(k).date()): {"customers": int(v.customers),
-                                                                 "churn_rate": round(float(v.churn_rate), 4)}
-                                   for k, v in per_cutoff.iterrows()}}
+            return {
+                "rows": len(s),
+                "customers": int(len(np.unique(s.snaps.customer))),
+                "churn_rate": float(np.nanmean(s.snaps.label)) if len(s) else None,
+                "events": int(len(s.seqs.cat)),
+                "per_cutoff": {
+                    str(pd.Timestamp(k).date()): {
+                        "customers": int(v.customers),
+                        "churn_rate": round(float(v.churn_rate), 4),
+                    }
+                    for k, v in per_cutoff.iterrows()
+                },
+            }
 
         return {
             "validation": [r.as_dict() for r in self.reports],
-            "events": len(self.log), "customers": self.log.n_customers,
+            "events": len(self.log),
+            "customers": self.log.n_customers,
             "train_cutoffs": [str(c.date()) for c in self.plan.train_cutoffs],
             "test_cutoff": str(self.plan.test_cutoff.date()) if self.plan.test_cutoff is not None else None,
             "horizon_days": self.plan.horizon_days,
-            "train": split_info(self.train), "val": split_info(self.val), "test": split_info(self.test),
-            "sequence_features": {"categorical": dict(zip(self.encoder.cat_names,
-                                                          self.encoder.cat_cardinalities, strict=True)),
-                                  "numeric": self.encoder.num_names,
-                                  "static_categorical": dict(zip(self.encoder.static_cat_names,
-                                                                 self.encoder.static_cat_cardinalities,
-                                                                 strict=True)),
-                                  "static_numeric": self.encoder.static_num_names,
-                                  "max_len": self.encoder.max_len},
+            "train": split_info(self.train),
+            "val": split_info(self.val),
+            "test": split_info(self.test),
+            "sequence_features": {
+                "categorical": dict(zip(self.encoder.cat_names, self.encoder.cat_cardinalities, strict=True)),
+                "numeric": self.encoder.num_names,
+                "static_categorical": dict(
+                    zip(self.encoder.static_cat_names, self.encoder.static_cat_cardinalities, strict=True)
+                ),
+                "static_numeric": self.encoder.static_num_names,
+                "max_len": self.encoder.max_len,
+            },
             "aggregate_features": self.train.aggregates.names,
         }
 
 
-def load_sources(cfg: Mapping[str, Any]) -> tuple[LoadedEvents, pd.DataFrame | None, pd.DataFrame | None,
-                                                    list[ValidationReport]]:
+def load_sources(
+    cfg: Mapping[str, Any],
+) -> tuple[LoadedEvents, pd.DataFrame | None, pd.DataFrame | None, list[ValidationReport]]:
     """Events, customers and labels as the config maps them, validated."""
     events_path = Path(cfg["events_path"])
     if not events_path.exists() and cfg.get("generate"):
         _generate(events_path.parent, cfg["generate"])
     schema = EventSchema.from_config(cfg)
-    events = load_events(events_path, schema, policy=cfg.get("policy", "drop"), end_date=cfg.get("end_date"),
-                         row_filter=cfg.get("filter"), derived=cfg.get("derived"))
+    events = load_events(
+        events_path,
+        schema,
+        policy=cfg.get("policy", "drop"),
+        end_date=cfg.get("end_date"),
+        row_filter=cfg.get("filter"),
+        derived=cfg.get("derived"),
+    )
     reports = [events.report]
     customers = None
     if cfg.get("customers_path"):
-        customers, report = load_customers(cfg["customers_path"], schema.customer_id,
-                                           CustomerSchema.from_config(cfg.get("customers")), schema.timezone,
-                                           cfg.get("policy", "drop"))
+        customers, report = load_customers(
+            cfg["customers_path"],
+            schema.customer_id,
+            CustomerSchema.from_config(cfg.get("customers")),
+            schema.timezone,
+            cfg.get("policy", "drop"),
+        )
         reports.append(report)
     labels = None
     if cfg.get("labels_path"):
         names = cfg.get("labels") or {}
-        labels = load_labels(cfg["labels_path"], schema.customer_id, names.get("cutoff", "cutoff"),
-                             names.get("label", "churned"))
+        labels = load_labels(
+            cfg["labels_path"],
+            schema.customer_id,
+            names.get("cutoff", "cutoff"),
+            names.get("label", "churned"),
+        )
     return events, customers, labels, reports
 
 
@@ -155,20 +182,40 @@ def build_data(cfg: Mapping[str, Any] | DictConfig) -> ChurnData:
         test_snaps = build_snapshots(event_log, [plan.test_cutoff], plan, labels, label_mask, events.data_end)
 
     vocab = cfg.get("vocab") or {}
-    customer_schema = CustomerSchema.from_config(cfg.get("customers")) if customers is not None \
-        else CustomerSchema()
-    encoder = SequenceEncoder(events.schema, customer_schema, int(cfg.get("max_len", 256)),
-                              int(vocab.get("min_count", 1)), vocab.get("max_size"))
+    customer_schema = (
+        CustomerSchema.from_config(cfg.get("customers")) if customers is not None else CustomerSchema()
+    )
+    encoder = SequenceEncoder(
+        events.schema,
+        customer_schema,
+        int(cfg.get("max_len", 256)),
+        int(vocab.get("min_count", 1)),
+        vocab.get("max_size"),
+    )
     encoder.fit(event_log, train_snaps, customers)
-    featurizer = AggregateFeaturizer(AggregateSpec.from_config(cfg.get("aggregates")),
-                                     customer_schema.categorical, [f.name for f in customer_schema.numeric],
-                                     customer_schema.dates)
+    featurizer = AggregateFeaturizer(
+        AggregateSpec.from_config(cfg.get("aggregates")),
+        customer_schema.categorical,
+        [f.name for f in customer_schema.numeric],
+        customer_schema.dates,
+    )
     featurizer.fit(event_log, train_snaps, customers)
 
     def split(snaps: Snapshots) -> Split:
-        return Split(snaps, encoder.transform(event_log, snaps, customers),
-                     featurizer.transform(event_log, snaps, customers))
+        return Split(
+            snaps,
+            encoder.transform(event_log, snaps, customers),
+            featurizer.transform(event_log, snaps, customers),
+        )
 
-    return ChurnData(event_log, customers, plan, encoder, featurizer, split(train_snaps), split(val_snaps),
-                     split(test_snaps) if test_snaps is not None else None, reports)
-
+    return ChurnData(
+        event_log,
+        customers,
+        plan,
+        encoder,
+        featurizer,
+        split(train_snaps),
+        split(val_snaps),
+        split(test_snaps) if test_snaps is not None else None,
+        reports,
+    )

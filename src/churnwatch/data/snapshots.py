@@ -44,8 +44,13 @@ class EventLog:
             raise ValueError("EventLog needs events sorted by customer, then time (use load_events)")
         counts = np.bincount(codes, minlength=len(ids.cat.categories))
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(frame=frame, customer_ids=np.asarray(ids.cat.categories.astype(str), dtype=object),
-                   customer=codes, ts=ts, offsets=offsets)
+        return cls(
+            frame=frame,
+            customer_ids=np.asarray(ids.cat.categories.astype(str), dtype=object),
+            customer=codes,
+            ts=ts,
+            offsets=offsets,
+        )
 
     @property
     def n_customers(self) -> int:
@@ -54,7 +59,9 @@ class EventLog:
     def __len__(self) -> int:
         return len(self.ts)
 
-    def count_in(self, lo: np.datetime64 | None, hi: np.datetime64, mask: np.ndarray | None = None) -> np.ndarray:
+    def count_in(
+        self, lo: np.datetime64 | None, hi: np.datetime64, mask: np.ndarray | None = None
+    ) -> np.ndarray:
         """Per-customer number of events with lo <= t < hi (optionally among `mask`ed events only)."""
         sel = self.ts < _ns(hi)
         if lo is not None:
@@ -94,13 +101,18 @@ class Snapshots:
         return len(self.customer)
 
     def subset(self, index: np.ndarray) -> Snapshots:
-        return Snapshots(self.customer[index], self.cutoff[index], self.start[index], self.end[index],
-                         self.label[index])
+        return Snapshots(
+            self.customer[index], self.cutoff[index], self.start[index], self.end[index], self.label[index]
+        )
 
     @staticmethod
     def concat(parts: Sequence[Snapshots]) -> Snapshots:
-        return Snapshots(*(np.concatenate([getattr(p, f) for p in parts])
-                           for f in ("customer", "cutoff", "start", "end", "label")))
+        return Snapshots(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("customer", "cutoff", "start", "end", "label")
+            )
+        )
 
     def customer_ids(self, log: EventLog) -> np.ndarray:
         return log.customer_ids[self.customer]
@@ -148,7 +160,9 @@ class SnapshotPlan:
     def check(self) -> None:
         """Reject plans whose training labels would peek into the test period."""
         if len(set(self.train_cutoffs)) != len(self.train_cutoffs):
-            raise ConfigError(f"data.train_cutoffs repeat a date: {[str(c.date()) for c in self.train_cutoffs]}")
+            raise ConfigError(
+                f"data.train_cutoffs repeat a date: {[str(c.date()) for c in self.train_cutoffs]}"
+            )
         if self.test_cutoff is None:
             return
         horizon = pd.Timedelta(days=self.horizon_days)
@@ -157,7 +171,8 @@ class SnapshotPlan:
                 raise ConfigError(
                     f"training cutoff {c.date()} + horizon {self.horizon_days}d ends {(c + horizon).date()}, "
                     f"after data.test_cutoff {self.test_cutoff.date()}: its labels would leak test-period "
-                    f"events (latest allowed cutoff: {(self.test_cutoff - horizon).date()})")
+                    f"events (latest allowed cutoff: {(self.test_cutoff - horizon).date()})"
+                )
 
 
 def build_snapshot(
@@ -195,13 +210,18 @@ def build_snapshot(
         if data_end is not None and window_end > data_end + pd.Timedelta(days=1):
             raise ConfigError(
                 f"cutoff {c.date()}: label window [{c.date()}, {window_end.date()}) runs past the data's end "
-                f"{data_end.date()}, so every customer would look churned; use an earlier cutoff")
+                f"{data_end.date()}, so every customer would look churned; use an earlier cutoff"
+            )
         active = log.count_in(c, window_end, mask=label_events)
         label = (active[customers] == 0).astype(np.float32)
     start = log.offsets[customers]
-    return Snapshots(customer=customers.astype(np.int64),
-                     cutoff=np.full(len(customers), c.to_datetime64(), dtype="datetime64[ns]"),
-                     start=start, end=start + n_before[customers], label=label)
+    return Snapshots(
+        customer=customers.astype(np.int64),
+        cutoff=np.full(len(customers), c.to_datetime64(), dtype="datetime64[ns]"),
+        start=start,
+        end=start + n_before[customers],
+        label=label,
+    )
 
 
 def label_event_mask(frame: pd.DataFrame, label_events: str | None) -> np.ndarray | None:
@@ -211,16 +231,25 @@ def label_event_mask(frame: pd.DataFrame, label_events: str | None) -> np.ndarra
     return query_mask(frame, label_events, "data.label_events")
 
 
-def build_snapshots(log: EventLog, cutoffs: Sequence[pd.Timestamp], plan: SnapshotPlan,
-                    labels: pd.DataFrame | None = None, label_events: np.ndarray | None = None,
-                    data_end: pd.Timestamp | None = None) -> Snapshots:
+def build_snapshots(
+    log: EventLog,
+    cutoffs: Sequence[pd.Timestamp],
+    plan: SnapshotPlan,
+    labels: pd.DataFrame | None = None,
+    label_events: np.ndarray | None = None,
+    data_end: pd.Timestamp | None = None,
+) -> Snapshots:
     """Several cutoffs stacked; a customer appears once per cutoff whose population includes them."""
-    parts = [build_snapshot(log, c, plan.horizon_days, plan.lookback_days, labels, label_events, data_end)
-             for c in cutoffs]
+    parts = [
+        build_snapshot(log, c, plan.horizon_days, plan.lookback_days, labels, label_events, data_end)
+        for c in cutoffs
+    ]
     for c, part in zip(cutoffs, parts, strict=True):
         if len(part) == 0:
-            raise ConfigError(f"cutoff {pd.Timestamp(c).date()} has an empty population: no customer has "
-                              f"events before it (data starts {pd.Timestamp(log.ts.min()).date()})")
+            raise ConfigError(
+                f"cutoff {pd.Timestamp(c).date()} has an empty population: no customer has "
+                f"events before it (data starts {pd.Timestamp(log.ts.min()).date()})"
+            )
     return Snapshots.concat(parts)
 
 
@@ -244,8 +273,9 @@ def holdout_split(snaps: Snapshots, val_fraction: float, seed: int) -> tuple[np.
     customers, strata = _customer_strata(snaps)
     if len(customers) < 2:
         raise ConfigError("need at least 2 training customers to hold out a validation set")
-    _, val_customers = train_test_split(customers, test_size=val_fraction, random_state=seed,
-                                        stratify=_stratify(strata, 2))
+    _, val_customers = train_test_split(
+        customers, test_size=val_fraction, random_state=seed, stratify=_stratify(strata, 2)
+    )
     is_val = np.isin(snaps.customer, val_customers)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 

@@ -69,8 +69,13 @@ class AggregateTable:
 class AggregateFeaturizer:
     """fit on training snapshots (mix categories, static vocabularies, fills), transform any snapshots."""
 
-    def __init__(self, spec: AggregateSpec, static_categorical: Sequence[str] = (),
-                 static_numeric: Sequence[str] = (), static_dates: Sequence[str] = ()):
+    def __init__(
+        self,
+        spec: AggregateSpec,
+        static_categorical: Sequence[str] = (),
+        static_numeric: Sequence[str] = (),
+        static_dates: Sequence[str] = (),
+    ):
         self.spec = spec
         self.static_categorical = list(static_categorical)
         self.static_numeric = list(static_numeric)
@@ -81,8 +86,9 @@ class AggregateFeaturizer:
         self.scale_mean = np.zeros(0)
         self.scale_std = np.ones(0)
 
-    def fit(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
-            ) -> AggregateFeaturizer:
+    def fit(
+        self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
+    ) -> AggregateFeaturizer:
         self._check(log)
         seen = history_mask(len(log), snaps.start, snaps.end)
         if self.spec.mix_field:
@@ -94,13 +100,17 @@ class AggregateFeaturizer:
             for name in self.static_categorical:
                 self.static_vocabs[name] = Vocabulary.fit(rows[name].dropna(), 1, None)
         else:
-            self.static_vocabs = {name: Vocabulary.fit(pd.Series([], dtype=str)) for name in
-                                  self.static_categorical}
+            self.static_vocabs = {
+                name: Vocabulary.fit(pd.Series([], dtype=str)) for name in self.static_categorical
+            }
         self.fill = {}
         table = self._compute(log, snaps, customers)
         # Fills for 'no observation' cases are training means, so the table never holds NaN.
-        means = np.nanmean(np.where(np.isfinite(table.values), table.values, np.nan), axis=0) \
-            if len(table.values) else np.zeros(len(table.names))
+        means = (
+            np.nanmean(np.where(np.isfinite(table.values), table.values, np.nan), axis=0)
+            if len(table.values)
+            else np.zeros(len(table.names))
+        )
         self.fill = {n: float(np.nan_to_num(m)) for n, m in zip(table.names, means, strict=True)}
         scaled = _signed_log1p(self._apply_fill(table).values.astype(np.float64))
         self.scale_mean = scaled.mean(axis=0) if len(scaled) else np.zeros(len(table.names))
@@ -110,11 +120,13 @@ class AggregateFeaturizer:
 
     def scale(self, table: AggregateTable) -> np.ndarray:
         """Signed log1p, then standardise with training statistics: the form a network takes."""
-        return ((_signed_log1p(table.values.astype(np.float64)) - self.scale_mean) / self.scale_std
-                ).astype(np.float32)
+        return ((_signed_log1p(table.values.astype(np.float64)) - self.scale_mean) / self.scale_std).astype(
+            np.float32
+        )
 
-    def transform(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
-                  ) -> AggregateTable:
+    def transform(
+        self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
+    ) -> AggregateTable:
         return self._apply_fill(self._compute(log, snaps, customers))
 
     def _apply_fill(self, table: AggregateTable) -> AggregateTable:
@@ -123,19 +135,25 @@ class AggregateFeaturizer:
             col[~np.isfinite(col)] = self.fill.get(name, 0.0)
         return table
 
-    def fit_transform(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
-                      ) -> AggregateTable:
+    def fit_transform(
+        self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
+    ) -> AggregateTable:
         return self.fit(log, snaps, customers).transform(log, snaps, customers)
 
     # ----------------------------------------------------------------------------------------------------
     def _check(self, log: EventLog) -> None:
         cols = set(log.frame.columns)
-        wanted = [self.spec.amount, self.spec.mix_field, *self.spec.numeric_summaries,
-                  *(f for f, _ in self.spec.count_values)]
+        wanted = [
+            self.spec.amount,
+            self.spec.mix_field,
+            *self.spec.numeric_summaries,
+            *(f for f, _ in self.spec.count_values),
+        ]
         for name in wanted:
             if name is not None and name not in cols:
-                raise ConfigError(f"data.aggregates names {name!r}, which is not an event field "
-                                  f"(fields: {sorted(cols)})")
+                raise ConfigError(
+                    f"data.aggregates names {name!r}, which is not an event field (fields: {sorted(cols)})"
+                )
 
     def _purchase_mask(self, log: EventLog) -> np.ndarray:
         return query_mask(log.frame, self.spec.purchase_when, "data.aggregates.purchase_when")
@@ -155,8 +173,11 @@ class AggregateFeaturizer:
 
         purchase_all = self._purchase_mask(log)
         is_p = purchase_all[rows]
-        amount = np.nan_to_num(log.frame[spec.amount].to_numpy(dtype=np.float64)[rows]) * is_p \
-            if spec.amount else is_p.astype(np.float64)
+        amount = (
+            np.nan_to_num(log.frame[spec.amount].to_numpy(dtype=np.float64)[rows]) * is_p
+            if spec.amount
+            else is_p.astype(np.float64)
+        )
         first_age = age[np.concatenate([[0], np.cumsum(lengths)[:-1]])] if n else np.zeros(0)
         last_age = age[np.cumsum(lengths) - 1] if n else np.zeros(0)
 
@@ -237,12 +258,23 @@ class AggregateFeaturizer:
             self._summaries(log, name, rows, seg, n, recent, total, cols)
         categorical = self._static(log, snaps, customers, cols)
         names = list(cols)
-        values = np.column_stack([cols[k] for k in names]).astype(np.float32) if names else \
-            np.zeros((n, 0), np.float32)
+        values = (
+            np.column_stack([cols[k] for k in names]).astype(np.float32)
+            if names
+            else np.zeros((n, 0), np.float32)
+        )
         return AggregateTable(values, names, categorical)
 
-    def _mix(self, log: EventLog, rows: np.ndarray, seg: np.ndarray, n: int, is_p: np.ndarray,
-             recent: np.ndarray, cols: dict[str, np.ndarray]) -> None:
+    def _mix(
+        self,
+        log: EventLog,
+        rows: np.ndarray,
+        seg: np.ndarray,
+        n: int,
+        is_p: np.ndarray,
+        recent: np.ndarray,
+        cols: dict[str, np.ndarray],
+    ) -> None:
         k = len(self.mix_categories)
         lookup = Vocabulary(["<pad>", "<other>", *self.mix_categories]).lookup(log.frame[self.spec.mix_field])
         code = lookup[rows] - 2  # -1 = other (OOV), 0..k-1 = top categories
@@ -261,8 +293,17 @@ class AggregateFeaturizer:
         shift = 0.5 * np.abs(counts["recent"] - counts["before"]).sum(axis=1)
         cols[f"mix_shift_{field_name}"] = np.where(both, shift, 0.0)
 
-    def _summaries(self, log: EventLog, name: str, rows: np.ndarray, seg: np.ndarray, n: int,
-                   recent: np.ndarray, total: Any, cols: dict[str, np.ndarray]) -> None:
+    def _summaries(
+        self,
+        log: EventLog,
+        name: str,
+        rows: np.ndarray,
+        seg: np.ndarray,
+        n: int,
+        recent: np.ndarray,
+        total: Any,
+        cols: dict[str, np.ndarray],
+    ) -> None:
         raw = log.frame[name].to_numpy(dtype=np.float64)[rows]
         seen = np.isfinite(raw)
         x = np.where(seen, raw, 0.0)
@@ -282,12 +323,15 @@ class AggregateFeaturizer:
         cols[f"{name}_last"] = last
         cols[f"{name}_trend"] = cols[f"{name}_mean_recent"] - cols[f"{name}_mean"]
 
-    def _static(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None,
-                cols: dict[str, np.ndarray]) -> list[str]:
+    def _static(
+        self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None, cols: dict[str, np.ndarray]
+    ) -> list[str]:
         rows = customers.reindex(snaps.customer_ids(log)) if customers is not None else None
         n = len(snaps)
         for name in self.static_numeric:
-            cols[f"static_{name}"] = rows[name].to_numpy(dtype=np.float64) if rows is not None else np.full(n, np.nan)
+            cols[f"static_{name}"] = (
+                rows[name].to_numpy(dtype=np.float64) if rows is not None else np.full(n, np.nan)
+            )
         for name in self.static_dates:
             when = rows[name].to_numpy(dtype="datetime64[ns]") if rows is not None else None
             days = (snaps.cutoff - when) / np.timedelta64(1, "D") if when is not None else np.full(n, np.nan)
@@ -313,7 +357,11 @@ def _isin(values: pd.Series, wanted: Sequence[str]) -> np.ndarray:
     if isinstance(values.dtype, pd.CategoricalDtype):
         hit = np.isin(values.cat.categories.astype(str), list(wanted))
         codes = values.cat.codes.to_numpy()
-        return np.where(codes >= 0, hit[np.maximum(codes, 0)], False) if len(hit) else np.zeros(len(values), bool)
+        return (
+            np.where(codes >= 0, hit[np.maximum(codes, 0)], False)
+            if len(hit)
+            else np.zeros(len(values), bool)
+        )
     return values.astype(str).isin(list(wanted)).to_numpy()
 
 

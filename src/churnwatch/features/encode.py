@@ -94,12 +94,19 @@ class NumericStats:
         return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
     def state(self) -> dict[str, Any]:
-        return {"fields": [vars(f) for f in self.fields], "mean": self.mean.tolist(), "std": self.std.tolist()}
+        return {
+            "fields": [vars(f) for f in self.fields],
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> NumericStats:
-        return cls([NumericField(**f) for f in state["fields"]], np.asarray(state["mean"], dtype=np.float64),
-                   np.asarray(state["std"], dtype=np.float64))
+        return cls(
+            [NumericField(**f) for f in state["fields"]],
+            np.asarray(state["mean"], dtype=np.float64),
+            np.asarray(state["std"], dtype=np.float64),
+        )
 
 
 TIME_NUMERIC = (NumericField("gap_days", transform="log1p"), NumericField("age_days", transform="log1p"))
@@ -133,9 +140,16 @@ class EncodedSequences:
         index = np.asarray(index, dtype=np.int64)
         ev = slice_events(self.offsets, index)
         lengths = self.lengths[index]
-        return EncodedSequences(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), self.cat[ev],
-                                self.num[ev], self.static_cat[index], self.static_num[index], self.label[index],
-                                self.customer_id[index], self.cutoff[index])
+        return EncodedSequences(
+            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            self.cat[ev],
+            self.num[ev],
+            self.static_cat[index],
+            self.static_num[index],
+            self.label[index],
+            self.customer_id[index],
+            self.cutoff[index],
+        )
 
 
 def slice_events(offsets: np.ndarray, rows: np.ndarray, max_len: int | None = None) -> np.ndarray:
@@ -159,8 +173,14 @@ def ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 class SequenceEncoder:
     """Fits vocabularies and numeric statistics on training histories; encodes any snapshots the same way."""
 
-    def __init__(self, schema: EventSchema, customer_schema: CustomerSchema | None = None, max_len: int = 256,
-                 min_count: int = 1, max_vocab: int | None = None):
+    def __init__(
+        self,
+        schema: EventSchema,
+        customer_schema: CustomerSchema | None = None,
+        max_len: int = 256,
+        min_count: int = 1,
+        max_vocab: int | None = None,
+    ):
         self.schema = schema
         self.customer_schema = customer_schema or CustomerSchema()
         self.max_len = int(max_len)
@@ -178,7 +198,9 @@ class SequenceEncoder:
 
     @property
     def cat_cardinalities(self) -> list[int]:
-        return [len(self.vocabs[n]) for n in self.schema.categorical] + [v + 1 for v in TIME_CATEGORICAL.values()]
+        return [len(self.vocabs[n]) for n in self.schema.categorical] + [
+            v + 1 for v in TIME_CATEGORICAL.values()
+        ]
 
     @property
     def num_names(self) -> list[str]:
@@ -194,7 +216,10 @@ class SequenceEncoder:
 
     @property
     def static_num_names(self) -> list[str]:
-        return [*(f.name for f in self.customer_schema.numeric), *(f"{d}_days" for d in self.customer_schema.dates)]
+        return [
+            *(f.name for f in self.customer_schema.numeric),
+            *(f"{d}_days" for d in self.customer_schema.dates),
+        ]
 
     @property
     def is_fitted(self) -> bool:
@@ -209,21 +234,30 @@ class SequenceEncoder:
             self.vocabs[name] = Vocabulary.fit(frame[name][fit_events], self.min_count, self.max_vocab)
         # Event fields are fitted on distinct events; time features on what the model sees (per row).
         event_stats = NumericStats(list(self.schema.numeric)).fit(
-            [frame[n].to_numpy(dtype=np.float64)[fit_events] for n in self.schema.numeric_names])
+            [frame[n].to_numpy(dtype=np.float64)[fit_events] for n in self.schema.numeric_names]
+        )
         _, _, gap, age = self._window(log, snaps)
         time_stats = NumericStats(list(TIME_NUMERIC)).fit([gap, age])
-        self.numeric = NumericStats([*self.schema.numeric, *TIME_NUMERIC],
-                                    np.concatenate([event_stats.mean, time_stats.mean]),
-                                    np.concatenate([event_stats.std, time_stats.std]))
+        self.numeric = NumericStats(
+            [*self.schema.numeric, *TIME_NUMERIC],
+            np.concatenate([event_stats.mean, time_stats.mean]),
+            np.concatenate([event_stats.std, time_stats.std]),
+        )
         static = self._static_frame(log, snaps, customers)
         for name in self.customer_schema.categorical:
             self.static_vocabs[name] = Vocabulary.fit(static[name].dropna(), 1, self.max_vocab)
         self.static_numeric = NumericStats(self._static_num_fields()).fit(
-            [static[n].to_numpy(dtype=np.float64) for n in self.static_num_names])
+            [static[n].to_numpy(dtype=np.float64) for n in self.static_num_names]
+        )
         return self
 
-    def transform(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None,
-                  chunk_events: int = 1_000_000) -> EncodedSequences:
+    def transform(
+        self,
+        log: EventLog,
+        snaps: Snapshots,
+        customers: pd.DataFrame | None = None,
+        chunk_events: int = 1_000_000,
+    ) -> EncodedSequences:
         """Encode each snapshot row's last `max_len` events before its cutoff.
 
         Works through the rows in chunks of about `chunk_events` events, writing into preallocated
@@ -253,16 +287,25 @@ class SequenceEncoder:
             days = ts // DAY_NS
             cat[out, n_fields] = (days + 3) % 7 + 1  # 1970-01-01 was a Thursday (Monday = 1)
             cat[out, n_fields + 1] = (ts - days * DAY_NS) // (3600 * 10**9) + 1
-            age = (np.repeat(snaps.cutoff[r0:r1].view(np.int64), np.diff(offsets[r0:r1 + 1])) - ts) / DAY_NS
+            age = (np.repeat(snaps.cutoff[r0:r1].view(np.int64), np.diff(offsets[r0 : r1 + 1])) - ts) / DAY_NS
             num[out] = self.numeric.transform([*(col[rows] for col in numeric), log.gap_days[rows], age])
         static = self._static_frame(log, snaps, customers)
         static_cat = np.zeros((len(snaps), len(self.static_cat_names)), dtype=np.int32)
         for j, name in enumerate(self.static_cat_names):
             static_cat[:, j] = self.static_vocabs[name].lookup(static[name])
-        static_num = self.static_numeric.transform([static[n].to_numpy(dtype=np.float64)
-                                                    for n in self.static_num_names], n_rows=len(snaps))
-        return EncodedSequences(offsets, cat, num, static_cat, static_num, snaps.label.astype(np.float32),
-                                snaps.customer_ids(log), snaps.cutoff)
+        static_num = self.static_numeric.transform(
+            [static[n].to_numpy(dtype=np.float64) for n in self.static_num_names], n_rows=len(snaps)
+        )
+        return EncodedSequences(
+            offsets,
+            cat,
+            num,
+            static_cat,
+            static_num,
+            snaps.label.astype(np.float32),
+            snaps.customer_ids(log),
+            snaps.cutoff,
+        )
 
     def _window(self, log: EventLog, snaps: Snapshots) -> tuple[np.ndarray, ...]:
         """Per row: kept length; flat event indices of the last `max_len` events; gap and age in days."""
@@ -274,8 +317,10 @@ class SequenceEncoder:
 
     # -- static attributes ----------------------------------------------------------------------------------
     def _static_num_fields(self) -> list[NumericField]:
-        return [*self.customer_schema.numeric,
-                *(NumericField(f"{d}_days", transform="log1p") for d in self.customer_schema.dates)]
+        return [
+            *self.customer_schema.numeric,
+            *(NumericField(f"{d}_days", transform="log1p") for d in self.customer_schema.dates),
+        ]
 
     def _static_frame(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None) -> pd.DataFrame:
         """Static attributes per snapshot row; date columns become days before that row's cutoff."""
@@ -299,7 +344,9 @@ class SequenceEncoder:
     # -- persistence (JSON-able; carried inside the exported model) ---------------------------------------
     def state(self) -> dict[str, Any]:
         return {
-            "max_len": self.max_len, "min_count": self.min_count, "max_vocab": self.max_vocab,
+            "max_len": self.max_len,
+            "min_count": self.min_count,
+            "max_vocab": self.max_vocab,
             "vocabs": {k: v.tokens for k, v in self.vocabs.items()},
             "static_vocabs": {k: v.tokens for k, v in self.static_vocabs.items()},
             "numeric": self.numeric.state() if self.numeric else None,
@@ -307,8 +354,9 @@ class SequenceEncoder:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], schema: EventSchema,
-                   customer_schema: CustomerSchema | None = None) -> SequenceEncoder:
+    def from_state(
+        cls, state: Mapping[str, Any], schema: EventSchema, customer_schema: CustomerSchema | None = None
+    ) -> SequenceEncoder:
         enc = cls(schema, customer_schema, state["max_len"], state["min_count"], state["max_vocab"])
         enc.vocabs = {k: Vocabulary(list(v)) for k, v in state["vocabs"].items()}
         enc.static_vocabs = {k: Vocabulary(list(v)) for k, v in state["static_vocabs"].items()}
