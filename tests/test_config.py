@@ -72,3 +72,15 @@ def test_a_new_event_log_with_overrides_only(tmp_path):
     data = build_data(cfg.data)
     assert data.encoder.cat_names[:2] == ["kind", "cat"]
     assert len(data.train) > 0 and data.test is not None and len(data.test) > 0
+
+
+def test_default_synthetic_config_generates_and_builds_end_to_end(tmp_path):
+    cfg = compose("prepare", [f"data.data_dir={tmp_path}", "data.generate.n_customers=3000"])
+    data = build_data(cfg.data)  # no events file yet: generated on first use
+    assert (tmp_path / "events.parquet").exists() and (tmp_path / "truth.parquet").exists()
+    summary = data.summary()
+    assert summary["validation"][0]["dropped"] == {}  # the generator writes clean data
+    assert 0.1 < summary["test"]["churn_rate"] < 0.4
+    assert data.encoder.static_cat_names == ["region", "age_band", "income_band", "plan"]
+    assert "mix_shift_category" in data.train.aggregates.names
+    assert set(data.train.snaps.customer).isdisjoint(data.val.snaps.customer)
