@@ -34,9 +34,14 @@ data: venv
 bench-data: venv
 	$(BIN)/python scripts/bench_data.py
 
+# Synthetic data (20k customers) → train the default LSTM → export → score the latest snapshot,
+# all into checkpoints/demo/ (metrics.json, model.pt, scores.parquet).
 demo: venv
-	$(BIN)/python scripts/make_synthetic.py out_dir=checkpoints/demo/data n_customers=20000
-	$(BIN)/python scripts/prepare.py data.data_dir=checkpoints/demo/data hydra.run.dir=checkpoints/demo/prepare
+	rm -rf checkpoints/demo
+	$(BIN)/python scripts/train.py experiment=demo
+	$(BIN)/python scripts/score.py model_path=checkpoints/demo/model.pt \
+		events_path=checkpoints/demo/data/events.parquet customers_path=checkpoints/demo/data/customers.parquet \
+		output_path=checkpoints/demo/scores.parquet hydra.run.dir=checkpoints/demo/score
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

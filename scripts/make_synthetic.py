@@ -25,8 +25,9 @@ def main(cfg: DictConfig) -> None:
     paths = write(data, cfg.out_dir)
     t2 = time.perf_counter()
 
-    table = Table(title=f"synthetic data: {cfg.n_customers:,} customers, seed {cfg.seed}, "
-                        f"{cfg.start} .. {cfg.end}")
+    table = Table(
+        title=f"synthetic data: {cfg.n_customers:,} customers, seed {cfg.seed}, {cfg.start} .. {cfg.end}"
+    )
     table.add_column("table")
     table.add_column("rows", justify="right")
     table.add_column("path")

@@ -111,3 +111,18 @@ def test_unknown_field_is_a_config_error():
         AggregateSpec.from_config({"count_values": ["complaint"]})
     with pytest.raises(ConfigError, match="purchase_when"):
         _table(ROWS, featurizer=AggregateFeaturizer(AggregateSpec(purchase_when="nope == 1")))
+
+
+def test_featurizer_state_round_trips_through_json():
+    import json
+
+    frame = pd.DataFrame(ROWS, columns=["cid", "ts", "kind", "cat", "amount"])
+    loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
+    log = EventLog.from_frame(loaded.frame)
+    snap = build_snapshot(log, "2024-04-01", horizon_days=None)
+    feat = AggregateFeaturizer(SPEC).fit(log, snap)
+    again = AggregateFeaturizer.from_state(json.loads(json.dumps(feat.state())))
+    assert again.spec == feat.spec
+    a, b = feat.transform(log, snap), again.transform(log, snap)
+    assert np.array_equal(a.values, b.values)
+    assert np.array_equal(feat.scale(a), again.scale(b))

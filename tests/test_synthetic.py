@@ -102,12 +102,25 @@ def test_tiny_and_invalid_inputs(tmp_path: Path) -> None:
 
 def test_events_schema(data: SyntheticData) -> None:
     ev = data.events
-    assert list(ev.columns) == ["customer_id", "timestamp", "event_type", "category", "channel", "outcome",
-                                "amount", "satisfaction", "price_delta"]
+    assert list(ev.columns) == [
+        "customer_id",
+        "timestamp",
+        "event_type",
+        "category",
+        "channel",
+        "outcome",
+        "amount",
+        "satisfaction",
+        "price_delta",
+    ]
     assert isinstance(ev["customer_id"].dtype, pd.CategoricalDtype)
     assert ev["timestamp"].dtype == "datetime64[us]"
-    for col, values in (("event_type", EVENT_TYPES), ("category", CATEGORIES), ("channel", CHANNELS),
-                        ("outcome", OUTCOMES)):
+    for col, values in (
+        ("event_type", EVENT_TYPES),
+        ("category", CATEGORIES),
+        ("channel", CHANNELS),
+        ("outcome", OUTCOMES),
+    ):
         assert isinstance(ev[col].dtype, pd.CategoricalDtype)
         assert tuple(ev[col].cat.categories) == values
     for col in ("amount", "satisfaction", "price_delta"):
@@ -143,8 +156,12 @@ def test_customer_and_truth_schema(data: SyntheticData) -> None:
     assert cu["signup_date"].dtype == "datetime64[us]"
     assert cu["signup_date"].min() >= START - pd.Timedelta(days=3 * 365)
     assert cu["signup_date"].max() <= END - pd.Timedelta(days=90)
-    for col, values in (("region", REGIONS), ("age_band", AGE_BANDS), ("income_band", INCOME_BANDS),
-                        ("plan", PLANS)):
+    for col, values in (
+        ("region", REGIONS),
+        ("age_band", AGE_BANDS),
+        ("income_band", INCOME_BANDS),
+        ("plan", PLANS),
+    ):
         assert tuple(cu[col].cat.categories) == values and cu[col].notna().all()
     assert list(tr.columns[:4]) == ["customer_id", "churned", "churn_at", "dominant_driver"]
     assert tr["churned"].dtype == bool and tr["churn_at"].dtype == "datetime64[us]"
@@ -348,9 +365,20 @@ def test_complaint_then_silence_is_worse_than_silence_then_complaint(view: _View
 def test_make_synthetic_script_writes_without_littering(tmp_path: Path) -> None:
     out = tmp_path / "syn"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_synthetic.py"), f"out_dir={out}",
-                             "n_customers=300", "seed=4"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "make_synthetic.py"),
+            f"out_dir={out}",
+            "n_customers=300",
+            "seed=4",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     for name in ("events", "customers", "truth"):
         assert (out / f"{name}.parquet").exists()

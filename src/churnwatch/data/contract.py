@@ -370,6 +370,9 @@ class LoadedEvents:
     schema: EventSchema
     report: ValidationReport
     data_end: pd.Timestamp
+    input_ids: np.ndarray
+    """Every non-null customer id in the input, sorted, including those all of whose rows were dropped:
+    a scoring run must account for each of them."""
 
 
 def load_events(
@@ -439,6 +442,8 @@ def load_events(
     del raw, check  # the raw columns are no longer needed: free them before the final copy
     out[TIMESTAMP] = out[TIMESTAMP].astype("datetime64[ns]")
     kept = out.take(keep) if (order is not None or len(keep) < len(out)) else out  # one copy at most
+    present = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(out[CUSTOMER_ID].cat.categories)))
+    input_ids = np.asarray(out[CUSTOMER_ID].cat.categories[present], dtype=object)
     del out
     kept = kept.reset_index(drop=True)
     if len(keep) < len(codes):
@@ -447,7 +452,9 @@ def load_events(
         log.warning("%s", report.summary())
     else:
         log.info("%s", report.summary())
-    return LoadedEvents(frame=kept, schema=schema, report=report, data_end=kept[TIMESTAMP].max())
+    return LoadedEvents(
+        frame=kept, schema=schema, report=report, data_end=kept[TIMESTAMP].max(), input_ids=input_ids
+    )
 
 
 def _sort_order(codes: np.ndarray, ts: np.ndarray) -> np.ndarray | None:

@@ -11,6 +11,9 @@ from torch.utils.data import DataLoader
 
 from churnwatch.data.batch import LengthBucketBatchSampler, SequenceDataset
 from churnwatch.data.dataset import ChurnData, Split, as_dict, build_data
+from churnwatch.features.encode import TIME_NUMERIC
+
+TIME_FEATURES = tuple(f.name for f in TIME_NUMERIC)
 
 
 class ChurnDataModule(L.LightningDataModule):
@@ -25,6 +28,31 @@ class ChurnDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
             self.data = build_data(self.cfg)
+
+    def feature_spec(self) -> dict[str, Any]:
+        """Input sizes a model needs, from the fitted encoders (saved in the model's hyperparameters)."""
+        enc = self.data.encoder
+        return {
+            "cat_cardinalities": enc.cat_cardinalities,
+            "cat_names": enc.cat_names,
+            "n_num": len(enc.num_names),
+            "num_names": enc.num_names,
+            "time_index": [enc.num_names.index(n) for n in TIME_FEATURES],
+            "static_cat_cardinalities": enc.static_cat_cardinalities,
+            "n_static_num": len(enc.static_num_names),
+            "n_aggregates": len(self.data.train.aggregates.names) if self.cfg.get("use_aggregates") else 0,
+            "max_len": enc.max_len,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted encoders travel inside every checkpoint, so export needs nothing but the checkpoint."""
+        if self.data is None:
+            return {}
+        return {
+            "encoder": self.data.encoder.state(),
+            "featurizer": self.data.featurizer.state(),
+            "train_positive_rate": float(self.data.train.snaps.label.mean()),
+        }
 
     def _dataset(self, split: Split) -> SequenceDataset:
         agg = self.data.featurizer.scale(split.aggregates) if self.cfg.get("use_aggregates") else None

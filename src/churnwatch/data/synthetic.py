@@ -22,8 +22,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-EVENT_TYPES = ("purchase", "visit", "service_contact", "complaint", "survey", "price_change",
-               "competitor_offer")
+EVENT_TYPES = (
+    "purchase",
+    "visit",
+    "service_contact",
+    "complaint",
+    "survey",
+    "price_change",
+    "competitor_offer",
+)
 CATEGORIES = ("grocery", "home", "electronics", "fashion", "beauty", "toys", "sports", "clearance")
 CHANNELS = ("web", "app", "store", "phone")
 OUTCOMES = ("open", "resolved", "info")
@@ -31,8 +38,16 @@ REGIONS = ("north", "south", "east", "west", "central")
 AGE_BANDS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 INCOME_BANDS = ("low", "mid", "high")
 PLANS = ("basic", "plus", "premium")
-DRIVERS = ("none", "disengagement", "category_shift", "low_satisfaction", "unresolved_complaint",
-           "price_rise", "competitor_offer", "short_tenure")
+DRIVERS = (
+    "none",
+    "disengagement",
+    "category_shift",
+    "low_satisfaction",
+    "unresolved_complaint",
+    "price_rise",
+    "competitor_offer",
+    "short_tenure",
+)
 
 # integer codes used internally (index into the tuples above)
 _PURCHASE, _VISIT, _SERVICE, _COMPLAINT, _SURVEY, _PRICE, _OFFER = range(7)
@@ -187,8 +202,9 @@ def _cumulative(p: np.ndarray) -> np.ndarray:
     return cum
 
 
-def _poisson_uniform(rng: np.random.Generator, rate: np.ndarray, lo: np.ndarray,
-                     hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _poisson_uniform(
+    rng: np.random.Generator, rate: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Homogeneous Poisson process with per-customer ``rate`` (per day) on [lo, hi)."""
     span = np.maximum(hi - lo, 0.0)
     counts = rng.poisson(rate * span)
@@ -202,8 +218,9 @@ def _ramp(t: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip((t - a) / np.maximum(b - a, 1e-9), 0.0, 1.0)
 
 
-def _group_min(cust: np.ndarray, value: np.ndarray, when: np.ndarray,
-               n: int) -> tuple[np.ndarray, np.ndarray]:
+def _group_min(
+    cust: np.ndarray, value: np.ndarray, when: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Per customer: the smallest ``value`` and the ``when`` of the row achieving it (inf if none)."""
     best = np.full(n, np.inf)
     at = np.full(n, np.inf)
@@ -222,10 +239,12 @@ def _daily_profile(rng: np.random.Generator, size: int, hourly: np.ndarray) -> n
     return (hours + rng.random(size)) / 24.0
 
 
-_HOURS_CUSTOMER = np.array([1, 0.5, 0.3, 0.2, 0.2, 0.4, 1, 2, 3, 4, 5, 6, 7, 6, 5, 5, 6, 7, 8, 9, 9, 7, 4, 2],
-                           dtype=float)
-_HOURS_OFFICE = np.array([0, 0, 0, 0, 0, 0, 0, 0.5, 3, 6, 7, 7, 5, 6, 7, 6, 5, 4, 2, 1, 0.5, 0, 0, 0],
-                         dtype=float)
+_HOURS_CUSTOMER = np.array(
+    [1, 0.5, 0.3, 0.2, 0.2, 0.4, 1, 2, 3, 4, 5, 6, 7, 6, 5, 5, 6, 7, 8, 9, 9, 7, 4, 2], dtype=float
+)
+_HOURS_OFFICE = np.array(
+    [0, 0, 0, 0, 0, 0, 0, 0.5, 3, 6, 7, 7, 5, 6, 7, 6, 5, 4, 2, 1, 0.5, 0, 0, 0], dtype=float
+)
 
 
 def _time_of_day(rng: np.random.Generator, t: np.ndarray, hourly: np.ndarray) -> np.ndarray:
@@ -278,33 +297,59 @@ def _draw_customers(rng: np.random.Generator, n: int, horizon: float, cfg: Synth
     t0 = np.maximum(signup, 0.0)
     region = rng.choice(len(REGIONS), size=n, p=np.asarray(cfg.region_p) / sum(cfg.region_p)).astype(np.int8)
     age = rng.choice(len(AGE_BANDS), size=n, p=np.asarray(cfg.age_p) / sum(cfg.age_p)).astype(np.int8)
-    income_by_age = np.array([[.55, .38, .07], [.35, .48, .17], [.25, .48, .27], [.22, .46, .32],
-                              [.27, .45, .28], [.4, .44, .16]])
+    income_by_age = np.array(
+        [
+            [0.55, 0.38, 0.07],
+            [0.35, 0.48, 0.17],
+            [0.25, 0.48, 0.27],
+            [0.22, 0.46, 0.32],
+            [0.27, 0.45, 0.28],
+            [0.4, 0.44, 0.16],
+        ]
+    )
     income = _sample_rows(rng, _cumulative(income_by_age).astype(np.float64), age.astype(np.intp))
-    plan_by_income = np.array([[.7, .25, .05], [.45, .4, .15], [.25, .4, .35]])
+    plan_by_income = np.array([[0.7, 0.25, 0.05], [0.45, 0.4, 0.15], [0.25, 0.4, 0.35]])
     plan = _sample_rows(rng, _cumulative(plan_by_income), income.astype(np.intp))
     tenure_years = np.maximum(-signup, 0.0) / 365.0
     loyalty = np.clip(rng.beta(2.5, 2.0, size=n) + 0.05 * tenure_years + 0.05 * plan, 0.0, 1.0)
 
     plan_rate = np.array([0.85, 1.05, 1.3])[plan]
     age_rate = np.array([0.9, 1.1, 1.15, 1.05, 0.95, 0.8])[age]
-    purchase_rate = (cfg.purchase_rate_median_per_week / 7.0 * plan_rate * age_rate
-                     * np.exp(cfg.purchase_rate_sigma * rng.standard_normal(n)))
+    purchase_rate = (
+        cfg.purchase_rate_median_per_week
+        / 7.0
+        * plan_rate
+        * age_rate
+        * np.exp(cfg.purchase_rate_sigma * rng.standard_normal(n))
+    )
     visit_rate = purchase_rate * rng.uniform(*cfg.visit_ratio, size=n)
     season_amp = np.minimum(rng.gamma(*cfg.season_amp_gamma, size=n), 2.5)
-    basket_mean = (np.asarray(cfg.basket_median_by_income)[income]
-                   * np.exp(cfg.basket_sigma * rng.standard_normal(n)))
+    basket_mean = np.asarray(cfg.basket_median_by_income)[income] * np.exp(
+        cfg.basket_sigma * rng.standard_normal(n)
+    )
     base_share = np.array([0.24, 0.14, 0.1, 0.15, 0.12, 0.08, 0.11, 0.06])
     cat_pref = rng.dirichlet(cfg.category_concentration * base_share / base_share.sum(), size=n)
-    chan_alpha = np.array([[3.0, 5.0, 1.5, 0.2], [3.5, 3.5, 2.0, 0.2], [3.0, 2.5, 2.5, 0.3],
-                           [2.5, 1.5, 3.0, 0.4], [2.0, 1.0, 3.5, 0.6], [1.2, 0.5, 4.0, 1.0]])
+    chan_alpha = np.array(
+        [
+            [3.0, 5.0, 1.5, 0.2],
+            [3.5, 3.5, 2.0, 0.2],
+            [3.0, 2.5, 2.5, 0.3],
+            [2.5, 1.5, 3.0, 0.4],
+            [2.0, 1.0, 3.5, 0.6],
+            [1.2, 0.5, 4.0, 1.0],
+        ]
+    )
     chan_pref = rng.gamma(chan_alpha[age]) + 1e-6
     chan_pref /= chan_pref.sum(axis=1, keepdims=True)
     sat_base = np.clip(rng.normal(cfg.satisfaction_mean, cfg.satisfaction_sd, size=n), 2.5, 9.7)
     sens = rng.beta(*cfg.price_sensitivity_beta, size=n)
     price_sens = np.clip(sens * np.array([1.4, 1.0, 0.65])[income] * np.array([1.2, 1.0, 0.8])[plan], 0, 1)
-    complaint_rate = (cfg.complaints_per_year / 365.0 * np.exp(0.3 * (cfg.satisfaction_mean - sat_base))
-                      * rng.lognormal(-0.125, 0.5, size=n))
+    complaint_rate = (
+        cfg.complaints_per_year
+        / 365.0
+        * np.exp(0.3 * (cfg.satisfaction_mean - sat_base))
+        * rng.lognormal(-0.125, 0.5, size=n)
+    )
     info_rate = cfg.info_contacts_per_year / 365.0 * rng.lognormal(-0.125, 0.5, size=n)
     survey_period = rng.uniform(*cfg.survey_period_days, size=n)
     survey_phase = rng.random(n) * survey_period
@@ -315,12 +360,31 @@ def _draw_customers(rng: np.random.Generator, n: int, horizon: float, cfg: Synth
     unused = np.arange(_MAX_PAUSES)[:, None] >= n_pauses[None, :]
     p_start[unused] = np.inf
     p_end[unused] = np.inf
-    return _State(n=n, horizon=horizon, signup=signup, t0=t0, region=region, age=age,
-                  income=income, plan=plan, loyalty=loyalty, purchase_rate=purchase_rate,
-                  visit_rate=visit_rate, season_amp=season_amp, basket_mean=basket_mean,
-                  cat_pref=cat_pref, chan_pref=chan_pref, sat_base=sat_base, price_sens=price_sens,
-                  complaint_rate=complaint_rate, info_rate=info_rate, survey_period=survey_period,
-                  survey_phase=survey_phase, pause_start=p_start, pause_end=p_end)
+    return _State(
+        n=n,
+        horizon=horizon,
+        signup=signup,
+        t0=t0,
+        region=region,
+        age=age,
+        income=income,
+        plan=plan,
+        loyalty=loyalty,
+        purchase_rate=purchase_rate,
+        visit_rate=visit_rate,
+        season_amp=season_amp,
+        basket_mean=basket_mean,
+        cat_pref=cat_pref,
+        chan_pref=chan_pref,
+        sat_base=sat_base,
+        price_sens=price_sens,
+        complaint_rate=complaint_rate,
+        info_rate=info_rate,
+        survey_period=survey_period,
+        survey_phase=survey_phase,
+        pause_start=p_start,
+        pause_end=p_end,
+    )
 
 
 def _price_schedule(rng: np.random.Generator, horizon: float, cfg: SyntheticConfig) -> list[tuple]:
@@ -340,8 +404,9 @@ def _price_schedule(rng: np.random.Generator, horizon: float, cfg: SyntheticConf
 # ------------------------------------------------------------------------------------- phase A: churn
 
 
-def _resolution_times(rng: np.random.Generator, complaint_t: np.ndarray, resolved: np.ndarray,
-                      cfg: SyntheticConfig) -> np.ndarray:
+def _resolution_times(
+    rng: np.random.Generator, complaint_t: np.ndarray, resolved: np.ndarray, cfg: SyntheticConfig
+) -> np.ndarray:
     """When the resolving service contact happens (office hours, days later); inf if never."""
     delay = 0.1 + rng.exponential(cfg.complaint_resolve_mean_days, complaint_t.size)
     t = _time_of_day(rng, complaint_t + delay, _HOURS_OFFICE)
@@ -368,7 +433,7 @@ def _plan_churn(rng: np.random.Generator, st: _State, cfg: SyntheticConfig) -> _
 
     # 1-3: latent hazards, starting when the customer is first observed
     engagement = np.clip(st.purchase_rate / (cfg.purchase_rate_median_per_week / 7.0), 0.05, 20)
-    h_dis = cfg.disengagement_per_year / 365.0 * (1.6 - st.loyalty) * engagement ** -0.25
+    h_dis = cfg.disengagement_per_year / 365.0 * (1.6 - st.loyalty) * engagement**-0.25
     h_cat = cfg.category_shift_per_year / 365.0 * (1.6 - st.loyalty)
     h_sat = cfg.low_satisfaction_per_year / 365.0 * np.exp(-0.6 * (st.sat_base - cfg.satisfaction_mean))
     cand[_DIS - 1] = t0 + rng.exponential(1.0, n) / h_dis
@@ -390,8 +455,11 @@ def _plan_churn(rng: np.random.Generator, st: _State, cfg: SyntheticConfig) -> _
     resolution_t = _resolution_times(rng, c_t, resolved, cfg)
     # a fix that does not stick: some resolved complaints come back as a new, angrier complaint
     again = np.flatnonzero(resolved & (rng.random(c_t.size) < cfg.complaint_recur_prob))
-    r_t = _time_of_day(rng, resolution_t[again] + 1.0
-                       + rng.exponential(cfg.complaint_recur_mean_days, again.size), _HOURS_CUSTOMER)
+    r_t = _time_of_day(
+        rng,
+        resolution_t[again] + 1.0 + rng.exponential(cfg.complaint_recur_mean_days, again.size),
+        _HOURS_CUSTOMER,
+    )
     r_cust = c_cust[again][r_t < horizon]
     r_t = r_t[r_t < horizon]
     r_resolved = rng.random(r_t.size) < cfg.recurrence_resolve_prob
@@ -416,10 +484,14 @@ def _plan_churn(rng: np.random.Generator, st: _State, cfg: SyntheticConfig) -> _
         trig[_PRICE_RISE - 1][react[better]] = day
 
     # 6: competitor offers; low-loyalty / low-income customers take them more often
-    o_cust, o_t = _poisson_uniform(rng, np.full(n, cfg.competitor_offers_per_year / 365.0), t0,
-                                   np.full(n, horizon))
-    p_take = np.clip(cfg.competitor_churn_prob * (1.6 - st.loyalty[o_cust])
-                     * np.array([1.4, 1.0, 0.6])[st.income[o_cust]], 0, 1)
+    o_cust, o_t = _poisson_uniform(
+        rng, np.full(n, cfg.competitor_offers_per_year / 365.0), t0, np.full(n, horizon)
+    )
+    p_take = np.clip(
+        cfg.competitor_churn_prob * (1.6 - st.loyalty[o_cust]) * np.array([1.4, 1.0, 0.6])[st.income[o_cust]],
+        0,
+        1,
+    )
     takes = rng.random(o_t.size) < p_take
     take_t = o_t + 1.0 + rng.exponential(cfg.competitor_churn_mean_days, o_t.size)
     cand[_COMPETITOR - 1], trig[_COMPETITOR - 1] = _group_min(o_cust[takes], take_t[takes], o_t[takes], n)
@@ -436,15 +508,19 @@ def _plan_churn(rng: np.random.Generator, st: _State, cfg: SyntheticConfig) -> _
     driver = (winner + 1).astype(np.int8)
     driver[~np.isfinite(churn)] = _NONE
     window = np.zeros(n)
-    for d, (lo, hi) in ((_DIS, cfg.disengagement_window_days), (_CAT, cfg.category_shift_window_days),
-                        (_SAT, cfg.low_satisfaction_window_days)):
+    for d, (lo, hi) in (
+        (_DIS, cfg.disengagement_window_days),
+        (_CAT, cfg.category_shift_window_days),
+        (_SAT, cfg.low_satisfaction_window_days),
+    ):
         sel = driver == d
         window[sel] = rng.uniform(lo, hi, size=int(sel.sum()))
     st.churn = churn
     st.driver = driver
     st.ramp_start = np.where(window > 0, churn - window, np.inf)
-    st.trigger = np.where(np.isin(driver, (_UNRES, _PRICE_RISE, _COMPETITOR)), trig[winner, np.arange(n)],
-                          np.inf)
+    st.trigger = np.where(
+        np.isin(driver, (_UNRES, _PRICE_RISE, _COMPETITOR)), trig[winner, np.arange(n)], np.inf
+    )
     st.stop = np.minimum(churn, horizon)
 
     # an unresolved-complaint leaver goes silent: no later complaints, and no late resolutions
@@ -452,28 +528,41 @@ def _plan_churn(rng: np.random.Generator, st: _State, cfg: SyntheticConfig) -> _
     keep = c_t <= silent_after[c_cust]
     trig_rows = keep & (c_t == silent_after[c_cust])
     resolution_t = np.where(trig_rows | (resolution_t > silent_after[c_cust]), np.inf, resolution_t)
-    return _Triggers(complaint_cust=c_cust[keep], complaint_t=c_t[keep], resolution_t=resolution_t[keep],
-                     offer_cust=o_cust, offer_t=o_t, schedule=schedule)
+    return _Triggers(
+        complaint_cust=c_cust[keep],
+        complaint_t=c_t[keep],
+        resolution_t=resolution_t[keep],
+        offer_cust=o_cust,
+        offer_t=o_t,
+        schedule=schedule,
+    )
 
 
 # ------------------------------------------------------------------------------------ phase B: events
 
 
-def _activity(st: _State, cfg: SyntheticConfig, cust: np.ndarray, t: np.ndarray,
-              pauses: bool = True) -> np.ndarray:
+def _activity(
+    st: _State, cfg: SyntheticConfig, cust: np.ndarray, t: np.ndarray, pauses: bool = True
+) -> np.ndarray:
     """Multiplier (<= 1) of a customer's baseline activity at time t: pauses, pre-churn declines."""
     m = np.ones(t.size)
     if pauses:
         for j in range(_MAX_PAUSES):
             m[(t >= st.pause_start[j][cust]) & (t < st.pause_end[j][cust])] *= cfg.pause_activity
     drv = st.driver[cust]
-    for d, floor in ((_DIS, cfg.disengagement_floor), (_CAT, cfg.category_shift_activity),
-                     (_SAT, cfg.low_satisfaction_activity)):
+    for d, floor in (
+        (_DIS, cfg.disengagement_floor),
+        (_CAT, cfg.category_shift_activity),
+        (_SAT, cfg.low_satisfaction_activity),
+    ):
         sel = np.flatnonzero(drv == d)
         c = cust[sel]
         m[sel] *= 1.0 - (1.0 - floor) * _ramp(t[sel], st.ramp_start[c], st.churn[c])
-    for d, level in ((_UNRES, cfg.unresolved_activity), (_PRICE_RISE, cfg.price_activity),
-                     (_COMPETITOR, cfg.competitor_activity)):
+    for d, level in (
+        (_UNRES, cfg.unresolved_activity),
+        (_PRICE_RISE, cfg.price_activity),
+        (_COMPETITOR, cfg.competitor_activity),
+    ):
         sel = np.flatnonzero(drv == d)
         m[sel] *= np.where(t[sel] >= st.trigger[cust[sel]], level, 1.0)
     end = st.churn[cust]
@@ -493,8 +582,9 @@ def _seasonal_grid(start: pd.Timestamp, horizon: float, cfg: SyntheticConfig) ->
     return days, cum
 
 
-def _seasonal_process(rng: np.random.Generator, rate: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                      grid: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _seasonal_process(
+    rng: np.random.Generator, rate: np.ndarray, lo: np.ndarray, hi: np.ndarray, grid: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Poisson process with intensity rate * bump(t) on [lo, hi), sampled by inverting the bump's CDF."""
     days, cum = grid
     g_lo, g_hi = np.interp(lo, days, cum), np.interp(hi, days, cum)
@@ -505,8 +595,9 @@ def _seasonal_process(rng: np.random.Generator, rate: np.ndarray, lo: np.ndarray
     return cust, np.interp(g, cum, days)
 
 
-def _activity_events(rng: np.random.Generator, st: _State, cfg: SyntheticConfig, rate: np.ndarray,
-                     grid: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _activity_events(
+    rng: np.random.Generator, st: _State, cfg: SyntheticConfig, rate: np.ndarray, grid: tuple[np.ndarray, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Purchase/visit times: seasonal inhomogeneous Poisson process thinned by the activity multiplier."""
     c1, t1 = _poisson_uniform(rng, rate, st.t0, st.stop)
     c2, t2 = _seasonal_process(rng, rate * st.season_amp, st.t0, st.stop, grid)
@@ -524,14 +615,25 @@ class _Columns:
         self.blocks: list[dict[str, np.ndarray]] = []
 
     def add(self, event_type: int, cust: np.ndarray, t: np.ndarray, **cols: np.ndarray) -> None:
-        self.blocks.append({"cust": cust.astype(np.int32, copy=False), "t": t,
-                            "type": np.full(t.size, event_type, dtype=np.int8), **cols})
+        self.blocks.append(
+            {
+                "cust": cust.astype(np.int32, copy=False),
+                "t": t,
+                "type": np.full(t.size, event_type, dtype=np.int8),
+                **cols,
+            }
+        )
 
     def frame(self, ids: pd.Index, start: pd.Timestamp) -> pd.DataFrame:
         total = sum(b["t"].size for b in self.blocks)
-        specs = {"category": (np.int8, -1), "channel": (np.int8, -1), "outcome": (np.int8, -1),
-                 "amount": (np.float64, np.nan), "satisfaction": (np.float64, np.nan),
-                 "price_delta": (np.float64, np.nan)}
+        specs = {
+            "category": (np.int8, -1),
+            "channel": (np.int8, -1),
+            "outcome": (np.int8, -1),
+            "amount": (np.float64, np.nan),
+            "satisfaction": (np.float64, np.nan),
+            "price_delta": (np.float64, np.nan),
+        }
         cust = np.concatenate([b["cust"] for b in self.blocks])
         seconds = np.floor(np.concatenate([b["t"] for b in self.blocks]) * _SECONDS_PER_DAY).astype(np.int64)
         etype = np.concatenate([b["type"] for b in self.blocks])
@@ -550,7 +652,7 @@ class _Columns:
             for b in self.blocks:
                 size = b["t"].size
                 if name in b:
-                    col[pos:pos + size] = b[name]
+                    col[pos : pos + size] = b[name]
                 pos += size
             col = col[order]
             if name in ("category", "channel", "outcome"):
@@ -561,8 +663,9 @@ class _Columns:
         return pd.DataFrame(out, copy=False)
 
 
-def _make_events(rng: np.random.Generator, st: _State, trig: _Triggers, cfg: SyntheticConfig,
-                 start: pd.Timestamp) -> _Columns:
+def _make_events(
+    rng: np.random.Generator, st: _State, trig: _Triggers, cfg: SyntheticConfig, start: pd.Timestamp
+) -> _Columns:
     """All events of every customer in [max(signup, start), min(churn, end))."""
     cols = _Columns()
     grid = _seasonal_grid(start, st.horizon, cfg)
@@ -593,7 +696,7 @@ def _make_events(rng: np.random.Generator, st: _State, trig: _Triggers, cfg: Syn
     dis = np.flatnonzero(st.driver[cust] == _DIS)
     c = cust[dis]
     basket[dis] -= (1.0 - cfg.disengagement_basket_floor) * _ramp(t[dis], st.ramp_start[c], st.churn[c])
-    noise = np.exp(cfg.basket_noise_sigma * rng.standard_normal(t.size) - cfg.basket_noise_sigma ** 2 / 2)
+    noise = np.exp(cfg.basket_noise_sigma * rng.standard_normal(t.size) - cfg.basket_noise_sigma**2 / 2)
     amount = np.maximum(np.round(st.basket_mean[cust] * cat_mult[cat] * basket * noise, 2), 0.5)
     cols.add(_PURCHASE, cust, t, category=cat, channel=_sample_rows(rng, chan_cum, cust), amount=amount)
 
@@ -610,19 +713,30 @@ def _make_events(rng: np.random.Generator, st: _State, trig: _Triggers, cfg: Syn
     cust, t = cust[keep], _time_of_day(rng, t[keep], _HOURS_OFFICE)
     keep = t < st.stop[cust]
     info_cust, info_t = cust[keep], t[keep]
-    cols.add(_SERVICE, info_cust, info_t, channel=contact_channel(info_cust),
-             outcome=np.full(info_t.size, _INFO, dtype=np.int8))
+    cols.add(
+        _SERVICE,
+        info_cust,
+        info_t,
+        channel=contact_channel(info_cust),
+        outcome=np.full(info_t.size, _INFO, dtype=np.int8),
+    )
 
     # complaints and their resolutions (phase A drew them; here we cut them at the churn time)
     keep = trig.complaint_t < st.stop[trig.complaint_cust]
     cust, t = trig.complaint_cust[keep], trig.complaint_t[keep]
-    cols.add(_COMPLAINT, cust, t, channel=contact_channel(cust),
-             outcome=np.full(t.size, _OPEN, dtype=np.int8))
+    cols.add(
+        _COMPLAINT, cust, t, channel=contact_channel(cust), outcome=np.full(t.size, _OPEN, dtype=np.int8)
+    )
     res_t = trig.resolution_t[keep]
     keep = res_t < st.stop[cust]
     res_cust, res_t = cust[keep], res_t[keep]
-    cols.add(_SERVICE, res_cust, res_t, channel=contact_channel(res_cust),
-             outcome=np.full(res_t.size, _RESOLVED, dtype=np.int8))
+    cols.add(
+        _SERVICE,
+        res_cust,
+        res_t,
+        channel=contact_channel(res_cust),
+        outcome=np.full(res_t.size, _RESOLVED, dtype=np.int8),
+    )
 
     # surveys: every ~60-120 days per customer, plus some right after a service contact
     span = np.maximum(st.stop - st.t0 - st.survey_phase, 0.0)
@@ -662,8 +776,13 @@ def _make_events(rng: np.random.Generator, st: _State, trig: _Triggers, cfg: Syn
 # --------------------------------------------------------------------------------------------- public
 
 
-def generate(n_customers: int, seed: int, start: str = "2023-01-01", end: str = "2024-12-31",
-             config: SyntheticConfig | None = None) -> SyntheticData:
+def generate(
+    n_customers: int,
+    seed: int,
+    start: str = "2023-01-01",
+    end: str = "2024-12-31",
+    config: SyntheticConfig | None = None,
+) -> SyntheticData:
     """Generate a synthetic event log with known churn times and drivers.
 
     Events lie in [start, end) (timestamps >= start and < end), never before a customer's signup and
@@ -675,8 +794,9 @@ def generate(n_customers: int, seed: int, start: str = "2023-01-01", end: str = 
     start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
     horizon = (end_ts - start_ts) / pd.Timedelta(days=1)
     if horizon <= cfg.signup_last_gap_days:
-        raise ValueError(f"end ({end}) must be more than {cfg.signup_last_gap_days} days after "
-                         f"start ({start})")
+        raise ValueError(
+            f"end ({end}) must be more than {cfg.signup_last_gap_days} days after start ({start})"
+        )
 
     rng = np.random.default_rng(seed)
     st = _draw_customers(rng, n_customers, horizon, cfg)
@@ -692,35 +812,39 @@ def generate(n_customers: int, seed: int, start: str = "2023-01-01", end: str = 
         return out
 
     customer_id = _categorical(np.arange(n_customers, dtype=np.int32), ids)
-    customers = pd.DataFrame({
-        "customer_id": customer_id,
-        "signup_date": as_time(st.signup),
-        "region": _categorical(st.region, REGIONS),
-        "age_band": _categorical(st.age, AGE_BANDS),
-        "income_band": _categorical(st.income, INCOME_BANDS),
-        "plan": _categorical(st.plan, PLANS),
-    })
+    customers = pd.DataFrame(
+        {
+            "customer_id": customer_id,
+            "signup_date": as_time(st.signup),
+            "region": _categorical(st.region, REGIONS),
+            "age_band": _categorical(st.age, AGE_BANDS),
+            "income_band": _categorical(st.income, INCOME_BANDS),
+            "plan": _categorical(st.plan, PLANS),
+        }
+    )
     churned = st.churn <= horizon
     driver = np.where(churned, st.driver, _NONE).astype(np.int8)
-    truth = pd.DataFrame({
-        "customer_id": customer_id,
-        "churned": churned,
-        "churn_at": as_time(np.where(churned, st.churn, np.inf)),
-        "dominant_driver": _categorical(driver, DRIVERS),
-        "latent_churn_at": as_time(st.churn),
-        "latent_driver": _categorical(st.driver, DRIVERS),
-        "decline_start": as_time(np.where(np.isfinite(st.ramp_start), st.ramp_start, np.inf)),
-        "trigger_at": as_time(st.trigger),
-        "purchase_rate_per_week": st.purchase_rate * 7.0,
-        "visit_rate_per_week": st.visit_rate * 7.0,
-        "season_amp": st.season_amp,
-        "basket_mean": st.basket_mean,
-        "price_sensitivity": st.price_sens,
-        "loyalty": st.loyalty,
-        "satisfaction_base": st.sat_base,
-        "complaints_per_year": st.complaint_rate * 365.0,
-        "favourite_category": _categorical(np.argmax(st.cat_pref, axis=1).astype(np.int8), CATEGORIES),
-    })
+    truth = pd.DataFrame(
+        {
+            "customer_id": customer_id,
+            "churned": churned,
+            "churn_at": as_time(np.where(churned, st.churn, np.inf)),
+            "dominant_driver": _categorical(driver, DRIVERS),
+            "latent_churn_at": as_time(st.churn),
+            "latent_driver": _categorical(st.driver, DRIVERS),
+            "decline_start": as_time(np.where(np.isfinite(st.ramp_start), st.ramp_start, np.inf)),
+            "trigger_at": as_time(st.trigger),
+            "purchase_rate_per_week": st.purchase_rate * 7.0,
+            "visit_rate_per_week": st.visit_rate * 7.0,
+            "season_amp": st.season_amp,
+            "basket_mean": st.basket_mean,
+            "price_sensitivity": st.price_sens,
+            "loyalty": st.loyalty,
+            "satisfaction_base": st.sat_base,
+            "complaints_per_year": st.complaint_rate * 365.0,
+            "favourite_category": _categorical(np.argmax(st.cat_pref, axis=1).astype(np.int8), CATEGORIES),
+        }
+    )
     return SyntheticData(events=events, customers=customers, truth=truth)
 
 
@@ -737,13 +861,18 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     names = table.column_names
     encoding = {"timestamp": "DELTA_BINARY_PACKED"} if "timestamp" in names else None
-    options = {"compression": "zstd", "compression_level": 1, "column_encoding": encoding,
-               "use_dictionary": [c for c in names if c != "timestamp"]}
+    options = {
+        "compression": "zstd",
+        "compression_level": 1,
+        "column_encoding": encoding,
+        "use_dictionary": [c for c in names if c != "timestamp"],
+    }
     ids = frame["customer_id"] if "customer_id" in names else None
     categorical = ids is not None and isinstance(ids.dtype, pd.CategoricalDtype)
     codes = ids.cat.codes.to_numpy() if categorical else None
-    sorted_codes = (codes is not None and codes.size > 0 and codes[0] >= 0
-                    and bool(np.all(codes[1:] >= codes[:-1])))
+    sorted_codes = (
+        codes is not None and codes.size > 0 and codes[0] >= 0 and bool(np.all(codes[1:] >= codes[:-1]))
+    )
     if not sorted_codes:
         pq.write_table(table, path, row_group_size=_ROW_GROUP_ROWS, **options)
         return
@@ -755,14 +884,17 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     starts = np.arange(0, table.num_rows, _ROW_GROUP_ROWS)
     lo = codes[starts].astype(np.int64)
     lo[0] = 0
-    hi = np.maximum(np.r_[lo[1:] - 1, len(dictionary) - 1], codes[np.minimum(starts + _ROW_GROUP_ROWS,
-                                                                           table.num_rows) - 1])
+    hi = np.maximum(
+        np.r_[lo[1:] - 1, len(dictionary) - 1],
+        codes[np.minimum(starts + _ROW_GROUP_ROWS, table.num_rows) - 1],
+    )
     with pq.ParquetWriter(path, table.schema, **options) as writer:
         for row, first, last in zip(starts.tolist(), lo.tolist(), hi.tolist(), strict=True):
             part = table.slice(row, _ROW_GROUP_ROWS)
-            local = codes[row:row + _ROW_GROUP_ROWS] - first
-            compact = pa.DictionaryArray.from_arrays(pa.array(local, type=field.type.index_type),
-                                                     dictionary.slice(first, last - first + 1))
+            local = codes[row : row + _ROW_GROUP_ROWS] - first
+            compact = pa.DictionaryArray.from_arrays(
+                pa.array(local, type=field.type.index_type), dictionary.slice(first, last - first + 1)
+            )
             writer.write_table(part.set_column(col, field, compact), row_group_size=_ROW_GROUP_ROWS)
 
 

@@ -118,6 +118,37 @@ class AggregateFeaturizer:
         self.scale_std = np.where(std > 1e-12, std, 1.0)
         return self
 
+    def state(self) -> dict[str, Any]:
+        """JSON-able fitted state (carried by an exported model that fuses aggregates)."""
+        return {
+            "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.spec).items()},
+            "static_categorical": self.static_categorical,
+            "static_numeric": self.static_numeric,
+            "static_dates": self.static_dates,
+            "mix_categories": self.mix_categories,
+            "static_vocabs": {k: v.tokens for k, v in self.static_vocabs.items()},
+            "fill": self.fill,
+            "scale_mean": self.scale_mean.tolist(),
+            "scale_std": self.scale_std.tolist(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> AggregateFeaturizer:
+        spec = dict(state["spec"])
+        spec["count_values"] = [":".join(pair) for pair in spec["count_values"]]
+        feat = cls(
+            AggregateSpec.from_config(spec),
+            state["static_categorical"],
+            state["static_numeric"],
+            state["static_dates"],
+        )
+        feat.mix_categories = list(state["mix_categories"])
+        feat.static_vocabs = {k: Vocabulary(list(v)) for k, v in state["static_vocabs"].items()}
+        feat.fill = dict(state["fill"])
+        feat.scale_mean = np.asarray(state["scale_mean"], dtype=np.float64)
+        feat.scale_std = np.asarray(state["scale_std"], dtype=np.float64)
+        return feat
+
     def scale(self, table: AggregateTable) -> np.ndarray:
         """Signed log1p, then standardise with training statistics: the form a network takes."""
         return ((_signed_log1p(table.values.astype(np.float64)) - self.scale_mean) / self.scale_std).astype(

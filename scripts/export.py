@@ -1,0 +1,28 @@
+"""Export a checkpoint as one self-contained TorchScript file: python scripts/export.py ckpt_path=..."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from churnwatch.export import export_checkpoint
+
+log = logging.getLogger("churnwatch.export")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    ckpt = Path(cfg.ckpt_path)
+    run_dir = ckpt.resolve().parent.parent
+    out = Path(cfg.output_path) if cfg.output_path else run_dir / "model.pt"
+    metrics_file = run_dir / "metrics.json"  # the run's test metrics travel with the model when present
+    test = json.loads(metrics_file.read_text()).get("test") if metrics_file.exists() else None
+    log.info("exported %s → %s", ckpt, export_checkpoint(ckpt, out, test_metrics=test))
+
+
+if __name__ == "__main__":
+    main()

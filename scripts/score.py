@@ -1,0 +1,54 @@
+"""Score customers with an exported model: python scripts/score.py model_path=M events_path=E output_path=O"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from churnwatch.scoring import score_file
+
+log = logging.getLogger("churnwatch.score")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="score")
+def main(cfg: DictConfig) -> None:
+    result = score_file(
+        cfg.model_path,
+        cfg.events_path,
+        cfg.output_path,
+        cfg.customers_path,
+        cfg.as_of,
+        cfg.device,
+        int(cfg.batch_size),
+        int(cfg.chunk_customers),
+        bool(cfg.overwrite),
+    )
+    console = Console(width=max(Console().width, 100))
+    console.print(
+        f"scored {result.scored:,} customers ({result.no_history:,} without history before as_of) "
+        f"in {result.seconds:.1f}s → {result.output_path}"
+    )
+    top = result.frame.head(int(cfg.show_top))
+    table = Table(
+        title=f"riskiest {len(top)} customers (as of {top['as_of'].iloc[0].date() if len(top) else '-'})"
+    )
+    for col in ("risk_rank", "customer_id", "churn_probability", "risk_tier", "n_events", "last_event_at"):
+        table.add_column(col, justify="right" if col not in ("customer_id", "risk_tier") else "left")
+    for row in top.itertuples():
+        table.add_row(
+            str(row.risk_rank),
+            str(row.customer_id),
+            f"{row.churn_probability:.3f}",
+            row.risk_tier,
+            str(row.n_events),
+            str(row.last_event_at)[:16],
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

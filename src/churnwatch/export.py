@@ -1,0 +1,173 @@
+"""Export: one self-contained TorchScript file with everything scoring needs embedded as extra files.
+
+Loading needs only torch (`torch.jit.load`): no churnwatch model classes, no pickle. The metadata is
+JSON with a format version and a SHA-256 checksum, checked on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import warnings
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import churnwatch
+from churnwatch.models.module import ChurnModule
+
+FORMAT_VERSION = 1
+META_FILE = "churnwatch/metadata.json"
+CHECKSUM_FILE = "churnwatch/metadata.sha256"
+
+
+@contextmanager
+def _quiet_jit():
+    """TorchScript is our artifact format; torch 2.13 marks its API deprecated on every call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"`torch\.jit\..*` is deprecated", category=DeprecationWarning
+        )
+        yield
+
+
+class ArtifactError(ValueError):
+    """A model file that cannot be used: unreadable, tampered with, or of an unknown format version."""
+
+
+class ProbabilityModel(nn.Module):
+    """What the artifact runs: the network plus a sigmoid, so its output is the churn probability."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(
+        self,
+        cat: Tensor,
+        num: Tensor,
+        lengths: Tensor,
+        static_cat: Tensor,
+        static_num: Tensor,
+        aggregates: Tensor,
+    ) -> Tensor:
+        return torch.sigmoid(self.net(cat, num, lengths, static_cat, static_num, aggregates).float())
+
+
+def _versions() -> dict[str, str]:
+    out = {
+        "churnwatch": churnwatch.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    for pkg in ("lightning", "numpy", "pandas", "pyarrow"):
+        with suppress(importlib_metadata.PackageNotFoundError):
+            out[pkg] = importlib_metadata.version(pkg)
+    return out
+
+
+def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint, loaded without unpickling arbitrary objects."""
+    return torch.load(ckpt_path, map_location="cpu", weights_only=True)
+
+
+def module_from_checkpoint(ckpt: dict[str, Any]) -> ChurnModule:
+    module = ChurnModule(**ckpt["hyper_parameters"])
+    module.load_state_dict(ckpt["state_dict"])
+    return module.eval()
+
+
+def export_checkpoint(
+    ckpt_path: str | Path,
+    out_path: str | Path,
+    test_metrics: dict[str, float] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Script the checkpoint's network and write it with its metadata, atomically, to `out_path`."""
+    ckpt = load_checkpoint(ckpt_path)
+    module = module_from_checkpoint(ckpt)
+    data_state = ckpt.get("ChurnDataModule")
+    if not data_state:
+        raise ArtifactError(f"{ckpt_path}: checkpoint has no fitted encoders (ChurnDataModule state)")
+    hp = ckpt["hyper_parameters"]
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source_checkpoint": str(ckpt_path),
+        "data": ckpt["datamodule_hyper_parameters"]["data"],
+        "encoder": data_state["encoder"],
+        "featurizer": data_state["featurizer"],
+        "train_positive_rate": data_state["train_positive_rate"],
+        "features": hp["features"],
+        "net": hp["net"],
+        "threshold": float(module.threshold),
+        "tiers": {
+            "high": float(module.tier_cuts[0]),
+            "medium": float(module.tier_cuts[1]),
+            "rule": dict(hp.get("thresholds") or {}),
+        },
+        "test_metrics": test_metrics or {},
+        "config": config or {},
+        "versions": _versions(),
+    }
+    return write_artifact(ProbabilityModel(module.net), meta, out_path)
+
+
+def write_artifact(model: nn.Module, meta: dict[str, Any], out_path: str | Path) -> Path:
+    out_path = Path(out_path)
+    with _quiet_jit():
+        scripted = torch.jit.script(model.eval())
+    text = json.dumps(meta, indent=1, sort_keys=True, default=str)
+    extra = {META_FILE: text, CHECKSUM_FILE: hashlib.sha256(text.encode()).hexdigest()}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
+    os.close(fd)
+    try:
+        with _quiet_jit():
+            torch.jit.save(scripted, tmp, _extra_files=extra)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)  # readers see the old file or the whole new one, never a partial one
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out_path
+
+
+def load_artifact(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.jit.ScriptModule, dict]:
+    """The scripted model and its metadata; refuses unreadable, tampered or unknown-version files."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: model file not found")
+    extra = {META_FILE: "", CHECKSUM_FILE: ""}
+    try:
+        with _quiet_jit():
+            model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ArtifactError(f"{path}: not a readable churnwatch model ({first})") from exc
+    text = extra[META_FILE]
+    text = text.decode() if isinstance(text, bytes) else text
+    checksum = extra[CHECKSUM_FILE]
+    checksum = checksum.decode() if isinstance(checksum, bytes) else checksum
+    if not text:
+        raise ArtifactError(f"{path}: no churnwatch metadata inside; export it with scripts/export.py")
+    if hashlib.sha256(text.encode()).hexdigest() != checksum:
+        raise ArtifactError(f"{path}: metadata checksum mismatch: the file was modified after export")
+    meta = json.loads(text)
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: model format version {version!r}, this churnwatch reads version "
+            f"{FORMAT_VERSION}; re-export it with this version (scripts/export.py)"
+        )
+    return model.eval(), meta

@@ -1,0 +1,267 @@
+"""Batch scoring: raw events → (the training contract and encoders, from the artifact) → risk per customer.
+
+Nothing here re-implements encoding: the artifact's metadata rebuilds the same contract, encoder and
+aggregate featurizer objects that training fitted, and their `transform` does the work. Every customer id
+in the input appears exactly once in the output, or the run fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from churnwatch.data.batch import pad_batch
+from churnwatch.data.contract import CUSTOMER_ID, CustomerSchema, EventSchema, load_customers, load_events
+from churnwatch.data.snapshots import EventLog, build_snapshot
+from churnwatch.export import load_artifact
+from churnwatch.features.aggregates import AggregateFeaturizer
+from churnwatch.features.encode import SequenceEncoder
+from churnwatch.models.thresholds import Operating, assign_tiers
+
+log = logging.getLogger(__name__)
+OUTPUT_COLUMNS = (
+    "customer_id",
+    "churn_probability",
+    "risk_tier",
+    "risk_rank",
+    "percentile",
+    "n_events",
+    "last_event_at",
+    "as_of",
+    "no_history",
+    "lapsed",
+)
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    output_path: Path
+    customers: int
+    scored: int
+    no_history: int
+    seconds: float
+    frame: pd.DataFrame
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device} requested but CUDA is not available on this machine")
+    return torch.device(device)
+
+
+class Scorer:
+    """A loaded artifact, ready to score event logs in the contract it was trained on."""
+
+    def __init__(self, model_path: str | Path, device: str = "auto", batch_size: int = 1024):
+        self.device = resolve_device(device)
+        self.model, self.meta = load_artifact(model_path, self.device)
+        self.batch_size = batch_size
+        data = self.meta["data"]
+        self.data_cfg = data
+        self.schema = EventSchema.from_config(data)
+        self.customer_schema = (
+            CustomerSchema.from_config(data.get("customers"))
+            if data.get("customers_path")
+            else CustomerSchema()
+        )
+        self.encoder = SequenceEncoder.from_state(self.meta["encoder"], self.schema, self.customer_schema)
+        self.use_aggregates = int(self.meta["features"].get("n_aggregates", 0)) > 0
+        self.featurizer = (
+            AggregateFeaturizer.from_state(self.meta["featurizer"]) if self.use_aggregates else None
+        )
+        tiers = self.meta["tiers"]
+        self.operating = Operating(
+            self.meta["threshold"], tiers["high"], tiers["medium"], tiers.get("rule", {})
+        )
+
+    @torch.inference_mode()
+    def _predict(self, log_: EventLog, snaps: Any, customers: pd.DataFrame | None) -> np.ndarray:
+        seqs = self.encoder.transform(log_, snaps, customers)
+        agg = (
+            self.featurizer.scale(self.featurizer.transform(log_, snaps, customers))
+            if self.featurizer
+            else None
+        )
+        order = np.argsort(-seqs.lengths, kind="stable")  # similar lengths together: little padding
+        probs = np.empty(len(seqs), dtype=np.float64)
+        for i in range(0, len(order), self.batch_size):
+            rows = order[i : i + self.batch_size]
+            b = pad_batch(seqs, rows, agg).to(self.device)
+            out = self.model(b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates)
+            probs[rows] = out.float().cpu().numpy()
+        return probs
+
+    def score(
+        self,
+        events_path: str | Path,
+        customers_path: str | Path | None = None,
+        as_of: str | pd.Timestamp | None = None,
+        chunk_customers: int = 100_000,
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """One row per customer id in the input, riskiest first."""
+        data = self.data_cfg
+        loaded = load_events(
+            events_path,
+            self.schema,
+            policy=data.get("policy", "drop"),
+            end_date=None,
+            row_filter=data.get("filter"),
+            derived=data.get("derived"),
+        )
+        customers = None
+        if self.customer_schema.categorical or self.customer_schema.numeric or self.customer_schema.dates:
+            if customers_path is None:
+                log.warning(
+                    "the model uses customer attributes but no customers_path was given: they are "
+                    "scored as unknown"
+                )
+            else:
+                customers, _ = load_customers(
+                    customers_path,
+                    self.schema.customer_id,
+                    self.customer_schema,
+                    self.schema.timezone,
+                    data.get("policy", "drop"),
+                )
+        event_log = EventLog.from_frame(loaded.frame)
+        as_of_ts = (
+            pd.Timestamp(as_of).normalize()
+            if as_of is not None
+            else loaded.data_end.normalize() + pd.Timedelta(days=1)
+        )
+        snaps = build_snapshot(event_log, as_of_ts, horizon_days=None)
+        probs = np.empty(len(snaps), dtype=np.float64)
+        chunks = range(0, len(snaps), max(1, chunk_customers))
+        with Progress(
+            TextColumn("scoring"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("customers"),
+            TimeElapsedColumn(),
+            disable=not progress,
+        ) as bar:
+            task = bar.add_task("score", total=len(snaps))
+            for start in chunks:
+                rows = np.arange(start, min(start + chunk_customers, len(snaps)))
+                probs[rows] = self._predict(event_log, snaps.subset(rows), customers)
+                bar.advance(task, len(rows))
+        last = event_log.ts[snaps.end - 1] if len(snaps) else np.zeros(0, dtype=np.int64)
+        lookback = data.get("lookback_days")
+        scored = pd.DataFrame(
+            {
+                CUSTOMER_ID: snaps.customer_ids(event_log).astype(str),
+                "churn_probability": probs,
+                "n_events": (snaps.end - snaps.start).astype(np.int64),
+                "last_event_at": pd.to_datetime(last),
+                # outside the population the model was trained on (no event in the last lookback_days)
+                "lapsed": (last < (as_of_ts - pd.Timedelta(days=lookback)).value) if lookback else False,
+            }
+        )
+        return self._finish(scored, loaded.input_ids, as_of_ts)
+
+    def _finish(self, scored: pd.DataFrame, input_ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
+        """Rank and tier the population; lapsed customers (no event within the training lookback) keep their
+        probability but get tier 'lapsed' and no rank; customers without history before as_of get the
+        training base rate, tier 'unknown' and no_history=True. Each input id appears exactly once."""
+        scored = scored.sort_values(
+            ["lapsed", "churn_probability", CUSTOMER_ID], ascending=[True, False, True], kind="stable"
+        ).reset_index(drop=True)
+        active = ~scored["lapsed"].to_numpy()
+        n = int(active.sum())
+        p = scored["churn_probability"].to_numpy()[:n]
+        scored["risk_tier"] = "lapsed"
+        scored.loc[: n - 1, "risk_tier"] = assign_tiers(p, self.operating)
+        scored["risk_rank"] = pd.array([pd.NA] * len(scored), dtype="Int64")
+        scored.loc[: n - 1, "risk_rank"] = np.arange(1, n + 1)
+        # percentile among ranked customers: share at or below this risk (100 = the riskiest)
+        scored["percentile"] = np.nan
+        scored.loc[: n - 1, "percentile"] = 100.0 * (n - np.searchsorted(-p, -p, side="left")) / max(n, 1)
+        scored["no_history"] = False
+        missing = np.setdiff1d(np.asarray(input_ids, dtype=str), scored[CUSTOMER_ID].to_numpy())
+        rest = pd.DataFrame(
+            {
+                CUSTOMER_ID: missing,
+                "churn_probability": float(self.meta["train_positive_rate"]),
+                "n_events": np.zeros(len(missing), dtype=np.int64),
+                "last_event_at": pd.Series(pd.NaT, index=range(len(missing)), dtype="datetime64[ns]"),
+                "risk_tier": "unknown",
+                "risk_rank": pd.array([pd.NA] * len(missing), dtype="Int64"),
+                "percentile": np.nan,
+                "no_history": True,
+                "lapsed": False,
+            }
+        )
+        out = pd.concat([scored, rest], ignore_index=True) if len(rest) else scored.reset_index(drop=True)
+        out["as_of"] = as_of
+        out = out[list(OUTPUT_COLUMNS)]
+        expected = set(map(str, input_ids))
+        if (
+            len(out) != len(expected)
+            or out[CUSTOMER_ID].duplicated().any()
+            or set(out[CUSTOMER_ID]) != expected
+        ):
+            raise RuntimeError(
+                f"scoring lost or duplicated customers: {len(expected)} ids in the input, "
+                f"{out[CUSTOMER_ID].nunique()} distinct of {len(out)} rows in the output"
+            )
+        return out
+
+
+def write_atomic(frame: pd.DataFrame, path: str | Path, overwrite: bool = False) -> Path:
+    """Parquet or CSV (by extension) via a temp file and a rename: never a partial file at `path`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise ValueError(f"{path}: output must end in .parquet or .csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def score_file(
+    model_path: str | Path,
+    events_path: str | Path,
+    output_path: str | Path,
+    customers_path: str | Path | None = None,
+    as_of: str | None = None,
+    device: str = "auto",
+    batch_size: int = 1024,
+    chunk_customers: int = 100_000,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ScoringResult:
+    """Score a file and write the result atomically."""
+    t0 = time.perf_counter()
+    if Path(output_path).exists() and not overwrite:
+        raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
+    scorer = Scorer(model_path, device, batch_size)
+    frame = scorer.score(events_path, customers_path, as_of, chunk_customers, progress)
+    path = write_atomic(frame, output_path, overwrite)
+    no_hist = int(frame["no_history"].sum())
+    return ScoringResult(path, len(frame), len(frame) - no_hist, no_hist, time.perf_counter() - t0, frame)

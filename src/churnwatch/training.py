@@ -1,0 +1,128 @@
+"""One training run: data → fit → test the best checkpoint → metrics.json → model.pt, all in the run dir."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+from torchmetrics.functional.classification import binary_auroc
+
+from churnwatch.data.datamodule import ChurnDataModule
+from churnwatch.models.module import ChurnModule
+
+log = logging.getLogger(__name__)
+METRIC_ORDER = (
+    "auroc",
+    "auroc_recency_only",
+    "average_precision",
+    "f1",
+    "precision",
+    "recall",
+    "accuracy",
+    "brier",
+    "calibration_error",
+    "threshold",
+    "positive_rate",
+    "loss",
+)
+
+
+def build_module(cfg: DictConfig, dm: ChurnDataModule) -> ChurnModule:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    return ChurnModule(
+        features=dm.feature_spec(),
+        net=model_cfg["net"],
+        loss=model_cfg.get("loss"),
+        optimizer=model_cfg.get("optimizer"),
+        scheduler=model_cfg.get("scheduler"),
+        thresholds=model_cfg.get("thresholds"),
+        pos_rate=float(dm.data.train.snaps.label.mean()),
+    )
+
+
+def _instantiate_all(node: DictConfig | None) -> list[Any]:
+    return [instantiate(c) for c in (node or {}).values() if c is not None and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run training as configured; returns the metrics (validation of the best epoch and test)."""
+    run_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(int(cfg.seed), workers=True)
+    if cfg.trainer.get("deterministic"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    dm = ChurnDataModule(cfg.data)
+    dm.setup("fit")
+    model = build_module(cfg, dm)
+    if cfg.model.get("compile"):
+        model.net = torch.compile(model.net)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if trainer.is_global_zero:
+        log.info("run dir: %s", run_dir)
+    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    best_path = checkpoint.best_model_path if checkpoint is not None else ""
+    # Validation metrics of the best checkpoint (this pass also restores its threshold and tiers).
+    trainer.validate(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
+    metrics: dict[str, Any] = {
+        "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    }
+    if cfg.get("test"):
+        trainer.test(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
+        metrics["test"] = dict(model.last_test)
+        metrics["test"]["test/auroc_recency_only"] = recency_auroc(dm)
+        metrics["threshold"] = float(model.threshold)
+        metrics["tier_cuts"] = {"high": float(model.tier_cuts[0]), "medium": float(model.tier_cuts[1])}
+    metrics["best_checkpoint"] = best_path
+    metrics["run_dir"] = str(run_dir)
+    if trainer.is_global_zero:
+        if cfg.get("export") and best_path:
+            from churnwatch.export import export_checkpoint
+
+            metrics["model_path"] = str(
+                export_checkpoint(
+                    best_path,
+                    run_dir / "model.pt",
+                    test_metrics=metrics.get("test"),
+                    config=OmegaConf.to_container(cfg, resolve=True),
+                )
+            )
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print_metrics(metrics, run_dir)
+    return metrics
+
+
+def recency_auroc(dm: ChurnDataModule) -> float:
+    """The simplest honest baseline: days since the last event, alone, on the test snapshot."""
+    test = dm.data.test
+    recency = test.aggregates.values[:, test.aggregates.names.index("days_since_last_event")]
+    return float(binary_auroc(torch.from_numpy(recency), torch.from_numpy(test.snaps.label).int()))
+
+
+def print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
+    table = Table(title="churnwatch metrics")
+    table.add_column("metric")
+    for stage in ("val", "test"):
+        if stage in metrics:
+            table.add_column(stage, justify="right")
+    for name in METRIC_ORDER:
+        row = [name]
+        for stage in ("val", "test"):
+            if stage in metrics:
+                value = metrics[stage].get(f"{stage}/{name}")
+                row.append("" if value is None else f"{value:.4f}")
+        if any(row[1:]):
+            table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(f"run dir: {run_dir}")
