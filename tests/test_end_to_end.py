@@ -120,3 +120,11 @@ def test_scores_do_not_depend_on_chunk_size_or_later_events(trained):
     c = scorer.score(cut_path, customers, as_of="2024-09-01", progress=False).set_index("customer_id")
     common = a.set_index("customer_id").loc[c.index]
     assert np.allclose(common["churn_probability"], c["churn_probability"], atol=1e-6)
+
+
+def test_seeded_cpu_training_is_reproducible(trained, tmp_path):
+    root, metrics = trained
+    cfg = compose("train", [f"data.data_dir={root / 'data'}", f"paths.output_dir={tmp_path}", *TINY])
+    again = train(cfg)
+    assert again["test"] == metrics["test"]
+    assert again["threshold"] == metrics["threshold"]

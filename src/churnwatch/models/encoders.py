@@ -123,7 +123,8 @@ class Pooling(nn.Module):
         if kind not in ("last", "mean", "attention"):
             raise ValueError(f"pooling must be last, mean or attention, got {kind!r}")
         self.kind = kind
-        self.score = nn.Linear(dim, 1)
+        # Only attention has parameters (DDP rejects parameters that never receive a gradient).
+        self.score = nn.Linear(dim, 1) if kind == "attention" else nn.Identity()
 
     def forward(self, h: Tensor, mask: Tensor) -> Tensor:
         if self.kind == "last":

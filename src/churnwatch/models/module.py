@@ -163,7 +163,8 @@ class ChurnModule(L.LightningModule):
         values = {f"{stage}/{k}": v for k, v in self.metrics[f"{stage}_"].compute().items()}
         values[f"{stage}/loss"] = self.losses[f"{stage}_"].compute()
         values.update({f"{stage}/{k}": v for k, v in (extra or {}).items()})
-        self.log_dict(values, prog_bar=stage == "val", sync_dist=False)
+        # values come from torchmetrics, already synced across ranks; sync_dist only averages equal numbers
+        self.log_dict(values, prog_bar=False, sync_dist=True)
         self.metrics[f"{stage}_"].reset()
         self.losses[f"{stage}_"].reset()
         return {k: float(v) for k, v in values.items()}

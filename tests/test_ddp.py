@@ -1,0 +1,44 @@
+"""DDP with two CPU processes (gloo) under Hydra: one run dir, rank-zero export, a working model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from churnwatch.export import load_artifact
+
+from .conftest import REPO
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_write_one_run_dir(tmp_path):
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts" / "train.py"),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        f"data.data_dir={tmp_path / 'data'}",
+        "data.generate.n_customers=1500",
+        f"paths.log_dir={runs}",
+        "model.net.hidden=16",
+        "model.net.d_model=16",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = [p for p in (runs / "train").iterdir() if p.is_dir()]
+    assert len(run_dirs) == 1, run_dirs  # Hydra + DDP: the second rank reuses the first rank's run dir
+    run = run_dirs[0]
+    assert (run / "train_ddp_process_1.log").exists()  # proof that a second process ran
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.5 < metrics["test"]["test/auroc"] <= 1
+    _, meta = load_artifact(run / "model.pt")
+    assert meta["config"]["trainer"]["strategy"] == "ddp"
+    assert sorted(p.name for p in run.iterdir() if p.suffix == ".pt") == ["model.pt"]
