@@ -128,3 +128,18 @@ def test_seeded_cpu_training_is_reproducible(trained, tmp_path):
     again = train(cfg)
     assert again["test"] == metrics["test"]
     assert again["threshold"] == metrics["threshold"]
+
+
+def test_resume_from_last_checkpoint_continues_training(trained, tmp_path):
+    import torch
+
+    root, _ = trained
+    last = root / "run" / "checkpoints" / "last.ckpt"
+    done = torch.load(last, map_location="cpu", weights_only=True)
+    cfg = compose("train", [f"data.data_dir={root / 'data'}", f"paths.output_dir={tmp_path}", *TINY,
+                            "trainer.max_epochs=2", f"ckpt_path={last}", "export=false"])
+    metrics = train(cfg)
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["epoch"] == done["epoch"] + 1
+    assert resumed["global_step"] > done["global_step"]
+    assert "test/auroc" in metrics["test"]
