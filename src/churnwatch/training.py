@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -105,8 +106,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def recency_auroc(dm: ChurnDataModule) -> float:
     """The simplest honest baseline: days since the last event, alone, on the test snapshot."""
     test = dm.data.test
-    recency = test.aggregates.values[:, test.aggregates.names.index("days_since_last_event")]
-    return float(binary_auroc(torch.from_numpy(recency), torch.from_numpy(test.snaps.label).int()))
+    column = test.aggregates.names.index("days_since_last_event")
+    recency = test.aggregates.values[:, column].astype(np.float64)
+    # torchmetrics reads scores outside [0, 1] as logits and squashes them: scale into [0, 1] first
+    scaled = (recency - recency.min()) / max(float(np.ptp(recency)), 1e-12)
+    return float(binary_auroc(torch.from_numpy(scaled), torch.from_numpy(test.snaps.label).int()))
 
 
 def print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
