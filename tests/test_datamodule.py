@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from churnwatch.data.batch import EventBatch
@@ -32,3 +33,17 @@ def test_datamodule_loaders_yield_padded_batches(tmp_path):
     test_batch = next(iter(dm.test_dataloader()))
     assert len(test_batch) == min(32, len(dm.data.test))
     assert dm.hparams["data"]["max_len"] == cfg["max_len"]  # saved for the checkpoint
+
+
+def test_recency_baseline_auroc_matches_sklearn(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from churnwatch.training import recency_auroc
+
+    path = tmp_path / "events.parquet"
+    make_events(n_customers=120, seed=8).to_parquet(path)
+    dm = ChurnDataModule(_cfg(path))
+    dm.setup("fit")
+    test = dm.data.test
+    recency = test.aggregates.values[:, test.aggregates.names.index("days_since_last_event")]
+    assert recency_auroc(dm) == pytest.approx(roc_auc_score(test.snaps.label, recency), abs=1e-6)
