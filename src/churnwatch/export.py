@@ -81,7 +81,9 @@ def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
 
 def module_from_checkpoint(ckpt: dict[str, Any]) -> ChurnModule:
     module = ChurnModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
+    # a run with model.compile=true saved the compiled wrapper's keys (net._orig_mod.*)
+    state = {k.replace("._orig_mod.", "."): v for k, v in ckpt["state_dict"].items()}
+    module.load_state_dict(state)
     return module.eval()
 
 
