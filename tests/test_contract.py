@@ -157,6 +157,12 @@ def test_filter_and_derived_columns_come_from_config():
     )
     assert loaded.report.rows_filtered == 1
     assert loaded.frame["amount"].tolist() == [3.0, 6.0]
+    assert loaded.input_ids.tolist() == ["1", "2"]
+    only_filtered = frame.assign(cid=[1.0, 3.0, 2.0])  # customer 3 has only a cancellation
+    again = _load(
+        only_filtered, cfg=cfg, row_filter="~Invoice.str.startswith('C')", derived={"amount": "qty * price"}
+    )
+    assert again.input_ids.tolist() == ["1", "2", "3"]
     with pytest.raises(ConfigError, match="data.filter"):
         _load(frame, cfg=cfg, row_filter="no_such_column > 1")
 

@@ -136,8 +136,17 @@ def test_resume_from_last_checkpoint_continues_training(trained, tmp_path):
     root, _ = trained
     last = root / "run" / "checkpoints" / "last.ckpt"
     done = torch.load(last, map_location="cpu", weights_only=True)
-    cfg = compose("train", [f"data.data_dir={root / 'data'}", f"paths.output_dir={tmp_path}", *TINY,
-                            "trainer.max_epochs=2", f"ckpt_path={last}", "export=false"])
+    cfg = compose(
+        "train",
+        [
+            f"data.data_dir={root / 'data'}",
+            f"paths.output_dir={tmp_path}",
+            *TINY,
+            "trainer.max_epochs=2",
+            f"ckpt_path={last}",
+            "export=false",
+        ],
+    )
     metrics = train(cfg)
     resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert resumed["epoch"] == done["epoch"] + 1

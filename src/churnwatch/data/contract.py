@@ -395,6 +395,9 @@ def load_events(
     report = ValidationReport(path=path, rows_read=len(raw))
     if len(raw.columns) == 0 or (len(raw) == 0 and frame is None and raw.columns.empty):
         raise DataValidationError(f"{path}: file has no columns")
+    _require_columns(raw, [schema.customer_id], path, "data.customer_id")
+    # ids of every row, before the filter: a customer whose rows are all filtered out is still a customer
+    unfiltered_ids = _present_ids(normalise_ids(raw[schema.customer_id])) if row_filter else None
     raw = _apply_filter_and_derived(raw, path, row_filter, derived, report)
     needed = [schema.customer_id, schema.timestamp, *schema.categorical, *schema.numeric_names]
     roles = (
@@ -442,8 +445,7 @@ def load_events(
     del raw, check  # the raw columns are no longer needed: free them before the final copy
     out[TIMESTAMP] = out[TIMESTAMP].astype("datetime64[ns]")
     kept = out.take(keep) if (order is not None or len(keep) < len(out)) else out  # one copy at most
-    present = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(out[CUSTOMER_ID].cat.categories)))
-    input_ids = np.asarray(out[CUSTOMER_ID].cat.categories[present], dtype=object)
+    input_ids = unfiltered_ids if unfiltered_ids is not None else _present_ids(out[CUSTOMER_ID])
     del out
     kept = kept.reset_index(drop=True)
     if len(keep) < len(codes):
@@ -455,6 +457,13 @@ def load_events(
     return LoadedEvents(
         frame=kept, schema=schema, report=report, data_end=kept[TIMESTAMP].max(), input_ids=input_ids
     )
+
+
+def _present_ids(ids: pd.Series) -> np.ndarray:
+    """Sorted distinct non-null ids that occur in a canonical (categorical) id column."""
+    codes = ids.cat.codes.to_numpy()
+    present = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(ids.cat.categories)))
+    return np.asarray(ids.cat.categories[present], dtype=object)
 
 
 def _sort_order(codes: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
