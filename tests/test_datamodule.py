@@ -38,7 +38,7 @@ def test_datamodule_loaders_yield_padded_batches(tmp_path):
 def test_recency_baseline_auroc_matches_sklearn(tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from churnwatch.training import recency_auroc
+    from churnwatch.evaluation import recency_auroc
 
     path = tmp_path / "events.parquet"
     make_events(n_customers=120, seed=8).to_parquet(path)
@@ -46,4 +46,6 @@ def test_recency_baseline_auroc_matches_sklearn(tmp_path):
     dm.setup("fit")
     test = dm.data.test
     recency = test.aggregates.values[:, test.aggregates.names.index("days_since_last_event")]
-    assert recency_auroc(dm) == pytest.approx(roc_auc_score(test.snaps.label, recency), abs=1e-6)
+    assert recency_auroc(test.aggregates, test.snaps.label) == pytest.approx(
+        roc_auc_score(test.snaps.label, recency), abs=1e-6
+    )

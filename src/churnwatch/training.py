@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
-from torchmetrics.functional.classification import binary_auroc
 
 from churnwatch.data.datamodule import ChurnDataModule
+from churnwatch.evaluation import recency_auroc
 from churnwatch.models.module import ChurnModule
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def build_module(cfg: DictConfig, dm: ChurnDataModule) -> ChurnModule:
         loss=model_cfg.get("loss"),
         optimizer=model_cfg.get("optimizer"),
         scheduler=model_cfg.get("scheduler"),
-        thresholds=model_cfg.get("thresholds"),
+        thresholds=OmegaConf.to_container(cfg.thresholds, resolve=True) if cfg.get("thresholds") else None,
         pos_rate=float(dm.data.train.snaps.label.mean()),
     )
 
@@ -56,6 +55,12 @@ def _instantiate_all(node: DictConfig | None) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run training as configured; returns the metrics (validation of the best epoch and test)."""
+    if cfg.model.get("kind") == "tabular":
+        from churnwatch.models.tabular import train_tabular
+
+        metrics = train_tabular(cfg)
+        print_metrics(metrics, Path(cfg.paths.output_dir))
+        return metrics
     run_dir = Path(cfg.paths.output_dir)
     L.seed_everything(int(cfg.seed), workers=True)
     if cfg.trainer.get("deterministic"):
@@ -81,7 +86,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("test"):
         trainer.test(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
         metrics["test"] = dict(model.last_test)
-        metrics["test"]["test/auroc_recency_only"] = recency_auroc(dm)
+        test = dm.data.test
+        metrics["test"]["test/auroc_recency_only"] = recency_auroc(test.aggregates, test.snaps.label)
         metrics["threshold"] = float(model.threshold)
         metrics["tier_cuts"] = {"high": float(model.tier_cuts[0]), "medium": float(model.tier_cuts[1])}
     metrics["best_checkpoint"] = best_path
@@ -101,16 +107,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print_metrics(metrics, run_dir)
     return metrics
-
-
-def recency_auroc(dm: ChurnDataModule) -> float:
-    """The simplest honest baseline: days since the last event, alone, on the test snapshot."""
-    test = dm.data.test
-    column = test.aggregates.names.index("days_since_last_event")
-    recency = test.aggregates.values[:, column].astype(np.float64)
-    # torchmetrics reads scores outside [0, 1] as logits and squashes them: scale into [0, 1] first
-    scaled = (recency - recency.min()) / max(float(np.ptp(recency)), 1e-12)
-    return float(binary_auroc(torch.from_numpy(scaled), torch.from_numpy(test.snaps.label).int()))
 
 
 def print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:

@@ -11,19 +11,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import CatMetric, MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryAveragePrecision,
-    BinaryCalibrationError,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryRecall,
-)
-from torchmetrics.regression import MeanSquaredError
+from torchmetrics import CatMetric, MeanMetric
 
 from churnwatch.data.batch import EventBatch
+from churnwatch.evaluation import ranking_metrics, threshold_metrics
 from churnwatch.models.encoders import ChurnNet
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 
@@ -36,29 +27,6 @@ def focal_loss(logits: Tensor, target: Tensor, gamma: float, alpha: float) -> Te
     p_t = torch.exp(-bce)
     weight = alpha * target + (1 - alpha) * (1 - target)
     return (weight * (1 - p_t) ** gamma * bce).mean()
-
-
-def ranking_metrics() -> MetricCollection:
-    """Threshold-free metrics; threshold metrics are computed at epoch end at the operating threshold."""
-    return MetricCollection(
-        {
-            "auroc": BinaryAUROC(),
-            "average_precision": BinaryAveragePrecision(),
-            "brier": MeanSquaredError(),
-            "calibration_error": BinaryCalibrationError(n_bins=15, norm="l1"),
-        }
-    )
-
-
-def threshold_metrics(threshold: float) -> MetricCollection:
-    return MetricCollection(
-        {
-            "f1": BinaryF1Score(threshold=threshold),
-            "precision": BinaryPrecision(threshold=threshold),
-            "recall": BinaryRecall(threshold=threshold),
-            "accuracy": BinaryAccuracy(threshold=threshold),
-        }
-    )
 
 
 class ChurnModule(L.LightningModule):

@@ -1,0 +1,63 @@
+"""One way to judge every model: the same torchmetrics for networks (per batch) and baselines (at once)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryAveragePrecision,
+    BinaryCalibrationError,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+)
+from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.regression import MeanSquaredError
+
+from churnwatch.features.aggregates import AggregateTable
+
+
+def ranking_metrics() -> MetricCollection:
+    """Threshold-free metrics (brier = mean squared error of the probability)."""
+    return MetricCollection(
+        {
+            "auroc": BinaryAUROC(),
+            "average_precision": BinaryAveragePrecision(),
+            "brier": MeanSquaredError(),
+            "calibration_error": BinaryCalibrationError(n_bins=15, norm="l1"),
+        }
+    )
+
+
+def threshold_metrics(threshold: float) -> MetricCollection:
+    """Metrics of the decision `probability >= threshold`."""
+    return MetricCollection(
+        {
+            "f1": BinaryF1Score(threshold=threshold),
+            "precision": BinaryPrecision(threshold=threshold),
+            "recall": BinaryRecall(threshold=threshold),
+            "accuracy": BinaryAccuracy(threshold=threshold),
+        }
+    )
+
+
+def evaluate(probs: np.ndarray, labels: np.ndarray, threshold: float, stage: str) -> dict[str, float]:
+    """All metrics for probabilities in [0, 1], named like the training logs (`{stage}/auroc`, ...)."""
+    p = torch.as_tensor(np.asarray(probs, dtype=np.float32))
+    y = torch.as_tensor(np.asarray(labels)).int()
+    values = {**ranking_metrics()(p, y), **threshold_metrics(threshold)(p, y)}
+    out = {f"{stage}/{k}": float(v) for k, v in values.items()}
+    out[f"{stage}/threshold"] = float(threshold)
+    out[f"{stage}/positive_rate"] = float(y.float().mean())
+    return out
+
+
+def recency_auroc(aggregates: AggregateTable, labels: np.ndarray) -> float:
+    """The simplest honest baseline: days since the last event, alone."""
+    recency = aggregates.values[:, aggregates.names.index("days_since_last_event")].astype(np.float64)
+    # torchmetrics reads scores outside [0, 1] as logits and squashes them: scale into [0, 1] first
+    scaled = (recency - recency.min()) / max(float(np.ptp(recency)), 1e-12)
+    return float(binary_auroc(torch.from_numpy(scaled), torch.from_numpy(np.asarray(labels)).int()))
