@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnwatch.evaluation import METRIC_NAMES
 from churnwatch.export import load_artifact
 from churnwatch.scoring import OUTPUT_COLUMNS, Scorer, score_file
 from churnwatch.training import train
@@ -40,19 +41,7 @@ def test_training_writes_metrics_checkpoint_and_model(trained):
     root, metrics = trained
     run = root / "run"
     saved = json.loads((run / "metrics.json").read_text())
-    assert set(saved["test"]) >= {
-        f"test/{m}"
-        for m in (
-            "auroc",
-            "average_precision",
-            "f1",
-            "precision",
-            "recall",
-            "accuracy",
-            "brier",
-            "calibration_error",
-        )
-    }
+    assert set(saved["test"]) >= {f"test/{m}" for m in METRIC_NAMES}
     assert 0.5 < saved["test"]["test/auroc"] <= 1.0
     assert 0 < saved["threshold"] < 1
     assert saved["val"]["val/threshold"] == pytest.approx(saved["threshold"])  # val of the best checkpoint

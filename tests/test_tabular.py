@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from churnwatch.evaluation import METRIC_NAMES
 from churnwatch.models.tabular import ESTIMATORS
 from churnwatch.training import train
 
@@ -32,16 +33,7 @@ def test_baseline_trains_and_reports_the_common_metrics(estimator, data_dir, tmp
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["model"] == estimator
     for stage in ("val", "test"):
-        for name in (
-            "auroc",
-            "average_precision",
-            "f1",
-            "precision",
-            "recall",
-            "accuracy",
-            "brier",
-            "calibration_error",
-        ):
+        for name in METRIC_NAMES:
             assert 0.0 <= saved[stage][f"{stage}/{name}"] <= 1.0
     assert saved["test"]["test/auroc"] > 0.7  # the aggregates carry real signal on the synthetic data
     assert saved["val"]["val/threshold"] == pytest.approx(saved["threshold"])

@@ -19,6 +19,11 @@ from torchmetrics.regression import MeanSquaredError
 
 from churnwatch.features.aggregates import AggregateTable
 
+RANKING = ("auroc", "average_precision", "brier", "calibration_error")
+AT_THRESHOLD = ("f1", "precision", "recall", "accuracy")
+METRIC_NAMES = RANKING + AT_THRESHOLD
+"""Every model, network or baseline, is reported with these, per stage (`test/auroc`, ...)."""
+
 
 def ranking_metrics() -> MetricCollection:
     """Threshold-free metrics (brier = mean squared error of the probability)."""

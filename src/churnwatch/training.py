@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from churnwatch.data.datamodule import ChurnDataModule
-from churnwatch.evaluation import recency_auroc
+from churnwatch.evaluation import AT_THRESHOLD, recency_auroc
 from churnwatch.models.module import ChurnModule
 
 log = logging.getLogger(__name__)
@@ -24,10 +24,7 @@ METRIC_ORDER = (
     "auroc",
     "auroc_recency_only",
     "average_precision",
-    "f1",
-    "precision",
-    "recall",
-    "accuracy",
+    *AT_THRESHOLD,
     "brier",
     "calibration_error",
     "threshold",
