@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from churnwatch.evaluation import METRIC_NAMES
@@ -27,6 +28,9 @@ def test_baseline_trains_and_reports_the_common_metrics(estimator, data_dir, tmp
             f"data.data_dir={data_dir}",
             "data.generate.n_customers=1500",
             f"paths.output_dir={tmp_path}",
+            *(
+                ["model.params.n_estimators=40"] if estimator == "random_forest" else []
+            ),  # keep the test quick
         ],
     )
     metrics = train(cfg)
@@ -39,3 +43,9 @@ def test_baseline_trains_and_reports_the_common_metrics(estimator, data_dir, tmp
     assert saved["val"]["val/threshold"] == pytest.approx(saved["threshold"])
     assert saved["tier_cuts"]["high"] >= saved["tier_cuts"]["medium"]
     assert metrics["train_seconds"] > 0
+    importance = pd.read_csv(tmp_path / "feature_importance.csv")
+    assert len(importance) == saved["n_features"] and importance["feature"].is_unique
+    assert importance["permutation_auroc_drop"].iloc[0] > 0  # shuffling the top feature hurts AUROC
+    if estimator in ("logreg", "lightgbm", "random_forest", "decision_tree"):
+        assert importance["model_importance"].sum() == pytest.approx(1.0)
+    assert (tmp_path / "feature_importance.png").stat().st_size > 0

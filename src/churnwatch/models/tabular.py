@@ -32,6 +32,7 @@ from churnwatch.data.datamodule import ChurnDataModule
 from churnwatch.evaluation import evaluate, recency_auroc
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.features.encode import signed_log1p
+from churnwatch.models.importance import importance_table, plot_importance
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,9 @@ ESTIMATORS = ("logreg", "decision_tree", "random_forest", "naive_bayes", "linear
 def _linear_inputs(table: AggregateTable) -> ColumnTransformer:
     cat = [table.names.index(c) for c in table.categorical]
     num = [i for i in range(len(table.names)) if i not in cat]
-    numeric = make_pipeline(FunctionTransformer(signed_log1p), StandardScaler())
+    numeric = make_pipeline(
+        FunctionTransformer(signed_log1p, feature_names_out="one-to-one"), StandardScaler()
+    )
     parts = [("num", numeric, num)]
     if cat:
         parts.append(("cat", OneHotEncoder(handle_unknown="ignore", sparse_output=False), cat))
@@ -85,7 +88,8 @@ def _fit(estimator: BaseEstimator, name: str, x: np.ndarray, y: np.ndarray, tabl
 
 
 def train_tabular(cfg: DictConfig) -> dict[str, Any]:
-    """Fit a baseline on the training split's aggregates; threshold on validation; metrics.json."""
+    """Fit a baseline on the training split's aggregates; threshold on validation; metrics.json and
+    feature importance (feature_importance.csv / .png) in the run dir."""
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("run dir: %s", run_dir)
@@ -115,9 +119,15 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
         metrics["test"]["test/auroc_recency_only"] = recency_auroc(
             data.test.aggregates, data.test.snaps.label
         )
+    importance = importance_table(
+        estimator, train, data.val.aggregates.values, data.val.snaps.label.astype(int), int(cfg.seed)
+    )
+    importance.to_csv(run_dir / "feature_importance.csv", index=False)
+    plot_importance(importance, run_dir / "feature_importance.png", f"{name}: permutation importance")
     metrics["threshold"] = op.threshold
     metrics["tier_cuts"] = {"high": op.high_cut, "medium": op.medium_cut}
     metrics["train_seconds"] = fit_seconds
+    metrics["n_features"] = len(train.names)
     metrics["model"] = name
     metrics["run_dir"] = str(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
