@@ -49,3 +49,27 @@ def test_baseline_trains_and_reports_the_common_metrics(estimator, data_dir, tmp
     if estimator in ("logreg", "lightgbm", "random_forest", "decision_tree"):
         assert importance["model_importance"].sum() == pytest.approx(1.0)
     assert (tmp_path / "feature_importance.png").stat().st_size > 0
+
+
+def test_cross_validation_by_customer(data_dir, tmp_path):
+    from churnwatch.data.dataset import build_data
+
+    overrides = ["model=logreg", f"data.data_dir={data_dir}", "data.generate.n_customers=1500"]
+    cfg = compose("train", [*overrides, f"paths.output_dir={tmp_path}", "cv.folds=3"])
+    metrics = train(cfg)
+    summary = json.loads((tmp_path / "cv_metrics.json").read_text())
+    assert summary["folds"] == 3 and len(summary["per_fold"]) == 3
+    fold_aurocs = [m["val"]["val/auroc"] for m in summary["per_fold"]]
+    assert summary["val"]["val/auroc"]["mean"] == pytest.approx(sum(fold_aurocs) / 3)
+    assert metrics["val"]["val/auroc"] == pytest.approx(summary["val"]["val/auroc"]["mean"])
+    assert all((tmp_path / f"fold_{i}" / "metrics.json").exists() for i in range(3))
+    # every training customer validates in exactly one fold, and never trains in that fold
+    val_sets = []
+    for fold in range(3):
+        data = build_data(compose("train", [*overrides, "data.folds=3", f"data.fold={fold}"]).data)
+        val = set(data.val.snaps.customer_ids(data.log))
+        assert not val & set(data.train.snaps.customer_ids(data.log))
+        val_sets.append(val)
+    assert sum(len(v) for v in val_sets) == len(set().union(*val_sets))
+    everyone = set(data.train.snaps.customer_ids(data.log)) | set(data.val.snaps.customer_ids(data.log))
+    assert set().union(*val_sets) == everyone

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
@@ -52,6 +54,8 @@ def _instantiate_all(node: DictConfig | None) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run training as configured; returns the metrics (validation of the best epoch and test)."""
+    if cfg.get("cv") and cfg.cv.get("folds"):
+        return train_cv(cfg)
     if cfg.model.get("kind") == "tabular":
         from churnwatch.models.tabular import train_tabular
 
@@ -104,6 +108,42 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print_metrics(metrics, run_dir)
     return metrics
+
+
+def train_cv(cfg: DictConfig) -> dict[str, Any]:
+    """k-fold cross-validation by customer: one run per fold under <run dir>/fold_<i>/, then mean ± std."""
+    folds = int(cfg.cv.folds)
+    run_dir = Path(cfg.paths.output_dir)
+    per_fold = []
+    for fold in range(folds):
+        fold_cfg = copy.deepcopy(cfg)
+        with open_dict(fold_cfg):
+            fold_cfg.cv.folds = None
+            fold_cfg.data.folds = folds
+            fold_cfg.data.fold = fold
+            fold_cfg.paths.output_dir = str(run_dir / f"fold_{fold}")
+        Path(fold_cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        log.info("cross-validation fold %d/%d", fold + 1, folds)
+        per_fold.append(train(fold_cfg))
+    summary: dict[str, Any] = {"folds": folds, "per_fold": per_fold}
+    for stage in ("val", "test"):
+        keys = sorted(set.intersection(*(set(m.get(stage, {})) for m in per_fold)))
+        values = {k: np.array([m[stage][k] for m in per_fold], dtype=np.float64) for k in keys}
+        summary[stage] = {
+            k: {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if folds > 1 else 0.0}
+            for k, v in values.items()
+        }
+    (run_dir / "cv_metrics.json").write_text(json.dumps(summary, indent=2))
+    auroc = summary["val"].get("val/auroc", {})
+    Console().print(
+        f"{folds}-fold CV: val AUROC {auroc.get('mean', float('nan')):.4f} ± "
+        f"{auroc.get('std', float('nan')):.4f} → {run_dir / 'cv_metrics.json'}"
+    )
+    return {
+        "val": {k: v["mean"] for k, v in summary["val"].items() if isinstance(v, dict)},
+        "test": {k: v["mean"] for k, v in summary["test"].items()},
+        "cv": summary,
+    }
 
 
 def print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
