@@ -41,7 +41,8 @@ def test_training_writes_metrics_checkpoint_and_model(trained):
     root, metrics = trained
     run = root / "run"
     saved = json.loads((run / "metrics.json").read_text())
-    assert set(saved["test"]) >= {f"test/{m}" for m in METRIC_NAMES}
+    assert set(saved["test"]) >= {f"test/{m}" for m in (*METRIC_NAMES, "lift_top10", "capture_top10")}
+    assert saved["test"]["test/lift_top10"] > 1  # the riskiest decile churns more than average
     assert 0.5 < saved["test"]["test/auroc"] <= 1.0
     assert 0 < saved["threshold"] < 1
     assert saved["val"]["val/threshold"] == pytest.approx(saved["threshold"])  # val of the best checkpoint

@@ -40,6 +40,7 @@ def test_baseline_trains_and_reports_the_common_metrics(estimator, data_dir, tmp
         for name in METRIC_NAMES:
             assert 0.0 <= saved[stage][f"{stage}/{name}"] <= 1.0
     assert saved["test"]["test/auroc"] > 0.7  # the aggregates carry real signal on the synthetic data
+    assert 0 < saved["test"]["test/capture_top10"] <= 1 and saved["test"]["test/lift_top10"] > 1
     assert saved["val"]["val/threshold"] == pytest.approx(saved["threshold"])
     assert saved["tier_cuts"]["high"] >= saved["tier_cuts"]["medium"]
     assert metrics["train_seconds"] > 0

@@ -54,3 +54,14 @@ def test_target_precision_rules_reach_their_precision():
 def test_bad_rule_is_rejected():
     with pytest.raises(ValueError, match="thresholds.threshold"):
         ThresholdRule.from_config({"threshold": "magic"})
+
+
+def test_lift_and_capture_in_the_top_decile_by_hand():
+    from churnwatch.evaluation import top_fraction_metrics
+
+    probs = np.linspace(1, 0, 20)  # 20 customers, riskiest first
+    labels = np.zeros(20)
+    labels[[0, 5, 12, 19]] = 1  # 4 churners, base rate 0.2; one of them in the top 2
+    out = top_fraction_metrics(probs, labels, 0.1)
+    assert out["capture_top10"] == pytest.approx(0.25)
+    assert out["lift_top10"] == pytest.approx(0.5 / 0.2)

@@ -49,12 +49,29 @@ def threshold_metrics(threshold: float) -> MetricCollection:
     )
 
 
+def top_fraction_metrics(probs: np.ndarray, labels: np.ndarray, fraction: float = 0.1) -> dict[str, float]:
+    """Lift and capture rate in the riskiest `fraction`: what a retention team with that capacity gets.
+
+    capture = share of all churners found in the top fraction; lift = churn rate there / overall rate.
+    """
+    probs, labels = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    k = max(1, int(np.ceil(fraction * len(probs))))
+    top = np.argsort(-probs, kind="stable")[:k]
+    positives, base = labels.sum(), labels.mean() if len(labels) else 0.0
+    pct = int(round(fraction * 100))
+    return {
+        f"capture_top{pct}": float(labels[top].sum() / positives) if positives else 0.0,
+        f"lift_top{pct}": float(labels[top].mean() / base) if base else 0.0,
+    }
+
+
 def evaluate(probs: np.ndarray, labels: np.ndarray, threshold: float, stage: str) -> dict[str, float]:
     """All metrics for probabilities in [0, 1], named like the training logs (`{stage}/auroc`, ...)."""
     p = torch.as_tensor(np.asarray(probs, dtype=np.float32))
     y = torch.as_tensor(np.asarray(labels)).int()
     values = {**ranking_metrics()(p, y), **threshold_metrics(threshold)(p, y)}
     out = {f"{stage}/{k}": float(v) for k, v in values.items()}
+    out.update({f"{stage}/{k}": v for k, v in top_fraction_metrics(probs, labels).items()})
     out[f"{stage}/threshold"] = float(threshold)
     out[f"{stage}/positive_rate"] = float(y.float().mean())
     return out

@@ -26,6 +26,8 @@ METRIC_ORDER = (
     "auroc",
     "auroc_recency_only",
     "average_precision",
+    "lift_top10",
+    "capture_top10",
     *AT_THRESHOLD,
     "brier",
     "calibration_error",

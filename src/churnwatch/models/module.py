@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
 from churnwatch.data.batch import EventBatch
-from churnwatch.evaluation import ranking_metrics, threshold_metrics
+from churnwatch.evaluation import ranking_metrics, threshold_metrics, top_fraction_metrics
 from churnwatch.models.encoders import ChurnNet
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 
@@ -150,6 +150,8 @@ class ChurnModule(L.LightningModule):
             self.tier_cuts.copy_(torch.tensor([op.high_cut, op.medium_cut]))
         metrics = threshold_metrics(float(self.threshold)).to(probs.device)
         out = dict(metrics(probs, target.int()))
+        top = top_fraction_metrics(probs.float().cpu().numpy(), target.float().cpu().numpy())
+        out.update({k: torch.tensor(v, device=probs.device) for k, v in top.items()})
         out["threshold"] = self.threshold.clone()
         out["positive_rate"] = target.float().mean()
         return out
