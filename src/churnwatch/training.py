@@ -142,7 +142,7 @@ def train_cv(cfg: DictConfig) -> dict[str, Any]:
         f"{auroc.get('std', float('nan')):.4f} → {run_dir / 'cv_metrics.json'}"
     )
     return {
-        "val": {k: v["mean"] for k, v in summary["val"].items() if isinstance(v, dict)},
+        "val": {k: v["mean"] for k, v in summary["val"].items()},
         "test": {k: v["mean"] for k, v in summary["test"].items()},
         "cv": summary,
     }
