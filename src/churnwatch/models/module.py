@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
 from churnwatch.data.batch import EventBatch
-from churnwatch.evaluation import ranking_metrics, threshold_metrics, top_fraction_metrics
+from churnwatch.evaluation import evaluate, ranking_metrics
 from churnwatch.models.encoders import ChurnNet
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 
@@ -78,7 +78,9 @@ class ChurnModule(L.LightningModule):
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("tier_cuts", torch.tensor([1.0, 0.5]))
         # Separate metric objects per stage ("train" cannot be a ModuleDict key: it is nn.Module.train).
-        self.metrics = torch.nn.ModuleDict({f"{s}_": ranking_metrics() for s in STAGES})
+        # Training streams ranking metrics; validation and test keep every prediction, so the operating
+        # point can be chosen on them and they are judged by `evaluate`, exactly like the baselines.
+        self.train_metrics = ranking_metrics()
         self.losses = torch.nn.ModuleDict({f"{s}_": MeanMetric() for s in STAGES})
         self.probs = torch.nn.ModuleDict({f"{s}_": CatMetric() for s in ("val", "test")})
         self.targets = torch.nn.ModuleDict({f"{s}_": CatMetric() for s in ("val", "test")})
@@ -108,10 +110,10 @@ class ChurnModule(L.LightningModule):
                 f"{batch.index[:5].tolist()}...): lower model.optimizer.lr or check the inputs"
             )
         probs = torch.sigmoid(logits.detach().float())
-        target = batch.label.int()
-        self.metrics[f"{stage}_"].update(probs, target)
         self.losses[f"{stage}_"].update(loss.detach(), weight=len(batch))
-        if f"{stage}_" in self.probs:
+        if stage == "train":
+            self.train_metrics.update(probs, batch.label.int())
+        else:
             self.probs[f"{stage}_"].update(probs)
             self.targets[f"{stage}_"].update(batch.label)
         return loss
@@ -127,47 +129,40 @@ class ChurnModule(L.LightningModule):
     def test_step(self, batch: EventBatch, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _log_epoch(self, stage: str, extra: Mapping[str, Tensor] | None = None) -> dict[str, float]:
-        values = {f"{stage}/{k}": v for k, v in self.metrics[f"{stage}_"].compute().items()}
+    def _log_epoch(self, stage: str, values: dict[str, float | Tensor]) -> dict[str, float]:
         values[f"{stage}/loss"] = self.losses[f"{stage}_"].compute()
-        values.update({f"{stage}/{k}": v for k, v in (extra or {}).items()})
+        self.losses[f"{stage}_"].reset()
         # values come from torchmetrics, already synced across ranks; sync_dist only averages equal numbers
         self.log_dict(values, prog_bar=False, sync_dist=True)
-        self.metrics[f"{stage}_"].reset()
-        self.losses[f"{stage}_"].reset()
         return {k: float(v) for k, v in values.items()}
 
     def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
+        values = {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
+        self.train_metrics.reset()
+        self._log_epoch("train", values)
 
-    def _threshold_values(self, stage: str) -> dict[str, Tensor]:
-        probs, target = self.probs[f"{stage}_"].compute(), self.targets[f"{stage}_"].compute()
+    def _evaluate(self, stage: str) -> dict[str, float]:
+        """All metrics of the stage's predictions; on validation, first choose the operating point."""
+        probs = self.probs[f"{stage}_"].compute().float().cpu().numpy()
+        target = self.targets[f"{stage}_"].compute().cpu().numpy()
         self.probs[f"{stage}_"].reset()
         self.targets[f"{stage}_"].reset()
         if stage == "val":
-            op = choose_operating_point(probs.cpu().numpy(), target.cpu().numpy(), self.rule)
+            op = choose_operating_point(probs, target, self.rule)
             self.threshold.fill_(op.threshold)
             self.tier_cuts.copy_(torch.tensor([op.high_cut, op.medium_cut]))
-        metrics = threshold_metrics(float(self.threshold)).to(probs.device)
-        out = dict(metrics(probs, target.int()))
-        top = top_fraction_metrics(probs.float().cpu().numpy(), target.float().cpu().numpy())
-        out.update({k: torch.tensor(v, device=probs.device) for k, v in top.items()})
-        out["threshold"] = self.threshold.clone()
-        out["positive_rate"] = target.float().mean()
-        return out
+        return evaluate(probs, target, float(self.threshold), stage)
 
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
-            for stage in ("val",):
-                self.probs[f"{stage}_"].reset()
-                self.targets[f"{stage}_"].reset()
-                self.metrics[f"{stage}_"].reset()
-                self.losses[f"{stage}_"].reset()
+        if self.trainer.sanity_checking:  # a few batches only: no operating point, no metrics
+            self.probs["val_"].reset()
+            self.targets["val_"].reset()
+            self.losses["val_"].reset()
             return
-        self._log_epoch("val", self._threshold_values("val"))
+        self._log_epoch("val", self._evaluate("val"))
 
     def on_test_epoch_end(self) -> None:
-        self.last_test = self._log_epoch("test", self._threshold_values("test"))
+        self.last_test = self._log_epoch("test", self._evaluate("test"))
 
     def configure_optimizers(self) -> Any:
         decay, no_decay = [], []
