@@ -46,7 +46,7 @@ def build_module(cfg: DictConfig, dm: ChurnDataModule) -> ChurnModule:
         optimizer=model_cfg.get("optimizer"),
         scheduler=model_cfg.get("scheduler"),
         thresholds=OmegaConf.to_container(cfg.thresholds, resolve=True) if cfg.get("thresholds") else None,
-        pos_rate=float(dm.data.train.snaps.label.mean()),
+        pos_rate=dm.train_positive_rate,
     )
 
 

@@ -393,7 +393,7 @@ def load_events(
     path = str(path)
     raw = frame if frame is not None else read_table(path)
     report = ValidationReport(path=path, rows_read=len(raw))
-    if len(raw.columns) == 0 or (len(raw) == 0 and frame is None and raw.columns.empty):
+    if len(raw.columns) == 0:
         raise DataValidationError(f"{path}: file has no columns")
     _require_columns(raw, [schema.customer_id], path, "data.customer_id")
     # ids of every row, before the filter: a customer whose rows are all filtered out is still a customer

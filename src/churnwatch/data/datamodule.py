@@ -44,6 +44,11 @@ class ChurnDataModule(L.LightningDataModule):
             "max_len": enc.max_len,
         }
 
+    @property
+    def train_positive_rate(self) -> float:
+        """Churn rate of the training rows: the loss's class weight and the prior for no-history scoring."""
+        return float(self.data.train.snaps.label.mean())
+
     def state_dict(self) -> dict[str, Any]:
         """The fitted encoders travel inside every checkpoint, so export needs nothing but the checkpoint."""
         if self.data is None:
@@ -51,7 +56,7 @@ class ChurnDataModule(L.LightningDataModule):
         return {
             "encoder": self.data.encoder.state(),
             "featurizer": self.data.featurizer.state(),
-            "train_positive_rate": float(self.data.train.snaps.label.mean()),
+            "train_positive_rate": self.train_positive_rate,
         }
 
     def _dataset(self, split: Split) -> SequenceDataset:
