@@ -126,3 +126,16 @@ def test_featurizer_state_round_trips_through_json():
     a, b = feat.transform(log, snap), again.transform(log, snap)
     assert np.array_equal(a.values, b.values)
     assert np.array_equal(feat.scale(a), again.scale(b))
+
+
+def test_a_row_does_not_depend_on_the_rows_transformed_with_it():
+    """Scoring transforms customers in chunks: every feature must be a function of the row alone."""
+    frame = pd.DataFrame(ROWS, columns=["cid", "ts", "kind", "cat", "amount"])
+    loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
+    log = EventLog.from_frame(loaded.frame)
+    snap = build_snapshot(log, "2024-04-01", horizon_days=None)
+    feat = AggregateFeaturizer(SPEC).fit(log, snap)
+    both = feat.transform(log, snap).values
+    for row in range(len(snap)):
+        alone = feat.transform(log, snap.subset(np.array([row]))).values
+        assert np.array_equal(alone[0], both[row]), feat.transform(log, snap).names

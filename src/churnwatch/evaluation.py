@@ -67,8 +67,8 @@ def top_fraction_metrics(probs: np.ndarray, labels: np.ndarray, fraction: float 
 
 def evaluate(probs: np.ndarray, labels: np.ndarray, threshold: float, stage: str) -> dict[str, float]:
     """All metrics for probabilities in [0, 1], named like the training logs (`{stage}/auroc`, ...)."""
-    p = torch.as_tensor(np.asarray(probs, dtype=np.float32))
-    y = torch.as_tensor(np.asarray(labels)).int()
+    p = torch.tensor(np.asarray(probs, dtype=np.float32))  # a copy: inputs may be read-only views
+    y = torch.tensor(np.asarray(labels)).int()
     values = {**ranking_metrics()(p, y), **threshold_metrics(threshold)(p, y)}
     out = {f"{stage}/{k}": float(v) for k, v in values.items()}
     out.update({f"{stage}/{k}": v for k, v in top_fraction_metrics(probs, labels).items()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from rich.table import Table
 from churnwatch.data.datamodule import ChurnDataModule
 from churnwatch.evaluation import AT_THRESHOLD, recency_auroc
 from churnwatch.models.module import ChurnModule
+from churnwatch.predictions import write_predictions
 
 log = logging.getLogger(__name__)
 METRIC_ORDER = (
@@ -78,7 +80,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         log.info("run dir: %s", run_dir)
+    t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    train_seconds = time.perf_counter() - t0
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     # Validation metrics of the best checkpoint (this pass also restores its threshold and tiers).
@@ -87,15 +91,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     }
     if cfg.get("test"):
+        t0 = time.perf_counter()
         trainer.test(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
+        test_seconds = time.perf_counter() - t0
         metrics["test"] = dict(model.last_test)
+        metrics["scoring_customers_per_s"] = len(dm.data.test) / max(test_seconds, 1e-9)
         test = dm.data.test
         metrics["test"]["test/auroc_recency_only"] = recency_auroc(test.aggregates, test.snaps.label)
         metrics["threshold"] = float(model.threshold)
         metrics["tier_cuts"] = {"high": float(model.tier_cuts[0]), "medium": float(model.tier_cuts[1])}
+    metrics["train_seconds"] = train_seconds
+    metrics["sizes"] = dm.data.sizes()
+    metrics["model"] = str(cfg.model.net.encoder) + ("+aggregates" if cfg.model.get("use_aggregates") else "")
     metrics["best_checkpoint"] = best_path
     metrics["run_dir"] = str(run_dir)
     if trainer.is_global_zero:
+        splits = {"val": (dm.data.val, model.predictions["val"])}
+        if "test" in model.predictions:
+            splits["test"] = (dm.data.test, model.predictions["test"])
+        write_predictions(run_dir, splits, dm.data.log)
         if cfg.get("export") and best_path:
             from churnwatch.export import export_checkpoint
 

@@ -30,6 +30,7 @@ from churnwatch.data.snapshots import (
     SnapshotPlan,
     Snapshots,
     build_snapshots,
+    customer_subsample,
     holdout_split,
     kfold_splits,
     label_event_mask,
@@ -72,6 +73,16 @@ class ChurnData:
     val: Split
     test: Split | None
     reports: list[ValidationReport] = field(default_factory=list)
+
+    def sizes(self) -> dict[str, int]:
+        """Rows and customers per split (recorded in metrics.json; the x axis of learning curves)."""
+        out = {}
+        for name in ("train", "val", "test"):
+            split = getattr(self, name)
+            if split is not None:
+                out[f"{name}_rows"] = len(split)
+                out[f"{name}_customers"] = int(len(np.unique(split.snaps.customer)))
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Sizes, churn rates and validation counts, JSON-able."""
@@ -176,6 +187,10 @@ def build_data(cfg: Mapping[str, Any] | DictConfig) -> ChurnData:
         train_idx, val_idx = kfold_splits(train_all, int(cfg["folds"]), seed)[int(cfg["fold"])]
     else:
         train_idx, val_idx = holdout_split(train_all, float(cfg.get("val_fraction", 0.2)), seed)
+    if cfg.get("train_fraction") is not None:  # learning curves: fewer training customers, same validation
+        train_idx = train_idx[
+            customer_subsample(train_all.subset(train_idx), float(cfg["train_fraction"]), seed)
+        ]
     train_snaps, val_snaps = train_all.subset(train_idx), train_all.subset(val_idx)
     test_snaps = None
     if plan.test_cutoff is not None:

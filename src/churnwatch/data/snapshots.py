@@ -293,3 +293,17 @@ def kfold_splits(snaps: Snapshots, folds: int, seed: int) -> list[tuple[np.ndarr
         is_val = np.isin(snaps.customer, customers[val_pos])
         out.append((np.flatnonzero(~is_val), np.flatnonzero(is_val)))
     return out
+
+
+def customer_subsample(snaps: Snapshots, fraction: float, seed: int) -> np.ndarray:
+    """Row indices of a stratified sample of `fraction` of the customers (all their rows): learning curves."""
+    if not 0 < fraction <= 1:
+        raise ConfigError(f"data.train_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return np.arange(len(snaps))
+    customers, strata = _customer_strata(snaps)
+    keep = max(2, int(round(fraction * len(customers))))
+    if keep >= len(customers):
+        return np.arange(len(snaps))
+    chosen, _ = train_test_split(customers, train_size=keep, random_state=seed, stratify=_stratify(strata, 2))
+    return np.flatnonzero(np.isin(snaps.customer, chosen))

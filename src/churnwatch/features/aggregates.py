@@ -83,6 +83,7 @@ class AggregateFeaturizer:
         self.mix_categories: list[str] = []
         self.static_vocabs: dict[str, Vocabulary] = {}
         self.fill: dict[str, float] = {}
+        self.trend_smoothing: dict[str, float] = {}
         self.scale_mean = np.zeros(0)
         self.scale_std = np.ones(0)
 
@@ -104,6 +105,7 @@ class AggregateFeaturizer:
                 name: Vocabulary.fit(pd.Series([], dtype=str)) for name in self.static_categorical
             }
         self.fill = {}
+        self.trend_smoothing = {}
         table = self._compute(log, snaps, customers)
         # Fills for 'no observation' cases are training means, so the table never holds NaN.
         means = (
@@ -128,6 +130,7 @@ class AggregateFeaturizer:
             "mix_categories": self.mix_categories,
             "static_vocabs": {k: v.tokens for k, v in self.static_vocabs.items()},
             "fill": self.fill,
+            "trend_smoothing": self.trend_smoothing,
             "scale_mean": self.scale_mean.tolist(),
             "scale_std": self.scale_std.tolist(),
         }
@@ -145,6 +148,7 @@ class AggregateFeaturizer:
         feat.mix_categories = list(state["mix_categories"])
         feat.static_vocabs = {k: Vocabulary(list(v)) for k, v in state["static_vocabs"].items()}
         feat.fill = dict(state["fill"])
+        feat.trend_smoothing = dict(state["trend_smoothing"])
         feat.scale_mean = np.asarray(state["scale_mean"], dtype=np.float64)
         feat.scale_std = np.asarray(state["scale_std"], dtype=np.float64)
         return feat
@@ -218,6 +222,10 @@ class AggregateFeaturizer:
         recency = np.full(n, np.inf)
         np.minimum.at(recency, seg, p_age)
         cols["recency_days"] = np.where(np.isfinite(recency), recency, first_age)  # never bought: tenure
+        first_p = np.full(n, -np.inf)
+        np.maximum.at(first_p, seg, np.where(is_p, age, -np.inf))
+        # Days since the first purchase (BTYD's T; never bought: tenure, like recency_days).
+        cols["first_purchase_days"] = np.where(np.isfinite(first_p), first_p, first_age)
         cols["n_purchases"] = n_p
         cols["spend_total"] = total(amount)
         cols["spend_mean"] = cols["spend_total"] / np.maximum(n_p, 1)
@@ -238,7 +246,11 @@ class AggregateFeaturizer:
         for short, long in ((30, 90), (90, 180)):
             for what, weights in (("freq", is_p.astype(np.float64)), ("spend", amount)):
                 s, lg = counts_in(short, weights), counts_in(long, weights)
-                scale = float(np.mean(weights)) if len(weights) else 1.0
+                # smoothing constant: fitted once on training rows, so a row's value never depends on the
+                # other rows transformed with it (scoring chunks, batches)
+                scale = self.trend_smoothing.setdefault(
+                    what, float(np.mean(weights)) if len(weights) else 1.0
+                )
                 cols[f"{what}_trend_{short}_{long}"] = (s + scale) / (lg * short / long + scale)
         hl_short, hl_long = spec.ema_half_lives
         ema_s = total(is_p * np.exp2(-age / hl_short)) * np.log(2) / hl_short

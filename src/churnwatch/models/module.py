@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -84,7 +85,13 @@ class ChurnModule(L.LightningModule):
         self.losses = torch.nn.ModuleDict({f"{s}_": MeanMetric() for s in STAGES})
         self.probs = torch.nn.ModuleDict({f"{s}_": CatMetric() for s in ("val", "test")})
         self.targets = torch.nn.ModuleDict({f"{s}_": CatMetric() for s in ("val", "test")})
+        # float64 holds row numbers exactly (float32 would not past 2**24)
+        self.rows = torch.nn.ModuleDict(
+            {f"{s}_": CatMetric().set_dtype(torch.float64) for s in ("val", "test")}
+        )
         self.last_test: dict[str, float] = {}
+        self.predictions: dict[str, np.ndarray] = {}
+        """Latest val/test probabilities in split row order (for predictions.parquet)."""
 
     def forward(self, batch: EventBatch) -> Tensor:
         return self.net(
@@ -116,6 +123,7 @@ class ChurnModule(L.LightningModule):
         else:
             self.probs[f"{stage}_"].update(probs)
             self.targets[f"{stage}_"].update(batch.label)
+            self.rows[f"{stage}_"].update(batch.index.to(torch.float64))
         return loss
 
     def training_step(self, batch: EventBatch, batch_idx: int) -> Tensor:
@@ -143,10 +151,14 @@ class ChurnModule(L.LightningModule):
 
     def _evaluate(self, stage: str) -> dict[str, float]:
         """All metrics of the stage's predictions; on validation, first choose the operating point."""
-        probs = self.probs[f"{stage}_"].compute().float().cpu().numpy()
-        target = self.targets[f"{stage}_"].compute().cpu().numpy()
-        self.probs[f"{stage}_"].reset()
-        self.targets[f"{stage}_"].reset()
+        probs = self.probs[f"{stage}_"].compute().reshape(-1).float().cpu().numpy()
+        target = self.targets[f"{stage}_"].compute().reshape(-1).cpu().numpy()
+        rows = self.rows[f"{stage}_"].compute().reshape(-1).cpu().numpy().astype(np.int64)
+        for metric in (self.probs, self.targets, self.rows):
+            metric[f"{stage}_"].reset()
+        in_order = np.full(int(rows.max()) + 1 if len(rows) else 0, np.nan)
+        in_order[rows] = probs
+        self.predictions[stage] = in_order
         if stage == "val":
             op = choose_operating_point(probs, target, self.rule)
             self.threshold.fill_(op.threshold)
@@ -155,9 +167,8 @@ class ChurnModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # a few batches only: no operating point, no metrics
-            self.probs["val_"].reset()
-            self.targets["val_"].reset()
-            self.losses["val_"].reset()
+            for metric in (self.probs, self.targets, self.rows, self.losses):
+                metric["val_"].reset()
             return
         self._log_epoch("val", self._evaluate("val"))
 

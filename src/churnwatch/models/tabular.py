@@ -1,9 +1,11 @@
 """Tabular baselines on the aggregate features: same snapshots, same split, same metrics as the networks.
 
-`model=logreg|decision_tree|random_forest|naive_bayes|linear_svm|lightgbm` with `model.kind: tabular`.
+`model=logreg|decision_tree|random_forest|naive_bayes|linear_svm|lightgbm|btyd` with `model.kind: tabular`.
 Linear models and naive Bayes see signed-log1p, standardised numbers and one-hot static categories; trees
 see raw values (LightGBM with the static categories as categorical features). Models without
 probabilities (the linear SVM) are calibrated with Platt scaling inside cross-validation on training data.
+`btyd` is the classical BG/NBD yardstick (models/btyd.py): fitted without labels on the purchase history
+columns only (occasions, recency, first purchase), it predicts P(no purchase within data.horizon_days).
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from churnwatch.data.datamodule import ChurnDataModule
 from churnwatch.evaluation import evaluate, recency_auroc
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.features.encode import signed_log1p
+from churnwatch.models.btyd import BTYDClassifier
 from churnwatch.models.importance import importance_table, plot_importance
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
+from churnwatch.predictions import write_predictions
 
 log = logging.getLogger(__name__)
-ESTIMATORS = ("logreg", "decision_tree", "random_forest", "naive_bayes", "linear_svm", "lightgbm")
+ESTIMATORS = ("logreg", "decision_tree", "random_forest", "naive_bayes", "linear_svm", "lightgbm", "btyd")
 
 
 def _linear_inputs(table: AggregateTable) -> ColumnTransformer:
@@ -76,6 +80,8 @@ def build_estimator(name: str, params: Mapping[str, Any], table: AggregateTable,
         import lightgbm
 
         return lightgbm.LGBMClassifier(random_state=seed, verbose=-1, **params)
+    if name == "btyd":
+        return BTYDClassifier(feature_names=table.names, **params)
     raise ValueError(f"model.estimator must be one of {ESTIMATORS}, got {name!r}")
 
 
@@ -109,13 +115,19 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
         data.val.snaps.label,
         ThresholdRule.from_config(OmegaConf.to_container(cfg.thresholds) if cfg.get("thresholds") else None),
     )
-    metrics: dict[str, Any] = {"val": evaluate(val_probs, data.val.snaps.label, op.threshold, "val")}
+    train_probs = estimator.predict_proba(train.values)[:, 1]
+    metrics: dict[str, Any] = {
+        "train": evaluate(train_probs, data.train.snaps.label, op.threshold, "train"),
+        "val": evaluate(val_probs, data.val.snaps.label, op.threshold, "val"),
+    }
+    predictions = {"val": (data.val, val_probs)}
     if cfg.get("test") and data.test is not None:
         t0 = time.perf_counter()
         test_probs = estimator.predict_proba(data.test.aggregates.values)[:, 1]
         score_seconds = time.perf_counter() - t0
+        predictions["test"] = (data.test, test_probs)
         metrics["test"] = evaluate(test_probs, data.test.snaps.label, op.threshold, "test")
-        metrics["test"]["test/scoring_customers_per_s"] = len(test_probs) / max(score_seconds, 1e-9)
+        metrics["scoring_customers_per_s"] = len(test_probs) / max(score_seconds, 1e-9)
         metrics["test"]["test/auroc_recency_only"] = recency_auroc(
             data.test.aggregates, data.test.snaps.label
         )
@@ -127,8 +139,10 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
     metrics["threshold"] = op.threshold
     metrics["tier_cuts"] = {"high": op.high_cut, "medium": op.medium_cut}
     metrics["train_seconds"] = fit_seconds
+    metrics["sizes"] = data.sizes()
     metrics["n_features"] = len(train.names)
     metrics["model"] = name
     metrics["run_dir"] = str(run_dir)
+    write_predictions(run_dir, predictions, data.log)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -1,0 +1,286 @@
+"""Ensembles: a weighted mean of calibrated churn probabilities of runs, weights fitted on validation.
+
+Members are run dirs of any model (network or baseline) trained on the same data config and seed, so their
+predictions.parquet cover the same validation and test rows. Each member is calibrated on validation (Platt
+scaling of its logit), then weights on the simplex minimise the validation log loss of the weighted mean.
+An ensemble of networks (lstm, gru, transformer, hybrid) whose members share the fitted encoders exports as
+one TorchScript file that scripts/score.py runs like any model; a member without a TorchScript form
+(scikit-learn, LightGBM, BTYD) makes the ensemble evaluation-only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import minimize
+from torch import Tensor, nn
+
+from churnwatch.evaluation import evaluate
+from churnwatch.export import load_artifact, write_artifact
+from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
+from churnwatch.predictions import KEY, PREDICTIONS_FILE, read_predictions
+
+log = logging.getLogger(__name__)
+EPS = 1e-6
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p, EPS, 1 - EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+@dataclass(frozen=True)
+class PlattCalibrator:
+    """p → sigmoid(slope · logit(p) + intercept); slope 1, intercept 0 is the identity."""
+
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    @classmethod
+    def fit(cls, probs: np.ndarray, labels: np.ndarray) -> PlattCalibrator:
+        z = _logit(probs)
+        y = np.asarray(labels, dtype=np.float64)
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            q = 1 / (1 + np.exp(-(theta[0] * z + theta[1])))
+            grad = q - y
+            return _log_loss(q, y), np.array([np.mean(grad * z), np.mean(grad)])
+
+        res = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+        return cls(float(res.x[0]), float(res.x[1]))
+
+    def __call__(self, probs: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-(self.slope * _logit(probs) + self.intercept)))
+
+
+def fit_weights(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to 1 (softmax parametrisation) minimising the log loss of probs @ w."""
+    probs = np.asarray(probs, dtype=np.float64)
+    k = probs.shape[1]
+    if k == 1:
+        return np.ones(1)
+    y = np.asarray(labels, dtype=np.float64)
+
+    def weights(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max())
+        return e / e.sum()
+
+    def loss(z: np.ndarray) -> float:
+        return _log_loss(probs @ weights(z), y)
+
+    res = minimize(loss, np.zeros(k), method="L-BFGS-B")
+    return weights(res.x)
+
+
+@dataclass
+class FittedEnsemble:
+    names: list[str]
+    calibrators: list[PlattCalibrator]
+    weights: np.ndarray
+
+    def predict(self, member_probs: np.ndarray) -> np.ndarray:
+        calibrated = np.column_stack([c(member_probs[:, j]) for j, c in enumerate(self.calibrators)])
+        return calibrated @ self.weights
+
+
+def aligned_predictions(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, list[str]]:
+    """One frame keyed by (split, customer_id, cutoff) with a probability column per member; refuses members
+    whose rows differ (another data config or seed) or whose labels disagree."""
+    names = _member_names(run_dirs)
+    merged: pd.DataFrame | None = None
+    for name, run_dir in zip(names, run_dirs, strict=True):
+        frame = read_predictions(run_dir).rename(columns={"probability": name})
+        if merged is None:
+            merged = frame
+            continue
+        joined = merged.merge(frame, on=KEY, how="inner", suffixes=("", "_other"))
+        if len(joined) != len(merged) or len(joined) != len(frame):
+            raise ValueError(
+                f"ensemble members cover different rows: {run_dirs[0]} has {len(merged)} "
+                f"predictions, {run_dir} has {len(frame)}, {len(joined)} in common; train every member "
+                "with the same data config and seed"
+            )
+        if not np.array_equal(joined["label"].to_numpy(), joined["label_other"].to_numpy()):
+            raise ValueError(f"{run_dir}: labels differ from {run_dirs[0]} for the same rows")
+        merged = joined.drop(columns="label_other")
+    if merged is None:
+        raise ValueError("an ensemble needs at least one member run dir")
+    return merged, names
+
+
+def _member_names(run_dirs: Sequence[str | Path]) -> list[str]:
+    names = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "metrics.json"
+        model = json.loads(path.read_text()).get("model", "") if path.exists() else ""
+        name = model or Path(run_dir).name
+        names.append(name if name not in names else f"{name}_{len(names)}")
+    return names
+
+
+def fit_ensemble(frame: pd.DataFrame, names: list[str], calibrate: bool = True) -> FittedEnsemble:
+    val = frame[frame["split"] == "val"]
+    y = val["label"].to_numpy()
+    calibrators = [
+        PlattCalibrator.fit(val[n].to_numpy(), y) if calibrate else PlattCalibrator() for n in names
+    ]
+    calibrated = np.column_stack([c(val[n].to_numpy()) for c, n in zip(calibrators, names, strict=True)])
+    return FittedEnsemble(names, calibrators, fit_weights(calibrated, y))
+
+
+class EnsembleProbabilityModel(nn.Module):
+    """Exported form: each member's probability, calibrated, then the weighted mean."""
+
+    def __init__(self, members: Sequence[nn.Module], uses_aggregates: Sequence[bool], fitted: FittedEnsemble):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("uses_aggregates", torch.tensor(list(uses_aggregates), dtype=torch.bool))
+        self.register_buffer(
+            "slope", torch.tensor([c.slope for c in fitted.calibrators], dtype=torch.float64)
+        )
+        self.register_buffer(
+            "intercept", torch.tensor([c.intercept for c in fitted.calibrators], dtype=torch.float64)
+        )
+        self.register_buffer("weights", torch.tensor(fitted.weights, dtype=torch.float64))
+
+    def forward(
+        self,
+        cat: Tensor,
+        num: Tensor,
+        lengths: Tensor,
+        static_cat: Tensor,
+        static_num: Tensor,
+        aggregates: Tensor,
+    ) -> Tensor:
+        out = torch.zeros(cat.shape[0], dtype=torch.float64, device=cat.device)
+        no_aggregates = aggregates[:, :0]
+        for i, member in enumerate(self.members):
+            agg = aggregates if bool(self.uses_aggregates[i]) else no_aggregates
+            p = member(cat, num, lengths, static_cat, static_num, agg).double().clamp(1e-6, 1.0 - 1e-6)
+            z = self.slope[i] * (torch.log(p) - torch.log1p(-p)) + self.intercept[i]
+            out = out + self.weights[i] * torch.sigmoid(z)
+        return out.float()
+
+
+SHARED_META = ("data", "encoder", "featurizer")
+
+
+def _comparable(state: Any) -> Any:
+    """A member's state without the keys that only say whether that member uses aggregates."""
+    return {k: v for k, v in state.items() if k != "use_aggregates"} if isinstance(state, dict) else state
+
+
+def export_ensemble(
+    run_dirs: Sequence[str | Path],
+    fitted: FittedEnsemble,
+    operating: dict[str, Any],
+    out_path: str | Path,
+    test_metrics: dict[str, float] | None = None,
+) -> Path:
+    """One TorchScript file from network members' model.pt files; ValueError says why it cannot be done."""
+    artifacts = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "model.pt"
+        if not path.exists():
+            raise ValueError(
+                f"{run_dir} has no model.pt (scikit-learn, LightGBM and BTYD runs have no TorchScript form): "
+                "only ensembles of networks export"
+            )
+        artifacts.append(load_artifact(path))
+    first = artifacts[0][1]
+    for (_, meta), run_dir in zip(artifacts[1:], run_dirs[1:], strict=True):
+        for key in SHARED_META:
+            if _comparable(meta[key]) != _comparable(first[key]):
+                raise ValueError(
+                    f"{run_dir}: its {key} state differs from {run_dirs[0]}'s; exported ensemble members "
+                    "must share the data config, seed and vocabulary settings"
+                )
+    uses = [int(m["features"].get("n_aggregates", 0)) > 0 for _, m in artifacts]
+    model = EnsembleProbabilityModel([a for a, _ in artifacts], uses, fitted)
+    best = int(np.argmax(uses)) if any(uses) else 0
+    meta = {
+        **{k: v for k, v in first.items() if k not in ("net", "created_at", "source_checkpoint")},
+        "features": artifacts[best][1]["features"],
+        "threshold": operating["threshold"],
+        "tiers": operating["tiers"],
+        "test_metrics": test_metrics or {},
+        "ensemble": {
+            "members": [str(d) for d in run_dirs],
+            "names": fitted.names,
+            "weights": fitted.weights.tolist(),
+            "calibration": [[c.slope, c.intercept] for c in fitted.calibrators],
+            "nets": [m["net"] for _, m in artifacts],
+        },
+    }
+    return write_artifact(model, meta, out_path)
+
+
+def train_ensemble(
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    thresholds: dict[str, Any] | None = None,
+    calibrate: bool = True,
+    export: bool = True,
+) -> dict[str, Any]:
+    """Fit the ensemble on the members' validation predictions, evaluate on test, write metrics.json,
+    predictions.parquet and (for network members) model.pt into out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dirs = [str(d) for d in run_dirs]
+    frame, names = aligned_predictions(run_dirs)
+    fitted = fit_ensemble(frame, names, calibrate)
+    frame["probability"] = fitted.predict(frame[names].to_numpy())
+    val = frame[frame["split"] == "val"]
+    op = choose_operating_point(
+        val["probability"].to_numpy(), val["label"].to_numpy(), ThresholdRule.from_config(thresholds)
+    )
+    metrics: dict[str, Any] = {}
+    for stage in ("val", "test"):
+        part = frame[frame["split"] == stage]
+        if len(part):
+            metrics[stage] = evaluate(
+                part["probability"].to_numpy(), part["label"].to_numpy(), op.threshold, stage
+            )
+    members = [json.loads((Path(d) / "metrics.json").read_text()) for d in run_dirs]
+    rates = [m.get("scoring_customers_per_s") for m in members]
+    if all(rates):
+        # members score one after another: the ensemble's time per customer is the sum of theirs
+        metrics["scoring_customers_per_s"] = 1.0 / sum(1.0 / r for r in rates)
+    metrics["train_seconds"] = float(sum(m.get("train_seconds", 0.0) for m in members))
+    metrics["threshold"] = op.threshold
+    metrics["tier_cuts"] = {"high": op.high_cut, "medium": op.medium_cut}
+    metrics["model"] = "ensemble(" + "+".join(names) + ")"
+    metrics["members"] = run_dirs
+    metrics["weights"] = dict(zip(names, fitted.weights.tolist(), strict=True))
+    metrics["calibration"] = {
+        n: [c.slope, c.intercept] for n, c in zip(names, fitted.calibrators, strict=True)
+    }
+    metrics["run_dir"] = str(out_dir)
+    if export:
+        operating = {
+            "threshold": op.threshold,
+            "tiers": {"high": op.high_cut, "medium": op.medium_cut, "rule": dict(thresholds or {})},
+        }
+        try:
+            metrics["model_path"] = str(
+                export_ensemble(run_dirs, fitted, operating, out_dir / "model.pt", metrics.get("test"))
+            )
+        except ValueError as exc:
+            metrics["export_skipped"] = str(exc)
+            log.info("ensemble not exported: %s", exc)
+    frame[[*KEY, "label", "probability"]].to_parquet(out_dir / PREDICTIONS_FILE, index=False)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,154 @@
+"""Leaderboards: every listed model trained on one dataset with the same snapshots and metrics, over seeds.
+
+One run per (model, seed) under <out>/<model>/seed_<s>/ with the usual metrics.json and predictions.parquet;
+a run dir that already holds metrics.json is reused, so an interrupted leaderboard resumes. Ensembles of
+listed models are fitted per seed from those runs. Results: leaderboard_runs.csv (one row per run),
+leaderboard.csv (mean and std per model) and leaderboard.md (mean ± std, best AUROC first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from churnwatch.ensemble import train_ensemble
+
+log = logging.getLogger(__name__)
+ComposeTrain = Callable[[list[str]], DictConfig]
+"""Composes the train config from overrides (hydra.compose inside a script, the test helper in tests)."""
+
+COLUMNS = {
+    "test/auroc": "AUROC",
+    "test/average_precision": "AP",
+    "test/f1": "F1@thr",
+    "test/lift_top10": "lift@10%",
+    "test/capture_top10": "capture@10%",
+    "test/brier": "Brier",
+    "train_seconds": "train s",
+    "scoring_customers_per_s": "scoring cust/s",
+    "val/auroc": "val AUROC",
+}
+
+
+def run_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The leaderboard's numbers from one run's metrics.json."""
+    flat = {**metrics.get("val", {}), **metrics.get("test", {}), **metrics.get("train", {})}
+    for key in ("train_seconds", "scoring_customers_per_s"):
+        flat[key] = metrics.get(key, math.nan)
+    for key, value in (metrics.get("sizes") or {}).items():
+        flat[key] = value
+    return {k: float(v) for k, v in flat.items() if isinstance(v, int | float)}
+
+
+def train_run(compose_train: ComposeTrain, overrides: Sequence[str], run_dir: Path) -> dict[str, float]:
+    """Train one configuration into run_dir, or read its metrics.json when it is already there."""
+    done = run_dir / "metrics.json"
+    if not done.exists():
+        from churnwatch.training import train
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = compose_train([*overrides, f"paths.output_dir='{run_dir}'"])
+        with open_dict(cfg):  # one process, one device: a leaderboard never launches DDP or progress bars
+            cfg.trainer.enable_progress_bar = False
+        log.info("training %s → %s", " ".join(overrides), run_dir)
+        train(cfg)
+    else:
+        log.info("reusing %s", run_dir)
+    return run_metrics(json.loads(done.read_text()))
+
+
+OWN_KEYS = {"models", "seeds", "ensembles", "title", "model_overrides", "model", "seed"}
+
+
+def passthrough(overrides: Sequence[str], own_keys: set[str]) -> list[str]:
+    """The command line's train overrides (experiment=, data=, trainer.max_epochs=...), minus the script's
+    own keys and hydra's: every run composes the train config with them."""
+    out = []
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key not in own_keys and not key.startswith("hydra"):
+            out.append(item)
+    return out
+
+
+def per_model_overrides(cfg: DictConfig) -> dict[str, list[str]]:
+    """`model_overrides: {model: [overrides]}`: tuned settings per model, which an experiment may declare."""
+    node = cfg.get("model_overrides")
+    return {str(k): list(v) for k, v in (OmegaConf.to_container(node) if node else {}).items()}
+
+
+def run_leaderboard(
+    cfg: DictConfig, compose_train: ComposeTrain, out_dir: str | Path, overrides: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Train every model × seed (and the ensembles) with `overrides`; write the tables; return the summary."""
+    out_dir = Path(out_dir)
+    per_model = per_model_overrides(cfg)
+    rows = []
+    for seed in cfg.seeds:
+        for model in cfg.models:
+            run_dir = out_dir / str(model) / f"seed_{seed}"
+            run = [*overrides, f"model={model}", f"seed={seed}", *per_model.get(str(model), [])]
+            rows.append({"model": str(model), "seed": seed, **train_run(compose_train, run, run_dir)})
+        for members in cfg.get("ensembles") or []:
+            name = "ensemble(" + "+".join(map(str, members)) + ")"
+            run_dir = out_dir / name / f"seed_{seed}"
+            if not (run_dir / "metrics.json").exists():
+                train_ensemble(
+                    [out_dir / str(m) / f"seed_{seed}" for m in members],
+                    run_dir,
+                    OmegaConf.to_container(cfg.thresholds, resolve=True),
+                )
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            rows.append({"model": name, "seed": seed, **run_metrics(metrics)})
+    runs = pd.DataFrame(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out_dir / "leaderboard_runs.csv", index=False)
+    summary = summarise(runs)
+    summary.to_csv(out_dir / "leaderboard.csv", index=False)
+    title = cfg.get("title") or " ".join(overrides) or "synthetic default"
+    (out_dir / "leaderboard.md").write_text(to_markdown(summary, title, list(cfg.seeds)))
+    return summary
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std (ddof 1; 0 for one seed) of each leaderboard column per model, best test AUROC first."""
+    keys = [k for k in COLUMNS if k in runs.columns]
+    grouped = runs.groupby("model", sort=False)[keys]
+    mean = grouped.mean().add_suffix(" mean")
+    std = grouped.std(ddof=1).fillna(0.0).add_suffix(" std")
+    out = pd.concat([grouped.size().rename("runs"), mean, std], axis=1).reset_index()
+    return out.sort_values("test/auroc mean", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _cell(mean: float, std: float, runs: int, key: str) -> str:
+    if math.isnan(mean):
+        return ""
+    if key in ("train_seconds", "scoring_customers_per_s"):
+        return f"{mean:,.0f}" if mean >= 100 else f"{mean:.1f}"
+    digits = 2 if key == "test/lift_top10" else 4
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if runs > 1 else "")
+
+
+def to_markdown(summary: pd.DataFrame, title: str, seeds: Sequence[Any]) -> str:
+    keys = [k for k in COLUMNS if f"{k} mean" in summary.columns]
+    lines = [
+        f"# Leaderboard: {title}",
+        "",
+        f"Test cutoff metrics, mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). "
+        "Train seconds are wall clock of fitting (networks: all epochs); scoring customers/s is model "
+        "inference on the encoded test features in one process.",
+        "",
+        "| model | " + " | ".join(COLUMNS[k] for k in keys) + " |",
+        "| --- |" + " ---: |" * len(keys),
+    ]
+    for row in summary.to_dict("records"):
+        cells = [_cell(row[f"{k} mean"], row[f"{k} std"], int(row["runs"]), k) for k in keys]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

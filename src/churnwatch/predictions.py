@@ -1,0 +1,52 @@
+"""Per-row validation and test predictions of a run, saved next to metrics.json.
+
+Ensembles, learning curves and offline analysis start from these, so every model (network or baseline)
+writes the same file: one row per (split, customer_id, cutoff) with the label and the churn probability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from churnwatch.data.dataset import Split
+from churnwatch.data.snapshots import EventLog
+
+PREDICTIONS_FILE = "predictions.parquet"
+KEY = ["split", "customer_id", "cutoff"]
+
+
+def prediction_frame(stage: str, split: Split, probs: np.ndarray, log: EventLog) -> pd.DataFrame:
+    if len(probs) != len(split):
+        raise ValueError(f"{stage}: {len(probs)} predictions for {len(split)} rows")
+    return pd.DataFrame(
+        {
+            "split": stage,
+            "customer_id": split.snaps.customer_ids(log).astype(str),
+            "cutoff": pd.to_datetime(split.snaps.cutoff),
+            "label": split.snaps.label.astype(np.float64),
+            "probability": np.asarray(probs, dtype=np.float64),
+        }
+    )
+
+
+def write_predictions(
+    run_dir: str | Path, splits: Mapping[str, tuple[Split, np.ndarray]], log: EventLog
+) -> Path:
+    frame = pd.concat(
+        [prediction_frame(stage, split, probs, log) for stage, (split, probs) in splits.items()],
+        ignore_index=True,
+    )
+    path = Path(run_dir) / PREDICTIONS_FILE
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def read_predictions(run_dir: str | Path) -> pd.DataFrame:
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no predictions; was {run_dir} trained by scripts/train.py?")
+    return pd.read_parquet(path)

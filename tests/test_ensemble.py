@@ -1,0 +1,120 @@
+"""Hybrid network and ensembles: fitted on validation, exported, and scored by the same scorer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from churnwatch.ensemble import PlattCalibrator, fit_weights, train_ensemble
+from churnwatch.export import load_artifact
+from churnwatch.predictions import read_predictions
+from churnwatch.scoring import Scorer
+from churnwatch.training import train
+
+from .test_config import compose
+from .test_end_to_end import TINY
+
+
+def test_weights_are_a_convex_combination_that_prefers_the_informative_member():
+    rng = np.random.default_rng(0)
+    y = rng.random(4000) < 0.3
+    good = np.clip(0.3 + 0.4 * (y - 0.3) + rng.normal(0, 0.1, len(y)), 0.01, 0.99)
+    noise = rng.uniform(0.01, 0.99, len(y))
+    w = fit_weights(np.column_stack([noise, good, noise[::-1]]), y)
+    assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
+    assert w[1] > 0.8
+    assert fit_weights(good[:, None], y).tolist() == [1.0]
+
+
+def test_platt_calibration_undoes_a_known_distortion():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.02, 0.98, 20000)
+    y = rng.random(len(p)) < p
+    z = np.log(p / (1 - p))
+    overconfident = 1 / (1 + np.exp(-(2.0 * z + 0.5)))
+    cal = PlattCalibrator.fit(overconfident, y)
+    assert cal.slope == pytest.approx(0.5, abs=0.05)
+    assert cal.intercept == pytest.approx(-0.25, abs=0.08)
+    assert np.abs(cal(overconfident) - p).mean() < 0.02
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ens")
+    out = {}
+    data_only = [o for o in TINY if not o.startswith("model.")]
+    for name, extra in (
+        ("lstm", TINY),
+        ("hybrid", ["model=hybrid", *TINY]),
+        ("logreg", ["model=logreg", *data_only]),
+    ):
+        cfg = compose("train", [f"data.data_dir={root / 'data'}", f"paths.output_dir={root / name}", *extra])
+        (root / name).mkdir()
+        out[name] = train(cfg)
+    return root, out
+
+
+def test_hybrid_exports_and_scores_from_raw_events_like_training(runs):
+    root, metrics = runs
+    _, meta = load_artifact(root / "hybrid" / "model.pt")
+    assert meta["features"]["n_aggregates"] == len(meta["featurizer"]["fill"]) > 50
+    test = read_predictions(root / "hybrid").query("split == 'test'").set_index("customer_id")
+    scored = (
+        Scorer(root / "hybrid" / "model.pt", device="cpu")
+        .score(
+            root / "data" / "events.parquet",
+            root / "data" / "customers.parquet",
+            as_of=test["cutoff"].iloc[0],
+            progress=False,
+        )
+        .set_index("customer_id")
+    )
+    # the scorer recomputes the aggregates from raw events: same probabilities as the test pass
+    assert np.allclose(scored.loc[test.index, "churn_probability"], test["probability"], atol=1e-5)
+    assert metrics["hybrid"]["test"]["test/auroc"] > 0.6
+
+
+def test_network_ensemble_fits_on_validation_exports_and_scores(runs, tmp_path):
+    root, _ = runs
+    metrics = train_ensemble([root / "lstm", root / "hybrid"], tmp_path, export=True)
+    weights = np.array(list(metrics["weights"].values()))
+    assert weights.sum() == pytest.approx(1.0) and (weights >= 0).all()
+    assert 0.5 < metrics["test"]["test/auroc"] <= 1
+    test = read_predictions(tmp_path).query("split == 'test'").set_index("customer_id")
+    _, meta = load_artifact(tmp_path / "model.pt")
+    assert meta["ensemble"]["weights"] == pytest.approx(weights.tolist())
+    scored = (
+        Scorer(tmp_path / "model.pt", device="cpu")
+        .score(
+            root / "data" / "events.parquet",
+            root / "data" / "customers.parquet",
+            as_of=test["cutoff"].iloc[0],
+            progress=False,
+        )
+        .set_index("customer_id")
+    )
+    assert np.allclose(scored.loc[test.index, "churn_probability"], test["probability"], atol=1e-5)
+
+
+def test_ensemble_with_a_baseline_is_evaluated_but_not_exported(runs, tmp_path):
+    root, _ = runs
+    metrics = train_ensemble([root / "hybrid", root / "logreg"], tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(saved["weights"]) == {"lstm+aggregates", "logreg"}
+    assert sum(saved["weights"].values()) == pytest.approx(1.0)
+    assert "no model.pt" in metrics["export_skipped"] and not (tmp_path / "model.pt").exists()
+    assert saved["scoring_customers_per_s"] > 0
+
+
+def test_members_from_different_splits_are_refused(runs, tmp_path):
+    root, _ = runs
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = compose(
+        "train", [f"data.data_dir={root / 'data'}", f"paths.output_dir={other}", "model=logreg", "seed=7"]
+    )
+    train(cfg)
+    with pytest.raises(ValueError, match="different rows"):
+        train_ensemble([root / "logreg", other], tmp_path / "ens")

@@ -1,0 +1,76 @@
+"""Leaderboard and learning/validation curves: every run lands in the tables; statistics come from runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnwatch.curves import OWN_KEYS as CURVE_KEYS
+from churnwatch.curves import run_curve
+from churnwatch.leaderboard import OWN_KEYS, passthrough, run_leaderboard
+
+from .test_config import compose
+
+
+@pytest.fixture(scope="module")
+def data_overrides(tmp_path_factory):
+    root = tmp_path_factory.mktemp("board")
+    return [f"data.data_dir={root / 'data'}", "data.generate.n_customers=1200"]
+
+
+def test_command_line_overrides_reach_every_run_except_the_scripts_own_keys():
+    given = [
+        "experiment=demo",
+        "models=[a,b]",
+        "seeds=[1]",
+        "model=lstm",
+        "trainer.max_epochs=2",
+        "hydra.run.dir=x",
+    ]
+    assert passthrough(given, OWN_KEYS) == ["experiment=demo", "trainer.max_epochs=2"]
+    assert passthrough(["model=lightgbm", "values=[1,2]", "param=a.b"], CURVE_KEYS) == ["model=lightgbm"]
+
+
+def test_leaderboard_trains_every_model_and_seed_and_summarises_them(data_overrides, tmp_path):
+    cfg = compose(
+        "leaderboard", ["models=[logreg,naive_bayes]", "seeds=[1,2]", "ensembles=[[logreg,naive_bayes]]"]
+    )
+    summary = run_leaderboard(cfg, lambda o: compose("train", o), tmp_path, data_overrides)
+    runs = pd.read_csv(tmp_path / "leaderboard_runs.csv")
+    assert len(runs) == 6 and set(runs["model"]) == {"logreg", "naive_bayes", "ensemble(logreg+naive_bayes)"}
+    for model, group in runs.groupby("model"):
+        row = summary.set_index("model").loc[model]
+        assert row["test/auroc mean"] == pytest.approx(group["test/auroc"].mean())
+        assert row["test/auroc std"] == pytest.approx(group["test/auroc"].std(ddof=1))
+        assert row["runs"] == 2
+    assert summary["test/auroc mean"].is_monotonic_decreasing
+    text = (tmp_path / "leaderboard.md").read_text()
+    for column in ("AUROC", "AP", "F1@thr", "lift@10%", "capture@10%", "Brier", "train s", "scoring cust/s"):
+        assert column in text
+    assert " ± " in text
+    # a second call reuses the finished runs instead of training again
+    before = (tmp_path / "logreg" / "seed_1" / "metrics.json").stat().st_mtime_ns
+    run_leaderboard(cfg, lambda o: compose("train", o), tmp_path, data_overrides)
+    assert (tmp_path / "logreg" / "seed_1" / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_learning_curve_grows_the_training_set_and_plots(data_overrides, tmp_path):
+    cfg = compose("curves", ["model=logreg", "kind=learning", "fractions=[0.3,1.0]"])
+    runs = run_curve(cfg, lambda o: compose("train", o), tmp_path, ["model=logreg", *data_overrides])
+    assert runs["train_customers"].is_monotonic_increasing and runs["train_customers"].nunique() == 2
+    # validation and test customers do not change with the training fraction
+    assert runs["val_rows"].nunique() == 1 and runs["test_rows"].nunique() == 1
+    assert np.isfinite(runs[["train/auroc", "val/auroc", "test/auroc"]].to_numpy()).all()
+    assert (tmp_path / "curve.png").stat().st_size > 0
+    assert len(pd.read_csv(tmp_path / "curve.csv")) == 2
+
+
+def test_validation_curve_sets_the_parameter(data_overrides, tmp_path):
+    cfg = compose(
+        "curves", ["model=decision_tree", "kind=validation", "param=model.params.max_depth", "values=[1,6]"]
+    )
+    runs = run_curve(cfg, lambda o: compose("train", o), tmp_path, ["model=decision_tree", *data_overrides])
+    assert runs["value"].tolist() == [1, 6]
+    # a deeper tree fits its own training data better: the parameter really reached the model
+    assert runs["train/auroc"].iloc[1] > runs["train/auroc"].iloc[0]
