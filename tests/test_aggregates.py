@@ -113,14 +113,18 @@ def test_unknown_field_is_a_config_error():
         _table(ROWS, featurizer=AggregateFeaturizer(AggregateSpec(purchase_when="nope == 1")))
 
 
-def test_featurizer_state_round_trips_through_json():
-    import json
-
+def _fitted_on_rows():
     frame = pd.DataFrame(ROWS, columns=["cid", "ts", "kind", "cat", "amount"])
     loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
     log = EventLog.from_frame(loaded.frame)
     snap = build_snapshot(log, "2024-04-01", horizon_days=None)
-    feat = AggregateFeaturizer(SPEC).fit(log, snap)
+    return log, snap, AggregateFeaturizer(SPEC).fit(log, snap)
+
+
+def test_featurizer_state_round_trips_through_json():
+    import json
+
+    log, snap, feat = _fitted_on_rows()
     again = AggregateFeaturizer.from_state(json.loads(json.dumps(feat.state())))
     assert again.spec == feat.spec
     a, b = feat.transform(log, snap), again.transform(log, snap)
@@ -130,11 +134,7 @@ def test_featurizer_state_round_trips_through_json():
 
 def test_a_row_does_not_depend_on_the_rows_transformed_with_it():
     """Scoring transforms customers in chunks: every feature must be a function of the row alone."""
-    frame = pd.DataFrame(ROWS, columns=["cid", "ts", "kind", "cat", "amount"])
-    loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
-    log = EventLog.from_frame(loaded.frame)
-    snap = build_snapshot(log, "2024-04-01", horizon_days=None)
-    feat = AggregateFeaturizer(SPEC).fit(log, snap)
+    log, snap, feat = _fitted_on_rows()
     both = feat.transform(log, snap).values
     for row in range(len(snap)):
         alone = feat.transform(log, snap.subset(np.array([row]))).values

@@ -40,6 +40,22 @@ def test_platt_calibration_undoes_a_known_distortion():
     assert np.abs(cal(overconfident) - p).mean() < 0.02
 
 
+def _scoring_reproduces_test_predictions(run_dir, data_dir) -> bool:
+    """scripts/score.py's path on the raw events at the test cutoff gives the run's test probabilities."""
+    test = read_predictions(run_dir).query("split == 'test'").set_index("customer_id")
+    scored = (
+        Scorer(run_dir / "model.pt", device="cpu")
+        .score(
+            data_dir / "events.parquet",
+            data_dir / "customers.parquet",
+            as_of=test["cutoff"].iloc[0],
+            progress=False,
+        )
+        .set_index("customer_id")
+    )
+    return bool(np.allclose(scored.loc[test.index, "churn_probability"], test["probability"], atol=1e-5))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("ens")
@@ -60,19 +76,8 @@ def test_hybrid_exports_and_scores_from_raw_events_like_training(runs):
     root, metrics = runs
     _, meta = load_artifact(root / "hybrid" / "model.pt")
     assert meta["features"]["n_aggregates"] == len(meta["featurizer"]["fill"]) > 50
-    test = read_predictions(root / "hybrid").query("split == 'test'").set_index("customer_id")
-    scored = (
-        Scorer(root / "hybrid" / "model.pt", device="cpu")
-        .score(
-            root / "data" / "events.parquet",
-            root / "data" / "customers.parquet",
-            as_of=test["cutoff"].iloc[0],
-            progress=False,
-        )
-        .set_index("customer_id")
-    )
     # the scorer recomputes the aggregates from raw events: same probabilities as the test pass
-    assert np.allclose(scored.loc[test.index, "churn_probability"], test["probability"], atol=1e-5)
+    assert _scoring_reproduces_test_predictions(root / "hybrid", root / "data")
     assert metrics["hybrid"]["test"]["test/auroc"] > 0.6
 
 
@@ -82,27 +87,16 @@ def test_network_ensemble_fits_on_validation_exports_and_scores(runs, tmp_path):
     weights = np.array(list(metrics["weights"].values()))
     assert weights.sum() == pytest.approx(1.0) and (weights >= 0).all()
     assert 0.5 < metrics["test"]["test/auroc"] <= 1
-    test = read_predictions(tmp_path).query("split == 'test'").set_index("customer_id")
     _, meta = load_artifact(tmp_path / "model.pt")
     assert meta["ensemble"]["weights"] == pytest.approx(weights.tolist())
-    scored = (
-        Scorer(tmp_path / "model.pt", device="cpu")
-        .score(
-            root / "data" / "events.parquet",
-            root / "data" / "customers.parquet",
-            as_of=test["cutoff"].iloc[0],
-            progress=False,
-        )
-        .set_index("customer_id")
-    )
-    assert np.allclose(scored.loc[test.index, "churn_probability"], test["probability"], atol=1e-5)
+    assert _scoring_reproduces_test_predictions(tmp_path, root / "data")
 
 
 def test_ensemble_with_a_baseline_is_evaluated_but_not_exported(runs, tmp_path):
     root, _ = runs
     metrics = train_ensemble([root / "hybrid", root / "logreg"], tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(saved["weights"]) == {"lstm+aggregates", "logreg"}
+    assert set(saved["weights"]) == {"hybrid", "logreg"}
     assert sum(saved["weights"].values()) == pytest.approx(1.0)
     assert "no model.pt" in metrics["export_skipped"] and not (tmp_path / "model.pt").exists()
     assert saved["scoring_customers_per_s"] > 0

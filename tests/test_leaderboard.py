@@ -8,7 +8,7 @@ import pytest
 
 from churnwatch.curves import OWN_KEYS as CURVE_KEYS
 from churnwatch.curves import run_curve
-from churnwatch.leaderboard import OWN_KEYS, passthrough, run_leaderboard
+from churnwatch.leaderboard import OWN_KEYS, model_run, passthrough, run_leaderboard
 
 from .test_config import compose
 
@@ -30,6 +30,21 @@ def test_command_line_overrides_reach_every_run_except_the_scripts_own_keys():
     ]
     assert passthrough(given, OWN_KEYS) == ["experiment=demo", "trainer.max_epochs=2"]
     assert passthrough(["model=lightgbm", "values=[1,2]", "param=a.b"], CURVE_KEYS) == ["model=lightgbm"]
+
+
+def test_a_model_uses_the_experiments_tuned_variant_where_one_exists():
+    def compose_train(overrides):
+        return compose("train", overrides)
+
+    assert model_run(compose_train, ["experiment=online_retail", "seed=3"], "lstm") == [
+        "seed=3",
+        "experiment=online_retail_lstm",
+    ]
+    assert model_run(compose_train, ["experiment=online_retail"], "logreg") == [
+        "experiment=online_retail",
+        "model=logreg",
+    ]
+    assert model_run(compose_train, [], "gru") == ["model=gru"]
 
 
 def test_leaderboard_trains_every_model_and_seed_and_summarises_them(data_overrides, tmp_path):

@@ -15,13 +15,13 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from churnwatch.leaderboard import ComposeTrain, per_model_overrides, train_run
+from churnwatch.leaderboard import ComposeTrain, train_run
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
-OWN_KEYS = {"kind", "metric", "fractions", "param", "values", "seeds", "seed", "model_overrides"}
+OWN_KEYS = {"kind", "metric", "fractions", "param", "values", "seeds", "seed", "title"}
 
 
 def run_curve(
@@ -38,19 +38,18 @@ def run_curve(
         param, values = str(cfg.param), list(cfg["values"])
     else:
         raise ValueError(f"kind must be learning or validation, got {kind!r}")
-    model = str(cfg.model_name)
-    common = [*overrides, *per_model_overrides(cfg).get(model, [])]
     rows = []
     for seed in cfg.seeds:
         for value in values:
             run_dir = out_dir / f"{param.rsplit('.', 1)[-1]}_{value}" / f"seed_{seed}"
-            metrics = train_run(compose_train, [*common, f"{param}={value}", f"seed={seed}"], run_dir)
+            metrics = train_run(compose_train, [*overrides, f"{param}={value}", f"seed={seed}"], run_dir)
             rows.append({"param": param, "value": value, "seed": seed, **metrics})
     runs = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out_dir / "curve.csv", index=False)
     x = "train_customers" if kind == "learning" else "value"
-    plot_curve(runs, x, str(cfg.metric), out_dir / "curve.png", f"{kind} curve: {model}", param)
+    title = f"{kind} curve: {cfg.get('title') or ' '.join(overrides)}"
+    plot_curve(runs, x, str(cfg.metric), out_dir / "curve.png", title, param)
     return runs
 
 

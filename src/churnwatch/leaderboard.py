@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from churnwatch.ensemble import train_ensemble
@@ -78,10 +79,22 @@ def passthrough(overrides: Sequence[str], own_keys: set[str]) -> list[str]:
     return out
 
 
-def per_model_overrides(cfg: DictConfig) -> dict[str, list[str]]:
-    """`model_overrides: {model: [overrides]}`: tuned settings per model, which an experiment may declare."""
-    node = cfg.get("model_overrides")
-    return {str(k): list(v) for k, v in (OmegaConf.to_container(node) if node else {}).items()}
+def model_run(compose_train: ComposeTrain, overrides: Sequence[str], model: str) -> list[str]:
+    """Overrides that train `model`: with `experiment=X` given and an experiment `X_<model>` present (tuned
+    settings for that model on X's dataset, e.g. online_retail_lstm), that experiment replaces X."""
+    experiments = [o for o in overrides if o.startswith("experiment=")]
+    rest = [o for o in overrides if o not in experiments]
+    if experiments:
+        specific = [*rest, f"{experiments[-1]}_{model}"]
+        try:
+            cfg = compose_train(specific)
+        except MissingConfigException:
+            pass
+        else:
+            chosen = OmegaConf.select(cfg, "model.estimator") or OmegaConf.select(cfg, "model.net.encoder")
+            log.info("%s: using %s (model %s)", model, specific[-1], chosen)
+            return specific
+    return [*overrides, f"model={model}"]
 
 
 def run_leaderboard(
@@ -89,16 +102,18 @@ def run_leaderboard(
 ) -> pd.DataFrame:
     """Train every model × seed (and the ensembles) with `overrides`; write the tables; return the summary."""
     out_dir = Path(out_dir)
-    per_model = per_model_overrides(cfg)
+    model_overrides = {str(k): list(v) for k, v in (cfg.get("model_overrides") or {}).items()}
     rows = []
     for seed in cfg.seeds:
         for model in cfg.models:
             run_dir = out_dir / str(model) / f"seed_{seed}"
-            run = [*overrides, f"model={model}", f"seed={seed}", *per_model.get(str(model), [])]
+            run = [*model_run(compose_train, overrides, str(model)), f"seed={seed}"]
+            run += model_overrides.get(str(model), [])
             rows.append({"model": str(model), "seed": seed, **train_run(compose_train, run, run_dir)})
         for members in cfg.get("ensembles") or []:
             name = "ensemble(" + "+".join(map(str, members)) + ")"
-            run_dir = out_dir / name / f"seed_{seed}"
+            # run dir without parentheses, which Hydra overrides (model_path=...) would need quoted
+            run_dir = out_dir / ("ensemble_" + "+".join(map(str, members))) / f"seed_{seed}"
             if not (run_dir / "metrics.json").exists():
                 train_ensemble(
                     [out_dir / str(m) / f"seed_{seed}" for m in members],

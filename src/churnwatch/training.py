@@ -52,6 +52,12 @@ def build_module(cfg: DictConfig, dm: ChurnDataModule) -> ChurnModule:
     )
 
 
+def model_name(cfg: DictConfig) -> str:
+    """The model's name (`model.name`; older configs: the estimator or encoder)."""
+    model = cfg.model
+    return str(model.get("name") or model.get("estimator") or model.net.encoder)
+
+
 def _instantiate_all(node: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (node or {}).values() if c is not None and "_target_" in c]
 
@@ -102,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics["tier_cuts"] = {"high": float(model.tier_cuts[0]), "medium": float(model.tier_cuts[1])}
     metrics["train_seconds"] = train_seconds
     metrics["sizes"] = dm.data.sizes()
-    metrics["model"] = str(cfg.model.net.encoder) + ("+aggregates" if cfg.model.get("use_aggregates") else "")
+    metrics["model"] = model_name(cfg)
     metrics["best_checkpoint"] = best_path
     metrics["run_dir"] = str(run_dir)
     if trainer.is_global_zero:

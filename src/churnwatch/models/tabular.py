@@ -38,6 +38,7 @@ from churnwatch.models.btyd import BTYDClassifier
 from churnwatch.models.importance import importance_table, plot_importance
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.predictions import write_predictions
+from churnwatch.training import model_name
 
 log = logging.getLogger(__name__)
 ESTIMATORS = ("logreg", "decision_tree", "random_forest", "naive_bayes", "linear_svm", "lightgbm", "btyd")
@@ -141,7 +142,7 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
     metrics["train_seconds"] = fit_seconds
     metrics["sizes"] = data.sizes()
     metrics["n_features"] = len(train.names)
-    metrics["model"] = name
+    metrics["model"] = model_name(cfg)
     metrics["run_dir"] = str(run_dir)
     write_predictions(run_dir, predictions, data.log)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
