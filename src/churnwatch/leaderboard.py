@@ -20,6 +20,7 @@ from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from churnwatch.ensemble import train_ensemble
+from churnwatch.training import train
 
 log = logging.getLogger(__name__)
 ComposeTrain = Callable[[list[str]], DictConfig]
@@ -52,11 +53,9 @@ def train_run(compose_train: ComposeTrain, overrides: Sequence[str], run_dir: Pa
     """Train one configuration into run_dir, or read its metrics.json when it is already there."""
     done = run_dir / "metrics.json"
     if not done.exists():
-        from churnwatch.training import train
-
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg = compose_train([*overrides, f"paths.output_dir='{run_dir}'"])
-        with open_dict(cfg):  # one process, one device: a leaderboard never launches DDP or progress bars
+        with open_dict(cfg):  # many runs share one log: no progress bars
             cfg.trainer.enable_progress_bar = False
         log.info("training %s → %s", " ".join(overrides), run_dir)
         train(cfg)
