@@ -101,18 +101,21 @@ def run_leaderboard(
 ) -> pd.DataFrame:
     """Train every model × seed (and the ensembles) with `overrides`; write the tables; return the summary."""
     out_dir = Path(out_dir)
-    model_overrides = {str(k): list(v) for k, v in (cfg.get("model_overrides") or {}).items()}
+    extra = {str(k): list(v) for k, v in (cfg.get("model_overrides") or {}).items()}
+    per_model = {  # the same for every seed: resolve each model's experiment once
+        str(m): [*model_run(compose_train, overrides, str(m)), *extra.get(str(m), [])] for m in cfg.models
+    }
     rows = []
     for seed in cfg.seeds:
-        for model in cfg.models:
-            run_dir = out_dir / str(model) / f"seed_{seed}"
-            run = [*model_run(compose_train, overrides, str(model)), f"seed={seed}"]
-            run += model_overrides.get(str(model), [])
-            rows.append({"model": str(model), "seed": seed, **train_run(compose_train, run, run_dir)})
+        for model, model_overrides in per_model.items():
+            run_dir = out_dir / model / f"seed_{seed}"
+            run = [*model_overrides, f"seed={seed}"]
+            rows.append({"model": model, "seed": seed, **train_run(compose_train, run, run_dir)})
         for members in cfg.get("ensembles") or []:
-            name = "ensemble(" + "+".join(map(str, members)) + ")"
+            joined = "+".join(map(str, members))
+            name = f"ensemble({joined})"
             # run dir without parentheses, which Hydra overrides (model_path=...) would need quoted
-            run_dir = out_dir / ("ensemble_" + "+".join(map(str, members))) / f"seed_{seed}"
+            run_dir = out_dir / f"ensemble_{joined}" / f"seed_{seed}"
             if not (run_dir / "metrics.json").exists():
                 train_ensemble(
                     [out_dir / str(m) / f"seed_{seed}" for m in members],

@@ -6,6 +6,7 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from churnwatch.data.datamodule import ChurnDataModule
+from churnwatch.data.dataset import ChurnData
 from churnwatch.evaluation import AT_THRESHOLD, recency_auroc
 from churnwatch.models.module import ChurnModule
 from churnwatch.predictions import write_predictions
@@ -56,6 +58,27 @@ def model_name(cfg: DictConfig) -> str:
     """The model's name (`model.name`; older configs: the estimator or encoder)."""
     model = cfg.model
     return str(model.get("name") or model.get("estimator") or model.net.encoder)
+
+
+def record_run(
+    cfg: DictConfig,
+    data: ChurnData,
+    metrics: dict[str, Any],
+    threshold: float,
+    tier_cuts: Sequence[float],
+    train_seconds: float,
+) -> None:
+    """What every run's metrics.json carries besides its metrics, networks and baselines alike (the
+    leaderboard, ensembles and curves read these keys)."""
+    if "test" in metrics:
+        test = data.test
+        metrics["test"]["test/auroc_recency_only"] = recency_auroc(test.aggregates, test.snaps.label)
+    metrics["threshold"] = float(threshold)
+    metrics["tier_cuts"] = {"high": float(tier_cuts[0]), "medium": float(tier_cuts[1])}
+    metrics["train_seconds"] = train_seconds
+    metrics["sizes"] = data.sizes()
+    metrics["model"] = model_name(cfg)
+    metrics["run_dir"] = str(cfg.paths.output_dir)
 
 
 def _instantiate_all(node: DictConfig | None) -> list[Any]:
@@ -102,15 +125,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_seconds = time.perf_counter() - t0
         metrics["test"] = dict(model.last_test)
         metrics["scoring_customers_per_s"] = len(dm.data.test) / max(test_seconds, 1e-9)
-        test = dm.data.test
-        metrics["test"]["test/auroc_recency_only"] = recency_auroc(test.aggregates, test.snaps.label)
-        metrics["threshold"] = float(model.threshold)
-        metrics["tier_cuts"] = {"high": float(model.tier_cuts[0]), "medium": float(model.tier_cuts[1])}
-    metrics["train_seconds"] = train_seconds
-    metrics["sizes"] = dm.data.sizes()
-    metrics["model"] = model_name(cfg)
+    record_run(cfg, dm.data, metrics, float(model.threshold), model.tier_cuts.tolist(), train_seconds)
     metrics["best_checkpoint"] = best_path
-    metrics["run_dir"] = str(run_dir)
     if trainer.is_global_zero:
         splits = {"val": (dm.data.val, model.predictions["val"])}
         if "test" in model.predictions:

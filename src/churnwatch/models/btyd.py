@@ -132,8 +132,7 @@ def fit_bgnbd(x: np.ndarray, tx: np.ndarray, T: np.ndarray, penalizer: float = 0
         theta = result.x
         if result.success:
             break
-    _, grad = _objective(theta, x, tx, T, penalizer, start)
-    if not np.isfinite(result.fun) or not (result.success or np.max(np.abs(grad)) < 1e-5):
+    if not np.isfinite(result.fun) or not (result.success or np.max(np.abs(result.jac)) < 1e-5):
         raise RuntimeError(f"BG/NBD fit did not converge: {result.message} (log-parameters {theta})")
     at_bound = np.isclose(theta, _LOG_BOUNDS[0]) | np.isclose(theta, _LOG_BOUNDS[1])
     if at_bound.any():

@@ -31,14 +31,14 @@ from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
 from churnwatch.data.datamodule import ChurnDataModule
-from churnwatch.evaluation import evaluate, recency_auroc
+from churnwatch.evaluation import evaluate
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.features.encode import signed_log1p
 from churnwatch.models.btyd import BTYDClassifier
 from churnwatch.models.importance import importance_table, plot_importance
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.predictions import write_predictions
-from churnwatch.training import model_name
+from churnwatch.training import record_run
 
 log = logging.getLogger(__name__)
 ESTIMATORS = ("logreg", "decision_tree", "random_forest", "naive_bayes", "linear_svm", "lightgbm", "btyd")
@@ -129,21 +129,13 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
         predictions["test"] = (data.test, test_probs)
         metrics["test"] = evaluate(test_probs, data.test.snaps.label, op.threshold, "test")
         metrics["scoring_customers_per_s"] = len(test_probs) / max(score_seconds, 1e-9)
-        metrics["test"]["test/auroc_recency_only"] = recency_auroc(
-            data.test.aggregates, data.test.snaps.label
-        )
+    record_run(cfg, data, metrics, op.threshold, (op.high_cut, op.medium_cut), fit_seconds)
     importance = importance_table(
         estimator, train, data.val.aggregates.values, data.val.snaps.label.astype(int), int(cfg.seed)
     )
     importance.to_csv(run_dir / "feature_importance.csv", index=False)
     plot_importance(importance, run_dir / "feature_importance.png", f"{name}: permutation importance")
-    metrics["threshold"] = op.threshold
-    metrics["tier_cuts"] = {"high": op.high_cut, "medium": op.medium_cut}
-    metrics["train_seconds"] = fit_seconds
-    metrics["sizes"] = data.sizes()
     metrics["n_features"] = len(train.names)
-    metrics["model"] = model_name(cfg)
-    metrics["run_dir"] = str(run_dir)
     write_predictions(run_dir, predictions, data.log)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
