@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -26,6 +26,10 @@ def main(cfg: DictConfig) -> None:
         int(cfg.batch_size),
         int(cfg.chunk_customers),
         bool(cfg.overwrite),
+        drivers=OmegaConf.to_container(cfg.drivers, resolve=True),
+        playbook=OmegaConf.to_container(cfg.playbook, resolve=True),
+        rank_by=str(cfg.rank_by),
+        value_days=int(cfg.value_days),
     )
     console = Console(width=max(Console().width, 100))
     console.print(
@@ -36,16 +40,26 @@ def main(cfg: DictConfig) -> None:
     table = Table(
         title=f"riskiest {len(top)} customers (as of {top['as_of'].iloc[0].date() if len(top) else '-'})"
     )
-    for col in ("risk_rank", "customer_id", "churn_probability", "risk_tier", "n_events", "last_event_at"):
-        table.add_column(col, justify="right" if col not in ("customer_id", "risk_tier") else "left")
+    numbers = ("risk_rank", "churn_probability", "value_at_risk")
+    for col in (
+        "risk_rank",
+        "customer_id",
+        "churn_probability",
+        "risk_tier",
+        "value_at_risk",
+        "driver_1",
+        "action",
+    ):
+        table.add_column(col, justify="right" if col in numbers else "left")
     for row in top.itertuples():
         table.add_row(
             str(row.risk_rank),
             str(row.customer_id),
             f"{row.churn_probability:.3f}",
             row.risk_tier,
-            str(row.n_events),
-            str(row.last_event_at)[:16],
+            f"{row.value_at_risk:,.0f}",
+            row.driver_1,
+            row.action,
         )
     console.print(table)
 

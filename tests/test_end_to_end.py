@@ -25,6 +25,7 @@ TINY = [
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "trainer.num_sanity_val_steps=0",
+    "insights.steps=2",
 ]
 
 
@@ -96,11 +97,11 @@ def test_scoring_returns_every_input_customer_exactly_once(trained, tmp_path):
 
 def test_scores_do_not_depend_on_chunk_size_or_later_events(trained):
     root, _ = trained
-    scorer = Scorer(root / "run" / "model.pt", device="cpu", batch_size=64)
+    scorer = Scorer(root / "run" / "model.pt", device="cpu", batch_size=64, drivers={"steps": 2})
     events = root / "data" / "events.parquet"
     customers = root / "data" / "customers.parquet"
     a = scorer.score(events, customers, as_of="2024-09-01", chunk_customers=100_000, progress=False)
-    b = scorer.score(events, customers, as_of="2024-09-01", chunk_customers=97, progress=False)
+    b = scorer.score(events, customers, as_of="2024-09-01", chunk_customers=397, progress=False)
     pd.testing.assert_frame_equal(a, b)
     # scoring at a past date ignores everything at or after it: the same as a log cut at that date
     cut = pd.read_parquet(events)
@@ -142,3 +143,114 @@ def test_resume_from_last_checkpoint_continues_training(trained, tmp_path):
     assert resumed["epoch"] == done["epoch"] + 1
     assert resumed["global_step"] > done["global_step"]
     assert "test/auroc" in metrics["test"]
+
+
+def test_calibration_tiers_and_insights_are_recorded_and_exported(trained):
+    root, _ = trained
+    run = root / "run"
+    saved = json.loads((run / "metrics.json").read_text())
+    cal = saved["calibration"]
+    assert cal["method"] == "temperature" and cal["temperature"] > 0
+    # fitted on validation: never worse there in log loss than the raw probabilities
+    assert cal["val"]["log_loss_calibrated"] <= cal["val"]["log_loss_raw"] + 1e-9
+    for stage in ("val", "test"):
+        table = saved["tiers"][stage]
+        assert [t["tier"] for t in table] == ["high", "medium", "low"]
+        assert sum(t["customers"] for t in table) == saved["sizes"][f"{stage}_rows"]
+        assert table[-1]["cumulative_recall"] == pytest.approx(1.0)
+    _, meta = load_artifact(run / "model.pt")
+    assert meta["calibration"]["slope"] == pytest.approx(cal["slope"])
+    assert meta["tiers"]["expected"] == saved["tiers"]["val"]
+    assert len(meta["drivers"]["center"]) == len(saved["insights"]["importance"])
+    assert meta["segments"]["rfm"] and meta["segments"]["clusters"]
+    drivers = pd.read_parquet(run / "drivers.parquet")
+    assert len(drivers) == saved["sizes"]["test_rows"]
+    assert {"main_driver", "driver_1", "rfm_segment", "behaviour_cluster"} <= set(drivers.columns)
+    assert (drivers["driver_1"] != "").mean() > 0.5
+    assert "match" in saved["insights"]  # the synthetic truth is there
+
+
+def test_scoring_output_has_drivers_value_segments_and_actions(trained, tmp_path):
+    root, _ = trained
+    common = dict(customers_path=root / "data" / "customers.parquet", as_of="2024-11-01", progress=False)
+    playbook = {"rules": [{"tier": ["high"], "action": "call"}, {"action": "no_action"}]}
+    by_prob = score_file(
+        root / "run" / "model.pt",
+        root / "data" / "events.parquet",
+        tmp_path / "a.parquet",
+        playbook=playbook,
+        **common,
+    ).frame
+    active = by_prob[by_prob["risk_tier"].isin(["high", "medium", "low"])]
+    assert (active["driver_1"] != "").mean() > 0.5
+    insights = json.loads((root / "run" / "metrics.json").read_text())["insights"]
+    named = {row["indicator"] for row in insights["importance"]} - {"other"}
+    assert set(active["main_driver"]) - {""} <= named
+    assert active["rfm_segment"].ne("").all() and active["behaviour_cluster"].notna().all()
+    np.testing.assert_allclose(active["value_at_risk"], active["churn_probability"] * active["recent_spend"])
+    assert (by_prob["action"] == "call").sum() == (by_prob["risk_tier"] == "high").sum()
+    by_value = score_file(
+        root / "run" / "model.pt",
+        root / "data" / "events.parquet",
+        tmp_path / "b.parquet",
+        rank_by="value_at_risk",
+        drivers={"enabled": False},
+        **common,
+    ).frame
+    ranked = by_value.dropna(subset=["risk_rank"]).sort_values("risk_rank")
+    assert ranked["value_at_risk"].is_monotonic_decreasing
+    assert (by_value["driver_1"] == "").all()
+    # the default rule is capacity: top 10% by rank are high, whatever the probabilities
+    n = len(ranked)
+    assert (ranked["risk_tier"] == "high").sum() == round(0.1 * n)
+
+
+def test_report_is_a_self_contained_html_page(trained):
+    from churnwatch.report import write_report
+
+    root, _ = trained
+    path = write_report(root / "run")
+    text = path.read_text()
+    for section in ("Metrics", "Calibration", "Alert tiers", "Global drivers", "Segments", "Curves"):
+        assert f">{section}" in text
+    assert text.count("data:image/png;base64,") >= 8
+    assert 'src="http' not in text and "href=" not in text  # nothing outside the file
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(trained, tmp_path):
+    import shutil
+    import subprocess
+
+    from churnwatch.report import write_report
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    root, _ = trained
+    path = write_report(root / "run")
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'p'}",
+            "--window-size=1200,3000",
+            f"--screenshot={shot}",
+            path.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert image.shape[0] >= 2000
+    assert image.std() > 20  # not a blank page: text, tables and charts rendered

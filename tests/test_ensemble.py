@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from churnwatch.ensemble import PlattCalibrator, fit_weights, train_ensemble
+from churnwatch.ensemble import fit_weights, train_ensemble
 from churnwatch.export import load_artifact
 from churnwatch.predictions import read_predictions
 from churnwatch.scoring import Scorer
@@ -26,18 +26,6 @@ def test_weights_are_a_convex_combination_that_prefers_the_informative_member():
     assert w.sum() == pytest.approx(1.0) and (w >= 0).all()
     assert w[1] > 0.8
     assert fit_weights(good[:, None], y).tolist() == [1.0]
-
-
-def test_platt_calibration_undoes_a_known_distortion():
-    rng = np.random.default_rng(1)
-    p = rng.uniform(0.02, 0.98, 20000)
-    y = rng.random(len(p)) < p
-    z = np.log(p / (1 - p))
-    overconfident = 1 / (1 + np.exp(-(2.0 * z + 0.5)))
-    cal = PlattCalibrator.fit(overconfident, y)
-    assert cal.slope == pytest.approx(0.5, abs=0.05)
-    assert cal.intercept == pytest.approx(-0.25, abs=0.08)
-    assert np.abs(cal(overconfident) - p).mean() < 0.02
 
 
 def _scoring_reproduces_test_predictions(run_dir, data_dir) -> bool:

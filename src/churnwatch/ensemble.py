@@ -23,49 +23,13 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor, nn
 
+from churnwatch.calibration import Calibrator, log_loss
 from churnwatch.evaluation import evaluate
 from churnwatch.export import load_artifact, write_artifact
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.predictions import KEY, PREDICTIONS_FILE, read_predictions
 
 log = logging.getLogger(__name__)
-EPS = 1e-6
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
-    p = np.clip(p, EPS, 1 - EPS)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
-
-
-@dataclass(frozen=True)
-class PlattCalibrator:
-    """p → sigmoid(slope · logit(p) + intercept); slope 1, intercept 0 is the identity."""
-
-    slope: float = 1.0
-    intercept: float = 0.0
-
-    @classmethod
-    def fit(cls, probs: np.ndarray, labels: np.ndarray) -> PlattCalibrator:
-        z = _logit(probs)
-        y = np.asarray(labels, dtype=np.float64)
-
-        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            q = 1 / (1 + np.exp(-(theta[0] * z + theta[1])))
-            grad = q - y
-            return _log_loss(q, y), np.array([np.mean(grad * z), np.mean(grad)])
-
-        res = minimize(loss, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
-        return cls(float(res.x[0]), float(res.x[1]))
-
-    def __call__(self, probs: np.ndarray) -> np.ndarray:
-        return 1 / (1 + np.exp(-(self.slope * _logit(probs) + self.intercept)))
-
-
 def fit_weights(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Non-negative weights summing to 1 (softmax parametrisation) minimising the log loss of probs @ w."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -79,7 +43,7 @@ def fit_weights(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return e / e.sum()
 
     def loss(z: np.ndarray) -> float:
-        return _log_loss(probs @ weights(z), y)
+        return log_loss(probs @ weights(z), y)
 
     res = minimize(loss, np.zeros(k), method="L-BFGS-B")
     return weights(res.x)
@@ -88,7 +52,7 @@ def fit_weights(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 @dataclass
 class FittedEnsemble:
     names: list[str]
-    calibrators: list[PlattCalibrator]
+    calibrators: list[Calibrator]
     weights: np.ndarray
 
     def predict(self, member_probs: np.ndarray) -> np.ndarray:
@@ -102,7 +66,8 @@ def aligned_predictions(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, l
     names = _member_names(run_dirs)
     merged: pd.DataFrame | None = None
     for name, run_dir in zip(names, run_dirs, strict=True):
-        frame = read_predictions(run_dir).rename(columns={"probability": name})
+        frame = read_predictions(run_dir)[[*KEY, "label", "probability"]]
+        frame = frame.rename(columns={"probability": name})
         if merged is None:
             merged = frame
             continue
@@ -135,7 +100,7 @@ def fit_ensemble(frame: pd.DataFrame, names: list[str], calibrate: bool = True) 
     val = frame[frame["split"] == "val"]
     y = val["label"].to_numpy()
     calibrators = [
-        PlattCalibrator.fit(val[n].to_numpy(), y) if calibrate else PlattCalibrator() for n in names
+        Calibrator.fit("platt" if calibrate else "none", val[n].to_numpy(), y) for n in names
     ]
     calibrated = np.column_stack([c(val[n].to_numpy()) for c, n in zip(calibrators, names, strict=True)])
     return FittedEnsemble(names, calibrators, fit_weights(calibrated, y))

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 import churnwatch
+from churnwatch.calibration import CalibrationLayer, Calibrator
 from churnwatch.models.module import ChurnModule
 
 FORMAT_VERSION = 1
@@ -44,11 +45,12 @@ class ArtifactError(ValueError):
 
 
 class ProbabilityModel(nn.Module):
-    """What the artifact runs: the network plus a sigmoid, so its output is the churn probability."""
+    """What the artifact runs: the network plus its calibration, so its output is the churn probability."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, calibration: CalibrationLayer | None = None):
         super().__init__()
         self.net = net
+        self.calibration = calibration if calibration is not None else Calibrator().layer()
 
     def forward(
         self,
@@ -59,7 +61,28 @@ class ProbabilityModel(nn.Module):
         static_num: Tensor,
         aggregates: Tensor,
     ) -> Tensor:
-        return torch.sigmoid(self.net(cat, num, lengths, static_cat, static_num, aggregates).float())
+        return self.calibration(self.net(cat, num, lengths, static_cat, static_num, aggregates))
+
+    @torch.jit.export
+    def embed(self, cat: Tensor, static_cat: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        return self.net.embed(cat, static_cat)
+
+    @torch.jit.export
+    def reference_embeddings(self) -> tuple[list[Tensor], list[Tensor]]:
+        return self.net.reference_embeddings()
+
+    @torch.jit.export
+    def logit_from_embedded(
+        self,
+        embedded: list[Tensor],
+        num: Tensor,
+        lengths: Tensor,
+        static_embedded: list[Tensor],
+        static_num: Tensor,
+        aggregates: Tensor,
+    ) -> Tensor:
+        """The uncalibrated logit from embedded inputs: what scoring attributes the drivers to."""
+        return self.net.logit_from_embedded(embedded, num, lengths, static_embedded, static_num, aggregates)
 
 
 def _versions() -> dict[str, str]:
@@ -92,8 +115,14 @@ def export_checkpoint(
     out_path: str | Path,
     test_metrics: dict[str, float] | None = None,
     config: dict[str, Any] | None = None,
+    expected_tiers: list[dict[str, Any]] | None = None,
+    segments: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
+    drivers: dict[str, Any] | None = None,
 ) -> Path:
-    """Script the checkpoint's network and write it with its metadata, atomically, to `out_path`."""
+    """Script the checkpoint's network and calibration and write them with their metadata, atomically, to
+    `out_path`. `expected_tiers`: each tier's validation precision and recall, shown to the scoring job.
+    `reference`: the monitoring profile of the reference population (monitoring.training_reference)."""
     ckpt = load_checkpoint(ckpt_path)
     module = module_from_checkpoint(ckpt)
     data_state = ckpt.get("ChurnDataModule")
@@ -115,12 +144,17 @@ def export_checkpoint(
             "high": float(module.tier_cuts[0]),
             "medium": float(module.tier_cuts[1]),
             "rule": dict(hp.get("thresholds") or {}),
+            "expected": expected_tiers or [],
         },
+        "calibration": module.calibrator.state(),
+        "segments": segments or {},
+        "drivers": drivers or {},
+        "reference": reference,
         "test_metrics": test_metrics or {},
         "config": config or {},
         "versions": _versions(),
     }
-    return write_artifact(ProbabilityModel(module.net), meta, out_path)
+    return write_artifact(ProbabilityModel(module.net, module.calibrator.layer()), meta, out_path)
 
 
 def write_artifact(model: nn.Module, meta: dict[str, Any], out_path: str | Path) -> Path:

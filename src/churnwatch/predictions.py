@@ -19,7 +19,10 @@ PREDICTIONS_FILE = "predictions.parquet"
 KEY = ["split", "customer_id", "cutoff"]
 
 
-def prediction_frame(stage: str, split: Split, probs: np.ndarray, log: EventLog) -> pd.DataFrame:
+def prediction_frame(
+    stage: str, split: Split, probs: np.ndarray, log: EventLog, raw: np.ndarray | None = None
+) -> pd.DataFrame:
+    """`probability` is what the model reports (calibrated); `probability_raw` what it gave before."""
     if len(probs) != len(split):
         raise ValueError(f"{stage}: {len(probs)} predictions for {len(split)} rows")
     return pd.DataFrame(
@@ -29,15 +32,23 @@ def prediction_frame(stage: str, split: Split, probs: np.ndarray, log: EventLog)
             "cutoff": pd.to_datetime(split.snaps.cutoff),
             "label": split.snaps.label.astype(np.float64),
             "probability": np.asarray(probs, dtype=np.float64),
+            "probability_raw": np.asarray(probs if raw is None else raw, dtype=np.float64),
         }
     )
 
 
 def write_predictions(
-    run_dir: str | Path, splits: Mapping[str, tuple[Split, np.ndarray]], log: EventLog
+    run_dir: str | Path,
+    splits: Mapping[str, Split],
+    predictions: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    log: EventLog,
 ) -> Path:
+    """`predictions` maps a stage to its (raw, calibrated) probabilities in split order."""
     frame = pd.concat(
-        [prediction_frame(stage, split, probs, log) for stage, (split, probs) in splits.items()],
+        [
+            prediction_frame(stage, splits[stage], calibrated, log, raw)
+            for stage, (raw, calibrated) in predictions.items()
+        ],
         ignore_index=True,
     )
     path = Path(run_dir) / PREDICTIONS_FILE

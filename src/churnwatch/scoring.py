@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from churnwatch.data.batch import pad_batch
 from churnwatch.data.contract import CUSTOMER_ID, CustomerSchema, EventSchema, load_customers, load_events
-from churnwatch.data.snapshots import EventLog, build_snapshot
+from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots, build_snapshot
+from churnwatch.drivers import IndicatorCatalogue, explain_sequences, top_drivers
 from churnwatch.export import load_artifact
-from churnwatch.features.aggregates import AggregateFeaturizer
-from churnwatch.features.encode import SequenceEncoder
-from churnwatch.models.thresholds import Operating, assign_tiers
+from churnwatch.features.aggregates import AggregateFeaturizer, AggregateTable
+from churnwatch.features.encode import EncodedSequences, SequenceEncoder
+from churnwatch.insights import Segments, context_frame, owners
+from churnwatch.models.thresholds import CAPACITY, Operating, assign_tiers
+from churnwatch.playbook import Playbook
 
 log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = (
@@ -40,7 +44,28 @@ OUTPUT_COLUMNS = (
     "as_of",
     "no_history",
     "lapsed",
+    "recent_spend",
+    "value_at_risk",
+    "rfm_segment",
+    "behaviour_cluster",
+    "main_driver",
+    "driver_1",
+    "driver_2",
+    "driver_3",
+    "action",
 )
+RANK_BY = ("probability", "value_at_risk")
+
+
+@dataclass(frozen=True)
+class ScoringInput:
+    """What a scoring run reads: the validated event log, one snapshot per customer, attributes, ids."""
+
+    log: EventLog
+    snaps: Snapshots
+    customers: pd.DataFrame | None
+    as_of: pd.Timestamp
+    input_ids: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -64,7 +89,16 @@ def resolve_device(device: str) -> torch.device:
 class Scorer:
     """A loaded artifact, ready to score event logs in the contract it was trained on."""
 
-    def __init__(self, model_path: str | Path, device: str = "auto", batch_size: int = 1024):
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "auto",
+        batch_size: int = 1024,
+        drivers: Mapping[str, Any] | None = None,
+        playbook: Mapping[str, Any] | None = None,
+        rank_by: str = "probability",
+        value_days: int = 90,
+    ):
         self.device = resolve_device(device)
         self.model, self.meta = load_artifact(model_path, self.device)
         self.batch_size = batch_size
@@ -78,22 +112,31 @@ class Scorer:
         )
         self.encoder = SequenceEncoder.from_state(self.meta["encoder"], self.schema, self.customer_schema)
         self.use_aggregates = int(self.meta["features"].get("n_aggregates", 0)) > 0
-        self.featurizer = (
-            AggregateFeaturizer.from_state(self.meta["featurizer"]) if self.use_aggregates else None
-        )
+        self.featurizer = AggregateFeaturizer.from_state(self.meta["featurizer"])
         tiers = self.meta["tiers"]
         self.operating = Operating(
             self.meta["threshold"], tiers["high"], tiers["medium"], tiers.get("rule", {})
         )
+        if rank_by not in RANK_BY:
+            raise ValueError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
+        self.rank_by = rank_by
+        self.value_column = f"spend_{int(value_days)}d"
+        windows = self.featurizer.spec.windows
+        if int(value_days) not in windows:
+            raise ValueError(f"value_days={value_days} must be one of the aggregate windows {windows}")
+        self.segments = Segments.from_state(self.meta["segments"]) if self.meta.get("segments") else None
+        self.playbook = Playbook.from_config(playbook or {"rules": [{"action": "no_action"}]})
+        self.drivers = {"enabled": True, "top_n": 3, "steps": 4, "batch_size": 256, **dict(drivers or {})}
+        trained = self.meta.get("drivers") or {}
+        self.catalogue = IndicatorCatalogue.from_config(data.get("indicators"), trained.get("indicators"))
+        center = trained.get("center")
+        self.center = np.asarray(center if center else np.zeros(len(self.catalogue.names)), dtype=np.float64)
+        self.explain = bool(self.drivers["enabled"]) and hasattr(self.model, "logit_from_embedded")
+        if self.drivers["enabled"] and not self.explain:
+            log.warning("%s has no attribution entry points: driver columns stay empty", model_path)
 
     @torch.inference_mode()
-    def _predict(self, log_: EventLog, snaps: Any, customers: pd.DataFrame | None) -> np.ndarray:
-        seqs = self.encoder.transform(log_, snaps, customers)
-        agg = (
-            self.featurizer.scale(self.featurizer.transform(log_, snaps, customers))
-            if self.featurizer
-            else None
-        )
+    def _predict(self, seqs: EncodedSequences, agg: np.ndarray | None) -> np.ndarray:
         order = np.argsort(-seqs.lengths, kind="stable")  # similar lengths together: little padding
         probs = np.empty(len(seqs), dtype=np.float64)
         for i in range(0, len(order), self.batch_size):
@@ -103,15 +146,67 @@ class Scorer:
             probs[rows] = out.float().cpu().numpy()
         return probs
 
-    def score(
+    def _drivers(
+        self,
+        log_: EventLog,
+        snaps: Snapshots,
+        customers: pd.DataFrame | None,
+        seqs: EncodedSequences,
+        table: AggregateTable,
+        agg: np.ndarray | None,
+    ) -> pd.DataFrame:
+        """Top drivers of the customers in the model's population (lapsed customers get none)."""
+        lookback = self.data_cfg.get("lookback_days")
+        rows = np.arange(len(snaps))
+        if lookback and len(snaps):
+            since = snaps.cutoff.astype("datetime64[ns]").view(np.int64) - int(lookback) * DAY_NS
+            rows = rows[log_.ts[snaps.end - 1] >= since]
+        sub = snaps.subset(rows)
+        event_owner, static_owner, agg_owner = owners(
+            self.catalogue, log_, sub, self.encoder, table.names if self.use_aggregates else []
+        )
+        scores = explain_sequences(
+            self.model,
+            seqs.subset(rows),
+            event_owner,
+            static_owner,
+            agg_owner,
+            agg[rows] if agg is not None else None,
+            len(self.catalogue.names),
+            int(self.drivers["batch_size"]),
+            int(self.drivers["steps"]),
+            self.device,
+        )
+        sub_table = AggregateTable(table.values[rows], table.names, table.categorical)
+        context = context_frame(sub_table, customers, sub.customer_ids(log_))
+        found = top_drivers(scores - self.center, self.catalogue, context, int(self.drivers["top_n"]))
+        out = pd.DataFrame("", index=range(len(snaps)), columns=found.columns)
+        out.iloc[rows] = found.to_numpy()
+        return out
+
+    def _score_chunk(self, log_: EventLog, snaps: Snapshots, customers: pd.DataFrame | None) -> pd.DataFrame:
+        """Probability, value at risk, segments and drivers of one chunk of snapshots."""
+        seqs = self.encoder.transform(log_, snaps, customers)
+        table = self.featurizer.transform(log_, snaps, customers)
+        agg = self.featurizer.scale(table) if self.use_aggregates else None
+        out = pd.DataFrame({"churn_probability": self._predict(seqs, agg)})
+        spend = table.values[:, table.names.index(self.value_column)].astype(np.float64)
+        out["recent_spend"] = spend
+        out["value_at_risk"] = out["churn_probability"] * spend
+        if self.segments is not None:
+            out = pd.concat([out, self.segments.assign(table).reset_index(drop=True)], axis=1)
+        if self.explain:
+            out = pd.concat([out, self._drivers(log_, snaps, customers, seqs, table, agg)], axis=1)
+        return out
+
+    def load(
         self,
         events_path: str | Path,
         customers_path: str | Path | None = None,
         as_of: str | pd.Timestamp | None = None,
-        chunk_customers: int = 100_000,
-        progress: bool = True,
-    ) -> pd.DataFrame:
-        """One row per customer id in the input, riskiest first."""
+    ) -> ScoringInput:
+        """Raw files → the training contract → one snapshot per customer at `as_of` (monitoring reads the
+        same input the scorer does)."""
         data = self.data_cfg
         loaded = load_events(
             events_path,
@@ -143,7 +238,21 @@ class Scorer:
             else loaded.data_end.normalize() + pd.Timedelta(days=1)
         )
         snaps = build_snapshot(event_log, as_of_ts, horizon_days=None)
-        probs = np.empty(len(snaps), dtype=np.float64)
+        return ScoringInput(event_log, snaps, customers, as_of_ts, loaded.input_ids)
+
+    def score(
+        self,
+        events_path: str | Path,
+        customers_path: str | Path | None = None,
+        as_of: str | pd.Timestamp | None = None,
+        chunk_customers: int = 100_000,
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """One row per customer id in the input, riskiest first."""
+        data = self.data_cfg
+        inp = self.load(events_path, customers_path, as_of)
+        event_log, snaps, customers, as_of_ts = inp.log, inp.snaps, inp.customers, inp.as_of
+        parts = []
         chunks = range(0, len(snaps), max(1, chunk_customers))
         with Progress(
             TextColumn("scoring"),
@@ -156,41 +265,50 @@ class Scorer:
             task = bar.add_task("score", total=len(snaps))
             for start in chunks:
                 rows = np.arange(start, min(start + chunk_customers, len(snaps)))
-                probs[rows] = self._predict(event_log, snaps.subset(rows), customers)
+                parts.append(self._score_chunk(event_log, snaps.subset(rows), customers))
                 bar.advance(task, len(rows))
         last = event_log.ts[snaps.end - 1] if len(snaps) else np.zeros(0, dtype=np.int64)
         lookback = data.get("lookback_days")
-        scored = pd.DataFrame(
-            {
+        if not parts:
+            parts.append(self._score_chunk(event_log, snaps, customers))
+        scored = pd.concat(parts, ignore_index=True)
+        scored = scored.assign(
+            **{
                 CUSTOMER_ID: snaps.customer_ids(event_log).astype(str),
-                "churn_probability": probs,
                 "n_events": (snaps.end - snaps.start).astype(np.int64),
                 "last_event_at": pd.to_datetime(last),
                 # outside the population the model was trained on (no event in the last lookback_days)
                 "lapsed": (last < (as_of_ts - pd.Timedelta(days=lookback)).value) if lookback else False,
             }
         )
-        return self._finish(scored, loaded.input_ids, as_of_ts)
+        return self._finish(scored, inp.input_ids, as_of_ts)
 
     def _finish(self, scored: pd.DataFrame, input_ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
-        """Rank and tier the population; lapsed customers (no event within the training lookback) keep their
-        probability but get tier 'lapsed' and no rank; customers without history before as_of get the
-        training base rate, tier 'unknown' and no_history=True. Each input id appears exactly once."""
+        """Rank and tier the population (by `rank_by`); lapsed customers (no event within the training
+        lookback) keep their probability but get tier 'lapsed' and no rank; customers without history before
+        as_of get the training base rate, tier 'unknown' and no_history=True. Then the playbook's action.
+        Each input id appears exactly once."""
+        key = "churn_probability" if self.rank_by == "probability" else "value_at_risk"
         scored = scored.sort_values(
-            ["lapsed", "churn_probability", CUSTOMER_ID], ascending=[True, False, True], kind="stable"
+            ["lapsed", key, CUSTOMER_ID], ascending=[True, False, True], kind="stable"
         ).reset_index(drop=True)
         active = ~scored["lapsed"].to_numpy()
         n = int(active.sum())
         p = scored["churn_probability"].to_numpy()[:n]
+        ranked = scored[key].to_numpy()[:n]
         scored["risk_tier"] = "lapsed"
-        scored.loc[: n - 1, "risk_tier"] = assign_tiers(p, self.operating)
+        # capacity rules fill the tiers in rank order; cut-off rules read the probability
+        rule = self.operating.rule.get("tiers", "top_fraction")
+        scored.loc[: n - 1, "risk_tier"] = assign_tiers(ranked if rule in CAPACITY else p, self.operating)
         scored["risk_rank"] = pd.array([pd.NA] * len(scored), dtype="Int64")
         scored.loc[: n - 1, "risk_rank"] = np.arange(1, n + 1)
         # percentile among ranked customers: share at or below this risk (100 = the riskiest)
         scored["percentile"] = np.nan
-        scored.loc[: n - 1, "percentile"] = 100.0 * (n - np.searchsorted(-p, -p, side="left")) / max(n, 1)
+        below = n - np.searchsorted(-ranked, -ranked, side="left")
+        scored.loc[: n - 1, "percentile"] = 100.0 * below / max(n, 1)
         scored["no_history"] = False
-        missing = np.setdiff1d(np.asarray(input_ids, dtype=str), scored[CUSTOMER_ID].to_numpy())
+        ids = pd.Index(np.asarray(input_ids, dtype=str))
+        missing = ids.difference(scored[CUSTOMER_ID]).to_numpy(dtype=str)
         rest = pd.DataFrame(
             {
                 CUSTOMER_ID: missing,
@@ -202,10 +320,20 @@ class Scorer:
                 "percentile": np.nan,
                 "no_history": True,
                 "lapsed": False,
+                "recent_spend": 0.0,
+                "value_at_risk": 0.0,
             }
         )
         out = pd.concat([scored, rest], ignore_index=True) if len(rest) else scored.reset_index(drop=True)
         out["as_of"] = as_of
+        for col in ("rfm_segment", "main_driver", "driver_1", "driver_2", "driver_3"):
+            out[col] = out[col].fillna("").astype(str) if col in out else ""
+        out["behaviour_cluster"] = (
+            out["behaviour_cluster"].astype("Int64")
+            if "behaviour_cluster" in out
+            else pd.array([pd.NA] * len(out), dtype="Int64")
+        )
+        out["action"] = self.playbook.assign(out)
         out = out[list(OUTPUT_COLUMNS)]
         expected = set(map(str, input_ids))
         if (
@@ -255,12 +383,16 @@ def score_file(
     chunk_customers: int = 100_000,
     overwrite: bool = False,
     progress: bool = True,
+    drivers: Mapping[str, Any] | None = None,
+    playbook: Mapping[str, Any] | None = None,
+    rank_by: str = "probability",
+    value_days: int = 90,
 ) -> ScoringResult:
     """Score a file and write the result atomically."""
     t0 = time.perf_counter()
     if Path(output_path).exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
-    scorer = Scorer(model_path, device, batch_size)
+    scorer = Scorer(model_path, device, batch_size, drivers, playbook, rank_by, value_days)
     frame = scorer.score(events_path, customers_path, as_of, chunk_customers, progress)
     path = write_atomic(frame, output_path, overwrite)
     no_hist = int(frame["no_history"].sum())

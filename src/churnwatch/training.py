@@ -6,7 +6,8 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
+from churnwatch.calibration import Calibrator, calibration_report
 from churnwatch.data.datamodule import ChurnDataModule
 from churnwatch.data.dataset import ChurnData
+from churnwatch.drivers import IndicatorCatalogue, explain_sequences
 from churnwatch.evaluation import AT_THRESHOLD, recency_auroc
+from churnwatch.insights import Segments, owners, write_insights
 from churnwatch.models.module import ChurnModule
+from churnwatch.models.thresholds import Operating, tier_table
+from churnwatch.monitoring import training_reference
 from churnwatch.predictions import write_predictions
 
 log = logging.getLogger(__name__)
@@ -49,9 +55,27 @@ def build_module(cfg: DictConfig, dm: ChurnDataModule) -> ChurnModule:
         loss=model_cfg.get("loss"),
         optimizer=model_cfg.get("optimizer"),
         scheduler=model_cfg.get("scheduler"),
-        thresholds=OmegaConf.to_container(cfg.thresholds, resolve=True) if cfg.get("thresholds") else None,
+        thresholds=threshold_config(cfg, dm.data),
         pos_rate=dm.train_positive_rate,
+        calibration=calibration_method(cfg),
     )
+
+
+def threshold_config(cfg: DictConfig, data: ChurnData) -> dict[str, Any]:
+    """The alert rule, with `population` (customers per scoring run, for top_k) defaulting to the test
+    cutoff's population: the latest snapshot is what a scoring run looks like."""
+    rule = OmegaConf.to_container(cfg.thresholds, resolve=True) if cfg.get("thresholds") else {}
+    if rule.get("population") is None:
+        rule["population"] = len(data.test) if data.test is not None else len(data.val)
+    return rule
+
+
+def calibration_method(cfg: DictConfig) -> str:
+    """`calibration: auto` is temperature scaling for networks and Platt scaling for baselines."""
+    method = str(cfg.get("calibration") or "auto")
+    if method == "auto":
+        return "platt" if cfg.model.get("kind") == "tabular" else "temperature"
+    return method
 
 
 def model_name(cfg: DictConfig) -> str:
@@ -64,17 +88,27 @@ def record_run(
     cfg: DictConfig,
     data: ChurnData,
     metrics: dict[str, Any],
-    threshold: float,
-    tier_cuts: Sequence[float],
+    op: Operating,
+    calibrator: Calibrator,
+    predictions: Mapping[str, tuple[np.ndarray, np.ndarray]],
     train_seconds: float,
 ) -> None:
     """What every run's metrics.json carries besides its metrics, networks and baselines alike (the
-    leaderboard, ensembles and curves read these keys)."""
+    leaderboard, ensembles, curves and the report read these keys). `predictions` maps a stage to its
+    (raw, calibrated) probabilities in split order."""
     if "test" in metrics:
         test = data.test
         metrics["test"]["test/auroc_recency_only"] = recency_auroc(test.aggregates, test.snaps.label)
-    metrics["threshold"] = float(threshold)
-    metrics["tier_cuts"] = {"high": float(tier_cuts[0]), "medium": float(tier_cuts[1])}
+    metrics["threshold"] = float(op.threshold)
+    metrics["tier_cuts"] = {"high": float(op.high_cut), "medium": float(op.medium_cut)}
+    metrics["alert_rule"] = op.rule
+    metrics["calibration"] = calibrator.state()
+    metrics["tiers"] = {}
+    for stage, (raw, calibrated) in predictions.items():
+        labels = getattr(data, stage).snaps.label
+        metrics["calibration"][stage] = calibration_report(raw, calibrated, labels)
+        # validation: the expected figures (cut-offs fitted there); test: realised, as a scoring run would
+        metrics["tiers"][stage] = tier_table(calibrated, labels, op, by_capacity=stage == "test")
     metrics["train_seconds"] = train_seconds
     metrics["sizes"] = data.sizes()
     metrics["model"] = model_name(cfg)
@@ -125,13 +159,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         test_seconds = time.perf_counter() - t0
         metrics["test"] = dict(model.last_test)
         metrics["scoring_customers_per_s"] = len(dm.data.test) / max(test_seconds, 1e-9)
-    record_run(cfg, dm.data, metrics, float(model.threshold), model.tier_cuts.tolist(), train_seconds)
+    op = Operating(
+        float(model.threshold), *map(float, model.tier_cuts.tolist()), dict(asdict(model.rule))
+    )
+    predictions = {
+        stage: (model.raw_predictions[stage], model.predictions[stage])
+        for stage in ("val", "test")
+        if stage in model.predictions
+    }
+    record_run(cfg, dm.data, metrics, op, model.calibrator, predictions, train_seconds)
     metrics["best_checkpoint"] = best_path
     if trainer.is_global_zero:
-        splits = {"val": (dm.data.val, model.predictions["val"])}
-        if "test" in model.predictions:
-            splits["test"] = (dm.data.test, model.predictions["test"])
-        write_predictions(run_dir, splits, dm.data.log)
+        splits = {stage: getattr(dm.data, stage) for stage in predictions}
+        write_predictions(run_dir, splits, predictions, dm.data.log)
+        segments = Segments.fit(dm.data.train.aggregates, int(cfg.seed))
+        if cfg.get("insights", {}).get("enabled", True):
+            metrics["insights"] = network_insights(cfg, dm, model, predictions, segments)
         if cfg.get("export") and best_path:
             from churnwatch.export import export_checkpoint
 
@@ -141,11 +184,53 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     run_dir / "model.pt",
                     test_metrics=metrics.get("test"),
                     config=OmegaConf.to_container(cfg, resolve=True),
+                    expected_tiers=metrics["tiers"].get("val"),
+                    segments=segments.state(),
+                    reference=training_reference(dm.data, model.predictions, (op.high_cut, op.medium_cut)),
+                    drivers={
+                        "center": metrics.get("insights", {}).get("center"),
+                        "indicators": list(cfg.data.get("indicators") or {}),
+                    },
                 )
             )
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print_metrics(metrics, run_dir)
     return metrics
+
+
+def network_insights(
+    cfg: DictConfig,
+    dm: ChurnDataModule,
+    model: ChurnModule,
+    predictions: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    segments: Segments,
+) -> dict[str, Any]:
+    """Drivers (integrated gradients), importance, match rate and segments on the test split."""
+    stage = "test" if "test" in predictions else "val"
+    data, split = dm.data, getattr(dm.data, stage)
+    catalogue = IndicatorCatalogue.from_config(cfg.data.get("indicators"))
+    agg_names = split.aggregates.names if dm.cfg.get("use_aggregates") else []
+    event_owner, static_owner, agg_owner = owners(catalogue, data.log, split.snaps, data.encoder, agg_names)
+    net = model.net.eval()
+    t0 = time.perf_counter()
+    scores = explain_sequences(
+        net,
+        split.seqs,
+        event_owner,
+        static_owner,
+        agg_owner,
+        data.featurizer.scale(split.aggregates) if agg_names else None,
+        len(catalogue.names),
+        int(cfg.insights.batch_size),
+        int(cfg.insights.steps),
+        next(net.parameters()).device,
+    )
+    seconds = time.perf_counter() - t0
+    out = write_insights(
+        cfg.paths.output_dir, data, cfg.data, stage, predictions[stage][1], scores, catalogue, segments
+    )
+    out["explain_customers_per_s"] = len(split) / max(seconds, 1e-9)
+    return out
 
 
 def train_cv(cfg: DictConfig) -> dict[str, Any]:

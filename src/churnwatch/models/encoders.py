@@ -35,13 +35,21 @@ class EventEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.has_num = n_num > 0
 
-    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
-        parts: list[Tensor] = []
+    def embed(self, cat: Tensor) -> list[Tensor]:
+        """One embedding tensor (B, L, dim) per categorical field: what attribution perturbs."""
+        out: list[Tensor] = []
         for i, emb in enumerate(self.embeddings):
-            parts.append(emb(cat[:, :, i]))
+            out.append(emb(cat[:, :, i]))
+        return out
+
+    def from_embedded(self, embedded: list[Tensor], num: Tensor) -> Tensor:
+        parts = list(embedded)
         if self.has_num:
             parts.append(self.numeric(num))
         return self.dropout(self.norm(torch.relu(self.proj(torch.cat(parts, dim=-1)))))
+
+    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
+        return self.from_embedded(self.embed(cat), num)
 
 
 class RNNEncoder(nn.Module):
@@ -181,6 +189,47 @@ class ChurnNet(nn.Module):
         )
         self.register_buffer("time_index", torch.tensor(time_index, dtype=torch.long))
 
+    @torch.jit.export
+    def embed(self, cat: Tensor, static_cat: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Per-field embeddings of the event and static categorical inputs (for attribution)."""
+        static: list[Tensor] = []
+        for i, emb in enumerate(self.static_embeddings):
+            static.append(emb(static_cat[:, i]))
+        return self.events.embed(cat), static
+
+    @torch.jit.export
+    def reference_embeddings(self) -> tuple[list[Tensor], list[Tensor]]:
+        """Per field, the mean embedding of its known values (padding excluded): a neutral event or
+        attribute, the reference attribution compares each real one against."""
+        events: list[Tensor] = []
+        for emb in self.events.embeddings:
+            events.append(emb.weight[1:].mean(dim=0))
+        static: list[Tensor] = []
+        for emb in self.static_embeddings:
+            static.append(emb.weight.mean(dim=0))
+        return events, static
+
+    @torch.jit.export
+    def logit_from_embedded(
+        self,
+        embedded: list[Tensor],
+        num: Tensor,
+        lengths: Tensor,
+        static_embedded: list[Tensor],
+        static_num: Tensor,
+        aggregates: Tensor,
+    ) -> Tensor:
+        """The logit from embedded inputs: forward() without the lookups, differentiable in every input."""
+        steps = torch.arange(num.shape[1], device=num.device)
+        mask = steps.unsqueeze(0) < lengths.unsqueeze(1)
+        x = self.events.from_embedded(embedded, num)
+        time = num.index_select(2, self.time_index)
+        parts = [self.pool(self.sequence(x, mask, time), mask)]
+        parts.extend(static_embedded)
+        parts.append(static_num)
+        parts.append(aggregates)
+        return self.head(torch.cat(parts, dim=1)).squeeze(-1)
+
     def forward(
         self,
         cat: Tensor,
@@ -190,14 +239,5 @@ class ChurnNet(nn.Module):
         static_num: Tensor,
         aggregates: Tensor,
     ) -> Tensor:
-        steps = torch.arange(cat.shape[1], device=cat.device)
-        mask = steps.unsqueeze(0) < lengths.unsqueeze(1)
-        x = self.events(cat, num)
-        time = num.index_select(2, self.time_index)
-        pooled = self.pool(self.sequence(x, mask, time), mask)
-        parts = [pooled]
-        for i, emb in enumerate(self.static_embeddings):
-            parts.append(emb(static_cat[:, i]))
-        parts.append(static_num)
-        parts.append(aggregates)
-        return self.head(torch.cat(parts, dim=1)).squeeze(-1)
+        embedded, static_embedded = self.embed(cat, static_cat)
+        return self.logit_from_embedded(embedded, num, lengths, static_embedded, static_num, aggregates)

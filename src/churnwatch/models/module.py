@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
+from churnwatch.calibration import Calibrator, expected_calibration_error
 from churnwatch.data.batch import EventBatch
 from churnwatch.evaluation import evaluate, ranking_metrics
 from churnwatch.models.encoders import ChurnNet
@@ -42,6 +43,7 @@ class ChurnModule(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         thresholds: Mapping[str, Any] | None = None,
         pos_rate: float = 0.5,
+        calibration: str = "temperature",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -71,6 +73,11 @@ class ChurnModule(L.LightningModule):
             **dict(scheduler or {}),
         }
         self.rule = ThresholdRule.from_config(thresholds)
+        if calibration not in ("none", "temperature", "platt"):
+            raise ValueError(
+                f"calibration for a network must be none, temperature or platt, got {calibration!r}"
+            )
+        self.calibration_method = calibration
         pos_weight = self.loss_cfg["pos_weight"]
         if pos_weight == "auto":  # negatives per positive in the training data
             pos_weight = (1 - pos_rate) / max(pos_rate, 1e-6)
@@ -78,6 +85,8 @@ class ChurnModule(L.LightningModule):
         # The operating point lives in buffers so the best checkpoint carries the one chosen with it.
         self.register_buffer("threshold", torch.tensor(0.5))
         self.register_buffer("tier_cuts", torch.tensor([1.0, 0.5]))
+        # calibration fitted on the same validation pass: p = sigmoid(slope * logit + intercept)
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0], dtype=torch.float64))
         # Separate metric objects per stage ("train" cannot be a ModuleDict key: it is nn.Module.train).
         # Training streams ranking metrics; validation and test keep every prediction, so the operating
         # point can be chosen on them and they are judged by `evaluate`, exactly like the baselines.
@@ -91,7 +100,8 @@ class ChurnModule(L.LightningModule):
         )
         self.last_test: dict[str, float] = {}
         self.predictions: dict[str, np.ndarray] = {}
-        """Latest val/test probabilities in split row order (for predictions.parquet)."""
+        """Latest calibrated val/test probabilities in split row order (for predictions.parquet)."""
+        self.raw_predictions: dict[str, np.ndarray] = {}
 
     def forward(self, batch: EventBatch) -> Tensor:
         return self.net(
@@ -149,21 +159,38 @@ class ChurnModule(L.LightningModule):
         self.train_metrics.reset()
         self._log_epoch("train", values)
 
+    @property
+    def calibrator(self) -> Calibrator:
+        slope, intercept = self.calibration.tolist()
+        return Calibrator(self.calibration_method, slope, intercept)
+
+    def prior_shift(self) -> float:
+        """Log-odds the class weight adds to the logit (focal loss: no closed form, none assumed)."""
+        return math.log(float(self.pos_weight)) if self.loss_cfg["kind"] == "bce" else 0.0
+
     def _evaluate(self, stage: str) -> dict[str, float]:
-        """All metrics of the stage's predictions; on validation, first choose the operating point."""
-        probs = self.probs[f"{stage}_"].compute().reshape(-1).float().cpu().numpy()
+        """All metrics of the stage's calibrated predictions; on validation, first fit the calibration and
+        choose the operating point."""
+        raw = self.probs[f"{stage}_"].compute().reshape(-1).double().cpu().numpy()
         target = self.targets[f"{stage}_"].compute().reshape(-1).cpu().numpy()
         rows = self.rows[f"{stage}_"].compute().reshape(-1).cpu().numpy().astype(np.int64)
         for metric in (self.probs, self.targets, self.rows):
             metric[f"{stage}_"].reset()
-        in_order = np.full(int(rows.max()) + 1 if len(rows) else 0, np.nan)
-        in_order[rows] = probs
-        self.predictions[stage] = in_order
+        if stage == "val":
+            cal = Calibrator.fit(self.calibration_method, raw, target, self.prior_shift())
+            self.calibration.copy_(torch.tensor([cal.slope, cal.intercept], dtype=torch.float64))
+        probs = self.calibrator(raw)
+        for store, values in ((self.predictions, probs), (self.raw_predictions, raw)):
+            in_order = np.full(int(rows.max()) + 1 if len(rows) else 0, np.nan)
+            in_order[rows] = values
+            store[stage] = in_order
         if stage == "val":
             op = choose_operating_point(probs, target, self.rule)
             self.threshold.fill_(op.threshold)
             self.tier_cuts.copy_(torch.tensor([op.high_cut, op.medium_cut]))
-        return evaluate(probs, target, float(self.threshold), stage)
+        out = evaluate(probs, target, float(self.threshold), stage)
+        out[f"{stage}/calibration_error_raw"] = expected_calibration_error(raw, target)
+        return out
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # a few batches only: no operating point, no metrics

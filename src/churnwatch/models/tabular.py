@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from scipy import sparse
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
@@ -30,15 +31,18 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
+from churnwatch.calibration import Calibrator, expected_calibration_error, logit
 from churnwatch.data.datamodule import ChurnDataModule
+from churnwatch.drivers import IndicatorCatalogue
 from churnwatch.evaluation import evaluate
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.features.encode import signed_log1p
+from churnwatch.insights import Segments, write_insights
 from churnwatch.models.btyd import BTYDClassifier
 from churnwatch.models.importance import importance_table, plot_importance
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.predictions import write_predictions
-from churnwatch.training import record_run
+from churnwatch.training import calibration_method, record_run, threshold_config
 
 log = logging.getLogger(__name__)
 ESTIMATORS = ("logreg", "decision_tree", "random_forest", "naive_bayes", "linear_svm", "lightgbm", "btyd")
@@ -94,6 +98,65 @@ def _fit(estimator: BaseEstimator, name: str, x: np.ndarray, y: np.ndarray, tabl
         estimator.fit(x, y)
 
 
+def contributions(estimator: BaseEstimator, name: str, x: np.ndarray, train_x: np.ndarray) -> np.ndarray:
+    """Per row and feature, the feature's push on the churn risk: LightGBM's TreeSHAP (log-odds), the path
+    contributions of scikit-learn trees (probability, Saabas), coefficient × centred input for logistic
+    regression (log-odds), and for the others occlusion (the change in log-odds when the feature is set to
+    its training mean)."""
+    if name == "lightgbm":
+        return estimator.predict(x, pred_contrib=True)[:, :-1]
+    if name in ("decision_tree", "random_forest"):
+        trees = estimator.estimators_ if name == "random_forest" else [estimator]
+        return sum(_path_contributions(t, x) for t in trees) / len(trees)
+    if name == "logreg":
+        inputs, clf = estimator.named_steps["x"], estimator.named_steps["clf"]
+        z = inputs.transform(x) - inputs.transform(train_x).mean(axis=0)
+        per_column = z * clf.coef_[0]
+        out = np.zeros((len(x), x.shape[1]))
+        start = 0
+        for _, transformer, cols in inputs.transformers_:
+            if transformer == "drop":
+                continue
+            one_hot = hasattr(transformer, "categories_")
+            width = sum(len(c) for c in transformer.categories_) if one_hot else len(cols)
+            block = per_column[:, start : start + width]
+            if one_hot:  # sum each category's columns back to its feature
+                edges = np.cumsum([0, *(len(c) for c in transformer.categories_)])
+                for j, col in enumerate(cols):
+                    out[:, col] = block[:, edges[j] : edges[j + 1]].sum(axis=1)
+            else:
+                out[:, cols] = block
+            start += width
+        return out
+    base = logit(estimator.predict_proba(x)[:, 1])
+    means = train_x.mean(axis=0)
+    out = np.zeros((len(x), x.shape[1]))
+    for j in range(x.shape[1]):
+        occluded = x.copy()
+        occluded[:, j] = means[j]
+        out[:, j] = base - logit(estimator.predict_proba(occluded)[:, 1])
+    return out
+
+
+def _path_contributions(tree: DecisionTreeClassifier, x: np.ndarray) -> np.ndarray:
+    """Each split on a row's path moves P(churn) from the parent's value to the child's; the move is
+    credited to the parent's split feature (Saabas). The moves add up to leaf value minus root value."""
+    t = tree.tree_
+    value = t.value[:, 0, :]
+    p1 = value[:, list(tree.classes_).index(1)] / value.sum(axis=1)
+    nodes = np.arange(t.node_count)
+    parent = np.full(t.node_count, -1)
+    for children in (t.children_left, t.children_right):
+        has = children >= 0
+        parent[children[has]] = nodes[has]
+    child = nodes[parent >= 0]
+    moves = sparse.csr_matrix(
+        (p1[child] - p1[parent[child]], (child, t.feature[parent[child]])),
+        shape=(t.node_count, x.shape[1]),
+    )
+    return np.asarray((tree.decision_path(x.astype(np.float32)) @ moves).todense())
+
+
 def train_tabular(cfg: DictConfig) -> dict[str, Any]:
     """Fit a baseline on the training split's aggregates; threshold on validation; metrics.json and
     feature importance (feature_importance.csv / .png) in the run dir."""
@@ -110,32 +173,53 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     _fit(estimator, name, train.values, data.train.snaps.label.astype(int), train)
     fit_seconds = time.perf_counter() - t0
-    val_probs = estimator.predict_proba(data.val.aggregates.values)[:, 1]
+    val_raw = estimator.predict_proba(data.val.aggregates.values)[:, 1]
+    calibrator = Calibrator.fit(calibration_method(cfg), val_raw, data.val.snaps.label)
+    val_probs = calibrator(val_raw)
     op = choose_operating_point(
-        val_probs,
-        data.val.snaps.label,
-        ThresholdRule.from_config(OmegaConf.to_container(cfg.thresholds) if cfg.get("thresholds") else None),
+        val_probs, data.val.snaps.label, ThresholdRule.from_config(threshold_config(cfg, data))
     )
-    train_probs = estimator.predict_proba(train.values)[:, 1]
+    train_probs = calibrator(estimator.predict_proba(train.values)[:, 1])
     metrics: dict[str, Any] = {
         "train": evaluate(train_probs, data.train.snaps.label, op.threshold, "train"),
         "val": evaluate(val_probs, data.val.snaps.label, op.threshold, "val"),
     }
-    predictions = {"val": (data.val, val_probs)}
+    predictions = {"val": (val_raw, val_probs)}
     if cfg.get("test") and data.test is not None:
         t0 = time.perf_counter()
-        test_probs = estimator.predict_proba(data.test.aggregates.values)[:, 1]
+        test_raw = estimator.predict_proba(data.test.aggregates.values)[:, 1]
         score_seconds = time.perf_counter() - t0
-        predictions["test"] = (data.test, test_probs)
-        metrics["test"] = evaluate(test_probs, data.test.snaps.label, op.threshold, "test")
-        metrics["scoring_customers_per_s"] = len(test_probs) / max(score_seconds, 1e-9)
-    record_run(cfg, data, metrics, op.threshold, (op.high_cut, op.medium_cut), fit_seconds)
+        predictions["test"] = (test_raw, calibrator(test_raw))
+        metrics["test"] = evaluate(predictions["test"][1], data.test.snaps.label, op.threshold, "test")
+        metrics["scoring_customers_per_s"] = len(test_raw) / max(score_seconds, 1e-9)
+    for stage, (raw, _) in predictions.items():
+        metrics[stage][f"{stage}/calibration_error_raw"] = expected_calibration_error(
+            raw, getattr(data, stage).snaps.label
+        )
+    record_run(cfg, data, metrics, op, calibrator, predictions, fit_seconds)
+    if cfg.get("insights", {}).get("enabled", True):
+        split = data.test if "test" in predictions else data.val
+        catalogue = IndicatorCatalogue.from_config(cfg.data.get("indicators"))
+        contrib = contributions(estimator, name, split.aggregates.values, train.values)
+        owner = catalogue.name_owner(split.aggregates.names, "aggregates")
+        scores = np.zeros((len(contrib), len(catalogue.names)))
+        np.add.at(scores, (np.arange(len(contrib))[:, None], owner[None, :]), contrib)
+        metrics["insights"] = write_insights(
+            run_dir,
+            data,
+            cfg.data,
+            "test" if "test" in predictions else "val",
+            predictions["test" if "test" in predictions else "val"][1],
+            scores,
+            catalogue,
+            Segments.fit(train, int(cfg.seed)),
+        )
     importance = importance_table(
         estimator, train, data.val.aggregates.values, data.val.snaps.label.astype(int), int(cfg.seed)
     )
     importance.to_csv(run_dir / "feature_importance.csv", index=False)
     plot_importance(importance, run_dir / "feature_importance.png", f"{name}: permutation importance")
     metrics["n_features"] = len(train.names)
-    write_predictions(run_dir, predictions, data.log)
+    write_predictions(run_dir, {stage: getattr(data, stage) for stage in predictions}, predictions, data.log)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

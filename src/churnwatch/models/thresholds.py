@@ -11,36 +11,68 @@ import numpy as np
 TIERS = ("high", "medium", "low")
 
 
+THRESHOLDS = ("max_f1", "target_precision", "top_fraction", "top_k", "fixed")
+TIER_RULES = ("top_fraction", "top_k", "target_precision", "fixed")
+CAPACITY = ("top_fraction", "top_k")
+
+
 @dataclass(frozen=True)
 class ThresholdRule:
-    """How to pick the operating threshold and the tier cut-offs.
+    """How to pick the operating threshold and the alert tiers (high / medium / low).
 
     threshold: `max_f1` (default), `target_precision` (the lowest threshold whose validation precision
-    reaches `target_precision`), or `top_fraction` (flag the riskiest `top_fraction`).
-    tiers: `top_fraction` (high = top `high_fraction`, medium = the next `medium_fraction`) or
-    `target_precision` (high / medium = the lowest thresholds reaching `high_precision` / `medium_precision`).
+    reaches `target_precision`), `top_fraction` / `top_k` (flag the riskiest share / number of customers),
+    or `fixed` (`probability`).
+    tiers: capacity rules, `top_fraction` (high = the riskiest `high_fraction`, medium = the next
+    `medium_fraction`) or `top_k` (`high_k`, then `medium_k` customers), fill the tiers by rank in every
+    scoring run, so the tiers match the team's capacity; `target_precision` (the lowest thresholds reaching
+    `high_precision` / `medium_precision` on validation) and `fixed` (`high_probability`,
+    `medium_probability`) are probability cut-offs, so tier sizes move with the risk.
+    population: customers in a scoring run, to read `top_k` as a share of validation (null: validation's
+    own size).
     """
 
     threshold: str = "max_f1"
     target_precision: float = 0.6
     top_fraction: float = 0.1
+    top_k: int = 1000
+    probability: float = 0.5
     tiers: str = "top_fraction"
     high_fraction: float = 0.1
     medium_fraction: float = 0.2
+    high_k: int = 500
+    medium_k: int = 1000
     high_precision: float = 0.7
     medium_precision: float = 0.5
+    high_probability: float = 0.6
+    medium_probability: float = 0.35
+    population: int | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> ThresholdRule:
-        rule = cls(**dict(cfg or {}))
-        if rule.threshold not in ("max_f1", "target_precision", "top_fraction"):
-            raise ValueError(
-                f"thresholds.threshold must be max_f1, target_precision or top_fraction, "
-                f"got {rule.threshold!r}"
-            )
-        if rule.tiers not in ("top_fraction", "target_precision"):
-            raise ValueError(f"thresholds.tiers must be top_fraction or target_precision, got {rule.tiers!r}")
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"thresholds: unknown keys {sorted(unknown)}")
+        rule = cls(**cfg)
+        if rule.threshold not in THRESHOLDS:
+            raise ValueError(f"thresholds.threshold must be one of {THRESHOLDS}, got {rule.threshold!r}")
+        if rule.tiers not in TIER_RULES:
+            raise ValueError(f"thresholds.tiers must be one of {TIER_RULES}, got {rule.tiers!r}")
+        if rule.tiers == "fixed" and rule.high_probability < rule.medium_probability:
+            raise ValueError("thresholds: high_probability must be >= medium_probability")
         return rule
+
+    def capacity(self, n: int) -> tuple[int, int]:
+        """(high, medium) tier sizes of a capacity rule in a population of n customers."""
+        if self.tiers == "top_k":
+            high = min(n, int(self.high_k))
+            return high, min(n - high, int(self.medium_k))
+        high = min(n, int(round(self.high_fraction * n)))
+        return high, min(n - high, int(round(self.medium_fraction * n)))
+
+    def k_as_fraction(self, k: int, n: int) -> float:
+        return k / max(self.population or n, 1)
 
 
 @dataclass(frozen=True)
@@ -78,9 +110,12 @@ def _top(probs: np.ndarray, fraction: float) -> float:
 
 
 def choose_operating_point(probs: np.ndarray, labels: np.ndarray, rule: ThresholdRule) -> Operating:
+    """The threshold and the tier cut-offs on validation probabilities (capacity rules: the cut-offs that
+    fill each tier on validation, for the expected precision and recall)."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
-    if len(probs) == 0:
+    n = len(probs)
+    if n == 0:
         return Operating(0.5, 1.0, 0.5, asdict(rule))
     if rule.threshold == "max_f1":
         thr, prec, rec = _precision_curve(probs, labels)
@@ -88,18 +123,66 @@ def choose_operating_point(probs: np.ndarray, labels: np.ndarray, rule: Threshol
         threshold = float(thr[int(np.argmax(f1))])
     elif rule.threshold == "target_precision":
         threshold = _lowest_reaching(probs, labels, rule.target_precision)
-    else:
+    elif rule.threshold == "top_fraction":
         threshold = _top(probs, rule.top_fraction)
+    elif rule.threshold == "top_k":
+        threshold = _top(probs, rule.k_as_fraction(rule.top_k, n))
+    else:
+        threshold = float(rule.probability)
     if rule.tiers == "top_fraction":
         high = _top(probs, rule.high_fraction)
         medium = _top(probs, rule.high_fraction + rule.medium_fraction)
-    else:
+    elif rule.tiers == "top_k":
+        high = _top(probs, rule.k_as_fraction(rule.high_k, n))
+        medium = _top(probs, rule.k_as_fraction(rule.high_k + rule.medium_k, n))
+    elif rule.tiers == "target_precision":
         high = _lowest_reaching(probs, labels, rule.high_precision)
         medium = min(_lowest_reaching(probs, labels, rule.medium_precision), high)
+    else:
+        high, medium = float(rule.high_probability), float(rule.medium_probability)
     return Operating(threshold, high, medium, asdict(rule))
 
 
-def assign_tiers(probs: np.ndarray, op: Operating) -> np.ndarray:
-    """'high' / 'medium' / 'low' per probability."""
-    probs = np.asarray(probs)
+def assign_tiers(probs: np.ndarray, op: Operating, by_capacity: bool = True) -> np.ndarray:
+    """'high' / 'medium' / 'low' per probability. Capacity rules fill the tiers by rank (ties: first
+    come first) when `by_capacity`; otherwise, and for cut-off rules, probability >= cut."""
+    probs = np.asarray(probs, dtype=np.float64)
+    rule = ThresholdRule.from_config(op.rule) if op.rule else ThresholdRule()
+    if by_capacity and rule.tiers in CAPACITY:
+        high, medium = rule.capacity(len(probs))
+        order = np.argsort(-probs, kind="stable")
+        out = np.full(len(probs), TIERS[2], dtype=object)
+        out[order[:high]] = TIERS[0]
+        out[order[high : high + medium]] = TIERS[1]
+        return out.astype(str)
     return np.where(probs >= op.high_cut, TIERS[0], np.where(probs >= op.medium_cut, TIERS[1], TIERS[2]))
+
+
+def tier_table(
+    probs: np.ndarray, labels: np.ndarray, op: Operating, by_capacity: bool = False
+) -> list[dict[str, Any]]:
+    """Per tier: size, churners, precision (churn rate in the tier), recall (share of all churners) and
+    cumulative recall (this tier and the riskier ones): what an alert in that tier is worth."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    tiers = assign_tiers(probs, op, by_capacity)
+    positives = max(float(labels.sum()), 1.0)
+    rows, found = [], 0.0
+    for tier in TIERS:
+        sel = tiers == tier
+        churners = float(labels[sel].sum())
+        found += churners
+        rows.append(
+            {
+                "tier": tier,
+                "customers": int(sel.sum()),
+                "share": float(sel.mean()) if len(sel) else 0.0,
+                "churners": int(churners),
+                "precision": churners / sel.sum() if sel.any() else float("nan"),
+                "recall": churners / positives,
+                "cumulative_recall": found / positives,
+                "min_probability": float(probs[sel].min()) if sel.any() else float("nan"),
+                "mean_probability": float(probs[sel].mean()) if sel.any() else float("nan"),
+            }
+        )
+    return rows
