@@ -190,12 +190,10 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append("<h2>Segments</h2><div class=grid>")
         for key, title in (("rfm", "RFM segments"), ("clusters", "Behaviour clusters")):
             frame = pd.DataFrame(segments[key])
-            if "label" in frame:
-                frame["segment"] = frame["segment"].astype(str) + ": " + frame["label"].astype(str)
-            parts.append(
-                f"<div>{_segments_plot(frame, title, out / f'segments_{key}.png')}"
-                f"{_table(frame.drop(columns=[c for c in ('label',) if c in frame]))}</div>"
-            )
+            if key == "clusters":
+                frame["segment"] = "cluster " + frame["segment"].astype(str)
+            plot = _segments_plot(frame, title, out / f"segments_{key}.png")
+            parts.append(f"<div>{plot}{_table(frame)}</div>")
         parts.append("</div>")
         if (run_dir / "segment_selection.png").exists():
             parts += ["<h3>Choosing k (elbow and silhouette)</h3>", _embed(run_dir / "segment_selection.png")]
