@@ -141,6 +141,7 @@ class EnsembleProbabilityModel(nn.Module):
 
 
 SHARED_META = ("data", "encoder", "featurizer")
+MEMBER_META = ("net", "created_at", "source_checkpoint", "calibration", "drivers", "reference")
 
 
 def _comparable(state: Any) -> Any:
@@ -177,7 +178,8 @@ def export_ensemble(
     model = EnsembleProbabilityModel([a for a, _ in artifacts], uses, fitted)
     best = int(np.argmax(uses)) if any(uses) else 0
     meta = {
-        **{k: v for k, v in first.items() if k not in ("net", "created_at", "source_checkpoint")},
+        # member-specific keys stay out: the net, its calibration, driver centre and score reference
+        **{k: v for k, v in first.items() if k not in MEMBER_META},
         "features": artifacts[best][1]["features"],
         "threshold": operating["threshold"],
         "tiers": operating["tiers"],

@@ -91,22 +91,15 @@ def owners(
     )
 
 
-def truth_drivers(truth_path: str | Path, split: Split, log_: EventLog, horizon_days: int) -> pd.DataFrame:
+def truth_drivers(truth_path: str | Path, split: Split, log_: EventLog, horizon_days: int) -> pd.Series:
     """Per row of the split: the synthetic truth's dominant driver where the customer truly churned within
-    the horizon (else NaN), and whether its signal started before the cutoff (visible to any model)."""
+    the horizon after the cutoff, else NaN (a window churner the generator never made leave)."""
     truth = pd.read_parquet(truth_path).set_index("customer_id")
-    ids = split.snaps.customer_ids(log_).astype(str)
-    t = truth.reindex(ids)
+    t = truth.reindex(split.snaps.customer_ids(log_).astype(str))
     cutoff = pd.to_datetime(split.snaps.cutoff)
     churn_at = pd.to_datetime(t["churn_at"]).to_numpy()
     within = (churn_at >= cutoff) & (churn_at < cutoff + pd.Timedelta(days=horizon_days))
-    driver = t["dominant_driver"].astype(object).where(within)
-    started = np.fmin(
-        pd.to_datetime(t["trigger_at"]).to_numpy(dtype="datetime64[ns]"),
-        pd.to_datetime(t["decline_start"]).to_numpy(dtype="datetime64[ns]"),
-    )
-    visible = (started < cutoff.to_numpy()) | (driver == "short_tenure").to_numpy()
-    return pd.DataFrame({"truth": driver.to_numpy(), "visible": visible})
+    return pd.Series(t["dominant_driver"].astype(object).where(within).to_numpy())
 
 
 def write_insights(
@@ -170,16 +163,9 @@ def write_insights(
         truth_path = data_cfg.get("truth_path")
         if truth_path and Path(truth_path).exists():
             truth = truth_drivers(truth_path, split, data.log, int(data_cfg["horizon_days"]))
-            frame["truth_driver"] = truth["truth"].to_numpy()
+            frame["truth_driver"] = truth.to_numpy()
             churned = labels == 1
-            out["match"] = {
-                "churners": match_rate(frame["main_driver"][churned], truth["truth"][churned], catalogue),
-                "churners_signal_before_cutoff": match_rate(
-                    frame["main_driver"][churned & truth["visible"].to_numpy()],
-                    truth["truth"][churned & truth["visible"].to_numpy()],
-                    catalogue,
-                ),
-            }
+            out["match"] = {"churners": match_rate(frame["main_driver"][churned], truth[churned], catalogue)}
     frame.to_parquet(run_dir / DRIVERS_FILE, index=False)
     return out
 
