@@ -34,15 +34,14 @@ data: venv
 bench-data: venv
 	$(BIN)/python scripts/bench_data.py
 
-# Synthetic data (20k customers) → train the default LSTM → export → score the latest snapshot → report,
-# all into checkpoints/demo/ (metrics.json, model.pt, scores.parquet with tier/driver/action, report.html).
+# Synthetic data (20k customers) → train the default LSTM (→ export, report.html) → score the latest snapshot,
+# all into checkpoints/demo/ (metrics.json, model.pt, report.html, scores.parquet with tier/driver/action).
 demo: venv
 	rm -rf checkpoints/demo
 	$(BIN)/python scripts/train.py experiment=demo
 	$(BIN)/python scripts/score.py model_path=checkpoints/demo/model.pt \
 		events_path=checkpoints/demo/data/events.parquet customers_path=checkpoints/demo/data/customers.parquet \
 		output_path=checkpoints/demo/scores.parquet hydra.run.dir=checkpoints/demo/score
-	$(BIN)/python scripts/report.py run_dir=checkpoints/demo
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -49,6 +49,7 @@ def test_training_writes_metrics_checkpoint_and_model(trained):
     assert saved["val"]["val/threshold"] == pytest.approx(saved["threshold"])  # val of the best checkpoint
     assert saved["tier_cuts"]["high"] >= saved["tier_cuts"]["medium"]
     assert (run / "checkpoints" / "last.ckpt").exists()
+    assert saved["report"] == str(run / "report.html") and (run / "report.html").exists()
     assert (run / "logs" / "metrics.csv").exists()
     _, meta = load_artifact(run / "model.pt")
     assert meta["threshold"] == pytest.approx(saved["threshold"])

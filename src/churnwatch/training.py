@@ -30,6 +30,7 @@ from churnwatch.models.module import ChurnModule
 from churnwatch.models.thresholds import Operating, tier_table
 from churnwatch.monitoring import training_reference
 from churnwatch.predictions import write_predictions
+from churnwatch.report import REPORT_FILE, write_report
 
 log = logging.getLogger(__name__)
 METRIC_ORDER = (
@@ -115,6 +116,16 @@ def record_run(
     metrics["run_dir"] = str(cfg.paths.output_dir)
 
 
+def write_run_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """metrics.json, then (`report: true`) the run's HTML report, which metrics.json links."""
+    run_dir = Path(cfg.paths.output_dir)
+    if cfg.get("report", True):
+        metrics["report"] = str(run_dir / REPORT_FILE)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if cfg.get("report", True):
+        log.info("report: %s", write_report(run_dir))
+
+
 def _instantiate_all(node: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (node or {}).values() if c is not None and "_target_" in c]
 
@@ -193,7 +204,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     },
                 )
             )
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_run_summary(cfg, metrics)
         print_metrics(metrics, run_dir)
     return metrics
 

@@ -10,7 +10,6 @@ columns only (occasions, recency, first purchase), it predicts P(no purchase wit
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -42,7 +41,7 @@ from churnwatch.models.btyd import BTYDClassifier
 from churnwatch.models.importance import importance_table, plot_importance
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.predictions import write_predictions
-from churnwatch.training import calibration_method, record_run, threshold_config
+from churnwatch.training import calibration_method, record_run, threshold_config, write_run_summary
 
 log = logging.getLogger(__name__)
 ESTIMATORS = ("logreg", "decision_tree", "random_forest", "naive_bayes", "linear_svm", "lightgbm", "btyd")
@@ -221,5 +220,5 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
     plot_importance(importance, run_dir / "feature_importance.png", f"{name}: permutation importance")
     metrics["n_features"] = len(train.names)
     write_predictions(run_dir, {stage: getattr(data, stage) for stage in predictions}, predictions, data.log)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_run_summary(cfg, metrics)
     return metrics
