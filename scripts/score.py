@@ -30,8 +30,15 @@ def main(cfg: DictConfig) -> None:
         playbook=OmegaConf.to_container(cfg.playbook, resolve=True),
         rank_by=str(cfg.rank_by),
         value_days=int(cfg.value_days),
+        shard=(int(cfg.num_shards), int(cfg.shard_index)) if cfg.num_shards else None,
     )
     console = Console(width=max(Console().width, 100))
+    if cfg.num_shards:
+        console.print(
+            f"shard {cfg.shard_index}/{cfg.num_shards}: scored {result.scored:,} customers in "
+            f"{result.seconds:.1f}s → {result.output_path} (unranked; scripts/merge_scores.py ranks parts)"
+        )
+        return
     console.print(
         f"scored {result.scored:,} customers ({result.no_history:,} without history before as_of) "
         f"in {result.seconds:.1f}s → {result.output_path}"

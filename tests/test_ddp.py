@@ -42,3 +42,35 @@ def test_ddp_two_cpu_processes_write_one_run_dir(tmp_path):
     _, meta = load_artifact(run / "model.pt")
     assert meta["config"]["trainer"]["strategy"] == "ddp"
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".pt") == ["model.pt"]
+
+
+@pytest.mark.slow
+def test_sweep_through_the_submitit_launcher_writes_one_run_dir_per_job(tmp_path):
+    """conf/hydra/launcher/local.yaml: submitit's local executor, the same path a SLURM sweep takes."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e '.[cluster]'")
+    data = tmp_path / "data"
+    cmd = [
+        sys.executable,
+        "scripts/train.py",
+        "-m",
+        "hydra/launcher=local",
+        "model=logreg,naive_bayes",
+        f"data.data_dir={data}",
+        "data.generate.n_customers=1500",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "report=false",
+        "insights.enabled=false",
+    ]
+    # the jobs share one generated data set: make it first, as a cluster sweep would read prepared data
+    subprocess.run(
+        [sys.executable, "scripts/make_synthetic.py", f"out_dir={data}", "n_customers=1500"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, timeout=600)
+    runs = [json.loads((tmp_path / "sweep" / str(i) / "metrics.json").read_text()) for i in (0, 1)]
+    assert [r["model"] for r in runs] == ["logreg", "naive_bayes"]
+    assert all(0.5 < r["test"]["test/auroc"] <= 1 for r in runs)
+    jobs = [d for d in (tmp_path / "sweep" / ".submitit").iterdir() if d.name.isdigit()]
+    assert len(jobs) == 2  # one submitit job (its own process, logs and pickles) each

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -255,3 +256,40 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
     image = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert image.shape[0] >= 2000
     assert image.std() > 20  # not a blank page: text, tables and charts rendered
+
+
+def test_shards_merge_into_exactly_the_single_run(trained, tmp_path):
+    from churnwatch.scoring import merge_shards, shard_of
+
+    root, _ = trained
+    model, events = root / "run" / "model.pt", root / "data" / "events.parquet"
+    common = dict(customers_path=root / "data" / "customers.parquet", as_of="2024-11-01", progress=False)
+    single = score_file(model, events, tmp_path / "single.parquet", **common).frame
+    parts = [
+        score_file(model, events, tmp_path / f"part-{i}.parquet", shard=(3, i), **common).output_path
+        for i in range(3)
+    ]
+    sizes = [len(pd.read_parquet(p)) for p in parts]
+    assert all(s > 0 for s in sizes) and sum(sizes) == len(single)
+    merged = merge_shards(model, parts, tmp_path / "merged.parquet")
+    pd.testing.assert_frame_equal(merged, single)
+    # the shard of an id is the same in every process (a stable hash, not Python's salted hash())
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np; from churnwatch.scoring import shard_of; "
+        "print(shard_of(np.array(['C1', 'C2', 'x']), 7))"
+    )
+    seen = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
+    assert len(seen) == 1 and str(shard_of(np.array(["C1", "C2", "x"]), 7)) in seen.pop()
+    with pytest.raises(ValueError, match="shards"):
+        merge_shards(model, parts[:2], tmp_path / "incomplete.parquet")

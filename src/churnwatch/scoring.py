@@ -7,6 +7,7 @@ in the input appears exactly once in the output, or the run fails.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -204,9 +205,10 @@ class Scorer:
         events_path: str | Path,
         customers_path: str | Path | None = None,
         as_of: str | pd.Timestamp | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> ScoringInput:
         """Raw files → the training contract → one snapshot per customer at `as_of` (monitoring reads the
-        same input the scorer does)."""
+        same input the scorer does); `shard=(num_shards, index)` keeps that shard's customers."""
         data = self.data_cfg
         loaded = load_events(
             events_path,
@@ -231,14 +233,23 @@ class Scorer:
                     self.schema.timezone,
                     data.get("policy", "drop"),
                 )
-        event_log = EventLog.from_frame(loaded.frame)
+        frame, input_ids = loaded.frame, loaded.input_ids
+        if shard is not None:
+            num_shards, index = shard
+            if not 0 <= index < num_shards:
+                raise ValueError(f"shard_index={index} must be in [0, num_shards={num_shards})")
+            input_ids = np.asarray(input_ids)[shard_of(input_ids, num_shards) == index]
+            frame = frame[frame[CUSTOMER_ID].astype(str).isin(set(map(str, input_ids)))]
+            if isinstance(frame[CUSTOMER_ID].dtype, pd.CategoricalDtype):
+                frame = frame.assign(**{CUSTOMER_ID: frame[CUSTOMER_ID].cat.remove_unused_categories()})
+        event_log = EventLog.from_frame(frame)
         as_of_ts = (
             pd.Timestamp(as_of).normalize()
             if as_of is not None
             else loaded.data_end.normalize() + pd.Timedelta(days=1)
         )
         snaps = build_snapshot(event_log, as_of_ts, horizon_days=None)
-        return ScoringInput(event_log, snaps, customers, as_of_ts, loaded.input_ids)
+        return ScoringInput(event_log, snaps, customers, as_of_ts, input_ids)
 
     def score(
         self,
@@ -247,10 +258,12 @@ class Scorer:
         as_of: str | pd.Timestamp | None = None,
         chunk_customers: int = 100_000,
         progress: bool = True,
+        shard: tuple[int, int] | None = None,
     ) -> pd.DataFrame:
-        """One row per customer id in the input, riskiest first."""
+        """One row per customer id in the input, riskiest first. With `shard=(num_shards, index)`, only the
+        customers whose id hashes to that shard, and not yet ranked: `merge_shards` ranks the union."""
         data = self.data_cfg
-        inp = self.load(events_path, customers_path, as_of)
+        inp = self.load(events_path, customers_path, as_of, shard)
         event_log, snaps, customers, as_of_ts = inp.log, inp.snaps, inp.customers, inp.as_of
         parts = []
         chunks = range(0, len(snaps), max(1, chunk_customers))
@@ -281,43 +294,24 @@ class Scorer:
                 "lapsed": (last < (as_of_ts - pd.Timedelta(days=lookback)).value) if lookback else False,
             }
         )
-        return self._finish(scored, inp.input_ids, as_of_ts)
+        complete = self._complete(scored, inp.input_ids, as_of_ts)
+        if shard is None:
+            return self.rank(complete)
+        return complete.assign(num_shards=shard[0], shard_index=shard[1])
 
-    def _finish(self, scored: pd.DataFrame, input_ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
-        """Rank and tier the population (by `rank_by`); lapsed customers (no event within the training
-        lookback) keep their probability but get tier 'lapsed' and no rank; customers without history before
-        as_of get the training base rate, tier 'unknown' and no_history=True. Then the playbook's action.
-        Each input id appears exactly once."""
-        key = "churn_probability" if self.rank_by == "probability" else "value_at_risk"
-        scored = scored.sort_values(
-            ["lapsed", key, CUSTOMER_ID], ascending=[True, False, True], kind="stable"
-        ).reset_index(drop=True)
-        active = ~scored["lapsed"].to_numpy()
-        n = int(active.sum())
-        p = scored["churn_probability"].to_numpy()[:n]
-        ranked = scored[key].to_numpy()[:n]
-        scored["risk_tier"] = "lapsed"
-        # capacity rules fill the tiers in rank order; cut-off rules read the probability
-        rule = self.operating.rule.get("tiers", "top_fraction")
-        scored.loc[: n - 1, "risk_tier"] = assign_tiers(ranked if rule in CAPACITY else p, self.operating)
-        scored["risk_rank"] = pd.array([pd.NA] * len(scored), dtype="Int64")
-        scored.loc[: n - 1, "risk_rank"] = np.arange(1, n + 1)
-        # percentile among ranked customers: share at or below this risk (100 = the riskiest)
-        scored["percentile"] = np.nan
-        below = n - np.searchsorted(-ranked, -ranked, side="left")
-        scored.loc[: n - 1, "percentile"] = 100.0 * below / max(n, 1)
-        scored["no_history"] = False
+    def _complete(self, scored: pd.DataFrame, input_ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
+        """Add the customers without history before as_of (training base rate, no_history=True) and check
+        that each input id appears exactly once. Not yet ranked: `rank` does that, on one run or on the
+        union of shard parts alike."""
         ids = pd.Index(np.asarray(input_ids, dtype=str))
         missing = ids.difference(scored[CUSTOMER_ID]).to_numpy(dtype=str)
+        scored = scored.assign(no_history=False)
         rest = pd.DataFrame(
             {
                 CUSTOMER_ID: missing,
                 "churn_probability": float(self.meta["train_positive_rate"]),
                 "n_events": np.zeros(len(missing), dtype=np.int64),
                 "last_event_at": pd.Series(pd.NaT, index=range(len(missing)), dtype="datetime64[ns]"),
-                "risk_tier": "unknown",
-                "risk_rank": pd.array([pd.NA] * len(missing), dtype="Int64"),
-                "percentile": np.nan,
                 "no_history": True,
                 "lapsed": False,
                 "recent_spend": 0.0,
@@ -333,19 +327,58 @@ class Scorer:
             if "behaviour_cluster" in out
             else pd.array([pd.NA] * len(out), dtype="Int64")
         )
-        out["action"] = self.playbook.assign(out)
-        out = out[list(OUTPUT_COLUMNS)]
-        expected = set(map(str, input_ids))
-        if (
-            len(out) != len(expected)
-            or out[CUSTOMER_ID].duplicated().any()
-            or set(out[CUSTOMER_ID]) != expected
-        ):
-            raise RuntimeError(
-                f"scoring lost or duplicated customers: {len(expected)} ids in the input, "
-                f"{out[CUSTOMER_ID].nunique()} distinct of {len(out)} rows in the output"
-            )
+        check_each_once(out, ids)
         return out
+
+    def rank(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Rank and tier the population by `rank_by`, then the playbook's action. Lapsed customers (no event
+        within the training lookback) keep their probability but get tier 'lapsed' and no rank; customers
+        without history get tier 'unknown'. A pure function of the rows, so shards merge exactly."""
+        key = "churn_probability" if self.rank_by == "probability" else "value_at_risk"
+        group = np.where(frame["no_history"], 2, np.where(frame["lapsed"], 1, 0))
+        out = (
+            frame.assign(_group=group)
+            .sort_values(["_group", key, CUSTOMER_ID], ascending=[True, False, True], kind="stable")
+            .drop(columns="_group")
+            .reset_index(drop=True)
+        )
+        n = int((group == 0).sum())
+        p = out["churn_probability"].to_numpy()[:n]
+        ranked = out[key].to_numpy()[:n]
+        out["risk_tier"] = np.where(out["no_history"], "unknown", "lapsed").astype(object)
+        # capacity rules fill the tiers in rank order; cut-off rules read the probability
+        rule = self.operating.rule.get("tiers", "top_fraction")
+        out.loc[: n - 1, "risk_tier"] = assign_tiers(ranked if rule in CAPACITY else p, self.operating)
+        out["risk_rank"] = pd.array([pd.NA] * len(out), dtype="Int64")
+        out.loc[: n - 1, "risk_rank"] = np.arange(1, n + 1)
+        # percentile among ranked customers: share at or below this risk (100 = the riskiest)
+        out["percentile"] = np.nan
+        below = n - np.searchsorted(-ranked, -ranked, side="left")
+        out.loc[: n - 1, "percentile"] = 100.0 * below / max(n, 1)
+        out["action"] = self.playbook.assign(out)
+        return out[list(OUTPUT_COLUMNS)]
+
+
+def check_each_once(frame: pd.DataFrame, ids: pd.Index) -> None:
+    """Every id of the input exactly once in the output, or a loud failure."""
+    lost = not ids.isin(frame[CUSTOMER_ID]).all()
+    if len(frame) != len(ids) or frame[CUSTOMER_ID].duplicated().any() or lost:
+        raise RuntimeError(
+            f"scoring lost or duplicated customers: {len(ids)} ids in the input, "
+            f"{frame[CUSTOMER_ID].nunique()} distinct of {len(frame)} rows in the output"
+        )
+
+
+def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
+    """A customer's shard: a stable hash of its id (BLAKE2b, the same on every machine and version)."""
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "little") % num_shards
+            for i in ids
+        ),
+        dtype=np.int64,
+        count=len(ids),
+    )
 
 
 def write_atomic(frame: pd.DataFrame, path: str | Path, overwrite: bool = False) -> Path:
@@ -372,6 +405,38 @@ def write_atomic(frame: pd.DataFrame, path: str | Path, overwrite: bool = False)
     return path
 
 
+def merge_shards(
+    model_path: str | Path,
+    part_paths: list[str | Path],
+    output_path: str | Path,
+    playbook: Mapping[str, Any] | None = None,
+    rank_by: str = "probability",
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """The union of shard parts, ranked and tiered as one run over the whole population (row for row the
+    output of an unsharded run). Refuses missing or repeated shards and customers in two parts."""
+    parts = [pd.read_parquet(p) if str(p).endswith(".parquet") else pd.read_csv(p) for p in part_paths]
+    if not parts:
+        raise ValueError("merge: no shard parts given")
+    frame = pd.concat(parts, ignore_index=True)
+    if "num_shards" not in frame:
+        raise ValueError(f"{part_paths[0]}: not a shard part (score with num_shards=N shard_index=i)")
+    counts = frame.groupby("shard_index").size()
+    expected = int(frame["num_shards"].iloc[0])
+    if frame["num_shards"].nunique() != 1 or sorted(counts.index) != list(range(expected)):
+        raise ValueError(f"merge: parts cover shards {sorted(counts.index)} of num_shards={expected}")
+    if len(parts) != expected or frame[CUSTOMER_ID].duplicated().any():
+        raise ValueError(f"merge: {len(parts)} parts for {expected} shards, or a customer in two parts")
+    if frame["as_of"].nunique() != 1:
+        raise ValueError(
+            f"merge: parts were scored at different as_of dates {sorted(frame['as_of'].unique())}"
+        )
+    scorer = Scorer(model_path, "cpu", playbook=playbook, rank_by=rank_by, drivers={"enabled": False})
+    ranked = scorer.rank(frame.drop(columns=["num_shards", "shard_index"]))
+    write_atomic(ranked, output_path, overwrite)
+    return ranked
+
+
 def score_file(
     model_path: str | Path,
     events_path: str | Path,
@@ -387,13 +452,14 @@ def score_file(
     playbook: Mapping[str, Any] | None = None,
     rank_by: str = "probability",
     value_days: int = 90,
+    shard: tuple[int, int] | None = None,
 ) -> ScoringResult:
-    """Score a file and write the result atomically."""
+    """Score a file (or one shard of its customers) and write the result atomically."""
     t0 = time.perf_counter()
     if Path(output_path).exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
     scorer = Scorer(model_path, device, batch_size, drivers, playbook, rank_by, value_days)
-    frame = scorer.score(events_path, customers_path, as_of, chunk_customers, progress)
+    frame = scorer.score(events_path, customers_path, as_of, chunk_customers, progress, shard)
     path = write_atomic(frame, output_path, overwrite)
     no_hist = int(frame["no_history"].sum())
     return ScoringResult(path, len(frame), len(frame) - no_hist, no_hist, time.perf_counter() - t0, frame)
