@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow lint demo data bench-data clean
+.PHONY: venv test test-slow lint demo data bench-data bench-score clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ data: venv
 
 bench-data: venv
 	$(BIN)/python scripts/bench_data.py
+
+# Scoring throughput and peak RSS with the demo's model (run `make demo` first).
+bench-score: venv
+	$(BIN)/python scripts/bench_score.py --model checkpoints/demo/model.pt --customers 200000 1000000
 
 # Synthetic data (20k customers) → train the default LSTM (→ export, report.html) → score the latest snapshot,
 # all into checkpoints/demo/ (metrics.json, model.pt, report.html, scores.parquet with tier/driver/action).

@@ -12,7 +12,8 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,8 @@ class ScoringResult:
     no_history: int
     seconds: float
     frame: pd.DataFrame
+    phases: dict[str, float]
+    """Wall seconds per phase: read, encode, forward, segments, drivers, rank, write."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -101,6 +104,8 @@ class Scorer:
         value_days: int = 90,
     ):
         self.device = resolve_device(device)
+        self.seconds: dict[str, float] = {}
+        """Wall seconds per phase (read, encode, forward, segments, drivers, rank, write), summed."""
         self.model, self.meta = load_artifact(model_path, self.device)
         self.batch_size = batch_size
         data = self.meta["data"]
@@ -185,19 +190,29 @@ class Scorer:
         out.iloc[rows] = found.to_numpy()
         return out
 
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+
     def _score_chunk(self, log_: EventLog, snaps: Snapshots, customers: pd.DataFrame | None) -> pd.DataFrame:
         """Probability, value at risk, segments and drivers of one chunk of snapshots."""
-        seqs = self.encoder.transform(log_, snaps, customers)
-        table = self.featurizer.transform(log_, snaps, customers)
-        agg = self.featurizer.scale(table) if self.use_aggregates else None
-        out = pd.DataFrame({"churn_probability": self._predict(seqs, agg)})
+        with self.timed("encode"):
+            seqs = self.encoder.transform(log_, snaps, customers)
+            table = self.featurizer.transform(log_, snaps, customers)
+            agg = self.featurizer.scale(table) if self.use_aggregates else None
+        with self.timed("forward"):
+            out = pd.DataFrame({"churn_probability": self._predict(seqs, agg)})
         spend = table.values[:, table.names.index(self.value_column)].astype(np.float64)
         out["recent_spend"] = spend
         out["value_at_risk"] = out["churn_probability"] * spend
-        if self.segments is not None:
-            out = pd.concat([out, self.segments.assign(table).reset_index(drop=True)], axis=1)
-        if self.explain:
-            out = pd.concat([out, self._drivers(log_, snaps, customers, seqs, table, agg)], axis=1)
+        with self.timed("segments"):
+            if self.segments is not None:
+                out = pd.concat([out, self.segments.assign(table).reset_index(drop=True)], axis=1)
+        with self.timed("drivers"):
+            if self.explain:
+                out = pd.concat([out, self._drivers(log_, snaps, customers, seqs, table, agg)], axis=1)
         return out
 
     def load(
@@ -263,7 +278,8 @@ class Scorer:
         """One row per customer id in the input, riskiest first. With `shard=(num_shards, index)`, only the
         customers whose id hashes to that shard, and not yet ranked: `merge_shards` ranks the union."""
         data = self.data_cfg
-        inp = self.load(events_path, customers_path, as_of, shard)
+        with self.timed("read"):
+            inp = self.load(events_path, customers_path, as_of, shard)
         event_log, snaps, customers, as_of_ts = inp.log, inp.snaps, inp.customers, inp.as_of
         parts = []
         chunks = range(0, len(snaps), max(1, chunk_customers))
@@ -296,7 +312,8 @@ class Scorer:
         )
         complete = self._complete(scored, inp.input_ids, as_of_ts)
         if shard is None:
-            return self.rank(complete)
+            with self.timed("rank"):
+                return self.rank(complete)
         return complete.assign(num_shards=shard[0], shard_index=shard[1])
 
     def _complete(self, scored: pd.DataFrame, input_ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -460,6 +477,9 @@ def score_file(
         raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
     scorer = Scorer(model_path, device, batch_size, drivers, playbook, rank_by, value_days)
     frame = scorer.score(events_path, customers_path, as_of, chunk_customers, progress, shard)
-    path = write_atomic(frame, output_path, overwrite)
+    with scorer.timed("write"):
+        path = write_atomic(frame, output_path, overwrite)
     no_hist = int(frame["no_history"].sum())
-    return ScoringResult(path, len(frame), len(frame) - no_hist, no_hist, time.perf_counter() - t0, frame)
+    return ScoringResult(
+        path, len(frame), len(frame) - no_hist, no_hist, time.perf_counter() - t0, frame, dict(scorer.seconds)
+    )

@@ -1,0 +1,99 @@
+"""Benchmark batch scoring: customers/s, where the time goes, and peak RSS, for an exported model on CPU.
+
+    python scripts/bench_score.py --model checkpoints/demo/model.pt [--customers 200000 1000000]
+        [--drivers on off] [--chunk 100000] [--work-dir /tmp/churnwatch_bench_score]
+
+For each size, synthetic data (seed 7) is generated once; each (size, drivers) scoring runs in a fresh
+process so its peak RSS is its own. Prints a markdown table for docs/BENCHMARKS.md and writes the raw
+figures as JSON into the work dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PHASES = ("read", "encode", "forward", "segments", "drivers", "rank", "write")
+
+
+def _score_once(model: str, data: Path, out: Path, drivers: bool, chunk: int, threads: int) -> dict:
+    code = f"""
+import json, time, torch
+torch.set_num_threads({threads})
+from churnwatch.scoring import score_file
+r = score_file({model!r}, {str(data / "events.parquet")!r}, {str(out)!r},
+               customers_path={str(data / "customers.parquet")!r}, device="cpu", chunk_customers={chunk},
+               overwrite=True, progress=False, drivers={{"enabled": {drivers}}})
+print(json.dumps({{"seconds": r.seconds, "customers": r.customers, "phases": r.phases,
+                   "ranked": int(r.frame["risk_tier"].isin(["high", "medium", "low"]).sum())}}))
+"""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # ru_maxrss of children is the largest child so far: only a new maximum is this run's own
+    result["peak_rss_gb"] = peak_kb / 2**20 if peak_kb > before else None
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--customers", type=int, nargs="+", default=[200_000])
+    parser.add_argument("--drivers", nargs="+", default=["off", "on"], choices=["on", "off"])
+    parser.add_argument("--chunk", type=int, default=100_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--work-dir", default="/tmp/churnwatch_bench_score")
+    args = parser.parse_args()
+    work = Path(args.work_dir)
+    rows = []
+    for n in sorted(args.customers):
+        data = work / f"synthetic_{n}"
+        if not (data / "events.parquet").exists():
+            from churnwatch.data import synthetic
+
+            t0 = time.perf_counter()
+            synthetic.write(synthetic.generate(n_customers=n, seed=7), data)
+            print(f"generated {n:,} customers in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+        import pyarrow.parquet as pq
+
+        events = pq.ParquetFile(data / "events.parquet").metadata.num_rows
+        for flag in sorted(args.drivers):  # off first: its peak RSS is the smaller one
+            r = _score_once(
+                args.model, data, work / f"scores_{n}_{flag}.parquet", flag == "on", args.chunk, args.threads
+            )
+            r.update(n=n, events=events, drivers=flag)
+            rows.append(r)
+            print(json.dumps(r), file=sys.stderr)
+    (work / "bench_score.json").write_text(json.dumps(rows, indent=1))
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, {args.threads} torch threads, chunk "
+        f"{args.chunk:,}; {time.strftime('%Y-%m-%d')}\n"
+    )
+    print(
+        "| customers | events | drivers | ranked (explained when on) | seconds | customers/s | forward share | "
+        + " | ".join(PHASES)
+        + " | peak RSS GB |"
+    )
+    print("|" + "---|" * (8 + len(PHASES)))
+    for r in rows:
+        ph = r["phases"]
+        rss = f"{r['peak_rss_gb']:.2f}" if r["peak_rss_gb"] else "n/a"
+        print(
+            f"| {r['n']:,} | {r['events']:,} | {r['drivers']} | {r['ranked']:,} | {r['seconds']:.1f} | "
+            f"{r['customers'] / r['seconds']:,.0f} | {ph.get('forward', 0) / r['seconds']:.0%} | "
+            + " | ".join(f"{ph.get(p, 0):.1f}" for p in PHASES)
+            + f" | {rss} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
