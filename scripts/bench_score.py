@@ -79,7 +79,7 @@ def main() -> None:
         f"{args.chunk:,}; {time.strftime('%Y-%m-%d')}\n"
     )
     print(
-        "| customers | events | drivers | ranked (explained when on) | seconds | customers/s | forward share | "
+        "| customers | events | drivers | ranked | seconds | customers/s | forward share | "
         + " | ".join(PHASES)
         + " | peak RSS GB |"
     )
