@@ -18,6 +18,7 @@ import torch
 from scipy.optimize import minimize, minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 from torch import Tensor, nn
+from torchmetrics.functional.classification import binary_calibration_error
 
 METHODS = ("none", "temperature", "platt", "isotonic")
 EPS = 1e-6
@@ -164,14 +165,12 @@ def calibration_report(
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.float64)
+    """The same ECE as every run's `calibration_error` metric (torchmetrics, equal-width bins, L1)."""
+    p = torch.tensor(np.asarray(probs, dtype=np.float64)).clamp(0, 1)  # a copy: inputs may be read-only
+    y = torch.tensor(np.asarray(labels)).long()
     if len(p) == 0:
         return 0.0
-    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
-    conf = np.bincount(bins, weights=p, minlength=n_bins)
-    acc = np.bincount(bins, weights=y, minlength=n_bins)
-    return float(np.abs(conf - acc).sum() / len(p))
+    return float(binary_calibration_error(p, y, n_bins=n_bins, norm="l1"))
 
 
 def reliability_curve(
