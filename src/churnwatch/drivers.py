@@ -251,8 +251,15 @@ def indicator_scores(
         flat = rows[:, None] * n_indicators + owners
         np.add.at(out.reshape(-1), flat.ravel(), event_attr[rows, steps].ravel())
     for attr, owner in ((static_attr, owner_static), (agg_attr, owner_agg)):
-        if attr.size:
-            np.add.at(out, (np.arange(b)[:, None], owner[None, :]), attr)
+        out += sum_by_owner(attr, owner, n_indicators)
+    return out
+
+
+def sum_by_owner(attr: np.ndarray, owner: np.ndarray, n_indicators: int) -> np.ndarray:
+    """(n, F) attributions of named inputs (static fields, aggregates) → (n, K) sums per owning indicator."""
+    out = np.zeros((len(attr), n_indicators), dtype=np.float64)
+    if attr.size:
+        np.add.at(out, (np.arange(len(attr))[:, None], owner[None, :]), attr)
     return out
 
 

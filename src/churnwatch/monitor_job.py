@@ -61,12 +61,10 @@ def run_monitor(
             "(scripts/train.py embeds one)"
         )
     inp = scorer.load(events_path, customers_path, as_of)
-    scored = scorer.score(events_path, customers_path, inp.as_of, progress=False).set_index("customer_id")
-    lookback = scorer.data_cfg.get("lookback_days")
-    last = inp.log.ts[inp.snaps.end - 1]
-    since = (inp.as_of - pd.Timedelta(days=lookback)).value if lookback else np.iinfo(np.int64).min
-    snaps = inp.snaps.subset(np.flatnonzero(last >= since))  # the population the model was trained on
+    scored = scorer.score_input(inp, progress=False).set_index("customer_id")
+    snaps = inp.snaps.subset(np.flatnonzero(scorer.in_population(inp.log, inp.snaps)))
     if len(snaps) == 0:
+        lookback = scorer.data_cfg.get("lookback_days")
         raise MonitorError(f"{events_path}: no customer with an event in the {lookback} days before as_of")
     ids = snaps.customer_ids(inp.log).astype(str)
     rows = scored.loc[ids]

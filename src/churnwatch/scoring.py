@@ -162,11 +162,7 @@ class Scorer:
         agg: np.ndarray | None,
     ) -> pd.DataFrame:
         """Top drivers of the customers in the model's population (lapsed customers get none)."""
-        lookback = self.data_cfg.get("lookback_days")
-        rows = np.arange(len(snaps))
-        if lookback and len(snaps):
-            since = snaps.cutoff.astype("datetime64[ns]").view(np.int64) - int(lookback) * DAY_NS
-            rows = rows[log_.ts[snaps.end - 1] >= since]
+        rows = np.flatnonzero(self.in_population(log_, snaps))
         sub = snaps.subset(rows)
         event_owner, static_owner, agg_owner = owners(
             self.catalogue, log_, sub, self.encoder, table.names if self.use_aggregates else []
@@ -189,6 +185,15 @@ class Scorer:
         out = pd.DataFrame("", index=range(len(snaps)), columns=found.columns)
         out.iloc[rows] = found.to_numpy()
         return out
+
+    def in_population(self, log_: EventLog, snaps: Snapshots) -> np.ndarray:
+        """Per snapshot: an event within the training `lookback_days` before its cutoff, the population the
+        model was trained on (the others are lapsed)."""
+        lookback = self.data_cfg.get("lookback_days")
+        if not lookback or not len(snaps):
+            return np.ones(len(snaps), dtype=bool)
+        since = snaps.cutoff.astype("datetime64[ns]").view(np.int64) - int(lookback) * DAY_NS
+        return log_.ts[snaps.end - 1] >= since
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -277,9 +282,18 @@ class Scorer:
     ) -> pd.DataFrame:
         """One row per customer id in the input, riskiest first. With `shard=(num_shards, index)`, only the
         customers whose id hashes to that shard, and not yet ranked: `merge_shards` ranks the union."""
-        data = self.data_cfg
         with self.timed("read"):
             inp = self.load(events_path, customers_path, as_of, shard)
+        return self.score_input(inp, chunk_customers, progress, shard)
+
+    def score_input(
+        self,
+        inp: ScoringInput,
+        chunk_customers: int = 100_000,
+        progress: bool = True,
+        shard: tuple[int, int] | None = None,
+    ) -> pd.DataFrame:
+        """`score` on an input already loaded (`load`), for callers that also read it otherwise."""
         event_log, snaps, customers, as_of_ts = inp.log, inp.snaps, inp.customers, inp.as_of
         parts = []
         chunks = range(0, len(snaps), max(1, chunk_customers))
@@ -297,7 +311,6 @@ class Scorer:
                 parts.append(self._score_chunk(event_log, snaps.subset(rows), customers))
                 bar.advance(task, len(rows))
         last = event_log.ts[snaps.end - 1] if len(snaps) else np.zeros(0, dtype=np.int64)
-        lookback = data.get("lookback_days")
         if not parts:
             parts.append(self._score_chunk(event_log, snaps, customers))
         scored = pd.concat(parts, ignore_index=True)
@@ -306,8 +319,7 @@ class Scorer:
                 CUSTOMER_ID: snaps.customer_ids(event_log).astype(str),
                 "n_events": (snaps.end - snaps.start).astype(np.int64),
                 "last_event_at": pd.to_datetime(last),
-                # outside the population the model was trained on (no event in the last lookback_days)
-                "lapsed": (last < (as_of_ts - pd.Timedelta(days=lookback)).value) if lookback else False,
+                "lapsed": ~self.in_population(event_log, snaps),
             }
         )
         complete = self._complete(scored, inp.input_ids, as_of_ts)

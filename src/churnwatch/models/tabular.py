@@ -32,7 +32,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from churnwatch.calibration import Calibrator, expected_calibration_error, logit
 from churnwatch.data.datamodule import ChurnDataModule
-from churnwatch.drivers import IndicatorCatalogue
+from churnwatch.drivers import IndicatorCatalogue, sum_by_owner
 from churnwatch.evaluation import evaluate
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.features.encode import signed_log1p
@@ -197,18 +197,20 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
         )
     record_run(cfg, data, metrics, op, calibrator, predictions, fit_seconds)
     if cfg.get("insights", {}).get("enabled", True):
-        split = data.test if "test" in predictions else data.val
+        stage = "test" if "test" in predictions else "val"
+        split = getattr(data, stage)
         catalogue = IndicatorCatalogue.from_config(cfg.data.get("indicators"))
-        contrib = contributions(estimator, name, split.aggregates.values, train.values)
-        owner = catalogue.name_owner(split.aggregates.names, "aggregates")
-        scores = np.zeros((len(contrib), len(catalogue.names)))
-        np.add.at(scores, (np.arange(len(contrib))[:, None], owner[None, :]), contrib)
+        scores = sum_by_owner(
+            contributions(estimator, name, split.aggregates.values, train.values),
+            catalogue.name_owner(split.aggregates.names, "aggregates"),
+            len(catalogue.names),
+        )
         metrics["insights"] = write_insights(
             run_dir,
             data,
             cfg.data,
-            "test" if "test" in predictions else "val",
-            predictions["test" if "test" in predictions else "val"][1],
+            stage,
+            predictions[stage][1],
             scores,
             catalogue,
             Segments.fit(train, int(cfg.seed)),
