@@ -1,11 +1,14 @@
 """Benchmark batch scoring: customers/s, where the time goes, and peak RSS, for an exported model on CPU.
 
-    python scripts/bench_score.py --model checkpoints/demo/model.pt [--customers 200000 1000000]
-        [--drivers on off] [--chunk 100000] [--work-dir /tmp/churnwatch_bench_score]
+    python scripts/bench_score.py --model checkpoints/demo/model.pt [--customers 1000000 4000000]
+        [--drivers on off] [--chunk 100000] [--part-events 2000000] [--as-of 2025-01-01]
+        [--work-dir /tmp/churnwatch_bench_score]
 
-For each size, synthetic data (seed 7) is generated once; each (size, drivers) scoring runs in a fresh
-process so its peak RSS is its own. Prints a markdown table for docs/BENCHMARKS.md and writes the raw
-figures as JSON into the work dir.
+Synthetic data (seed 7) is generated once per size up to --generate-max customers; larger sizes tile the
+largest generated file with prefixed ids (the same customers' histories again, under new ids: the same
+work per customer, without generating millions more in memory). Each (size, drivers) scoring runs in a
+fresh process so its peak RSS is its own. Prints a markdown table for docs/BENCHMARKS.md and writes the
+raw figures as JSON into the work dir.
 """
 
 from __future__ import annotations
@@ -22,16 +25,17 @@ from pathlib import Path
 PHASES = ("read", "encode", "forward", "segments", "drivers", "rank", "write")
 
 
-def _score_once(model: str, data: Path, out: Path, drivers: bool, chunk: int, threads: int) -> dict:
+def _score_once(model: str, data: Path, out: Path, drivers: bool, args: argparse.Namespace) -> dict:
     code = f"""
 import json, time, torch
-torch.set_num_threads({threads})
+torch.set_num_threads({args.threads})
 from churnwatch.scoring import score_file
 r = score_file({model!r}, {str(data / "events.parquet")!r}, {str(out)!r},
-               customers_path={str(data / "customers.parquet")!r}, device="cpu", chunk_customers={chunk},
-               overwrite=True, progress=False, drivers={{"enabled": {drivers}}})
-print(json.dumps({{"seconds": r.seconds, "customers": r.customers, "phases": r.phases,
-                   "ranked": int(r.frame["risk_tier"].isin(["high", "medium", "low"]).sum())}}))
+               customers_path={str(data / "customers.parquet")!r}, device="cpu", chunk_customers={args.chunk},
+               overwrite=True, progress=False, drivers={{"enabled": {drivers}}}, as_of={args.as_of!r},
+               part_events={args.part_events}, batch_size={args.batch_size})
+print(json.dumps({{"seconds": r.seconds, "customers": r.customers, "phases": r.phases, "parts": r.parts,
+                   "ranked": sum(r.tiers.get(t, 0) for t in ("high", "medium", "low"))}}))
 """
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     done = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
@@ -40,6 +44,29 @@ print(json.dumps({{"seconds": r.seconds, "customers": r.customers, "phases": r.p
     # ru_maxrss of children is the largest child so far: only a new maximum is this run's own
     result["peak_rss_gb"] = peak_kb / 2**20 if peak_kb > before else None
     return result
+
+
+def _tile(base: Path, out: Path, copies: int) -> None:
+    """events/customers of `base` `copies` times, ids prefixed "t<k>-", streamed row group by row group."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("events", "customers"):
+        source = pq.ParquetFile(base / f"{name}.parquet")
+        schema = source.schema_arrow.set(0, pa.field("customer_id", pa.string()))
+        tmp = out / f".{name}.parquet.tmp"
+        with pq.ParquetWriter(tmp, schema.remove_metadata()) as writer:
+            for k in range(copies):
+                for g in range(source.num_row_groups):
+                    table = source.read_row_group(g)
+                    ids = pc.binary_join_element_wise(
+                        f"t{k}", pc.cast(table.column("customer_id"), pa.string()), "-"
+                    )
+                    table = table.set_column(0, "customer_id", ids)
+                    writer.write_table(table.cast(schema.remove_metadata()))
+        tmp.rename(out / f"{name}.parquet")
 
 
 def main() -> None:
@@ -51,6 +78,10 @@ def main() -> None:
     parser.add_argument("--drivers", nargs="+", default=["off", "on"], choices=["on", "off"])
     parser.add_argument("--chunk", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--part-events", type=int, default=2_000_000)
+    parser.add_argument("--as-of", default=None, help="score date (default: the day after the last event)")
+    parser.add_argument("--generate-max", type=int, default=1_000_000)
     parser.add_argument("--work-dir", default="/tmp/churnwatch_bench_score")
     args = parser.parse_args()
     work = Path(args.work_dir)
@@ -58,37 +89,45 @@ def main() -> None:
     for n in sorted(args.customers):
         data = work / f"synthetic_{n}"
         if not (data / "events.parquet").exists():
-            from churnwatch.data import synthetic
-
             t0 = time.perf_counter()
-            synthetic.write(synthetic.generate(n_customers=n, seed=7), data)
-            print(f"generated {n:,} customers in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+            if n <= args.generate_max:
+                from churnwatch.data import synthetic
+
+                synthetic.write(synthetic.generate(n_customers=n, seed=7), data)
+            else:
+                base = work / f"synthetic_{args.generate_max}"
+                if not (base / "events.parquet").exists():
+                    from churnwatch.data import synthetic
+
+                    synthetic.write(synthetic.generate(n_customers=args.generate_max, seed=7), base)
+                _tile(base, data, -(-n // args.generate_max))
+            print(f"made {n:,} customers in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         import pyarrow.parquet as pq
 
         events = pq.ParquetFile(data / "events.parquet").metadata.num_rows
         for flag in sorted(args.drivers):  # off first: its peak RSS is the smaller one
-            r = _score_once(
-                args.model, data, work / f"scores_{n}_{flag}.parquet", flag == "on", args.chunk, args.threads
-            )
+            r = _score_once(args.model, data, work / f"scores_{n}_{flag}.parquet", flag == "on", args)
             r.update(n=n, events=events, drivers=flag)
             rows.append(r)
             print(json.dumps(r), file=sys.stderr)
     (work / "bench_score.json").write_text(json.dumps(rows, indent=1))
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {args.threads} torch threads, chunk "
-        f"{args.chunk:,}; {time.strftime('%Y-%m-%d')}\n"
+        f"{args.chunk:,}, part_events {args.part_events:,}, batch {args.batch_size}, as_of {args.as_of}; "
+        f"{time.strftime('%Y-%m-%d')}\n"
     )
     print(
-        "| customers | events | drivers | ranked | seconds | customers/s | forward share | "
+        "| customers | events | parts | drivers | ranked | seconds | customers/s | forward share | "
         + " | ".join(PHASES)
         + " | peak RSS GB |"
     )
-    print("|" + "---|" * (8 + len(PHASES)))
+    print("|" + "---|" * (9 + len(PHASES)))
     for r in rows:
         ph = r["phases"]
         rss = f"{r['peak_rss_gb']:.2f}" if r["peak_rss_gb"] else "n/a"
         print(
-            f"| {r['n']:,} | {r['events']:,} | {r['drivers']} | {r['ranked']:,} | {r['seconds']:.1f} | "
+            f"| {r['n']:,} | {r['events']:,} | {r['parts']} | {r['drivers']} | {r['ranked']:,} | "
+            f"{r['seconds']:.1f} | "
             f"{r['customers'] / r['seconds']:,.0f} | {ph.get('forward', 0) / r['seconds']:.0%} | "
             + " | ".join(f"{ph.get(p, 0):.1f}" for p in PHASES)
             + f" | {rss} |"

@@ -17,15 +17,16 @@ from churnwatch.scoring import merge_shards
 @hydra.main(version_base="1.3", config_path="../conf", config_name="merge_scores")
 def main(cfg: DictConfig) -> None:
     parts = cfg.parts if not isinstance(cfg.parts, str) else sorted(glob.glob(cfg.parts))
-    frame = merge_shards(
+    customers = merge_shards(
         cfg.model_path,
         list(parts),
         cfg.output_path,
         playbook=OmegaConf.to_container(cfg.playbook, resolve=True),
         rank_by=str(cfg.rank_by),
         overwrite=bool(cfg.overwrite),
+        block_rows=int(cfg.block_rows),
     )
-    Console().print(f"merged {len(parts)} parts: {len(frame):,} customers → {cfg.output_path}")
+    Console().print(f"merged {len(parts)} parts: {customers:,} customers → {cfg.output_path}")
 
 
 if __name__ == "__main__":

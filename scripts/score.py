@@ -31,6 +31,9 @@ def main(cfg: DictConfig) -> None:
         rank_by=str(cfg.rank_by),
         value_days=int(cfg.value_days),
         shard=(int(cfg.num_shards), int(cfg.shard_index)) if cfg.num_shards else None,
+        part_events=int(cfg.part_events),
+        block_rows=int(cfg.block_rows),
+        spill_dir=cfg.spill_dir,
     )
     console = Console(width=max(Console().width, 100))
     if cfg.num_shards:
@@ -41,9 +44,9 @@ def main(cfg: DictConfig) -> None:
         return
     console.print(
         f"scored {result.scored:,} customers ({result.no_history:,} without history before as_of) "
-        f"in {result.seconds:.1f}s → {result.output_path}"
+        f"in {result.seconds:.1f}s ({result.parts} part(s)) → {result.output_path}"
     )
-    top = result.frame.head(int(cfg.show_top))
+    top = result.top.head(int(cfg.show_top))
     table = Table(
         title=f"riskiest {len(top)} customers (as of {top['as_of'].iloc[0].date() if len(top) else '-'})"
     )

@@ -182,7 +182,8 @@ def test_scoring_output_has_drivers_value_segments_and_actions(trained, tmp_path
         tmp_path / "a.parquet",
         playbook=playbook,
         **common,
-    ).frame
+    ).output_path
+    by_prob = pd.read_parquet(by_prob)
     active = by_prob[by_prob["risk_tier"].isin(["high", "medium", "low"])]
     assert (active["driver_1"] != "").mean() > 0.5
     insights = json.loads((root / "run" / "metrics.json").read_text())["insights"]
@@ -198,7 +199,8 @@ def test_scoring_output_has_drivers_value_segments_and_actions(trained, tmp_path
         rank_by="value_at_risk",
         drivers={"enabled": False},
         **common,
-    ).frame
+    ).output_path
+    by_value = pd.read_parquet(by_value)
     ranked = by_value.dropna(subset=["risk_rank"]).sort_values("risk_rank")
     assert ranked["value_at_risk"].is_monotonic_decreasing
     assert (by_value["driver_1"] == "").all()
@@ -264,15 +266,15 @@ def test_shards_merge_into_exactly_the_single_run(trained, tmp_path):
     root, _ = trained
     model, events = root / "run" / "model.pt", root / "data" / "events.parquet"
     common = dict(customers_path=root / "data" / "customers.parquet", as_of="2024-11-01", progress=False)
-    single = score_file(model, events, tmp_path / "single.parquet", **common).frame
+    single = pd.read_parquet(score_file(model, events, tmp_path / "single.parquet", **common).output_path)
     parts = [
         score_file(model, events, tmp_path / f"part-{i}.parquet", shard=(3, i), **common).output_path
         for i in range(3)
     ]
     sizes = [len(pd.read_parquet(p)) for p in parts]
     assert all(s > 0 for s in sizes) and sum(sizes) == len(single)
-    merged = merge_shards(model, parts, tmp_path / "merged.parquet")
-    pd.testing.assert_frame_equal(merged, single)
+    assert merge_shards(model, parts, tmp_path / "merged.parquet", block_rows=500) == len(single)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "merged.parquet"), single)
     # the shard of an id is the same in every process (a stable hash, not Python's salted hash())
     import subprocess
     import sys
@@ -293,3 +295,32 @@ def test_shards_merge_into_exactly_the_single_run(trained, tmp_path):
     assert len(seen) == 1 and str(shard_of(np.array(["C1", "C2", "x"]), 7)) in seen.pop()
     with pytest.raises(ValueError, match="shards"):
         merge_shards(model, parts[:2], tmp_path / "incomplete.parquet")
+
+
+def test_streamed_scoring_equals_in_memory_for_any_part_block_chunk_size_and_row_order(trained, tmp_path):
+    """score_file splits big inputs into customer-disjoint parts on disk and ranks block by block: the
+    output must not depend on any of those sizes, nor on the order of the input rows."""
+    root, _ = trained
+    model, events = root / "run" / "model.pt", root / "data" / "events.parquet"
+    customers = root / "data" / "customers.parquet"
+    scorer = Scorer(model, device="cpu", drivers={"steps": 2})
+    expected = scorer.score(events, customers, progress=False)  # in memory, default as_of
+    assert expected["risk_rank"].notna().sum() > 200
+    rows = pd.read_parquet(events)
+    shuffled = tmp_path / "shuffled.csv"
+    rows.sample(frac=1, random_state=1).to_csv(shuffled, index=False)
+    for source, sizes in (
+        (events, dict(part_events=len(rows) // 7, block_rows=97, chunk_customers=53)),
+        (shuffled, dict(part_events=5_000, block_rows=1_000_000, chunk_customers=100_000)),
+    ):
+        out = tmp_path / f"{source.stem}.parquet"
+        result = score_file(
+            model, source, out, customers, device="cpu", progress=False, drivers={"steps": 2}, **sizes
+        )
+        assert result.parts > 3
+        pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
+        assert result.customers == len(expected) and sum(result.tiers.values()) == len(expected)
+        pd.testing.assert_frame_equal(result.top, expected.head(len(result.top)))
+    assert not list(tmp_path.glob(".*"))  # the parts on disk are gone
+    with pytest.raises(ValueError, match="explicit as_of"):
+        score_file(model, events, tmp_path / "part.parquet", shard=(2, 0), progress=False)

@@ -61,7 +61,7 @@ def run_monitor(
             "(scripts/train.py embeds one)"
         )
     inp = scorer.load(events_path, customers_path, as_of)
-    scored = scorer.score_input(inp, progress=False).set_index("customer_id")
+    scored = scorer.rank(scorer.score_input(inp, progress=False)).set_index("customer_id")
     snaps = inp.snaps.subset(np.flatnonzero(scorer.in_population(inp.log, inp.snaps)))
     if len(snaps) == 0:
         lookback = scorer.data_cfg.get("lookback_days")

@@ -10,29 +10,46 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from churnwatch.data.batch import pad_batch
-from churnwatch.data.contract import CUSTOMER_ID, CustomerSchema, EventSchema, load_customers, load_events
+from churnwatch.data.contract import (
+    CUSTOMER_ID,
+    CustomerSchema,
+    DataValidationError,
+    EventSchema,
+    LoadedEvents,
+    ValidationReport,
+    count_rows,
+    load_customers,
+    load_events,
+    read_table,
+)
+from churnwatch.data.partition import read_part, split_file
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots, build_snapshot
 from churnwatch.drivers import IndicatorCatalogue, explain_sequences, top_drivers
 from churnwatch.export import load_artifact
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateTable
 from churnwatch.features.encode import EncodedSequences, SequenceEncoder
 from churnwatch.insights import Segments, context_frame, owners
-from churnwatch.models.thresholds import CAPACITY, Operating, assign_tiers
+from churnwatch.models.thresholds import Operating, tiers_at
 from churnwatch.playbook import Playbook
+from churnwatch.score_output import RANK_KEYS, atomic_output, rank_order, read_rank_keys, write_ranked
 
 log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = (
@@ -77,9 +94,14 @@ class ScoringResult:
     scored: int
     no_history: int
     seconds: float
-    frame: pd.DataFrame
+    top: pd.DataFrame
+    """The output's first rows: the riskiest customers (a shard part's first rows, unranked)."""
+    tiers: dict[str, int]
+    """Customers per risk tier (empty for a shard part: tiers need the whole population)."""
+    parts: int
+    """Customer-disjoint parts the input was streamed in (1: it fitted in one)."""
     phases: dict[str, float]
-    """Wall seconds per phase: read, encode, forward, segments, drivers, rank, write."""
+    """Wall seconds per phase: read (and validate), encode, forward, segments, drivers, rank, write."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -137,6 +159,10 @@ class Scorer:
         self.catalogue = IndicatorCatalogue.from_config(data.get("indicators"), trained.get("indicators"))
         center = trained.get("center")
         self.center = np.asarray(center if center else np.zeros(len(self.catalogue.names)), dtype=np.float64)
+        self.ranked_keys = np.zeros(0)
+        """The rank key of every ranked customer, riskiest first (set by `rank` / `write_ranked`)."""
+        self.customer_columns: pd.DataFrame | None = None
+        """An empty customers part, for parts none of whose customers has attributes."""
         self.explain = bool(self.drivers["enabled"]) and hasattr(self.model, "logit_from_embedded")
         if self.drivers["enabled"] and not self.explain:
             log.warning("%s has no attribution entry points: driver columns stay empty", model_path)
@@ -220,6 +246,55 @@ class Scorer:
                 out = pd.concat([out, self._drivers(log_, snaps, customers, seqs, table, agg)], axis=1)
         return out
 
+    def read_events(self, path: str | Path, frame: pd.DataFrame | None = None) -> LoadedEvents:
+        """Validate events under the training contract: the whole file, or (`frame`) one part of it."""
+        data = self.data_cfg
+        return load_events(
+            path,
+            self.schema,
+            policy=data.get("policy", "drop"),
+            end_date=None,
+            row_filter=data.get("filter"),
+            derived=data.get("derived"),
+            frame=frame,
+            part=frame is not None,
+        )
+
+    @property
+    def uses_customers(self) -> bool:
+        s = self.customer_schema
+        return bool(s.categorical or s.numeric or s.dates)
+
+    def read_customers(
+        self, path: str | Path | None, frame: pd.DataFrame | None = None
+    ) -> tuple[pd.DataFrame | None, ValidationReport | None]:
+        """The attributes the model uses (the whole file, or one part of it), or None without them."""
+        if not self.uses_customers or path is None:
+            return None, None
+        return load_customers(
+            path,
+            self.schema.customer_id,
+            self.customer_schema,
+            self.schema.timezone,
+            self.data_cfg.get("policy", "drop"),
+            frame=frame,
+        )
+
+    def prepare(
+        self, loaded: LoadedEvents, customers: pd.DataFrame | None, as_of: pd.Timestamp
+    ) -> ScoringInput:
+        """Validated events → one snapshot per customer at `as_of`."""
+        event_log = EventLog.from_frame(loaded.frame)
+        snaps = build_snapshot(event_log, as_of, horizon_days=None)
+        return ScoringInput(event_log, snaps, customers, as_of, np.asarray(loaded.input_ids))
+
+    def warn_without_customers(self, customers_path: str | Path | None) -> None:
+        if self.uses_customers and customers_path is None:
+            log.warning(
+                "the model uses customer attributes but no customers_path was given: they are scored as "
+                "unknown"
+            )
+
     def load(
         self,
         events_path: str | Path,
@@ -227,49 +302,104 @@ class Scorer:
         as_of: str | pd.Timestamp | None = None,
         shard: tuple[int, int] | None = None,
     ) -> ScoringInput:
-        """Raw files → the training contract → one snapshot per customer at `as_of` (monitoring reads the
-        same input the scorer does); `shard=(num_shards, index)` keeps that shard's customers."""
-        data = self.data_cfg
-        loaded = load_events(
-            events_path,
-            self.schema,
-            policy=data.get("policy", "drop"),
-            end_date=None,
-            row_filter=data.get("filter"),
-            derived=data.get("derived"),
-        )
-        customers = None
-        if self.customer_schema.categorical or self.customer_schema.numeric or self.customer_schema.dates:
-            if customers_path is None:
-                log.warning(
-                    "the model uses customer attributes but no customers_path was given: they are "
-                    "scored as unknown"
-                )
-            else:
-                customers, _ = load_customers(
-                    customers_path,
-                    self.schema.customer_id,
-                    self.customer_schema,
-                    self.schema.timezone,
-                    data.get("policy", "drop"),
-                )
+        """Raw files → the training contract → one snapshot per customer at `as_of`, all in memory
+        (monitoring reads its input this way; `score_file` streams it in parts);
+        `shard=(num_shards, index)` keeps that shard's customers."""
+        loaded = self.read_events(events_path)
+        self.warn_without_customers(customers_path)
+        customers, _ = self.read_customers(customers_path)
         frame, input_ids = loaded.frame, loaded.input_ids
         if shard is not None:
-            num_shards, index = shard
-            if not 0 <= index < num_shards:
-                raise ValueError(f"shard_index={index} must be in [0, num_shards={num_shards})")
-            input_ids = np.asarray(input_ids)[shard_of(input_ids, num_shards) == index]
+            check_shard(shard)
+            input_ids = np.asarray(input_ids)[shard_of(input_ids, shard[0]) == shard[1]]
             frame = frame[frame[CUSTOMER_ID].astype(str).isin(set(map(str, input_ids)))]
             if isinstance(frame[CUSTOMER_ID].dtype, pd.CategoricalDtype):
                 frame = frame.assign(**{CUSTOMER_ID: frame[CUSTOMER_ID].cat.remove_unused_categories()})
-        event_log = EventLog.from_frame(frame)
-        as_of_ts = (
-            pd.Timestamp(as_of).normalize()
-            if as_of is not None
-            else loaded.data_end.normalize() + pd.Timedelta(days=1)
-        )
-        snaps = build_snapshot(event_log, as_of_ts, horizon_days=None)
-        return ScoringInput(event_log, snaps, customers, as_of_ts, input_ids)
+        as_of_ts = default_as_of(as_of, loaded.data_end)
+        return self.prepare(replace(loaded, frame=frame, input_ids=input_ids), customers, as_of_ts)
+
+    def split_input(
+        self,
+        events_path: str | Path,
+        customers_path: str | Path | None,
+        shard: tuple[int, int] | None,
+        part_events: int,
+        spill: Path,
+    ) -> list[tuple[Path | None, Path | None]]:
+        """(events part, customers part) pairs of customer-disjoint parts on disk, about `part_events`
+        rows each; [(None, None)] when the input fits in one part and is read whole."""
+        rows = count_rows(events_path)
+        if rows is None:  # CSV: estimate from the size (about 64 bytes per row)
+            rows = os.path.getsize(events_path) // 64
+        n_parts = max(1, -(-int(rows) // max(1, int(part_events))))
+        if n_parts == 1 and shard is None:
+            return [(None, None)]
+        keep = shard_filter(shard) if shard is not None else None
+        events = split_file(events_path, self.schema.customer_id, n_parts, spill / "events", keep)
+        if not events:
+            raise DataValidationError(
+                f"{events_path}: no event rows (header only, or every row filtered out)"
+            )
+        customers: dict[str, Path] = {}
+        if self.uses_customers and customers_path is not None:
+            found = split_file(customers_path, self.schema.customer_id, n_parts, spill / "customers", keep)
+            customers = {p.name: p for p in found}
+            self.customer_columns = read_part(found[0]).iloc[:0] if found else None
+        return [(p, customers.get(p.name)) for p in events]
+
+    def read_part(
+        self,
+        events_path: str | Path,
+        customers_path: str | Path | None,
+        events_part: Path | None,
+        customers_part: Path | None,
+    ) -> tuple[LoadedEvents, pd.DataFrame | None, ValidationReport | None]:
+        """One part validated (events and the same customers' attributes); `None` parts: the whole files."""
+        events = read_table(events_path) if events_part is None else read_part(events_part)
+        loaded = self.read_events(events_path, events)
+        if customers_path is None or not self.uses_customers:
+            return loaded, None, None
+        if events_part is None:
+            customers = read_table(customers_path)
+        elif customers_part is not None:
+            customers = read_part(customers_part)
+        elif self.customer_columns is not None:  # none of this part's customers has attributes
+            customers = self.customer_columns
+        else:  # the customers file has no rows at all
+            customers = read_table(customers_path)
+        frame, report = self.read_customers(customers_path, customers)
+        return loaded, frame, report
+
+    def write_ranked(
+        self,
+        runs: list[str | Path],
+        output_path: str | Path,
+        overwrite: bool = False,
+        drop: tuple[str, ...] = (),
+        block_rows: int = 250_000,
+        on_block: Callable[[pd.DataFrame], None] | None = None,
+    ) -> int:
+        """Rank the rows of unranked runs (scored parts, shard parts) as one population and write them,
+        riskiest first, block by block: only the rank keys of the whole population are in memory."""
+        keys, _ = read_rank_keys(runs)
+        ids = keys.column(CUSTOMER_ID)
+        if pc.count_distinct(ids).as_py() != len(ids):
+            raise RuntimeError(
+                f"scoring lost or duplicated customers: {len(ids)} rows for distinct ids in {runs}"
+            )
+        order, n = rank_order(keys, self.rank_by)
+        self.ranked_keys = keys.column(self.rank_key).to_numpy()[order[:n]]
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        del keys, ids, order
+
+        def finish(block: pd.DataFrame, start: int) -> pd.DataFrame:
+            out = self.finish_block(block, start)
+            if on_block is not None:
+                on_block(out)
+            return out
+
+        return write_ranked(runs, output_path, position, finish, block_rows, overwrite, drop)
 
     def score(
         self,
@@ -280,20 +410,22 @@ class Scorer:
         progress: bool = True,
         shard: tuple[int, int] | None = None,
     ) -> pd.DataFrame:
-        """One row per customer id in the input, riskiest first. With `shard=(num_shards, index)`, only the
-        customers whose id hashes to that shard, and not yet ranked: `merge_shards` ranks the union."""
+        """In memory: one row per customer id in the input, riskiest first. With `shard=(num_shards,
+        index)`, only the customers whose id hashes to that shard, not yet ranked. `score_file` does the
+        same in bounded memory."""
         with self.timed("read"):
             inp = self.load(events_path, customers_path, as_of, shard)
-        return self.score_input(inp, chunk_customers, progress, shard)
+        scored = self.score_input(inp, chunk_customers, progress)
+        if shard is not None:
+            return scored.assign(num_shards=shard[0], shard_index=shard[1])
+        with self.timed("rank"):
+            return self.rank(scored)
 
     def score_input(
-        self,
-        inp: ScoringInput,
-        chunk_customers: int = 100_000,
-        progress: bool = True,
-        shard: tuple[int, int] | None = None,
+        self, inp: ScoringInput, chunk_customers: int = 100_000, progress: bool = True
     ) -> pd.DataFrame:
-        """`score` on an input already loaded (`load`), for callers that also read it otherwise."""
+        """Every customer of a loaded input (`load`, or one part of a streamed file) exactly once, with
+        its probability, value, segments and drivers; not yet ranked (`rank`, `write_ranked`)."""
         event_log, snaps, customers, as_of_ts = inp.log, inp.snaps, inp.customers, inp.as_of
         parts = []
         chunks = range(0, len(snaps), max(1, chunk_customers))
@@ -318,15 +450,11 @@ class Scorer:
             **{
                 CUSTOMER_ID: snaps.customer_ids(event_log).astype(str),
                 "n_events": (snaps.end - snaps.start).astype(np.int64),
-                "last_event_at": pd.to_datetime(last),
+                "last_event_at": pd.to_datetime(last).astype("datetime64[ns]"),
                 "lapsed": ~self.in_population(event_log, snaps),
             }
         )
-        complete = self._complete(scored, inp.input_ids, as_of_ts)
-        if shard is None:
-            with self.timed("rank"):
-                return self.rank(complete)
-        return complete.assign(num_shards=shard[0], shard_index=shard[1])
+        return self._complete(scored, inp.input_ids, as_of_ts)
 
     def _complete(self, scored: pd.DataFrame, input_ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
         """Add the customers without history before as_of (training base rate, no_history=True) and check
@@ -360,30 +488,41 @@ class Scorer:
         return out
 
     def rank(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Rank and tier the population by `rank_by`, then the playbook's action. Lapsed customers (no event
+        """Rank and tier the population by `rank_by`, then the playbook's action, in memory (`score_file`
+        does it block by block with the same `rank_order` and `finish_block`). Lapsed customers (no event
         within the training lookback) keep their probability but get tier 'lapsed' and no rank; customers
         without history get tier 'unknown'. A pure function of the rows, so shards merge exactly."""
-        key = "churn_probability" if self.rank_by == "probability" else "value_at_risk"
-        group = np.where(frame["no_history"], 2, np.where(frame["lapsed"], 1, 0))
-        out = (
-            frame.assign(_group=group)
-            .sort_values(["_group", key, CUSTOMER_ID], ascending=[True, False, True], kind="stable")
-            .drop(columns="_group")
-            .reset_index(drop=True)
-        )
-        n = int((group == 0).sum())
-        p = out["churn_probability"].to_numpy()[:n]
-        ranked = out[key].to_numpy()[:n]
-        out["risk_tier"] = np.where(out["no_history"], "unknown", "lapsed").astype(object)
+        keys = pa.Table.from_pandas(frame[list(RANK_KEYS)], preserve_index=False)
+        order, n = rank_order(keys, self.rank_by)
+        self.ranked_keys = frame[self.rank_key].to_numpy()[order[:n]]
+        return self.finish_block(frame.iloc[order].reset_index(drop=True), 0)
+
+    @property
+    def rank_key(self) -> str:
+        return "churn_probability" if self.rank_by == "probability" else "value_at_risk"
+
+    def finish_block(self, block: pd.DataFrame, start: int) -> pd.DataFrame:
+        """Rows `start..start + len(block)` of the ranked order → tier, rank, percentile and action.
+        Needs `ranked_keys`: the rank key of every ranked customer, riskiest first."""
+        ranked_keys = self.ranked_keys
+        n = len(ranked_keys)
+        position = np.arange(start, start + len(block))
+        ranked = position < n
+        out = block.reset_index(drop=True)
+        tier = np.where(out["no_history"], "unknown", "lapsed").astype(object)
         # capacity rules fill the tiers in rank order; cut-off rules read the probability
-        rule = self.operating.rule.get("tiers", "top_fraction")
-        out.loc[: n - 1, "risk_tier"] = assign_tiers(ranked if rule in CAPACITY else p, self.operating)
-        out["risk_rank"] = pd.array([pd.NA] * len(out), dtype="Int64")
-        out.loc[: n - 1, "risk_rank"] = np.arange(1, n + 1)
+        tier[ranked] = tiers_at(
+            position[ranked], out["churn_probability"].to_numpy()[ranked], n, self.operating
+        )
+        out["risk_tier"] = tier
+        out["risk_rank"] = pd.array(np.where(ranked, position + 1, 0), dtype="Int64")
+        out.loc[~ranked, "risk_rank"] = pd.NA
         # percentile among ranked customers: share at or below this risk (100 = the riskiest)
-        out["percentile"] = np.nan
-        below = n - np.searchsorted(-ranked, -ranked, side="left")
-        out.loc[: n - 1, "percentile"] = 100.0 * below / max(n, 1)
+        key = out[self.rank_key].to_numpy()[ranked]
+        below = n - np.searchsorted(-ranked_keys, -key, side="left")
+        percentile = np.full(len(out), np.nan)
+        percentile[ranked] = 100.0 * below / max(n, 1)
+        out["percentile"] = percentile
         out["action"] = self.playbook.assign(out)
         return out[list(OUTPUT_COLUMNS)]
 
@@ -410,28 +549,31 @@ def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
     )
 
 
-def write_atomic(frame: pd.DataFrame, path: str | Path, overwrite: bool = False) -> Path:
-    """Parquet or CSV (by extension) via a temp file and a rename: never a partial file at `path`."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".csv"):
-        raise ValueError(f"{path}: output must end in .parquet or .csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        if suffix == ".parquet":
-            frame.to_parquet(tmp, index=False)
-        else:
-            frame.to_csv(tmp, index=False)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+def check_shard(shard: tuple[int, int]) -> None:
+    num_shards, index = shard
+    if not 0 <= index < num_shards:
+        raise ValueError(f"shard_index={index} must be in [0, num_shards={num_shards})")
+
+
+def default_as_of(as_of: str | pd.Timestamp | None, data_end: pd.Timestamp) -> pd.Timestamp:
+    """`as_of` as a day, or the day after the data's last valid event."""
+    return (
+        pd.Timestamp(as_of).normalize() if as_of is not None else data_end.normalize() + pd.Timedelta(days=1)
+    )
+
+
+def shard_filter(shard: tuple[int, int]) -> Callable[[pd.Series], np.ndarray]:
+    """Rows of a shard, from canonical ids (one hash per distinct id); null ids go to shard 0, so their
+    rows are reported once."""
+    num_shards, index = shard
+
+    def keep(ids: pd.Series) -> np.ndarray:
+        categories = np.asarray(ids.cat.categories, dtype=object)
+        inside = shard_of(categories, num_shards) == index
+        codes = ids.cat.codes.to_numpy()
+        return np.where(codes >= 0, inside[np.maximum(codes, 0)] if len(categories) else False, index == 0)
+
+    return keep
 
 
 def merge_shards(
@@ -441,29 +583,34 @@ def merge_shards(
     playbook: Mapping[str, Any] | None = None,
     rank_by: str = "probability",
     overwrite: bool = False,
-) -> pd.DataFrame:
+    block_rows: int = 250_000,
+) -> int:
     """The union of shard parts, ranked and tiered as one run over the whole population (row for row the
-    output of an unsharded run). Refuses missing or repeated shards and customers in two parts."""
-    parts = [pd.read_parquet(p) if str(p).endswith(".parquet") else pd.read_csv(p) for p in part_paths]
-    if not parts:
+    output of an unsharded run), in bounded memory. Refuses missing or repeated shards and customers in
+    two parts. Returns the number of customers written."""
+    if not part_paths:
         raise ValueError("merge: no shard parts given")
-    frame = pd.concat(parts, ignore_index=True)
-    if "num_shards" not in frame:
-        raise ValueError(f"{part_paths[0]}: not a shard part (score with num_shards=N shard_index=i)")
-    counts = frame.groupby("shard_index").size()
-    expected = int(frame["num_shards"].iloc[0])
-    if frame["num_shards"].nunique() != 1 or sorted(counts.index) != list(range(expected)):
-        raise ValueError(f"merge: parts cover shards {sorted(counts.index)} of num_shards={expected}")
-    if len(parts) != expected or frame[CUSTOMER_ID].duplicated().any():
-        raise ValueError(f"merge: {len(parts)} parts for {expected} shards, or a customer in two parts")
-    if frame["as_of"].nunique() != 1:
+    for path in part_paths:
+        if "num_shards" not in pq.read_schema(path).names:
+            raise ValueError(f"{path}: not a shard part (score with num_shards=N shard_index=i)")
+    info = pd.concat(
+        [pd.read_parquet(p, columns=["num_shards", "shard_index", "as_of"]) for p in part_paths],
+        ignore_index=True,
+    )
+    shards = sorted(info["shard_index"].unique())
+    expected = int(info["num_shards"].iloc[0])
+    if info["num_shards"].nunique() != 1 or shards != list(range(expected)):
+        raise ValueError(f"merge: parts cover shards {shards} of num_shards={expected}")
+    if len(part_paths) != expected:
+        raise ValueError(f"merge: {len(part_paths)} parts for {expected} shards")
+    if info["as_of"].nunique() != 1:
         raise ValueError(
-            f"merge: parts were scored at different as_of dates {sorted(frame['as_of'].unique())}"
+            f"merge: parts were scored at different as_of dates {sorted(info['as_of'].unique())}"
         )
     scorer = Scorer(model_path, "cpu", playbook=playbook, rank_by=rank_by, drivers={"enabled": False})
-    ranked = scorer.rank(frame.drop(columns=["num_shards", "shard_index"]))
-    write_atomic(ranked, output_path, overwrite)
-    return ranked
+    return scorer.write_ranked(
+        part_paths, output_path, overwrite, drop=("num_shards", "shard_index"), block_rows=block_rows
+    )
 
 
 def score_file(
@@ -482,16 +629,141 @@ def score_file(
     rank_by: str = "probability",
     value_days: int = 90,
     shard: tuple[int, int] | None = None,
+    part_events: int = 2_000_000,
+    block_rows: int = 250_000,
+    spill_dir: str | Path | None = None,
 ) -> ScoringResult:
-    """Score a file (or one shard of its customers) and write the result atomically."""
+    """Score a file (or one shard of its customers) and write the result atomically, in memory bounded
+    by `part_events`, not by the input: inputs with more rows are split into customer-disjoint parts on
+    disk (`spill_dir`, default: next to the output), scored part by part, then ranked block by block.
+    The output is the same for any part, block and chunk size."""
     t0 = time.perf_counter()
-    if Path(output_path).exists() and not overwrite:
+    output_path = Path(output_path)
+    if output_path.exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
+    if output_path.suffix.lower() not in (".parquet", ".csv"):
+        raise ValueError(f"{output_path}: output must end in .parquet or .csv")
+    if shard is not None:
+        check_shard(shard)
+        if output_path.suffix.lower() != ".parquet":
+            raise ValueError(
+                f"{output_path}: a shard part must be .parquet (scripts/merge_scores.py reads it)"
+            )
+        if as_of is None:
+            raise ValueError("sharded scoring needs an explicit as_of: every shard must score the same date")
     scorer = Scorer(model_path, device, batch_size, drivers, playbook, rank_by, value_days)
-    frame = scorer.score(events_path, customers_path, as_of, chunk_customers, progress, shard)
-    with scorer.timed("write"):
-        path = write_atomic(frame, output_path, overwrite)
-    no_hist = int(frame["no_history"].sum())
+    scorer.warn_without_customers(customers_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    spill = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.spill-", dir=spill_dir or output_path.parent))
+    try:
+        with scorer.timed("read"):
+            parts = scorer.split_input(events_path, customers_path, shard, part_events, spill)
+        if as_of is None and len(parts) > 1:  # the data's end is a property of the whole file
+            with scorer.timed("read"):
+                ends = [scorer.read_events(events_path, read_part(ev)).data_end for ev, _ in parts]
+            valid = [e for e in ends if not pd.isna(e)]
+            if not valid:
+                raise DataValidationError(f"{events_path}: no valid events left after validation")
+            as_of = default_as_of(None, max(valid))
+        stats = _Stats()
+        run = spill / "scored.parquet"
+        with (
+            atomic_output(output_path if shard else run, overwrite or not shard) as append,
+            Progress(
+                TextColumn("scoring"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("parts"),
+                TimeElapsedColumn(),
+                disable=not progress,
+            ) as bar,
+        ):
+            task = bar.add_task("score", total=len(parts))
+            for events_part, customers_part in parts:
+                with scorer.timed("read"):
+                    loaded, customers, customer_report = scorer.read_part(
+                        events_path, customers_path, events_part, customers_part
+                    )
+                stats.add(loaded.report, customer_report)
+                if len(parts) == 1:  # the whole file: its checks can run now
+                    stats.check(events_path)
+                inp = scorer.prepare(loaded, customers, default_as_of(as_of, loaded.data_end))
+                scored = scorer.score_input(inp, chunk_customers, progress=False)
+                if shard is not None:
+                    scored = scored.assign(num_shards=shard[0], shard_index=shard[1])
+                with scorer.timed("write"):
+                    append(scored)
+                stats.count(scored)
+                bar.advance(task)
+            stats.check(events_path)
+            stats.log()
+        if shard is None:
+            with scorer.timed("rank"):
+                scorer.write_ranked(
+                    [run], output_path, overwrite, block_rows=block_rows, on_block=stats.block
+                )
+        else:
+            stats.top = pd.read_parquet(output_path).head(TOP_ROWS)
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
     return ScoringResult(
-        path, len(frame), len(frame) - no_hist, no_hist, time.perf_counter() - t0, frame, dict(scorer.seconds)
+        output_path,
+        stats.customers,
+        stats.customers - stats.no_history,
+        stats.no_history,
+        time.perf_counter() - t0,
+        stats.top,
+        stats.tiers,
+        len(parts),
+        dict(scorer.seconds),
     )
+
+
+TOP_ROWS = 100
+
+
+@dataclass
+class _Stats:
+    """What a streamed scoring run adds up over its parts and blocks."""
+
+    customers: int = 0
+    no_history: int = 0
+    events: ValidationReport | None = None
+    customer_report: ValidationReport | None = None
+    tiers: dict[str, int] = field(default_factory=dict)
+    top: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def add(self, events: ValidationReport, customers: ValidationReport | None) -> None:
+        for name, report in (("events", events), ("customer_report", customers)):
+            if report is None:
+                continue
+            if getattr(self, name) is None:
+                setattr(self, name, ValidationReport(report.path))
+            getattr(self, name).add(report)
+
+    def count(self, scored: pd.DataFrame) -> None:
+        self.customers += len(scored)
+        self.no_history += int(scored["no_history"].sum())
+
+    def check(self, events_path: str | Path) -> None:
+        """The whole file's checks, once all its parts are validated (or the one part that is all)."""
+        report = self.events
+        if report.rows_read == report.rows_filtered:
+            raise DataValidationError(
+                f"{events_path}: no event rows (header only, or every row filtered out)"
+            )
+        if report.rows_kept == 0:
+            raise DataValidationError(
+                f"{events_path}: no valid events left after validation ({report.summary()})"
+            )
+
+    def log(self) -> None:
+        for r in (self.events, self.customer_report):
+            if r is not None:
+                (log.warning if r.dropped else log.info)("%s", r.summary())
+
+    def block(self, block: pd.DataFrame) -> None:
+        for tier, n in block["risk_tier"].value_counts().items():
+            self.tiers[str(tier)] = self.tiers.get(str(tier), 0) + int(n)
+        if len(self.top) < TOP_ROWS:
+            self.top = pd.concat([self.top, block.head(TOP_ROWS - len(self.top))], ignore_index=True)

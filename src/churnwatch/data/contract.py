@@ -7,7 +7,8 @@ module returns, so a new event log needs a config change, never a code change.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -143,6 +144,16 @@ class ValidationReport:
             "examples": dict(self.examples),
         }
 
+    def add(self, other: ValidationReport) -> None:
+        """Count another part of the same file in (streamed scoring validates it part by part)."""
+        self.rows_read += other.rows_read
+        self.rows_filtered += other.rows_filtered
+        self.rows_kept += other.rows_kept
+        for reason, n in other.dropped.items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+        for reason, text in other.examples.items():
+            self.examples.setdefault(reason, text)
+
     def summary(self) -> str:
         dropped = ", ".join(f"{k}={v}" for k, v in self.dropped.items()) or "none"
         return (
@@ -154,36 +165,85 @@ class ValidationReport:
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read parquet or CSV by extension; a missing or unreadable file is a one-line error."""
-    path = Path(path)
+def _suffixes(path: Path) -> str:
+    return "".join(path.suffixes).lower()
+
+
+def _is_parquet(path: Path) -> bool:
+    return _suffixes(path).endswith((".parquet", ".pq"))
+
+
+def _csv_options(path: Path, columns: Sequence[str] | None) -> dict[str, Any]:
+    """Every CSV is read the same way: text as-is (ids keep leading zeros), BOM stripped, "" is null."""
+    return {
+        "sep": "\t" if ".tsv" in _suffixes(path) else ",",
+        "dtype": str,
+        "keep_default_na": False,
+        "na_values": [""],
+        "encoding": "utf-8-sig",
+        "usecols": lambda c: columns is None or c in columns,
+    }
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Any read failure of `path` as one line naming it."""
     if not path.exists():
         raise DataValidationError(f"{path}: file not found")
-    suffixes = "".join(path.suffixes).lower()
+    suffixes = _suffixes(path)
+    if not (_is_parquet(path) or suffixes.endswith((".csv", ".csv.gz", ".tsv", ".txt"))):
+        raise DataValidationError(
+            f"{path}: unsupported file type {suffixes or '(none)'}; use .parquet or .csv"
+        )
     try:
-        if suffixes.endswith((".parquet", ".pq")):
-            available = pq.read_schema(path).names
-            wanted = [c for c in columns if c in available] if columns is not None else None
-            # self_destruct frees Arrow buffers as columns convert, so the peak is ~one copy, not two
-            return pq.read_table(path, columns=wanted).to_pandas(self_destruct=True, split_blocks=True)
-        if suffixes.endswith((".csv", ".csv.gz", ".tsv", ".txt")):
-            sep = "\t" if ".tsv" in suffixes else ","
-            frame = pd.read_csv(
-                path,
-                sep=sep,
-                dtype=str,
-                keep_default_na=False,
-                na_values=[""],
-                encoding="utf-8-sig",
-                usecols=lambda c: columns is None or c in columns,
-            )
-            return frame
+        yield
     except (pa.ArrowException, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataValidationError(f"{path}: cannot read file ({first})") from exc
     except pd.errors.EmptyDataError as exc:
         raise DataValidationError(f"{path}: file is empty (no header, no rows)") from exc
-    raise DataValidationError(f"{path}: unsupported file type {suffixes or '(none)'}; use .parquet or .csv")
+
+
+def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read parquet or CSV by extension; a missing or unreadable file is a one-line error."""
+    path = Path(path)
+    with _reading(path):
+        if _is_parquet(path):
+            available = pq.read_schema(path).names
+            wanted = [c for c in columns if c in available] if columns is not None else None
+            # self_destruct frees Arrow buffers as columns convert, so the peak is ~one copy, not two
+            return pq.read_table(path, columns=wanted).to_pandas(self_destruct=True, split_blocks=True)
+        return pd.read_csv(path, **_csv_options(path, columns))
+    raise AssertionError("unreachable")  # _reading raises for other types
+
+
+def count_rows(path: str | Path) -> int | None:
+    """Rows of a parquet file from its footer (None for CSV: counting would mean reading it)."""
+    path = Path(path)
+    with _reading(path):
+        return pq.ParquetFile(path).metadata.num_rows if _is_parquet(path) else None
+
+
+def iter_batches(path: str | Path, batch_rows: int = 1_000_000) -> Iterator[pa.Table]:
+    """The file in consecutive row batches, in bounded memory, as Arrow tables with one schema for all
+    batches: parquet as stored (dictionaries decoded, so batches concatenate), CSV as text like
+    `read_table` reads it."""
+    path = Path(path)
+    with _reading(path):
+        if _is_parquet(path):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+                yield pa.Table.from_batches([batch]).combine_chunks().cast(_decoded(batch.schema))
+            return
+        with pd.read_csv(path, chunksize=batch_rows, **_csv_options(path, None)) as chunks:
+            for chunk in chunks:
+                schema = pa.schema([(str(c), pa.string()) for c in chunk.columns])
+                yield pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
+
+
+def _decoded(schema: pa.Schema) -> pa.Schema:
+    return pa.schema(
+        [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema]
+    )
 
 
 def _require_columns(frame: pd.DataFrame, needed: Sequence[str], path: str, what: str) -> None:
@@ -293,11 +353,20 @@ def _to_datetime(text: pd.Series, fmt: str | None, utc: bool) -> pd.Series:
 class _Checker:
     """Collects invalid-row masks per reason, then drops them or fails, per the policy."""
 
-    def __init__(self, frame: pd.DataFrame, raw: pd.DataFrame, report: ValidationReport, policy: Policy):
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        raw: pd.DataFrame,
+        report: ValidationReport,
+        policy: Policy,
+        file_rows: np.ndarray | None = None,
+    ):
         if policy not in ("drop", "fail"):
             raise ConfigError(f"data.policy must be 'drop' or 'fail', got {policy!r}")
         self.frame, self.raw, self.report, self.policy = frame, raw, report, policy
         self.bad = np.zeros(len(frame), dtype=bool)
+        self.file_rows = file_rows
+        """Each row's number in the file, when rows were filtered or partitioned (else: its position)."""
 
     def flag(self, reason: str, column: str, mask: np.ndarray | pd.Series, what: str) -> None:
         mask = np.asarray(mask, dtype=bool) & ~self.bad
@@ -306,14 +375,15 @@ class _Checker:
             return
         pos = int(np.flatnonzero(mask)[0])
         example = _describe_row(self.raw, pos)
+        row = int(self.file_rows[pos]) if self.file_rows is not None else pos
         if self.policy == "fail":
             raise DataValidationError(
-                f"{self.report.path}: column {column!r}: {n:,} row(s) {what}, e.g. row {pos}: {example} "
+                f"{self.report.path}: column {column!r}: {n:,} row(s) {what}, e.g. row {row}: {example} "
                 f"(set data.policy=drop to drop them)"
             )
         self.bad |= mask
         self.report.dropped[reason] = self.report.dropped.get(reason, 0) + n
-        self.report.examples.setdefault(reason, f"column {column!r}, row {pos}: {example}")
+        self.report.examples.setdefault(reason, f"column {column!r}, row {row}: {example}")
 
     def result(self) -> pd.DataFrame:
         kept = self.frame.loc[~self.bad] if self.bad.any() else self.frame
@@ -383,12 +453,16 @@ def load_events(
     row_filter: str | None = None,
     derived: Mapping[str, str] | None = None,
     frame: pd.DataFrame | None = None,
+    part: bool = False,
 ) -> LoadedEvents:
     """Load (or take `frame`), filter, derive, rename to canonical columns, validate, sort.
 
     `end_date` is the data's end: events after it are 'in the future' (default: now). `row_filter` is a
     pandas query that selects the rows that are events at all (e.g. excluding cancellations);
-    `derived` adds columns from pandas `eval` expressions before validation.
+    `derived` adds columns from pandas `eval` expressions before validation. A `frame`'s index holds each
+    row's number in the file (what error messages cite). `part=True`: the frame is one customer-disjoint
+    part of the file (streamed scoring), so no valid row left is not an error, and the caller logs the
+    summary of all parts.
     """
     path = str(path)
     raw = frame if frame is not None else read_table(path)
@@ -408,12 +482,13 @@ def load_events(
     )
     for col, role in zip(needed, roles, strict=True):
         _require_columns(raw, [col], path, f"data.{'customer_id' if role == 'customer id' else role}")
+    file_rows = raw.index.to_numpy()
     raw = raw[needed].reset_index(drop=True)
-    if len(raw) == 0:
+    if len(raw) == 0 and not part:
         raise DataValidationError(f"{path}: no event rows (header only, or every row filtered out)")
 
     out = pd.DataFrame(index=raw.index)
-    check = _Checker(out, raw, report, policy)
+    check = _Checker(out, raw, report, policy, file_rows)
     out[CUSTOMER_ID] = normalise_ids(raw[schema.customer_id])
     check.flag("null_id", schema.customer_id, out[CUSTOMER_ID].isna(), "have a null or empty customer id")
     ts = parse_timestamps(raw[schema.timestamp], schema.timezone, schema.timestamp_format)
@@ -440,7 +515,7 @@ def load_events(
     check.flag("duplicate", ",".join(needed), dup, "are exact duplicates of an earlier row")
     keep = order[~check.bad[order]] if order is not None else np.flatnonzero(~check.bad)
     report.rows_kept = len(keep)
-    if len(keep) == 0:
+    if len(keep) == 0 and not part:
         raise DataValidationError(f"{path}: no valid events left after validation ({report.summary()})")
     del raw, check  # the raw columns are no longer needed: free them before the final copy
     out[TIMESTAMP] = out[TIMESTAMP].astype("datetime64[ns]")
@@ -450,10 +525,8 @@ def load_events(
     kept = kept.reset_index(drop=True)
     if len(keep) < len(codes):
         kept[CUSTOMER_ID] = kept[CUSTOMER_ID].cat.remove_unused_categories()
-    if report.dropped:
-        log.warning("%s", report.summary())
-    else:
-        log.info("%s", report.summary())
+    if not part:
+        (log.warning if report.dropped else log.info)("%s", report.summary())
     return LoadedEvents(
         frame=kept, schema=schema, report=report, data_end=kept[TIMESTAMP].max(), input_ids=input_ids
     )
@@ -533,19 +606,26 @@ def query_mask(frame: pd.DataFrame, query: str | None, what: str) -> np.ndarray:
 
 
 def load_customers(
-    path: str | Path, id_column: str, schema: CustomerSchema, timezone: str = "UTC", policy: Policy = "drop"
+    path: str | Path,
+    id_column: str,
+    schema: CustomerSchema,
+    timezone: str = "UTC",
+    policy: Policy = "drop",
+    frame: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, ValidationReport]:
-    """Static attributes, one row per customer, indexed by canonical customer id."""
+    """Static attributes, one row per customer, indexed by canonical customer id (from `frame`, one
+    customer-disjoint part of the file, when given; the caller then logs the summary of all parts)."""
     path = str(path)
-    raw = read_table(path)
+    raw = frame if frame is not None else read_table(path)
     report = ValidationReport(path=path, rows_read=len(raw))
     needed = [id_column, *schema.categorical, *(f.name for f in schema.numeric), *schema.dates]
     _require_columns(raw, [id_column], path, "customer id")
     for col in needed[1:]:
         _require_columns(raw, [col], path, "data.customers field")
+    file_rows = raw.index.to_numpy()
     raw = raw[needed].reset_index(drop=True)
     out = pd.DataFrame(index=raw.index)
-    check = _Checker(out, raw, report, policy)
+    check = _Checker(out, raw, report, policy, file_rows)
     out[CUSTOMER_ID] = normalise_ids(raw[id_column])
     check.flag("null_id", id_column, out[CUSTOMER_ID].isna(), "have a null or empty customer id")
     check.flag(
@@ -565,7 +645,8 @@ def load_customers(
     kept = check.result()
     kept = kept.set_index(kept[CUSTOMER_ID].astype(str)).drop(columns=[CUSTOMER_ID])
     kept.index.name = CUSTOMER_ID
-    (log.warning if report.dropped else log.info)("%s", report.summary())
+    if frame is None:
+        (log.warning if report.dropped else log.info)("%s", report.summary())
     return kept, report
 
 

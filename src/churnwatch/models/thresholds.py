@@ -147,14 +147,22 @@ def assign_tiers(probs: np.ndarray, op: Operating, by_capacity: bool = True) -> 
     """'high' / 'medium' / 'low' per probability. Capacity rules fill the tiers by rank (ties: first
     come first) when `by_capacity`; otherwise, and for cut-off rules, probability >= cut."""
     probs = np.asarray(probs, dtype=np.float64)
+    positions = np.empty(len(probs), dtype=np.int64)
+    positions[np.argsort(-probs, kind="stable")] = np.arange(len(probs))
+    return tiers_at(positions, probs, len(probs), op, by_capacity)
+
+
+def tiers_at(
+    positions: np.ndarray, probs: np.ndarray, n: int, op: Operating, by_capacity: bool = True
+) -> np.ndarray:
+    """Tiers of rows at rank `positions` (0 = the riskiest) of a ranked population of `n`, with their
+    probabilities: capacity rules go by position, cut-off rules by probability. Scoring calls it block
+    by block of the ranked order."""
     rule = ThresholdRule.from_config(op.rule) if op.rule else ThresholdRule()
     if by_capacity and rule.tiers in CAPACITY:
-        high, medium = rule.capacity(len(probs))
-        order = np.argsort(-probs, kind="stable")
-        out = np.full(len(probs), TIERS[2], dtype=object)
-        out[order[:high]] = TIERS[0]
-        out[order[high : high + medium]] = TIERS[1]
-        return out.astype(str)
+        high, medium = rule.capacity(n)
+        return np.where(positions < high, TIERS[0], np.where(positions < high + medium, TIERS[1], TIERS[2]))
+    probs = np.asarray(probs, dtype=np.float64)
     return np.where(probs >= op.high_cut, TIERS[0], np.where(probs >= op.medium_cut, TIERS[1], TIERS[2]))
 
 

@@ -1,0 +1,167 @@
+"""Score files: written atomically, block by block, in rank order, in memory bounded by the block size.
+
+Scoring writes each part of the population unranked (a run); ranking needs the whole population, but only
+a few narrow columns of it (`RANK_KEYS`). `write_ranked` sorts those, then routes every run's rows to the
+block of the ranked order they belong to, and writes the blocks in order. Shard parts are runs too, so
+merging shards and ranking one run share this path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from churnwatch.data.contract import CUSTOMER_ID
+
+RANK_KEYS = (CUSTOMER_ID, "churn_probability", "value_at_risk", "no_history", "lapsed")
+POSITION = "__rank_position__"
+BlockRanker = Callable[[pd.DataFrame, int], pd.DataFrame]
+"""Rows `start..start + len(block)` of the ranked order (sorted) and `start` → the finished output rows."""
+
+
+class RunWriter:
+    """Unranked score rows appended frame by frame to one parquet file, with one schema throughout."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if not len(frame):
+            return
+        if self._writer is None:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            self._writer = pq.ParquetWriter(self.path, table.schema)
+        else:
+            table = pa.Table.from_pandas(frame, schema=self._writer.schema, preserve_index=False)
+        self._writer.write_table(table)
+        self.rows += len(frame)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+@contextmanager
+def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Callable[[pd.DataFrame], None]]:
+    """A function that appends frames to `path` (parquet or CSV by extension) through a temp file renamed
+    into place at the end: a crash never leaves a partial file at `path`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise ValueError(f"{path}: output must end in .parquet or .csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    writer: list[pq.ParquetWriter] = []
+    state = {"header": True}
+
+    def append(frame: pd.DataFrame) -> None:
+        if suffix == ".csv":
+            frame.to_csv(tmp, index=False, header=state["header"], mode="w" if state["header"] else "a")
+            state["header"] = False
+            return
+        if not writer:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            writer.append(pq.ParquetWriter(tmp, table.schema))
+        else:
+            table = pa.Table.from_pandas(frame, schema=writer[0].schema, preserve_index=False)
+        writer[0].write_table(table)
+
+    try:
+        yield append
+        if writer:
+            writer[0].close()
+        elif suffix == ".parquet":
+            raise ValueError(f"{path}: nothing was written")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if writer:
+            writer[0].close()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_atomic(frame: pd.DataFrame, path: str | Path, overwrite: bool = False) -> Path:
+    """One frame, parquet or CSV by extension, via a temp file and a rename."""
+    with atomic_output(path, overwrite) as append:
+        append(frame)
+    return Path(path)
+
+
+def rank_order(keys: pa.Table, rank_by: str) -> tuple[np.ndarray, int]:
+    """Positions of `keys` rows in rank order and how many are ranked: the population by `rank_by`
+    (riskiest first), then lapsed customers, then those without history; ties by customer id."""
+    no_history = keys.column("no_history").to_numpy(zero_copy_only=False)
+    lapsed = keys.column("lapsed").to_numpy(zero_copy_only=False)
+    group = np.where(no_history, 2, np.where(lapsed, 1, 0)).astype(np.int8)
+    key = "churn_probability" if rank_by == "probability" else "value_at_risk"
+    table = pa.table({"group": group, "key": keys.column(key), "id": keys.column(CUSTOMER_ID)})
+    order = pc.sort_indices(
+        table, sort_keys=[("group", "ascending"), ("key", "descending"), ("id", "ascending")]
+    )
+    return order.to_numpy(), int((group == 0).sum())
+
+
+def read_rank_keys(runs: Sequence[str | Path]) -> tuple[pa.Table, np.ndarray]:
+    """The rank keys of every run, concatenated, and where each run starts in them."""
+    tables = [pq.read_table(r, columns=list(RANK_KEYS)) for r in runs]
+    starts = np.cumsum([0] + [t.num_rows for t in tables])
+    return pa.concat_tables(tables).combine_chunks(), starts
+
+
+def write_ranked(
+    runs: Sequence[str | Path],
+    output_path: str | Path,
+    position: np.ndarray,
+    finish: BlockRanker,
+    block_rows: int = 250_000,
+    overwrite: bool = False,
+    drop: Sequence[str] = (),
+    spill_dir: str | Path | None = None,
+) -> int:
+    """Write the rows of `runs` to `output_path` in the order `position` gives them (position[i] is the
+    rank position of the i-th row of the runs, concatenated), `block_rows` at a time through `finish`."""
+    n = len(position)
+    blocks = max(1, -(-n // block_rows))
+    starts = np.cumsum([0] + [pq.ParquetFile(r).metadata.num_rows for r in runs])
+    spill = Path(tempfile.mkdtemp(prefix=".rank-", dir=spill_dir or Path(output_path).parent))
+    try:
+        writers = [RunWriter(spill / f"block-{b:05d}.parquet") for b in range(blocks)]
+        for i, run in enumerate(runs):  # route each run's rows to the block of their rank position
+            frame = pd.read_parquet(run).drop(columns=list(drop))
+            pos = position[starts[i] : starts[i + 1]]
+            frame[POSITION] = pos
+            block = pos // block_rows
+            order = np.argsort(block, kind="stable")
+            bounds = np.searchsorted(block[order], np.arange(blocks + 1))
+            for b in np.flatnonzero(np.diff(bounds)):
+                writers[b].write(frame.iloc[order[bounds[b] : bounds[b + 1]]])
+            del frame
+        for w in writers:
+            w.close()
+        with atomic_output(output_path, overwrite) as append:
+            for b, w in enumerate(writers):
+                if not w.rows:
+                    continue
+                block = pd.read_parquet(w.path).sort_values(POSITION).reset_index(drop=True)
+                w.path.unlink()
+                append(finish(block.drop(columns=POSITION), b * block_rows))
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return n
