@@ -33,7 +33,7 @@ from churnwatch.scoring import score_file
 r = score_file({model!r}, {str(data / "events.parquet")!r}, {str(out)!r},
                customers_path={str(data / "customers.parquet")!r}, device="cpu", chunk_customers={args.chunk},
                overwrite=True, progress=False, drivers={{"enabled": {drivers}}}, as_of={args.as_of!r},
-               part_events={args.part_events}, batch_size={args.batch_size})
+               part_events={args.part_events}, batch_size={args.batch_size}, precision={args.precision!r})
 print(json.dumps({{"seconds": r.seconds, "customers": r.customers, "phases": r.phases, "parts": r.parts,
                    "ranked": sum(r.tiers.get(t, 0) for t in ("high", "medium", "low"))}}))
 """
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--part-events", type=int, default=2_000_000)
     parser.add_argument("--as-of", default=None, help="score date (default: the day after the last event)")
     parser.add_argument("--generate-max", type=int, default=1_000_000)
@@ -113,7 +114,8 @@ def main() -> None:
     (work / "bench_score.json").write_text(json.dumps(rows, indent=1))
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {args.threads} torch threads, chunk "
-        f"{args.chunk:,}, part_events {args.part_events:,}, batch {args.batch_size}, as_of {args.as_of}; "
+        f"{args.chunk:,}, part_events {args.part_events:,}, batch {args.batch_size}, {args.precision}, "
+        f"as_of {args.as_of}; "
         f"{time.strftime('%Y-%m-%d')}\n"
     )
     print(

@@ -34,6 +34,7 @@ def main(cfg: DictConfig) -> None:
         part_events=int(cfg.part_events),
         block_rows=int(cfg.block_rows),
         spill_dir=cfg.spill_dir,
+        precision=str(cfg.precision),
     )
     console = Console(width=max(Console().width, 100))
     if cfg.num_shards:

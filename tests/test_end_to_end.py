@@ -324,3 +324,21 @@ def test_streamed_scoring_equals_in_memory_for_any_part_block_chunk_size_and_row
     assert not list(tmp_path.glob(".*"))  # the parts on disk are gone
     with pytest.raises(ValueError, match="explicit as_of"):
         score_file(model, events, tmp_path / "part.parquet", shard=(2, 0), progress=False)
+
+
+def test_bf16_scoring_is_close_to_fp32_and_independent_of_batch_and_chunk_size(trained):
+    root, _ = trained
+    events, customers = root / "data" / "events.parquet", root / "data" / "customers.parquet"
+    common = dict(as_of="2024-11-01", progress=False)
+    fp32 = Scorer(root / "run" / "model.pt", device="cpu", drivers={"enabled": False})
+    bf16 = Scorer(
+        root / "run" / "model.pt", device="cpu", drivers={"enabled": False}, precision="bf16", batch_size=64
+    )
+    exact = fp32.score(events, customers, **common).set_index("customer_id")
+    fast = bf16.score(events, customers, **common).set_index("customer_id")
+    assert sorted(fast.index) == sorted(exact.index)
+    gap = (fast["churn_probability"] - exact.loc[fast.index, "churn_probability"]).abs()
+    assert 0 < gap.max() < 0.03  # bf16 really ran, and stays close
+    bf16.batch_size = 1000
+    again = bf16.score(events, customers, chunk_customers=101, **common).set_index("customer_id")
+    pd.testing.assert_frame_equal(again, fast)

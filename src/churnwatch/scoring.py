@@ -74,6 +74,9 @@ OUTPUT_COLUMNS = (
     "action",
 )
 RANK_BY = ("probability", "value_at_risk")
+PRECISIONS = ("fp32", "bf16")
+"""Forward precision: fp32 reproduces training's probabilities; bf16 autocast is faster where the CPU
+(AVX-512 BF16, AMX) or GPU has bf16 units, and moves probabilities by ~1e-2 at most (docs/BENCHMARKS.md)."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,12 @@ class Scorer:
         playbook: Mapping[str, Any] | None = None,
         rank_by: str = "probability",
         value_days: int = 90,
+        precision: str = "fp32",
     ):
         self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         self.seconds: dict[str, float] = {}
         """Wall seconds per phase (read, encode, forward, segments, drivers, rank, write), summed."""
         self.model, self.meta = load_artifact(model_path, self.device)
@@ -174,7 +181,8 @@ class Scorer:
         for i in range(0, len(order), self.batch_size):
             rows = order[i : i + self.batch_size]
             b = pad_batch(seqs, rows, agg).to(self.device)
-            out = self.model(b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+                out = self.model(b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates)
             probs[rows] = out.float().cpu().numpy()
         return probs
 
@@ -630,6 +638,7 @@ def score_file(
     value_days: int = 90,
     shard: tuple[int, int] | None = None,
     part_events: int = 2_000_000,
+    precision: str = "fp32",
     block_rows: int = 250_000,
     spill_dir: str | Path | None = None,
 ) -> ScoringResult:
@@ -651,7 +660,7 @@ def score_file(
             )
         if as_of is None:
             raise ValueError("sharded scoring needs an explicit as_of: every shard must score the same date")
-    scorer = Scorer(model_path, device, batch_size, drivers, playbook, rank_by, value_days)
+    scorer = Scorer(model_path, device, batch_size, drivers, playbook, rank_by, value_days, precision)
     scorer.warn_without_customers(customers_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     spill = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.spill-", dir=spill_dir or output_path.parent))
