@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -42,6 +43,55 @@ def test_ddp_two_cpu_processes_write_one_run_dir(tmp_path):
     _, meta = load_artifact(run / "model.pt")
     assert meta["config"]["trainer"]["strategy"] == "ddp"
     assert sorted(p.name for p in run.iterdir() if p.suffix == ".pt") == ["model.pt"]
+
+
+@pytest.mark.slow
+def test_ddp_under_torchrun_writes_one_run_dir(tmp_path):
+    """Launched from outside (torchrun here, srun on SLURM), every rank runs Hydra itself: the shared
+    CHURNWATCH_RUN_ID names their one run dir, and only rank zero exports."""
+    runs = tmp_path / "runs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(REPO / "scripts" / "train.py"),
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.devices=2",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        f"data.data_dir={tmp_path / 'data'}",
+        "data.generate.n_customers=1500",
+        f"paths.log_dir={runs}",
+        "model.net.hidden=16",
+        "model.net.d_model=16",
+        "report=false",
+    ]
+    # the data first, so the two ranks do not race to generate it
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "make_synthetic.py"),
+            f"out_dir={tmp_path / 'data'}",
+            "n_customers=1500",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    env = {**os.environ, "CHURNWATCH_RUN_ID": "job-42", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # the second rank joined
+    assert [p.name for p in (runs / "train").iterdir()] == ["job-42"]
+    run = runs / "train" / "job-42"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.5 < metrics["test"]["test/auroc"] <= 1
+    _, meta = load_artifact(run / "model.pt")
+    assert meta["config"]["trainer"]["devices"] == 2
 
 
 @pytest.mark.slow
