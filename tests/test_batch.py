@@ -77,3 +77,17 @@ def test_bucket_sampler_splits_batches_across_ranks():
 def test_unshuffled_sampler_keeps_order_without_bucketing():
     batches = list(LengthBucketBatchSampler(np.ones(5), 2, shuffle=False, bucket=False))
     assert batches == [[0, 1], [2, 3], [4]]
+
+
+def test_device_gathered_batches_equal_host_padded_batches():
+    """DeviceSequenceDataset (the GPU path; here on the CPU device) builds the very tensors pad_batch does."""
+    from churnwatch.data.device_batches import DeviceSequenceDataset
+
+    seqs = _seqs([4, 1, 7, 2, 5])
+    agg = np.random.default_rng(0).normal(size=(len(seqs), 3)).astype(np.float32)
+    rows = np.array([3, 0, len(seqs) - 1, 1, 3])
+    host = pad_batch(seqs, rows, agg)
+    device = DeviceSequenceDataset(seqs, agg, "cpu")[rows]
+    for name in ("cat", "num", "lengths", "static_cat", "static_num", "aggregates", "label", "index"):
+        a, b = getattr(host, name), getattr(device, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name

@@ -6,11 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from churnwatch.data.batch import LengthBucketBatchSampler, SequenceDataset
 from churnwatch.data.dataset import ChurnData, Split, as_dict, build_data
+from churnwatch.data.device_batches import DeviceSequenceDataset, device_bytes
 from churnwatch.features.encode import TIME_NUMERIC
 
 TIME_FEATURES = tuple(f.name for f in TIME_NUMERIC)
@@ -59,9 +62,26 @@ class ChurnDataModule(L.LightningDataModule):
             "train_positive_rate": self.train_positive_rate,
         }
 
-    def _dataset(self, split: Split) -> SequenceDataset:
+    def _dataset(self, split: Split) -> SequenceDataset | DeviceSequenceDataset:
         agg = self.data.featurizer.scale(split.aggregates) if self.cfg.get("use_aggregates") else None
-        return SequenceDataset(split.seqs, agg)
+        device = self._gather_device(split, agg)
+        return DeviceSequenceDataset(split.seqs, agg, device) if device else SequenceDataset(split.seqs, agg)
+
+    def _gather_device(self, split: Split, agg: np.ndarray | None) -> torch.device | None:
+        """Where batches are gathered: `data.device_gather` true → the trainer's device; auto → a CUDA
+        device when the split takes under `device_gather_fraction` of its free memory; else None (host)."""
+        mode = str(self.cfg.get("device_gather", "auto")).lower()
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if mode in ("false", "off", "none"):
+            return None
+        if mode in ("true", "on"):
+            return device
+        if device.type != "cuda":
+            return None
+        free, _ = torch.cuda.mem_get_info(device)
+        fits = device_bytes(split.seqs, agg) < float(self.cfg.get("device_gather_fraction", 0.25)) * free
+        return device if fits else None
 
     def _loader(self, split: Split, train: bool) -> DataLoader:
         cfg = self.cfg
@@ -76,13 +96,15 @@ class ChurnDataModule(L.LightningDataModule):
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
         )
-        workers = int(cfg.get("num_workers", 0))
+        dataset = self._dataset(split)
+        on_device = isinstance(dataset, DeviceSequenceDataset)  # nothing to load in workers or pin
+        workers = 0 if on_device else int(cfg.get("num_workers", 0))
         return DataLoader(
-            self._dataset(split),
+            dataset,
             sampler=sampler,
             batch_size=None,
             num_workers=workers,
-            pin_memory=bool(cfg.get("pin_memory", False)),
+            pin_memory=bool(cfg.get("pin_memory", False)) and not on_device,
             persistent_workers=workers > 0,
         )
 
