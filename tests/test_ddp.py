@@ -14,12 +14,9 @@ from churnwatch.export import load_artifact
 from .conftest import REPO
 
 
-@pytest.mark.slow
-def test_ddp_two_cpu_processes_write_one_run_dir(tmp_path):
-    runs = tmp_path / "runs"
-    cmd = [
-        sys.executable,
-        str(REPO / "scripts" / "train.py"),
+def _ddp_overrides(tmp_path, runs) -> list[str]:
+    """A tiny DDP run on 2 CPU processes (gloo)."""
+    return [
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.precision=32-true",
@@ -32,6 +29,12 @@ def test_ddp_two_cpu_processes_write_one_run_dir(tmp_path):
         "model.net.hidden=16",
         "model.net.d_model=16",
     ]
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_write_one_run_dir(tmp_path):
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *_ddp_overrides(tmp_path, runs)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dirs = [p for p in (runs / "train").iterdir() if p.is_dir()]
@@ -57,17 +60,7 @@ def test_ddp_under_torchrun_writes_one_run_dir(tmp_path):
         "--standalone",
         "--nproc-per-node=2",
         str(REPO / "scripts" / "train.py"),
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.precision=32-true",
-        "trainer.devices=2",
-        "trainer.max_epochs=1",
-        "trainer.enable_progress_bar=false",
-        f"data.data_dir={tmp_path / 'data'}",
-        "data.generate.n_customers=1500",
-        f"paths.log_dir={runs}",
-        "model.net.hidden=16",
-        "model.net.d_model=16",
+        *_ddp_overrides(tmp_path, runs),
         "report=false",
     ]
     # the data first, so the two ranks do not race to generate it
