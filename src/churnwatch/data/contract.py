@@ -231,8 +231,17 @@ def iter_batches(path: str | Path, batch_rows: int = 1_000_000) -> Iterator[pa.T
     path = Path(path)
     with _reading(path):
         if _is_parquet(path):
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-                yield pa.Table.from_batches([batch]).combine_chunks().cast(_decoded(batch.schema))
+            # row group by row group: the reader's own iter_batches reads ahead, and its memory grew
+            # with the file (1.8 GB for 145M rows against 0.3 GB this way)
+            source = pq.ParquetFile(path)
+            schema = _decoded(source.schema_arrow)
+            for g in range(source.metadata.num_row_groups):
+                if source.metadata.row_group(g).num_rows <= 2 * batch_rows:
+                    batches = source.read_row_group(g).to_batches()
+                else:  # a huge row group: stream it in batches
+                    batches = source.iter_batches(batch_size=batch_rows, row_groups=[g])
+                for batch in batches:
+                    yield pa.Table.from_batches([batch]).combine_chunks().cast(schema)
             return
         with pd.read_csv(path, chunksize=batch_rows, **_csv_options(path, None)) as chunks:
             for chunk in chunks:
