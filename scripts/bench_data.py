@@ -1,9 +1,14 @@
 """Benchmark the data path: synthetic generation, then load/validate, snapshot, encode and aggregate.
 
     python scripts/bench_data.py [--customers 1000000] [--work-dir /tmp/churnwatch_bench]
+    python scripts/bench_data.py --cache [--customers 20000] [--work-dir /tmp/churnwatch_bench_cache]
 
 Each phase runs in a fresh Python process so its peak RSS is its own. Prints a markdown table for
 docs/BENCHMARKS.md and writes the raw figures as JSON next to the generated data.
+
+`--cache` measures the encoded-snapshot cache instead: `build_data` on the default synthetic config without
+the cache, on a miss (empty cache dir: build + write the entry) and on a hit, each in a fresh process, plus
+the entry's size on disk and the time to hash the events file (the part of a hit that grows with input).
 """
 
 from __future__ import annotations
@@ -128,6 +133,115 @@ def phase_encode(args: argparse.Namespace) -> dict:
     return out
 
 
+def phase_cache(args: argparse.Namespace) -> dict:
+    """One build_data through the cache (or without it, phase "uncached"), then touch what training reads."""
+    from hydra import compose, initialize_config_dir
+
+    from churnwatch.data.cache import content_digest
+    from churnwatch.data.dataset import as_dict, build_data
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    overrides = [
+        f"data.data_dir={args.work_dir}",
+        "paths.output_dir=.",
+        f"data.cache.dir={args.work_dir / 'cache'}",
+        f"data.cache.enabled={args.phase != 'uncached'}",
+    ]
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = as_dict(compose("prepare", overrides=overrides).data)
+    out: dict = {"phase": args.phase}
+    with PeakRSS() as mem:
+        t = time.perf_counter()
+        data = build_data(cfg)
+        out["build_s"] = time.perf_counter() - t
+        # What an epoch reads: every encoded event and aggregate row once (pages come in from the mapping).
+        t = time.perf_counter()
+        checksum = 0.0
+        for name in ("train", "val", "test"):
+            split = getattr(data, name)
+            for arr in (split.seqs.cat, split.seqs.num, split.aggregates.values):
+                for i in range(0, len(arr), 1 << 20):
+                    checksum += float(np.asarray(arr[i : i + (1 << 20)], dtype=np.float64).sum())
+        out["read_arrays_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        out["log_events"] = len(data.log)  # a hit converts the memory-mapped event frame here, on first use
+        out["event_log_s"] = time.perf_counter() - t
+    out["peak_extra_gb"] = (mem.peak - mem.base) / 2**30
+    out["encoded_events"] = int(sum(len(getattr(data, n).seqs.cat) for n in ("train", "val", "test")))
+    out["rows"] = int(sum(len(getattr(data, n)) for n in ("train", "val", "test")))
+    out["checksum"] = checksum
+    events_path = Path(cfg["events_path"])
+    out["events_file_mb"] = events_path.stat().st_size / 1e6
+    for how in ("full", "sampled"):
+        t = time.perf_counter()
+        content_digest(events_path, how)
+        out[f"hash_{how}_s"] = time.perf_counter() - t
+    entries = [p for p in (args.work_dir / "cache").glob("*") if p.is_dir() and not p.name.startswith(".")]
+    out["entry_mb"] = sum(f.stat().st_size for e in entries for f in e.iterdir()) / 1e6
+    sizes = {f.name: f.stat().st_size for e in entries for f in e.iterdir()}
+    out["events_arrow_mb"] = sizes.get("events.arrow", 0) / 1e6
+    per_event = [v for k, v in sizes.items() if k.endswith((".cat.npy", ".num.npy"))]
+    out["per_event_arrays_mb"] = sum(per_event) / 1e6
+    return out
+
+
+def _run_phase(phase: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--phase",
+        phase,
+        "--customers",
+        str(args.customers),
+        "--work-dir",
+        str(args.work_dir),
+        "--cutoff",
+        args.cutoff,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.exit(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main_cache(args: argparse.Namespace) -> None:
+    """Uncached vs cache miss vs cache hit, each in a fresh process, on one generated data set."""
+    import shutil
+
+    marker = args.work_dir / "customers.txt"
+    if not marker.exists() or marker.read_text() != str(args.customers):
+        _run_phase("generate", args)
+        marker.write_text(str(args.customers))
+    shutil.rmtree(args.work_dir / "cache", ignore_errors=True)
+    runs = {p: _run_phase(p, args) for p in ("uncached", "cold", "warm")}
+    runs["machine"] = (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"numpy {np.__version__}, python {platform.python_version()}"
+    )
+    (args.work_dir / "bench_cache.json").write_text(json.dumps(runs, indent=2))
+    u, c, w = runs["uncached"], runs["cold"], runs["warm"]
+    assert u["checksum"] == c["checksum"] == w["checksum"], "cached arrays differ from the uncached build"
+    print(
+        f"{args.customers:,} customers, {w['log_events']:,} events ({w['events_file_mb']:.0f} MB parquet), "
+        f"{w['rows']:,} snapshot rows, {w['encoded_events']:,} encoded events\n"
+    )
+    print("| build_data | time | then read all arrays | event log ready | peak RSS + |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, r in (("no cache", u), ("cache miss (build + write)", c), ("cache hit", w)):
+        print(
+            f"| {name} | {r['build_s']:.2f} s | {r['read_arrays_s']:.2f} s | {r['event_log_s']:.2f} s | "
+            f"{r['peak_extra_gb']:.2f} GB |"
+        )
+    print(
+        f"\nentry {w['entry_mb']:.0f} MB on disk "
+        f"({w['entry_mb'] * 1e6 / w['log_events']:.0f} B per input event): "
+        f"events.arrow {w['events_arrow_mb']:.0f} MB, per-event arrays {w['per_event_arrays_mb']:.0f} MB "
+        f"({w['per_event_arrays_mb'] * 1e6 / w['encoded_events']:.0f} B per encoded event); "
+        f"hashing the events file: full {w['hash_full_s']:.3f} s, sampled {w['hash_sampled_s']:.3f} s"
+    )
+    print(f"\n{runs['machine']}; figures in {args.work_dir / 'bench_cache.json'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -135,11 +249,17 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1_000_000)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/churnwatch_bench"))
     parser.add_argument("--cutoff", default="2024-10-15")
-    parser.add_argument("--phase", choices=["generate", "encode"], help=argparse.SUPPRESS)
+    parser.add_argument("--cache", action="store_true", help="measure the encoded-snapshot cache")
+    phases = ["generate", "encode", "uncached", "cold", "warm"]
+    parser.add_argument("--phase", choices=phases, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
-        result = {"generate": phase_generate, "encode": phase_encode}[args.phase](args)
+        phases = {"generate": phase_generate, "encode": phase_encode}
+        result = phases.get(args.phase, phase_cache)(args)
         print(json.dumps(result))
+        return
+    if args.cache:
+        main_cache(args)
         return
     results = {}
     for phase in ("generate", "encode"):

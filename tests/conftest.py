@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,19 @@ def make_events(
                 }
             )
     return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def encoded_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Configs composed in tests (and scripts they start) cache encoded snapshots here, never in the repo."""
+    path = tmp_path_factory.mktemp("cache")
+    before = os.environ.get("CHURNWATCH_CACHE_DIR")
+    os.environ["CHURNWATCH_CACHE_DIR"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("CHURNWATCH_CACHE_DIR", None)
+    else:
+        os.environ["CHURNWATCH_CACHE_DIR"] = before
 
 
 @pytest.fixture

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +90,50 @@ class SequenceDataset(Dataset):
 
     def __getitem__(self, rows: Sequence[int] | np.ndarray) -> EventBatch:
         return pad_batch(self.seqs, np.asarray(rows), self.aggregates)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started with spawn/forkserver receive the dataset pickled. A memory-mapped
+        # array would pickle its whole contents into every worker: send the file to reopen instead.
+        state = dict(self.__dict__)
+        state["seqs"] = {f.name: MappedArray.wrap(getattr(self.seqs, f.name)) for f in fields(self.seqs)}
+        state["aggregates"] = MappedArray.wrap(self.aggregates)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state["seqs"] = EncodedSequences(**{k: MappedArray.unwrap(v) for k, v in state["seqs"].items()})
+        state["aggregates"] = MappedArray.unwrap(state["aggregates"])
+        self.__dict__.update(state)
+
+
+@dataclass(frozen=True)
+class MappedArray:
+    """A read-only memory map of a whole file, by reference: what a pickled worker dataset carries."""
+
+    filename: str
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+    order: str
+
+    @classmethod
+    def wrap(cls, arr: Any) -> Any:
+        """A reference for a read-only map of a whole file (np.load(mmap_mode="r")), else `arr` itself."""
+        # a view of a map has an array as its base; only the whole file can be reopened by name
+        whole_file = isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap)
+        if whole_file and arr.mode == "r" and arr.filename:
+            order = "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+            return cls(arr.filename, int(arr.offset), arr.dtype.str, tuple(arr.shape), order)
+        return arr
+
+    @staticmethod
+    def unwrap(value: Any) -> Any:
+        if not isinstance(value, MappedArray):
+            return value
+        if not math.prod(value.shape):
+            return np.zeros(value.shape, dtype=value.dtype)  # nothing to map
+        return np.memmap(
+            value.filename, value.dtype, "r", offset=value.offset, shape=value.shape, order=value.order
+        )
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):

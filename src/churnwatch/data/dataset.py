@@ -7,7 +7,7 @@ same fitted objects transform validation and test (and, later, scoring) data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from churnwatch.data.snapshots import (
     label_event_mask,
 )
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec, AggregateTable
-from churnwatch.features.encode import EncodedSequences, SequenceEncoder
+from churnwatch.features.encode import Allocator, EncodedSequences, SequenceEncoder
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class Split:
 class ChurnData:
     """Everything training needs, plus the fitted encoders scoring will reuse."""
 
-    log: EventLog
+    _log: EventLog | Callable[[], EventLog]
+    """The event log, or how to get it: a cache hit converts its memory-mapped events only on first use."""
     customers: pd.DataFrame | None
     plan: SnapshotPlan
     encoder: SequenceEncoder
@@ -73,6 +74,13 @@ class ChurnData:
     val: Split
     test: Split | None
     reports: list[ValidationReport] = field(default_factory=list)
+
+    @property
+    def log(self) -> EventLog:
+        """The validated event log (insights, drivers and predictions read it after training)."""
+        if not isinstance(self._log, EventLog):
+            self._log = self._log()
+        return self._log
 
     def sizes(self) -> dict[str, int]:
         """Rows and customers per split (recorded in metrics.json; the x axis of learning curves)."""
@@ -132,9 +140,7 @@ def load_sources(
     cfg: Mapping[str, Any],
 ) -> tuple[LoadedEvents, pd.DataFrame | None, pd.DataFrame | None, list[ValidationReport]]:
     """Events, customers and labels as the config maps them, validated."""
-    events_path = Path(cfg["events_path"])
-    if not events_path.exists() and cfg.get("generate"):
-        _generate(events_path.parent, cfg["generate"])
+    events_path = ensure_events(cfg)
     schema = EventSchema.from_config(cfg)
     events = load_events(
         events_path,
@@ -167,6 +173,14 @@ def load_sources(
     return events, customers, labels, reports
 
 
+def ensure_events(cfg: Mapping[str, Any]) -> Path:
+    """The events path, after generating synthetic data there if it is missing and `generate` is set."""
+    events_path = Path(cfg["events_path"])
+    if not events_path.exists() and cfg.get("generate"):
+        _generate(events_path.parent, cfg["generate"])
+    return events_path
+
+
 def _generate(out_dir: Path, params: Mapping[str, Any]) -> None:
     from churnwatch.data import synthetic
 
@@ -175,8 +189,24 @@ def _generate(out_dir: Path, params: Mapping[str, Any]) -> None:
 
 
 def build_data(cfg: Mapping[str, Any] | DictConfig) -> ChurnData:
-    """Run the whole data path for a `data` config (see conf/data/synthetic.yaml for the keys)."""
+    """Run the whole data path for a `data` config (see conf/data/synthetic.yaml for the keys).
+
+    With `cache.enabled`, the result comes from (or goes to) the encoded-snapshot cache
+    (churnwatch.data.cache): re-runs and sweep trials with the same inputs and config skip all of it.
+    """
     cfg = as_dict(cfg)
+    ensure_events(cfg)
+    from churnwatch.data.cache import EncodedCache  # the cache stores this module's types: import late
+
+    cache = EncodedCache.from_config(cfg)
+    if cache is None:
+        return encode_data(cfg)
+    return cache.get_or_build(lambda alloc_for: encode_data(cfg, alloc_for))
+
+
+def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | None = None) -> ChurnData:
+    """The data path itself, uncached; `alloc_for(split)` places each split's per-event arrays (the cache
+    passes memory-mapped files)."""
     events, customers, labels, reports = load_sources(cfg)
     event_log = EventLog.from_frame(events.frame)
     plan = SnapshotPlan.from_config(cfg)
@@ -216,10 +246,11 @@ def build_data(cfg: Mapping[str, Any] | DictConfig) -> ChurnData:
     )
     featurizer.fit(event_log, train_snaps, customers)
 
-    def split(snaps: Snapshots) -> Split:
+    def split(name: str, snaps: Snapshots) -> Split:
+        alloc = alloc_for(name) if alloc_for is not None else None
         return Split(
             snaps,
-            encoder.transform(event_log, snaps, customers),
+            encoder.transform(event_log, snaps, customers, alloc=alloc),
             featurizer.transform(event_log, snaps, customers),
         )
 
@@ -229,8 +260,8 @@ def build_data(cfg: Mapping[str, Any] | DictConfig) -> ChurnData:
         plan,
         encoder,
         featurizer,
-        split(train_snaps),
-        split(val_snaps),
-        split(test_snaps) if test_snaps is not None else None,
+        split("train", train_snaps),
+        split("val", val_snaps),
+        split("test", test_snaps) if test_snaps is not None else None,
         reports,
     )

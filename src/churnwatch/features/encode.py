@@ -7,7 +7,7 @@ model can carry it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,6 +107,14 @@ class NumericStats:
             np.asarray(state["mean"], dtype=np.float64),
             np.asarray(state["std"], dtype=np.float64),
         )
+
+
+Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
+"""(name, shape, dtype) → an uninitialised array to encode into (numpy memory, or a memory-mapped file)."""
+
+
+def _allocate(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
 
 
 TIME_NUMERIC = (NumericField("gap_days", transform="log1p"), NumericField("age_days", transform="log1p"))
@@ -257,11 +265,14 @@ class SequenceEncoder:
         snaps: Snapshots,
         customers: pd.DataFrame | None = None,
         chunk_events: int = 1_000_000,
+        alloc: Allocator | None = None,
     ) -> EncodedSequences:
         """Encode each snapshot row's last `max_len` events before its cutoff.
 
         Works through the rows in chunks of about `chunk_events` events, writing into preallocated
-        outputs, so temporary memory stays bounded however large the log is.
+        outputs, so temporary memory stays bounded however large the log is. `alloc(name, shape, dtype)`
+        provides the per-event outputs ("cat", "num"); the encoded-snapshot cache passes memory-mapped
+        files, so encoding a log larger than RAM never holds its encoding in memory.
         """
         if not self.is_fitted:
             raise RuntimeError("SequenceEncoder.transform called before fit")
@@ -269,8 +280,9 @@ class SequenceEncoder:
         offsets = np.concatenate([[0], np.cumsum(snaps.end - start)]).astype(np.int64)
         frame = log.frame
         n_fields = len(self.schema.categorical)
-        cat = np.empty((int(offsets[-1]), n_fields + len(TIME_CATEGORICAL)), dtype=np.int32)
-        num = np.empty((int(offsets[-1]), len(self.num_names)), dtype=np.float32)
+        alloc = alloc or _allocate
+        cat = alloc("cat", (int(offsets[-1]), n_fields + len(TIME_CATEGORICAL)), np.dtype(np.int32))
+        num = alloc("num", (int(offsets[-1]), len(self.num_names)), np.dtype(np.float32))
         tables, codes = {}, {}
         for name in self.schema.categorical:
             tables[name], codes[name] = self.vocabs[name].table(frame[name])
