@@ -118,11 +118,9 @@ def rank_order(keys: pa.Table, rank_by: str) -> tuple[np.ndarray, int]:
     return order.to_numpy(), int((group == 0).sum())
 
 
-def read_rank_keys(runs: Sequence[str | Path]) -> tuple[pa.Table, np.ndarray]:
-    """The rank keys of every run, concatenated, and where each run starts in them."""
-    tables = [pq.read_table(r, columns=list(RANK_KEYS)) for r in runs]
-    starts = np.cumsum([0] + [t.num_rows for t in tables])
-    return pa.concat_tables(tables).combine_chunks(), starts
+def read_rank_keys(runs: Sequence[str | Path]) -> pa.Table:
+    """The rank keys of every run, concatenated in run order."""
+    return pa.concat_tables([pq.read_table(r, columns=list(RANK_KEYS)) for r in runs]).combine_chunks()
 
 
 def write_ranked(
@@ -139,20 +137,23 @@ def write_ranked(
     rank position of the i-th row of the runs, concatenated), `block_rows` at a time through `finish`."""
     n = len(position)
     blocks = max(1, -(-n // block_rows))
-    starts = np.cumsum([0] + [pq.ParquetFile(r).metadata.num_rows for r in runs])
     spill = Path(tempfile.mkdtemp(prefix=".rank-", dir=spill_dir or Path(output_path).parent))
     try:
         writers = [RunWriter(spill / f"block-{b:05d}.parquet") for b in range(blocks)]
-        for i, run in enumerate(runs):  # route each run's rows to the block of their rank position
-            frame = pd.read_parquet(run).drop(columns=list(drop))
-            pos = position[starts[i] : starts[i + 1]]
-            frame[POSITION] = pos
-            block = pos // block_rows
-            order = np.argsort(block, kind="stable")
-            bounds = np.searchsorted(block[order], np.arange(blocks + 1))
-            for b in np.flatnonzero(np.diff(bounds)):
-                writers[b].write(frame.iloc[order[bounds[b] : bounds[b + 1]]])
-            del frame
+        first = 0
+        for run in runs:  # route each run's rows to the block of their rank position, a row group at a time
+            source = pq.ParquetFile(run)
+            for g in range(source.metadata.num_row_groups):
+                frame = source.read_row_group(g).to_pandas().drop(columns=list(drop))
+                pos = position[first : first + len(frame)]
+                first += len(frame)
+                frame[POSITION] = pos
+                block = pos // block_rows
+                order = np.argsort(block, kind="stable")
+                bounds = np.searchsorted(block[order], np.arange(blocks + 1))
+                for b in np.flatnonzero(np.diff(bounds)):
+                    writers[b].write(frame.iloc[order[bounds[b] : bounds[b + 1]]])
+                del frame
         for w in writers:
             w.close()
         with atomic_output(output_path, overwrite) as append:

@@ -389,7 +389,7 @@ class Scorer:
     ) -> int:
         """Rank the rows of unranked runs (scored parts, shard parts) as one population and write them,
         riskiest first, block by block: only the rank keys of the whole population are in memory."""
-        keys, _ = read_rank_keys(runs)
+        keys = read_rank_keys(runs)
         ids = keys.column(CUSTOMER_ID)
         if pc.count_distinct(ids).as_py() != len(ids):
             raise RuntimeError(
