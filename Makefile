@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow lint demo data bench-data bench-score clean
+.PHONY: venv test test-slow lint demo data bench-data bench-score bench-lifestream clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,25 @@ bench-data: venv
 # Scoring throughput and peak RSS with the demo's model (run `make demo` first).
 bench-score: venv
 	$(BIN)/python scripts/bench_score.py --model checkpoints/demo/model.pt --customers 200000 1000000
+
+# Side by side with pytorch-lifestream (ptls), in its own venv: same data and model sizes, epoch time and
+# test AUROC (BENCH_ARGS, e.g. "--customers 100000 --epochs 4"). ptls pins spacy==3.7.4, which would
+# downgrade numpy to 1.x: it goes in with --no-deps, plus transformers (ptls.nn imports it).
+PTLS_VENV ?= .venv-ptls
+PTLS_STAMP := $(PTLS_VENV)/.installed
+BENCH_ARGS ?=
+
+$(PTLS_STAMP): pyproject.toml Makefile
+	test -x $(PTLS_VENV)/bin/python || $(PYTHON) -m venv $(PTLS_VENV)
+	$(PTLS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PTLS_VENV)/bin/python -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PTLS_VENV)/bin/python -m pip install -q -e .
+	$(PTLS_VENV)/bin/python -m pip install -q --no-deps "pytorch-lifestream==0.7.0"
+	$(PTLS_VENV)/bin/python -m pip install -q transformers
+	touch $(PTLS_STAMP)
+
+bench-lifestream: $(PTLS_STAMP)
+	$(PTLS_VENV)/bin/python scripts/bench_lifestream.py $(BENCH_ARGS)
 
 # Synthetic data (20k customers) → train the default LSTM (→ export, report.html) → score the latest snapshot,
 # all into checkpoints/demo/ (metrics.json, model.pt, report.html, scores.parquet with tier/driver/action).
