@@ -2,7 +2,7 @@
 
     .venv-ptls/bin/python scripts/bench_lifestream.py [--customers 20000] [--epochs 8] [--batch-size 256]
         [--max-len 128] [--lr 0.002] [--d-model 64] [--hidden 128] [--head-hidden 64] [--threads 2]
-        [--models churnwatch ptls] [--work-dir /tmp/churnwatch_bench_lifestream]
+        [--models churnwatch ptls ptls-bucketed] [--work-dir /tmp/churnwatch_bench_lifestream]
 
 Runs in its own environment (`make bench-lifestream` builds `.venv-ptls`: torch, churnwatch, then
 pytorch-lifestream). The data is built once by churnwatch's own pipeline (`build_data` on the composed
@@ -19,10 +19,13 @@ validate on the same validation split and are judged on the same out-of-time tes
   TrxEncoder can only take as sequence features, are repeated along each sequence (the usual ptls idiom).
   Same loss (BCE with the same pos_weight), same AdamW lr and weight decay, same per-step schedule,
   same gradient clipping, batch size, epochs and thread count.
+- ptls-bucketed: the same ptls model, dataset and collate, but training batches from churnwatch's
+  LengthBucketBatchSampler instead of PtlsDataModule's shuffled ones: separates input pipeline from model.
 
 Epoch time is the wall time of the training batches of one epoch (validation excluded; reported
-separately), as the median over epochs 2+ (the first is warm-up: allocator, first shapes); the process's
-CPU seconds per epoch are reported too, since on a shared machine other jobs inflate wall time. Test AUROC is
+separately), as the median over epochs 2+ (the first is warm-up: allocator, first shapes). The process's
+CPU seconds per epoch and the load average are recorded as a contention check: alone on the machine, CPU
+seconds are about threads × wall; other jobs inflate both (OpenMP threads spin while waiting). Test AUROC is
 torchmetrics' binary AUROC of the final-epoch model on the test split (no checkpoint selection for either).
 Prints a markdown table for docs/BENCHMARKS.md and writes `results.json` into the work dir.
 """
@@ -130,7 +133,7 @@ def n_params(module: torch.nn.Module) -> int:
 
 def summarise(name: str, timer, aurocs: dict, params: int, train_events: int, extra: dict) -> dict:
     """Epoch figures leave out the first epoch (warm-up). Medians, since the machine may be shared: another
-    process's burst inflates some epochs' wall time; CPU seconds (all threads of this process) much less."""
+    process's burst inflates some epochs (wall and CPU seconds alike)."""
     later = timer.train_s[1:] or timer.train_s
     median_s = float(np.median(later))
     return {
@@ -405,7 +408,7 @@ def main() -> None:
         "--models",
         nargs="+",
         choices=["churnwatch", "ptls", "ptls-bucketed"],
-        default=["churnwatch", "ptls"],
+        default=["churnwatch", "ptls", "ptls-bucketed"],
         help="ptls-bucketed: ptls's model and collate fed by churnwatch's length-bucketing batch sampler",
     )
     parser.add_argument("--ptls-batch-norm", action="store_true", help="TrxEncoder batch norm on the numbers")
