@@ -204,6 +204,13 @@ def _run_phase(phase: str, args: argparse.Namespace) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _machine() -> str:
+    return (
+        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+        f"numpy {np.__version__}, python {platform.python_version()}"
+    )
+
+
 def main_cache(args: argparse.Namespace) -> None:
     """Uncached vs cache miss vs cache hit, each in a fresh process, on one generated data set."""
     import shutil
@@ -214,10 +221,7 @@ def main_cache(args: argparse.Namespace) -> None:
         marker.write_text(str(args.customers))
     shutil.rmtree(args.work_dir / "cache", ignore_errors=True)
     runs = {p: _run_phase(p, args) for p in ("uncached", "cold", "warm")}
-    runs["machine"] = (
-        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-        f"numpy {np.__version__}, python {platform.python_version()}"
-    )
+    runs["machine"] = _machine()
     (args.work_dir / "bench_cache.json").write_text(json.dumps(runs, indent=2))
     u, c, w = runs["uncached"], runs["cold"], runs["warm"]
     assert u["checksum"] == c["checksum"] == w["checksum"], "cached arrays differ from the uncached build"
@@ -261,28 +265,8 @@ def main() -> None:
     if args.cache:
         main_cache(args)
         return
-    results = {}
-    for phase in ("generate", "encode"):
-        cmd = [
-            sys.executable,
-            __file__,
-            "--phase",
-            phase,
-            "--customers",
-            str(args.customers),
-            "--work-dir",
-            str(args.work_dir),
-            "--cutoff",
-            args.cutoff,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            sys.exit(f"phase {phase} failed:\n{proc.stderr[-3000:]}")
-        results[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
-    results["machine"] = (
-        f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
-        f"numpy {np.__version__}, python {platform.python_version()}"
-    )
+    results = {phase: _run_phase(phase, args) for phase in ("generate", "encode")}
+    results["machine"] = _machine()
     (args.work_dir / "bench_data.json").write_text(json.dumps(results, indent=2))
     g, e = results["generate"], results["encode"]
     rows = [

@@ -67,41 +67,27 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Callabl
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    writer: list[pq.ParquetWriter] = []
+    parquet = RunWriter(tmp)
     state = {"header": True}
 
     def append(frame: pd.DataFrame) -> None:
-        if suffix == ".csv":
-            frame.to_csv(tmp, index=False, header=state["header"], mode="w" if state["header"] else "a")
-            state["header"] = False
+        if suffix == ".parquet":
+            parquet.write(frame)
             return
-        if not writer:
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            writer.append(pq.ParquetWriter(tmp, table.schema))
-        else:
-            table = pa.Table.from_pandas(frame, schema=writer[0].schema, preserve_index=False)
-        writer[0].write_table(table)
+        frame.to_csv(tmp, index=False, header=state["header"], mode="w" if state["header"] else "a")
+        state["header"] = False
 
     try:
         yield append
-        if writer:
-            writer[0].close()
-        elif suffix == ".parquet":
+        parquet.close()
+        if suffix == ".parquet" and not parquet.rows:
             raise ValueError(f"{path}: nothing was written")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
-        if writer:
-            writer[0].close()
+        parquet.close()
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def write_atomic(frame: pd.DataFrame, path: str | Path, overwrite: bool = False) -> Path:
-    """One frame, parquet or CSV by extension, via a temp file and a rename."""
-    with atomic_output(path, overwrite) as append:
-        append(frame)
-    return Path(path)
 
 
 def rank_order(keys: pa.Table, rank_by: str) -> tuple[np.ndarray, int]:

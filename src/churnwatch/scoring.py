@@ -38,9 +38,10 @@ from churnwatch.data.contract import (
     count_rows,
     load_customers,
     load_events,
+    no_event_rows,
     read_table,
 )
-from churnwatch.data.partition import read_part, split_file
+from churnwatch.data.partition import by_category, read_part, split_file
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots, build_snapshot
 from churnwatch.drivers import IndicatorCatalogue, explain_sequences, top_drivers
 from churnwatch.export import load_artifact
@@ -166,8 +167,6 @@ class Scorer:
         self.catalogue = IndicatorCatalogue.from_config(data.get("indicators"), trained.get("indicators"))
         center = trained.get("center")
         self.center = np.asarray(center if center else np.zeros(len(self.catalogue.names)), dtype=np.float64)
-        self.ranked_keys = np.zeros(0)
-        """The rank key of every ranked customer, riskiest first (set by `rank` / `write_ranked`)."""
         self.customer_columns: pd.DataFrame | None = None
         """An empty customers part, for parts none of whose customers has attributes."""
         self.explain = bool(self.drivers["enabled"]) and hasattr(self.model, "logit_from_embedded")
@@ -345,9 +344,7 @@ class Scorer:
         keep = shard_filter(shard) if shard is not None else None
         events = split_file(events_path, self.schema.customer_id, n_parts, spill / "events", keep)
         if not events:
-            raise DataValidationError(
-                f"{events_path}: no event rows (header only, or every row filtered out)"
-            )
+            raise no_event_rows(events_path)
         customers: dict[str, Path] = {}
         if self.uses_customers and customers_path is not None:
             found = split_file(customers_path, self.schema.customer_id, n_parts, spill / "customers", keep)
@@ -396,13 +393,13 @@ class Scorer:
                 f"scoring lost or duplicated customers: {len(ids)} rows for distinct ids in {runs}"
             )
         order, n = rank_order(keys, self.rank_by)
-        self.ranked_keys = keys.column(self.rank_key).to_numpy()[order[:n]]
+        ranked_keys = keys.column(self.rank_key).to_numpy()[order[:n]]
         position = np.empty(len(order), dtype=np.int64)
         position[order] = np.arange(len(order))
         del keys, ids, order
 
         def finish(block: pd.DataFrame, start: int) -> pd.DataFrame:
-            out = self.finish_block(block, start)
+            out = self.finish_block(block, start, ranked_keys)
             if on_block is not None:
                 on_block(out)
             return out
@@ -502,17 +499,16 @@ class Scorer:
         without history get tier 'unknown'. A pure function of the rows, so shards merge exactly."""
         keys = pa.Table.from_pandas(frame[list(RANK_KEYS)], preserve_index=False)
         order, n = rank_order(keys, self.rank_by)
-        self.ranked_keys = frame[self.rank_key].to_numpy()[order[:n]]
-        return self.finish_block(frame.iloc[order].reset_index(drop=True), 0)
+        ranked_keys = frame[self.rank_key].to_numpy()[order[:n]]
+        return self.finish_block(frame.iloc[order].reset_index(drop=True), 0, ranked_keys)
 
     @property
     def rank_key(self) -> str:
         return "churn_probability" if self.rank_by == "probability" else "value_at_risk"
 
-    def finish_block(self, block: pd.DataFrame, start: int) -> pd.DataFrame:
-        """Rows `start..start + len(block)` of the ranked order → tier, rank, percentile and action.
-        Needs `ranked_keys`: the rank key of every ranked customer, riskiest first."""
-        ranked_keys = self.ranked_keys
+    def finish_block(self, block: pd.DataFrame, start: int, ranked_keys: np.ndarray) -> pd.DataFrame:
+        """Rows `start..start + len(block)` of the ranked order → tier, rank, percentile and action, given
+        `ranked_keys`: the rank key of every ranked customer, riskiest first."""
         n = len(ranked_keys)
         position = np.arange(start, start + len(block))
         ranked = position < n
@@ -576,10 +572,7 @@ def shard_filter(shard: tuple[int, int]) -> Callable[[pd.Series], np.ndarray]:
     num_shards, index = shard
 
     def keep(ids: pd.Series) -> np.ndarray:
-        categories = np.asarray(ids.cat.categories, dtype=object)
-        inside = shard_of(categories, num_shards) == index
-        codes = ids.cat.codes.to_numpy()
-        return np.where(codes >= 0, inside[np.maximum(codes, 0)] if len(categories) else False, index == 0)
+        return by_category(ids, lambda categories: shard_of(categories, num_shards) == index, index == 0)
 
     return keep
 
@@ -703,6 +696,8 @@ def score_file(
                 with scorer.timed("write"):
                     append(scored)
                 stats.count(scored)
+                if shard is not None:  # a part is unranked: its first rows are the top
+                    stats.keep_top(scored)
                 bar.advance(task)
             stats.check(events_path)
             stats.log()
@@ -711,8 +706,6 @@ def score_file(
                 scorer.write_ranked(
                     [run], output_path, overwrite, block_rows=block_rows, on_block=stats.block
                 )
-        else:
-            stats.top = pd.read_parquet(output_path).head(TOP_ROWS)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     return ScoringResult(
@@ -758,9 +751,7 @@ class _Stats:
         """The whole file's checks, once all its parts are validated (or the one part that is all)."""
         report = self.events
         if report.rows_read == report.rows_filtered:
-            raise DataValidationError(
-                f"{events_path}: no event rows (header only, or every row filtered out)"
-            )
+            raise no_event_rows(events_path)
         if report.rows_kept == 0:
             raise DataValidationError(
                 f"{events_path}: no valid events left after validation ({report.summary()})"
@@ -774,5 +765,9 @@ class _Stats:
     def block(self, block: pd.DataFrame) -> None:
         for tier, n in block["risk_tier"].value_counts().items():
             self.tiers[str(tier)] = self.tiers.get(str(tier), 0) + int(n)
+        self.keep_top(block)
+
+    def keep_top(self, rows: pd.DataFrame) -> None:
+        """The output's first TOP_ROWS rows, from the frames written in order."""
         if len(self.top) < TOP_ROWS:
-            self.top = pd.concat([self.top, block.head(TOP_ROWS - len(self.top))], ignore_index=True)
+            self.top = pd.concat([self.top, rows.head(TOP_ROWS - len(self.top))], ignore_index=True)

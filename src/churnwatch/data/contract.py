@@ -214,7 +214,6 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.Dat
             # self_destruct frees Arrow buffers as columns convert, so the peak is ~one copy, not two
             return pq.read_table(path, columns=wanted).to_pandas(self_destruct=True, split_blocks=True)
         return pd.read_csv(path, **_csv_options(path, columns))
-    raise AssertionError("unreachable")  # _reading raises for other types
 
 
 def count_rows(path: str | Path) -> int | None:
@@ -253,6 +252,10 @@ def _decoded(schema: pa.Schema) -> pa.Schema:
     return pa.schema(
         [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema]
     )
+
+
+def no_event_rows(path: str | Path) -> DataValidationError:
+    return DataValidationError(f"{path}: no event rows (header only, or every row filtered out)")
 
 
 def _require_columns(frame: pd.DataFrame, needed: Sequence[str], path: str, what: str) -> None:
@@ -494,7 +497,7 @@ def load_events(
     file_rows = raw.index.to_numpy()
     raw = raw[needed].reset_index(drop=True)
     if len(raw) == 0 and not part:
-        raise DataValidationError(f"{path}: no event rows (header only, or every row filtered out)")
+        raise no_event_rows(path)
 
     out = pd.DataFrame(index=raw.index)
     check = _Checker(out, raw, report, policy, file_rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,13 +21,19 @@ from churnwatch.data.contract import DataValidationError, iter_batches, normalis
 FILE_ROW = "__churnwatch_file_row__"
 
 
-def part_of(ids: pd.Series, n_parts: int) -> np.ndarray:
-    """Each row's part from its canonical id (a categorical from `normalise_ids`): a vectorised hash of
-    the categories, so it costs one hash per distinct id of the batch. Null ids go to part 0."""
+def by_category(ids: pd.Series, per_category: Callable[[np.ndarray], np.ndarray], null: Any) -> np.ndarray:
+    """A per-row value from canonical ids (a categorical from `normalise_ids`), computed once per distinct
+    id (`per_category` of the categories); rows with a null id get `null`."""
     categories = np.asarray(ids.cat.categories, dtype=object)
-    per_category = (pd.util.hash_array(categories) % np.uint64(n_parts)).astype(np.int64)
     codes = ids.cat.codes.to_numpy()
-    return np.where(codes >= 0, per_category[np.maximum(codes, 0)] if len(categories) else 0, 0)
+    if not len(categories):
+        return np.full(len(codes), null)
+    return np.where(codes >= 0, per_category(categories)[np.maximum(codes, 0)], null)
+
+
+def part_of(ids: pd.Series, n_parts: int) -> np.ndarray:
+    """Each row's part: a vectorised hash of its id, one per distinct id of the batch; null ids: part 0."""
+    return by_category(ids, lambda c: (pd.util.hash_array(c) % np.uint64(n_parts)).astype(np.int64), 0)
 
 
 def split_file(
