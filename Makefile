@@ -34,9 +34,10 @@ data: venv
 bench-data: venv
 	$(BIN)/python scripts/bench_data.py
 
-# Scoring throughput and peak RSS with the demo's model (run `make demo` first).
+# Scoring throughput and peak RSS with the demo's model, 1M vs 4M customers (run `make demo` first).
 bench-score: venv
-	$(BIN)/python scripts/bench_score.py --model checkpoints/demo/model.pt --customers 200000 1000000
+	$(BIN)/python scripts/bench_score.py --model checkpoints/demo/model.pt --customers 1000000 4000000 \
+		--drivers off --as-of 2025-01-01 --precision bf16
 
 # Side by side with pytorch-lifestream (ptls), in its own venv: same data and model sizes, epoch time and
 # test AUROC (BENCH_ARGS, e.g. "--customers 100000 --epochs 4"). ptls pins spacy==3.7.4, which would
