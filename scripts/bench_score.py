@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--drivers", nargs="+", default=["off", "on"], choices=["on", "off"])
     parser.add_argument("--chunk", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the scorer's (256 on CPU)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--part-events", type=int, default=2_000_000)
     parser.add_argument("--as-of", default=None, help="score date (default: the day after the last event)")

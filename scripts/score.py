@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> None:
         cfg.customers_path,
         cfg.as_of,
         cfg.device,
-        int(cfg.batch_size),
+        int(cfg.batch_size) if cfg.batch_size else None,
         int(cfg.chunk_customers),
         bool(cfg.overwrite),
         drivers=OmegaConf.to_container(cfg.drivers, resolve=True),

@@ -7,6 +7,8 @@ in the input appears exactly once in the output, or the run fails.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import os
@@ -78,6 +80,9 @@ RANK_BY = ("probability", "value_at_risk")
 PRECISIONS = ("fp32", "bf16")
 """Forward precision: fp32 reproduces training's probabilities; bf16 autocast is faster where the CPU
 (AVX-512 BF16, AMX) or GPU has bf16 units, and moves probabilities by ~1e-2 at most (docs/BENCHMARKS.md)."""
+# Default forward batch. On CPU small batches stay in cache: the demo LSTM scores 1.4x faster at 256 than
+# at 1024 (docs/BENCHMARKS.md); a GPU wants large ones (not timed here).
+CPU_BATCH, GPU_BATCH = 256, 4096
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ class Scorer:
         self,
         model_path: str | Path,
         device: str = "auto",
-        batch_size: int = 1024,
+        batch_size: int | None = None,
         drivers: Mapping[str, Any] | None = None,
         playbook: Mapping[str, Any] | None = None,
         rank_by: str = "probability",
@@ -137,7 +142,7 @@ class Scorer:
         self.seconds: dict[str, float] = {}
         """Wall seconds per phase (read, encode, forward, segments, drivers, rank, write), summed."""
         self.model, self.meta = load_artifact(model_path, self.device)
-        self.batch_size = batch_size
+        self.batch_size = batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)
         data = self.meta["data"]
         self.data_cfg = data
         self.schema = EventSchema.from_config(data)
@@ -465,8 +470,10 @@ class Scorer:
         """Add the customers without history before as_of (training base rate, no_history=True) and check
         that each input id appears exactly once. Not yet ranked: `rank` does that, on one run or on the
         union of shard parts alike."""
-        ids = pd.Index(np.asarray(input_ids, dtype=str))
-        missing = ids.difference(scored[CUSTOMER_ID]).to_numpy(dtype=str)
+        ids = pa.array(np.asarray(input_ids, dtype=str))
+        missing = ids.filter(pc.invert(pc.is_in(ids, value_set=pa.array(scored[CUSTOMER_ID])))).to_numpy(
+            zero_copy_only=False
+        )
         scored = scored.assign(no_history=False)
         rest = pd.DataFrame(
             {
@@ -531,10 +538,20 @@ class Scorer:
         return out[list(OUTPUT_COLUMNS)]
 
 
-def check_each_once(frame: pd.DataFrame, ids: pd.Index) -> None:
-    """Every id of the input exactly once in the output, or a loud failure."""
-    lost = not ids.isin(frame[CUSTOMER_ID]).all()
-    if len(frame) != len(ids) or frame[CUSTOMER_ID].duplicated().any() or lost:
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS between parts (glibc's malloc_trim; elsewhere a no-op):
+    without it a long run's peak RSS crept up part after part (1.61 GB at 1M customers, 1.97 GB at 4M)."""
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def check_each_once(frame: pd.DataFrame, ids: pa.Array) -> None:
+    """Every id of the (distinct) input ids exactly once in the output, or a loud failure: as many rows
+    as ids and every id among them leaves no room for a duplicate or a stranger."""
+    found = pc.sum(pc.is_in(ids, value_set=pa.array(frame[CUSTOMER_ID]))).as_py() or 0
+    if len(frame) != len(ids) or found != len(ids):
         raise RuntimeError(
             f"scoring lost or duplicated customers: {len(ids)} ids in the input, "
             f"{frame[CUSTOMER_ID].nunique()} distinct of {len(frame)} rows in the output"
@@ -621,7 +638,7 @@ def score_file(
     customers_path: str | Path | None = None,
     as_of: str | None = None,
     device: str = "auto",
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     chunk_customers: int = 100_000,
     overwrite: bool = False,
     progress: bool = True,
@@ -698,6 +715,8 @@ def score_file(
                 stats.count(scored)
                 if shard is not None:  # a part is unranked: its first rows are the top
                     stats.keep_top(scored)
+                del loaded, customers, inp, scored
+                release_free_memory()
                 bar.advance(task)
             stats.check(events_path)
             stats.log()

@@ -3,6 +3,8 @@
 Scoring streams inputs larger than RAM this way: every row goes to the part its (normalised) customer id
 hashes to, so all of a customer's rows meet in one part, which is all that validation, duplicate
 detection and sequences need. Each row keeps its number in the file, so error messages cite the file.
+Parts are Arrow IPC *streams*: unlike IPC files they let every batch carry its own dictionaries, so
+dictionary columns (and the id column, encoded here) are never decoded to strings on the way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from churnwatch.data.contract import DataValidationError, iter_batches, normalise_ids
@@ -44,11 +47,11 @@ def split_file(
     keep: Callable[[pd.Series], np.ndarray] | None = None,
     batch_rows: int = 1_000_000,
 ) -> list[Path]:
-    """Write the rows of `path` into up to `n_parts` Arrow IPC files under `out_dir` (the parts that got
+    """Write the rows of `path` into up to `n_parts` Arrow IPC streams under `out_dir` (the parts that got
     rows, none for a file without rows), keeping only the rows for which `keep(canonical ids)` holds."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    writers: dict[int, ipc.RecordBatchFileWriter] = {}
+    writers: dict[int, ipc.RecordBatchStreamWriter] = {}
     first = 0
     try:
         for table in iter_batches(path, batch_rows):
@@ -57,7 +60,12 @@ def split_file(
                 raise DataValidationError(
                     f"{path}: column {id_column!r} (data.customer_id) not found; columns are: {have}"
                 )
-            ids = normalise_ids(table.column(id_column).to_pandas())
+            index = table.schema.get_field_index(id_column)
+            raw = table.column(index)
+            if pa.types.is_dictionary(raw.type):  # a stored dictionary may hold every id of the file
+                raw = raw.cast(raw.type.value_type)
+                table = table.set_column(index, id_column, raw)
+            ids = normalise_ids(pc.dictionary_encode(raw).to_pandas())  # normalised once per distinct id
             part = part_of(ids, n_parts)
             table = table.append_column(FILE_ROW, pa.array(np.arange(first, first + len(table))))
             first += len(table)
@@ -67,9 +75,12 @@ def split_file(
             order = np.argsort(part, kind="stable")
             bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
             for p in np.flatnonzero(np.diff(bounds)):
+                piece = table.take(order[bounds[p] : bounds[p + 1]])
+                # ids as a dictionary of this piece's own ids: the part reads back as a small categorical
+                piece = piece.set_column(index, id_column, pc.dictionary_encode(piece.column(index)))
                 if p not in writers:
-                    writers[p] = ipc.new_file(out_dir / f"part-{p:05d}.arrow", table.schema)
-                writers[p].write_table(table.take(order[bounds[p] : bounds[p + 1]]))
+                    writers[p] = ipc.new_stream(out_dir / f"part-{p:05d}.arrow", piece.schema)
+                writers[p].write_table(piece)
     finally:
         for w in writers.values():
             w.close()
@@ -78,7 +89,7 @@ def split_file(
 
 def read_part(path: str | Path) -> pd.DataFrame:
     """A part as the raw frame `read_table` would give for those rows, indexed by their file row."""
-    with ipc.open_file(pa.memory_map(str(path))) as reader:
+    with ipc.open_stream(pa.memory_map(str(path))) as reader:
         table = reader.read_all()
     frame = table.to_pandas(self_destruct=True, split_blocks=True)
     return frame.set_index(FILE_ROW).rename_axis(None)
