@@ -3,6 +3,11 @@
     python scripts/bench_score.py --model checkpoints/demo/model.pt [--customers 1000000 4000000]
         [--drivers on off] [--chunk 100000] [--part-events 2000000] [--as-of 2025-01-01]
         [--work-dir /tmp/churnwatch_bench_score]
+    python scripts/bench_score.py --model checkpoints/demo/model.pt --forward-batches 64 128 256 1024 4096 \
+        --events checkpoints/demo/data/events.parquet --as-of 2025-01-01
+
+The second form times only the model forward (already encoded sequences, best of 2 passes) per batch size
+and precision: what the scorer's default batch size rests on.
 
 Synthetic data (seed 7) is generated once per size up to --generate-max customers; larger sizes tile the
 largest generated file with prefixed ids (the same customers' histories again, under new ids: the same
@@ -69,6 +74,34 @@ def _tile(base: Path, out: Path, copies: int) -> None:
         tmp.rename(out / f"{name}.parquet")
 
 
+def _forward_sweep(args: argparse.Namespace) -> None:
+    import torch
+
+    from churnwatch.scoring import Scorer
+
+    torch.set_num_threads(args.threads)
+    scorer = Scorer(args.model, "cpu", drivers={"enabled": False})
+    customers = Path(args.events).with_name("customers.parquet")
+    inp = scorer.load(args.events, customers if customers.exists() else None, args.as_of)
+    seqs = scorer.encoder.transform(inp.log, inp.snaps, inp.customers)
+    table = scorer.featurizer.transform(inp.log, inp.snaps, inp.customers)
+    agg = scorer.featurizer.scale(table) if scorer.use_aggregates else None
+    events = int(seqs.lengths.sum())
+    print(f"{len(seqs):,} customers, {events:,} events; {args.threads} threads; {time.strftime('%Y-%m-%d')}")
+    print("| precision | batch | seconds | customers/s | events/s |\n|---|---|---|---|---|")
+    for precision in ("fp32", "bf16"):
+        scorer.precision = precision
+        for size in args.forward_batches:
+            scorer.batch_size = size
+            scorer._predict(seqs, agg)  # warm-up: kernels and allocations for this shape
+            best = float("inf")
+            for _ in range(2):
+                t0 = time.perf_counter()
+                scorer._predict(seqs, agg)
+                best = min(best, time.perf_counter() - t0)
+            print(f"| {precision} | {size} | {best:.2f} | {len(seqs) / best:,.0f} | {events / best:,.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,7 +117,14 @@ def main() -> None:
     parser.add_argument("--as-of", default=None, help="score date (default: the day after the last event)")
     parser.add_argument("--generate-max", type=int, default=1_000_000)
     parser.add_argument("--work-dir", default="/tmp/churnwatch_bench_score")
+    parser.add_argument("--forward-batches", type=int, nargs="+", help="time only the forward per batch size")
+    parser.add_argument("--events", help="events file for --forward-batches")
     args = parser.parse_args()
+    if args.forward_batches:
+        if not args.events:
+            parser.error("--forward-batches needs --events")
+        _forward_sweep(args)
+        return
     work = Path(args.work_dir)
     rows = []
     for n in sorted(args.customers):

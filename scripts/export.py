@@ -9,16 +9,20 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from churnwatch.cli import one_line_errors
 from churnwatch.export import export_checkpoint
 
 log = logging.getLogger("churnwatch.export")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     ckpt = Path(cfg.ckpt_path)
     run_dir = ckpt.resolve().parent.parent
     out = Path(cfg.output_path) if cfg.output_path else run_dir / "model.pt"
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
     metrics_file = run_dir / "metrics.json"  # the run's test metrics travel with the model when present
     test = json.loads(metrics_file.read_text()).get("test") if metrics_file.exists() else None
     log.info("exported %s → %s", ckpt, export_checkpoint(ckpt, out, test_metrics=test))

@@ -11,10 +11,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from churnwatch.cli import one_line_errors
 from churnwatch.scoring import merge_shards
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="merge_scores")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     parts = cfg.parts if not isinstance(cfg.parts, str) else sorted(glob.glob(cfg.parts))
     customers = merge_shards(

@@ -6,7 +6,6 @@ everything, prints a summary and writes data_report.json into the run dir.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,18 +14,20 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from churnwatch.cli import one_line_errors
 from churnwatch.data.dataset import build_data
 
 log = logging.getLogger("churnwatch.prepare")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     run_dir = Path(cfg.paths.output_dir)
     log.info("run dir: %s", run_dir)
     data = build_data(cfg.data)
     summary = data.summary()
-    (run_dir / "data_report.json").write_text(json.dumps(summary, indent=2, default=str))
+    report_file = data.write_report(run_dir)
 
     console = Console()
     for report in data.reports:
@@ -45,7 +46,7 @@ def main(cfg: DictConfig) -> None:
         f"{len(seq['numeric'])} numeric, max_len {seq['max_len']}; "
         f"{len(summary['aggregate_features'])} aggregate features"
     )
-    console.print(f"report: {run_dir / 'data_report.json'}")
+    console.print(f"report: {report_file}")
 
 
 if __name__ == "__main__":

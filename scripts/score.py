@@ -9,12 +9,14 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from churnwatch.cli import one_line_errors
 from churnwatch.scoring import score_file
 
 log = logging.getLogger("churnwatch.score")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="score")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     result = score_file(
         cfg.model_path,

@@ -245,7 +245,7 @@ def test_no_backtest_without_labels_and_a_clear_error_without_reference(trained,
          f"events_path={root / 'data' / 'events.parquet'}", f"hydra.run.dir={tmp_path / 'cli'}"],
         capture_output=True, text=True, cwd=REPO, check=False,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"monitor: {old}: the model carries no monitoring reference; re-export it with this version "
         "(scripts/train.py embeds one)"

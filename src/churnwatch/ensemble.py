@@ -28,6 +28,7 @@ from churnwatch.evaluation import evaluate
 from churnwatch.export import load_artifact, write_artifact
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.predictions import KEY, PREDICTIONS_FILE, read_predictions
+from churnwatch.training import read_timings, write_timings
 
 log = logging.getLogger(__name__)
 def fit_weights(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -221,12 +222,12 @@ def train_ensemble(
             metrics[stage] = evaluate(
                 part["probability"].to_numpy(), part["label"].to_numpy(), op.threshold, stage
             )
-    members = [json.loads((Path(d) / "metrics.json").read_text()) for d in run_dirs]
+    members = [read_timings(d) for d in run_dirs]
+    timings = {"train_seconds": float(sum(m.get("train_seconds", 0.0) for m in members))}
     rates = [m.get("scoring_customers_per_s") for m in members]
     if all(rates):
         # members score one after another: the ensemble's time per customer is the sum of theirs
-        metrics["scoring_customers_per_s"] = 1.0 / sum(1.0 / r for r in rates)
-    metrics["train_seconds"] = float(sum(m.get("train_seconds", 0.0) for m in members))
+        timings["scoring_customers_per_s"] = 1.0 / sum(1.0 / r for r in rates)
     metrics["threshold"] = op.threshold
     metrics["tier_cuts"] = {"high": op.high_cut, "medium": op.medium_cut}
     metrics["model"] = "ensemble(" + "+".join(names) + ")"
@@ -249,5 +250,6 @@ def train_ensemble(
             metrics["export_skipped"] = str(exc)
             log.info("ensemble not exported: %s", exc)
     frame[[*KEY, "label", "probability"]].to_parquet(out_dir / PREDICTIONS_FILE, index=False)
+    write_timings(out_dir, timings)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

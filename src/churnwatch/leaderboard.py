@@ -20,7 +20,7 @@ from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from churnwatch.ensemble import train_ensemble
-from churnwatch.training import train
+from churnwatch.training import read_timings, train
 
 log = logging.getLogger(__name__)
 ComposeTrain = Callable[[list[str]], DictConfig]
@@ -39,11 +39,11 @@ COLUMNS = {
 }
 
 
-def run_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The leaderboard's numbers from one run's metrics.json."""
+def run_metrics(metrics: Mapping[str, Any], timings: Mapping[str, float]) -> dict[str, float]:
+    """The leaderboard's numbers from one run's metrics.json and timings.json."""
     flat = {**metrics.get("val", {}), **metrics.get("test", {}), **metrics.get("train", {})}
     for key in ("train_seconds", "scoring_customers_per_s"):
-        flat[key] = metrics.get(key, math.nan)
+        flat[key] = timings.get(key, math.nan)
     for key, value in (metrics.get("sizes") or {}).items():
         flat[key] = value
     return {k: float(v) for k, v in flat.items() if isinstance(v, int | float)}
@@ -61,7 +61,7 @@ def train_run(compose_train: ComposeTrain, overrides: Sequence[str], run_dir: Pa
         train(cfg)
     else:
         log.info("reusing %s", run_dir)
-    return run_metrics(json.loads(done.read_text()))
+    return run_metrics(json.loads(done.read_text()), read_timings(run_dir))
 
 
 OWN_KEYS = {"models", "seeds", "ensembles", "title", "model_overrides", "model", "seed"}
@@ -123,7 +123,7 @@ def run_leaderboard(
                     OmegaConf.to_container(cfg.thresholds, resolve=True),
                 )
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            rows.append({"model": name, "seed": seed, **run_metrics(metrics)})
+            rows.append({"model": name, "seed": seed, **run_metrics(metrics, read_timings(run_dir))})
     runs = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out_dir / "leaderboard_runs.csv", index=False)

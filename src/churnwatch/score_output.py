@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,34 +30,51 @@ BlockRanker = Callable[[pd.DataFrame, int], pd.DataFrame]
 
 
 class RunWriter:
-    """Unranked score rows appended frame by frame to one parquet file, with one schema throughout."""
+    """Unranked score rows appended frame by frame to one parquet file, with one schema throughout (and
+    `metadata` in its footer). When every frame was empty the file still gets their columns: a shard
+    without customers is a part with no rows, not a missing part."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, metadata: Mapping[str, str] | None = None):
         self.path = Path(path)
         self.rows = 0
+        self.metadata = dict(metadata or {})
+        self.opened = False
+        """Whether any frame, even an empty one, was written."""
         self._writer: pq.ParquetWriter | None = None
+        self._empty: pd.DataFrame | None = None
 
     def write(self, frame: pd.DataFrame) -> None:
         if not len(frame):
+            self._empty = frame if self._empty is None else self._empty
             return
+        self._write(frame)
+
+    def _write(self, frame: pd.DataFrame) -> None:
         if self._writer is None:
             table = pa.Table.from_pandas(frame, preserve_index=False)
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **self.metadata})
             self._writer = pq.ParquetWriter(self.path, table.schema)
+            self.opened = True
         else:
             table = pa.Table.from_pandas(frame, schema=self._writer.schema, preserve_index=False)
         self._writer.write_table(table)
         self.rows += len(frame)
 
     def close(self) -> None:
+        if not self.opened and self._empty is not None:
+            self._write(self._empty)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
 
 
 @contextmanager
-def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Callable[[pd.DataFrame], None]]:
-    """A function that appends frames to `path` (parquet or CSV by extension) through a temp file renamed
-    into place at the end: a crash never leaves a partial file at `path`."""
+def atomic_output(
+    path: str | Path, overwrite: bool = False, metadata: Mapping[str, str] | None = None
+) -> Iterator[Callable[[pd.DataFrame], None]]:
+    """A function that appends frames to `path` (parquet, with `metadata` in its footer, or CSV by
+    extension) through a temp file renamed into place at the end: a crash never leaves a partial file at
+    `path`."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
@@ -67,7 +84,7 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Callabl
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    parquet = RunWriter(tmp)
+    parquet = RunWriter(tmp, metadata)
     state = {"header": True}
 
     def append(frame: pd.DataFrame) -> None:
@@ -80,7 +97,7 @@ def atomic_output(path: str | Path, overwrite: bool = False) -> Iterator[Callabl
     try:
         yield append
         parquet.close()
-        if suffix == ".parquet" and not parquet.rows:
+        if suffix == ".parquet" and not parquet.opened:
             raise ValueError(f"{path}: nothing was written")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)

@@ -1,4 +1,8 @@
-"""One training run: data → fit → test the best checkpoint → metrics.json → model.pt, all in the run dir."""
+"""One training run: data → fit → test the best checkpoint → metrics.json → model.pt, all in the run dir.
+
+metrics.json holds only what the seeded run determines, so two seeded CPU runs write identical files;
+wall-clock figures go to timings.json beside it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
@@ -33,6 +38,8 @@ from churnwatch.predictions import write_predictions
 from churnwatch.report import REPORT_FILE, write_report
 
 log = logging.getLogger(__name__)
+TIMINGS_FILE = "timings.json"
+TIMING_KEYS = ("train_seconds", "scoring_customers_per_s", "explain_customers_per_s")
 METRIC_ORDER = (
     "auroc",
     "auroc_recency_only",
@@ -59,6 +66,7 @@ def build_module(cfg: DictConfig, dm: ChurnDataModule) -> ChurnModule:
         thresholds=threshold_config(cfg, dm.data),
         pos_rate=dm.train_positive_rate,
         calibration=calibration_method(cfg),
+        nonfinite=model_cfg.get("nonfinite"),
     )
 
 
@@ -92,7 +100,6 @@ def record_run(
     op: Operating,
     calibrator: Calibrator,
     predictions: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    train_seconds: float,
 ) -> None:
     """What every run's metrics.json carries besides its metrics, networks and baselines alike (the
     leaderboard, ensembles, curves and the report read these keys). `predictions` maps a stage to its
@@ -110,20 +117,49 @@ def record_run(
         metrics["calibration"][stage] = calibration_report(raw, calibrated, labels)
         # validation: the expected figures (cut-offs fitted there); test: realised, as a scoring run would
         metrics["tiers"][stage] = tier_table(calibrated, labels, op, by_capacity=stage == "test")
-    metrics["train_seconds"] = train_seconds
     metrics["sizes"] = data.sizes()
     metrics["model"] = model_name(cfg)
     metrics["run_dir"] = str(cfg.paths.output_dir)
+    if rank_zero_only.rank == 0:  # one writer under DDP
+        data.write_report(cfg.paths.output_dir)
 
 
-def write_run_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """metrics.json, then (`report: true`) the run's HTML report, which metrics.json links."""
+def write_run_summary(cfg: DictConfig, metrics: dict[str, Any], timings: Mapping[str, float]) -> None:
+    """timings.json and metrics.json, then (`report: true`) the run's HTML report, which metrics.json links.
+    metrics.json comes last: its presence marks a finished run (the leaderboard reuses such run dirs)."""
     run_dir = Path(cfg.paths.output_dir)
     if cfg.get("report", True):
         metrics["report"] = str(run_dir / REPORT_FILE)
+    write_timings(run_dir, timings)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     if cfg.get("report", True):
         log.info("report: %s", write_report(run_dir))
+
+
+def write_timings(run_dir: str | Path, timings: Mapping[str, float]) -> None:
+    (Path(run_dir) / TIMINGS_FILE).write_text(json.dumps(dict(timings), indent=2))
+
+
+def read_timings(run_dir: str | Path) -> dict[str, float]:
+    """A run's wall-clock figures: timings.json, or for a run written before it existed, the same keys in
+    its metrics.json; {} when neither has them."""
+    run_dir = Path(run_dir)
+    if (run_dir / TIMINGS_FILE).exists():
+        return json.loads((run_dir / TIMINGS_FILE).read_text())
+    metrics = run_dir / "metrics.json"
+    saved = json.loads(metrics.read_text()) if metrics.exists() else {}
+    return {k: saved[k] for k in TIMING_KEYS if k in saved}
+
+
+def refuse_finished_run(cfg: DictConfig) -> None:
+    """A run dir whose metrics.json exists holds a finished run: training into it again (by mistake, or to
+    resume it) would replace its results, so that takes `overwrite=true`. A run killed before the end has
+    no metrics.json and resumes with `ckpt_path=last`."""
+    done = Path(cfg.paths.output_dir) / "metrics.json"
+    if done.exists() and not cfg.get("overwrite"):
+        raise FileExistsError(
+            f"{done} exists: {done.parent} holds a finished run; pass overwrite=true to train into it again"
+        )
 
 
 def _instantiate_all(node: DictConfig | None) -> list[Any]:
@@ -132,6 +168,7 @@ def _instantiate_all(node: DictConfig | None) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run training as configured; returns the metrics (validation of the best epoch and test)."""
+    refuse_finished_run(cfg)
     if cfg.get("cv") and cfg.cv.get("folds"):
         return train_cv(cfg)
     if cfg.model.get("kind") == "tabular":
@@ -156,36 +193,39 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("run dir: %s", run_dir)
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
-    train_seconds = time.perf_counter() - t0
+    timings = {"train_seconds": time.perf_counter() - t0}
+    # read before validate/test load the best checkpoint, which holds the count as of its own epoch
+    train_metrics = {"train/skipped_batches": model.skipped_batches}
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     # Validation metrics of the best checkpoint (this pass also restores its threshold and tiers).
     trainer.validate(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
     metrics: dict[str, Any] = {
-        "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        "train": train_metrics,
+        "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
     }
     if cfg.get("test"):
         t0 = time.perf_counter()
         trainer.test(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
         test_seconds = time.perf_counter() - t0
         metrics["test"] = dict(model.last_test)
-        metrics["scoring_customers_per_s"] = len(dm.data.test) / max(test_seconds, 1e-9)
-    op = Operating(
-        float(model.threshold), *map(float, model.tier_cuts.tolist()), dict(asdict(model.rule))
-    )
+        timings["scoring_customers_per_s"] = len(dm.data.test) / max(test_seconds, 1e-9)
+    op = Operating(float(model.threshold), *map(float, model.tier_cuts.tolist()), dict(asdict(model.rule)))
     predictions = {
         stage: (model.raw_predictions[stage], model.predictions[stage])
         for stage in ("val", "test")
         if stage in model.predictions
     }
-    record_run(cfg, dm.data, metrics, op, model.calibrator, predictions, train_seconds)
+    record_run(cfg, dm.data, metrics, op, model.calibrator, predictions)
     metrics["best_checkpoint"] = best_path
     if trainer.is_global_zero:
         splits = {stage: getattr(dm.data, stage) for stage in predictions}
         write_predictions(run_dir, splits, predictions, dm.data.log)
         segments = Segments.fit(dm.data.train.aggregates, int(cfg.seed))
         if cfg.get("insights", {}).get("enabled", True):
-            metrics["insights"] = network_insights(cfg, dm, model, predictions, segments)
+            metrics["insights"], timings["explain_customers_per_s"] = network_insights(
+                cfg, dm, model, predictions, segments
+            )
         if cfg.get("export") and best_path:
             from churnwatch.export import export_checkpoint
 
@@ -204,7 +244,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     },
                 )
             )
-        write_run_summary(cfg, metrics)
+        write_run_summary(cfg, metrics, timings)
         print_metrics(metrics, run_dir)
     return metrics
 
@@ -215,8 +255,9 @@ def network_insights(
     model: ChurnModule,
     predictions: Mapping[str, tuple[np.ndarray, np.ndarray]],
     segments: Segments,
-) -> dict[str, Any]:
-    """Drivers (integrated gradients), importance, match rate and segments on the test split."""
+) -> tuple[dict[str, Any], float]:
+    """Drivers (integrated gradients), importance, match rate and segments on the test split, and the
+    customers explained per second."""
     stage = "test" if "test" in predictions else "val"
     data, split = dm.data, getattr(dm.data, stage)
     catalogue = IndicatorCatalogue.from_config(cfg.data.get("indicators"))
@@ -240,8 +281,7 @@ def network_insights(
     out = write_insights(
         cfg.paths.output_dir, data, cfg.data, stage, predictions[stage][1], scores, catalogue, segments
     )
-    out["explain_customers_per_s"] = len(split) / max(seconds, 1e-9)
-    return out
+    return out, len(split) / max(seconds, 1e-9)
 
 
 def train_cv(cfg: DictConfig) -> dict[str, Any]:

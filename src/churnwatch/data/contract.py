@@ -181,7 +181,8 @@ def _csv_options(path: Path, columns: Sequence[str] | None) -> dict[str, Any]:
         "keep_default_na": False,
         "na_values": [""],
         "encoding": "utf-8-sig",
-        "usecols": lambda c: columns is None or c in columns,
+        # no usecols for all columns: with one, pandas silently cuts a row with too many fields
+        "usecols": None if columns is None else (lambda c: c in columns),
     }
 
 
@@ -259,6 +260,14 @@ def _int32_dictionaries(schema: pa.Schema) -> pa.Schema:
 
 def no_event_rows(path: str | Path) -> DataValidationError:
     return DataValidationError(f"{path}: no event rows (header only, or every row filtered out)")
+
+
+def no_valid_events(report: ValidationReport) -> DataValidationError:
+    """Every row invalid: the counts per reason, and the first reason's column and example row."""
+    example = next(iter(report.examples.values()), "no example")
+    return DataValidationError(
+        f"{report.path}: no valid events left after validation ({report.summary()}); e.g. {example}"
+    )
 
 
 def _require_columns(frame: pd.DataFrame, needed: Sequence[str], path: str, what: str) -> None:
@@ -451,7 +460,8 @@ class LoadedEvents:
     frame: pd.DataFrame
     """Columns: customer_id (category), timestamp (datetime64[ns]), categorical fields (category, with
     MISSING for nulls), numeric fields (float64; NaN only where the field declares a `fill`). Sorted by
-    customer id, then timestamp, then original row order."""
+    customer id, then timestamp, then the other fields (never by row order: same-time events of a customer
+    form the same sequence however the file orders them)."""
     schema: EventSchema
     report: ValidationReport
     data_end: pd.Timestamp
@@ -526,12 +536,15 @@ def load_events(
     codes = out[CUSTOMER_ID].cat.codes.to_numpy()
     ts_key = out[TIMESTAMP].to_numpy().view(np.int64)  # NaT sorts first; those rows are dropped anyway
     order = _sort_order(codes, ts_key)
-    dup = _duplicated(out, codes, ts_key, order)
+    sorted_rows, in_run = _same_time_runs(codes, ts_key, order)
+    dup = _duplicated(out, sorted_rows, in_run)
     check.flag("duplicate", ",".join(needed), dup, "are exact duplicates of an earlier row")
+    if in_run.any():
+        order = _by_content_within_time(out, codes, ts_key, sorted_rows, in_run)
     keep = order[~check.bad[order]] if order is not None else np.flatnonzero(~check.bad)
     report.rows_kept = len(keep)
     if len(keep) == 0 and not part:
-        raise DataValidationError(f"{path}: no valid events left after validation ({report.summary()})")
+        raise no_valid_events(report)
     del raw, check  # the raw columns are no longer needed: free them before the final copy
     out[TIMESTAMP] = out[TIMESTAMP].astype("datetime64[ns]")
     kept = out.take(keep) if (order is not None or len(keep) < len(out)) else out  # one copy at most
@@ -564,23 +577,46 @@ def _sort_order(codes: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
     return np.lexsort((ts, codes))
 
 
-def _duplicated(
-    frame: pd.DataFrame, codes: np.ndarray, ts: np.ndarray, order: np.ndarray | None
-) -> np.ndarray:
+def _duplicated(frame: pd.DataFrame, order: np.ndarray, in_run: np.ndarray) -> np.ndarray:
     """Exact duplicate rows (after the first in file order).
 
     Duplicates share customer and time, so only rows in runs of equal (customer, time) in sorted order are
     compared in full: cheap for 35M events, exact for every column.
     """
-    order = np.arange(len(codes)) if order is None else order
-    c, t = codes[order], ts[order]
-    same = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
-    in_run = np.r_[False, same] | np.r_[same, False]
-    out = np.zeros(len(codes), dtype=bool)
+    out = np.zeros(len(order), dtype=bool)
     if in_run.any():
         rows = order[in_run]  # sorted order, file order within each run (the sort is stable)
         out[rows] = frame.iloc[rows].duplicated(keep="first").to_numpy()
     return out
+
+
+def _same_time_runs(
+    codes: np.ndarray, ts: np.ndarray, order: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted order (`order`, or the rows as they are) and which of its positions share customer and
+    time with a neighbour."""
+    order = np.arange(len(codes)) if order is None else order
+    c, t = codes[order], ts[order]
+    same = (c[1:] == c[:-1]) & (t[1:] == t[:-1])
+    return order, np.r_[False, same] | np.r_[same, False]
+
+
+def _by_content_within_time(
+    frame: pd.DataFrame, codes: np.ndarray, ts: np.ndarray, order: np.ndarray, in_run: np.ndarray
+) -> np.ndarray:
+    """`order` with the events of one customer at one time (`in_run`) sorted by their fields instead of
+    their row in the file, so shuffled input rows score the same. Categories are sorted labels (MISSING
+    last) in every file and part alike, so their codes order them canonically."""
+    rows = order[in_run]
+    fields = [frame[c] for c in frame.columns if c not in (CUSTOMER_ID, TIMESTAMP)]
+    keys = [
+        f.cat.codes.to_numpy() if isinstance(f.dtype, pd.CategoricalDtype) else f.to_numpy() for f in fields
+    ]
+    # np.lexsort: the last key is the primary one; (customer, time) keep the runs where they are
+    within = np.lexsort([*(k[rows] for k in reversed(keys)), ts[rows], codes[rows]])
+    order = order.copy()
+    order[in_run] = rows[within]
+    return order
 
 
 def _resolve_end(end_date: str | pd.Timestamp | None, timezone: str) -> pd.Timestamp:

@@ -52,6 +52,11 @@ class ChurnDataModule(L.LightningDataModule):
         """Churn rate of the training rows: the loss's class weight and the prior for no-history scoring."""
         return float(self.data.train.snaps.label.mean())
 
+    def customer_ids(self, stage: str, rows: np.ndarray) -> np.ndarray:
+        """The customer ids of a split's rows (a batch's `index`), for messages that name customers."""
+        split = getattr(self.data, stage)
+        return self.data.log.customer_ids[split.snaps.customer[np.asarray(rows)]]
+
     def state_dict(self) -> dict[str, Any]:
         """The fitted encoders travel inside every checkpoint, so export needs nothing but the checkpoint."""
         if self.data is None:
@@ -86,13 +91,14 @@ class ChurnDataModule(L.LightningDataModule):
     def _loader(self, split: Split, train: bool) -> DataLoader:
         cfg = self.cfg
         batch_size = int(cfg.get("batch_size", 256) if train else cfg.get("eval_batch_size", 1024))
+        seed = int(cfg.get("seed") or 0)
         trainer = self.trainer
         sampler = LengthBucketBatchSampler(
             split.seqs.lengths,
             batch_size,
             shuffle=train,
             bucket=bool(cfg.get("bucket_by_length", True)),
-            seed=int(cfg.get("seed") or 0),
+            seed=seed,
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
         )
@@ -106,6 +112,9 @@ class ChurnDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=bool(cfg.get("pin_memory", False)) and not on_device,
             persistent_workers=workers > 0,
+            # worker base seeds from the loader's own generator: starting an epoch's iterator leaves the
+            # global RNG (dropout) alone, so a run resumed from a checkpoint draws what the first run drew
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def train_dataloader(self) -> DataLoader:

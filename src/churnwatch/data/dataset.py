@@ -6,6 +6,7 @@ same fitted objects transform validation and test (and, later, scoring) data.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec, A
 from churnwatch.features.encode import Allocator, EncodedSequences, SequenceEncoder
 
 log = logging.getLogger(__name__)
+DATA_REPORT = "data_report.json"
 
 
 def as_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
@@ -134,6 +136,13 @@ class ChurnData:
             },
             "aggregate_features": self.train.aggregates.names,
         }
+
+    def write_report(self, run_dir: str | Path) -> Path:
+        """`summary()` as data_report.json in a run dir: what validation dropped, per reason with an example
+        row, is on record next to the run it shaped."""
+        path = Path(run_dir) / DATA_REPORT
+        path.write_text(json.dumps(self.summary(), indent=2, default=str))
+        return path
 
 
 def load_sources(

@@ -48,11 +48,14 @@ def split_file(
     batch_rows: int = 1_000_000,
 ) -> list[Path]:
     """Write the rows of `path` into up to `n_parts` Arrow IPC streams under `out_dir` (the parts that got
-    rows, none for a file without rows), keeping only the rows for which `keep(canonical ids)` holds."""
+    rows, none for a file without rows), keeping only the rows for which `keep(canonical ids)` holds (one
+    empty part when it holds for none: a shard without customers is an empty part, not a file without
+    rows)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     writers: dict[int, ipc.RecordBatchStreamWriter] = {}
     first = 0
+    empty = None
     try:
         for table in iter_batches(path, batch_rows):
             if id_column not in table.column_names:
@@ -72,6 +75,7 @@ def split_file(
             if keep is not None:
                 mask = keep(ids)
                 table, part = table.filter(pa.array(mask)), part[mask]
+                empty = table.slice(0, 0)
             order = np.argsort(part, kind="stable")
             bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
             for p in np.flatnonzero(np.diff(bounds)):
@@ -81,6 +85,8 @@ def split_file(
                 if p not in writers:
                     writers[p] = ipc.new_stream(out_dir / f"part-{p:05d}.arrow", piece.schema)
                 writers[p].write_table(piece)
+        if not writers and first and empty is not None:
+            writers[0] = ipc.new_stream(out_dir / "part-00000.arrow", empty.schema)
     finally:
         for w in writers.values():
             w.close()

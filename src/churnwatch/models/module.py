@@ -1,8 +1,14 @@
 """LightningModule: loss with class-imbalance handling, AdamW + schedule, torchmetrics per stage, and the
-operating threshold and risk tiers chosen on validation (saved in the checkpoint with the weights)."""
+operating threshold and risk tiers chosen on validation (saved in the checkpoint with the weights).
+
+A non-finite loss never trains on silently: it stops the run naming the stage, step and customers, or
+(`nonfinite.action: skip`) the training batch is skipped, counted and logged, up to a share of each epoch.
+Checkpoints carry the RNG state too, so a run resumed from last.ckpt repeats the uninterrupted one.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +26,9 @@ from churnwatch.evaluation import evaluate, ranking_metrics
 from churnwatch.models.encoders import ChurnNet
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 
+log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
+NONFINITE = {"action": "fail", "max_skipped_fraction": 0.01}
 
 
 def focal_loss(logits: Tensor, target: Tensor, gamma: float, alpha: float) -> Tensor:
@@ -44,6 +52,7 @@ class ChurnModule(L.LightningModule):
         thresholds: Mapping[str, Any] | None = None,
         pos_rate: float = 0.5,
         calibration: str = "temperature",
+        nonfinite: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -78,6 +87,13 @@ class ChurnModule(L.LightningModule):
                 f"calibration for a network must be none, temperature or platt, got {calibration!r}"
             )
         self.calibration_method = calibration
+        self.nonfinite = {**NONFINITE, **dict(nonfinite or {})}
+        if self.nonfinite["action"] not in ("fail", "skip"):
+            raise ValueError(f"model.nonfinite.action must be fail or skip, got {self.nonfinite['action']!r}")
+        self.skipped_batches = 0
+        """Training batches skipped for a non-finite loss over the whole run (kept in checkpoints)."""
+        self._skipped_in_epoch = 0
+        self._resume_rng: dict[str, Any] | None = None
         pos_weight = self.loss_cfg["pos_weight"]
         if pos_weight == "auto":  # negatives per positive in the training data
             pos_weight = (1 - pos_rate) / max(pos_rate, 1e-6)
@@ -118,14 +134,54 @@ class ChurnModule(L.LightningModule):
             )
         return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.pos_weight)
 
-    def _step(self, batch: EventBatch, stage: str) -> Tensor:
+    def _describe(self, batch: EventBatch, stage: str, logits: Tensor, loss: Tensor) -> str:
+        """Where a non-finite loss came from: stage, epoch, global step and customers (ids from the
+        datamodule; row positions when the module runs without one): those whose logit is non-finite,
+        else (the loss itself overflowed) the batch's first."""
+        bad = ~torch.isfinite(logits.detach())
+        n_bad = int(bad.sum())
+        culprits = (batch.index[bad] if n_bad else batch.index).cpu().numpy()
+        datamodule = getattr(self._trainer, "datamodule", None)
+        if hasattr(datamodule, "customer_ids"):  # a customer has a row per cutoff: name each once
+            names, kind = list(dict.fromkeys(map(str, datamodule.customer_ids(stage, culprits)))), "customers"
+        else:
+            names, kind = list(map(str, culprits)), "rows"
+        more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
+        who = f"{kind} {', '.join(names[:5])}{more}"
+        what = f"{n_bad} row(s) with a non-finite logit" if n_bad else "all logits finite"
+        return (
+            f"{stage} loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}; "
+            f"batch of {len(batch)}, {what}: {who}"
+        )
+
+    def _nonfinite(self, batch: EventBatch, stage: str, logits: Tensor, loss: Tensor) -> None:
+        """Stop (`fail`), or count a skipped training batch (`skip`) and stop once more than
+        `max_skipped_fraction` of this epoch's training batches were skipped."""
+        where = self._describe(batch, stage, logits, loss)
+        hint = "lower model.optimizer.lr or check these customers' inputs"
+        if stage != "train" or self.nonfinite["action"] == "fail":
+            skip_note = (
+                "" if stage == "train" else " (model.nonfinite.action=skip skips training batches only)"
+            )
+            raise FloatingPointError(f"{where}: {hint}{skip_note}")
+        self.skipped_batches += 1
+        self._skipped_in_epoch += 1
+        total = self.trainer.num_training_batches
+        share = float(self.nonfinite["max_skipped_fraction"])
+        if self._skipped_in_epoch > share * total:
+            raise FloatingPointError(
+                f"{where}: {self._skipped_in_epoch} of this epoch's {total} training batches had a "
+                f"non-finite loss, more than model.nonfinite.max_skipped_fraction={share}; {hint}"
+            )
+        log.warning("%s: batch skipped (model.nonfinite.action=skip, %d so far)", where, self.skipped_batches)
+
+    def _step(self, batch: EventBatch, stage: str) -> Tensor | None:
+        """The batch's loss, with its metrics updated; None for a skipped training batch."""
         logits = self(batch)
         loss = self.loss(logits, batch.label)
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{stage} loss is {loss.item()} at step {self.global_step} (batch rows "
-                f"{batch.index[:5].tolist()}...): lower model.optimizer.lr or check the inputs"
-            )
+            self._nonfinite(batch, stage, logits, loss)
+            return None
         probs = torch.sigmoid(logits.detach().float())
         self.losses[f"{stage}_"].update(loss.detach(), weight=len(batch))
         if stage == "train":
@@ -136,8 +192,10 @@ class ChurnModule(L.LightningModule):
             self.rows[f"{stage}_"].update(batch.index.to(torch.float64))
         return loss
 
-    def training_step(self, batch: EventBatch, batch_idx: int) -> Tensor:
+    def training_step(self, batch: EventBatch, batch_idx: int) -> Tensor | None:
         loss = self._step(batch, "train")
+        if loss is None:  # Lightning skips backward and the optimizer step
+            return None
         self.log("train/loss_step", loss, prog_bar=True, batch_size=len(batch))
         return loss
 
@@ -154,10 +212,44 @@ class ChurnModule(L.LightningModule):
         self.log_dict(values, prog_bar=False, sync_dist=True)
         return {k: float(v) for k, v in values.items()}
 
+    def on_fit_start(self) -> None:
+        if self.nonfinite["action"] == "skip" and self.trainer.world_size > 1:
+            raise ValueError(
+                "model.nonfinite.action=skip needs a single process (a rank that skips a batch would leave "
+                "the others waiting in the gradient all-reduce); use fail with DDP"
+            )
+
+    def on_train_epoch_start(self) -> None:
+        self._skipped_in_epoch = 0
+        if self._resume_rng is not None:
+            # the state at the checkpoint, i.e. at the end of the previous epoch: dropout continues as if
+            # the run had never stopped
+            torch.set_rng_state(self._resume_rng["torch"])
+            if torch.cuda.is_available() and len(self._resume_rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(self._resume_rng["cuda"])
+            self._resume_rng = None
+
     def on_train_epoch_end(self) -> None:
         values = {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
         self.train_metrics.reset()
+        values["train/skipped_batches"] = float(self.skipped_batches)
         self._log_epoch("train", values)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_batches"] = self.skipped_batches
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming a fit restores the skip count and, at the next epoch's start, the RNG state; loading a
+        checkpoint to validate, test or export changes neither."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return
+        self.skipped_batches = int(checkpoint.get("skipped_batches", 0))
+        self._resume_rng = checkpoint.get("rng_states")
 
     @property
     def calibrator(self) -> Calibrator:

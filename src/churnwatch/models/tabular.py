@@ -171,7 +171,7 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
     estimator = build_estimator(name, model_cfg.get("params"), train, int(cfg.seed))
     t0 = time.perf_counter()
     _fit(estimator, name, train.values, data.train.snaps.label.astype(int), train)
-    fit_seconds = time.perf_counter() - t0
+    timings = {"train_seconds": time.perf_counter() - t0}
     val_raw = estimator.predict_proba(data.val.aggregates.values)[:, 1]
     calibrator = Calibrator.fit(calibration_method(cfg), val_raw, data.val.snaps.label)
     val_probs = calibrator(val_raw)
@@ -190,12 +190,12 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
         score_seconds = time.perf_counter() - t0
         predictions["test"] = (test_raw, calibrator(test_raw))
         metrics["test"] = evaluate(predictions["test"][1], data.test.snaps.label, op.threshold, "test")
-        metrics["scoring_customers_per_s"] = len(test_raw) / max(score_seconds, 1e-9)
+        timings["scoring_customers_per_s"] = len(test_raw) / max(score_seconds, 1e-9)
     for stage, (raw, _) in predictions.items():
         metrics[stage][f"{stage}/calibration_error_raw"] = expected_calibration_error(
             raw, getattr(data, stage).snaps.label
         )
-    record_run(cfg, data, metrics, op, calibrator, predictions, fit_seconds)
+    record_run(cfg, data, metrics, op, calibrator, predictions)
     if cfg.get("insights", {}).get("enabled", True):
         stage = "test" if "test" in predictions else "val"
         split = getattr(data, stage)
@@ -222,5 +222,5 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
     plot_importance(importance, run_dir / "feature_importance.png", f"{name}: permutation importance")
     metrics["n_features"] = len(train.names)
     write_predictions(run_dir, {stage: getattr(data, stage) for stage in predictions}, predictions, data.log)
-    write_run_summary(cfg, metrics)
+    write_run_summary(cfg, metrics, timings)
     return metrics
