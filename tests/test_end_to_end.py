@@ -147,6 +147,17 @@ def test_resume_from_last_checkpoint_continues_training(trained, tmp_path):
     assert "test/auroc" in metrics["test"]
 
 
+def test_resume_with_no_last_checkpoint_fails_instead_of_starting_over(trained, tmp_path):
+    root, _ = trained
+    cfg = compose(
+        "train",
+        [f"data.data_dir={root / 'data'}", f"paths.output_dir={tmp_path}", *TINY, "ckpt_path=last"],
+    )
+    with pytest.raises(FileNotFoundError, match=r"ckpt_path=last: no last\*\.ckpt in .*checkpoints"):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_calibration_tiers_and_insights_are_recorded_and_exported(trained):
     root, _ = trained
     run = root / "run"

@@ -162,6 +162,20 @@ def refuse_finished_run(cfg: DictConfig) -> None:
         )
 
 
+def check_resume(ckpt_path: str | None, callbacks: list[Any]) -> None:
+    """`ckpt_path=last` with no last checkpoint: Lightning only warns and trains from scratch, so a resume
+    pointed at the wrong run dir would silently start over. Refuse instead."""
+    if ckpt_path != "last":
+        return
+    dirs = [Path(c.dirpath) for c in callbacks if isinstance(c, ModelCheckpoint) and c.dirpath]
+    if not any(any(d.glob("last*.ckpt")) for d in dirs):
+        where = ", ".join(map(str, dirs)) or "(no ModelCheckpoint callback configured)"
+        raise FileNotFoundError(
+            f"ckpt_path=last: no last*.ckpt in {where}; point hydra.run.dir (or paths.output_dir) at the "
+            "interrupted run's dir, or leave ckpt_path unset to start afresh"
+        )
+
+
 def _instantiate_all(node: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (node or {}).values() if c is not None and "_target_" in c]
 
@@ -188,6 +202,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         model.net = torch.compile(model.net)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
+    check_resume(cfg.get("ckpt_path"), callbacks)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
         log.info("run dir: %s", run_dir)
