@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
-import tempfile
 import warnings
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -22,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import churnwatch
+from churnwatch.atomic import atomic_path
 from churnwatch.calibration import CalibrationLayer, Calibrator
 from churnwatch.models.module import ChurnModule
 
@@ -163,17 +162,8 @@ def write_artifact(model: nn.Module, meta: dict[str, Any], out_path: str | Path)
         scripted = torch.jit.script(model.eval())
     text = json.dumps(meta, indent=1, sort_keys=True, default=str)
     extra = {META_FILE: text, CHECKSUM_FILE: hashlib.sha256(text.encode()).hexdigest()}
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", dir=out_path.parent)
-    os.close(fd)
-    try:
-        with _quiet_jit():
-            torch.jit.save(scripted, tmp, _extra_files=extra)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)  # readers see the old file or the whole new one, never a partial one
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(out_path) as tmp, _quiet_jit():
+        torch.jit.save(scripted, str(tmp), _extra_files=extra)
     return out_path
 
 

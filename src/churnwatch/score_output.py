@@ -8,7 +8,6 @@ merging shards and ranking one run share this path.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from churnwatch.atomic import atomic_path
 from churnwatch.data.contract import CUSTOMER_ID
 
 RANK_KEYS = (CUSTOMER_ID, "churn_probability", "value_at_risk", "no_history", "lapsed")
@@ -81,30 +81,24 @@ def atomic_output(
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise ValueError(f"{path}: output must end in .parquet or .csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    parquet = RunWriter(tmp, metadata)
-    state = {"header": True}
+    with atomic_path(path, suffix) as tmp:
+        parquet = RunWriter(tmp, metadata)
+        state = {"header": True}
 
-    def append(frame: pd.DataFrame) -> None:
-        if suffix == ".parquet":
-            parquet.write(frame)
-            return
-        frame.to_csv(tmp, index=False, header=state["header"], mode="w" if state["header"] else "a")
-        state["header"] = False
+        def append(frame: pd.DataFrame) -> None:
+            if suffix == ".parquet":
+                parquet.write(frame)
+                return
+            frame.to_csv(tmp, index=False, header=state["header"], mode="w" if state["header"] else "a")
+            state["header"] = False
 
-    try:
-        yield append
-        parquet.close()
-        if suffix == ".parquet" and not parquet.opened:
-            raise ValueError(f"{path}: nothing was written")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        parquet.close()
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        try:
+            yield append
+            parquet.close()
+            if suffix == ".parquet" and not parquet.opened:
+                raise ValueError(f"{path}: nothing was written")
+        finally:
+            parquet.close()
 
 
 def rank_order(keys: pa.Table, rank_by: str) -> tuple[np.ndarray, int]:

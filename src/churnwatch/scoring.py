@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from churnwatch.atomic import atomic_path
 from churnwatch.data.batch import pad_batch
 from churnwatch.data.contract import (
     CUSTOMER_ID,
@@ -816,15 +817,8 @@ class _Stats:
                 "customers": self.customer_report.as_dict() if self.customer_report is not None else None,
             },
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(report, f, indent=2, ensure_ascii=False)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         log.info("validation report: %s", path)
 
     def block(self, block: pd.DataFrame) -> None:

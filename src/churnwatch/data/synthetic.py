@@ -13,7 +13,6 @@ price-rise dates. One ``numpy.random.default_rng(seed)`` drives everything, so a
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from churnwatch.atomic import atomic_path
 
 EVENT_TYPES = (
     "purchase",
@@ -909,8 +910,7 @@ def write(data: SyntheticData, out_dir: str | Path) -> dict[str, Path]:
     paths: dict[str, Path] = {}
     for name in ("events", "customers", "truth"):
         path = out / f"{name}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        _write_parquet(getattr(data, name), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            _write_parquet(getattr(data, name), tmp)
         paths[name] = path
     return paths
