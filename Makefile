@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow lint demo data bench-data bench-score bench-lifestream clean
+.PHONY: venv test test-slow test-gpu lint demo data bench-data bench-score bench-lifestream clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ test: venv
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
+
+# The CUDA checks (tests marked gpu; they skip without a device). Install a CUDA torch via TORCH_SPEC/TORCH_INDEX.
+test-gpu: venv
+	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
 
 lint: venv
 	$(BIN)/ruff check src scripts tests

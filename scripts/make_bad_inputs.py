@@ -139,7 +139,7 @@ def missing_column(d: Path) -> dict[str, Any]:
     """The amount column is absent."""
     return {
         "events": write(d, "events.csv", csv(events(IDS).drop(columns="amount"))),
-        **fails(r"column 'amount' \(data\.numeric\) not found", "amount"),
+        **fails(r"column 'amount' \(data\.numeric\) not found", "amount", example=True),
     }
 
 
@@ -149,7 +149,7 @@ def renamed_column(d: Path) -> dict[str, Any]:
     frame = events(IDS).rename(columns={"customer_id": "cust_id"})
     return {
         "events": write(d, "events.parquet", parquet(frame)),
-        **fails(r"column 'customer_id' \(data\.customer_id\) not found", "customer_id"),
+        **fails(r"column 'customer_id' \(data\.customer_id\) not found", "customer_id", example=True),
     }
 
 
@@ -202,7 +202,7 @@ def wrong_delimiter(d: Path) -> dict[str, Any]:
     """Semicolons, not commas: the whole header reads as one column."""
     return {
         "events": write(d, "events.csv", csv(events(IDS), sep=";")),
-        **fails(r"column 'customer_id' \(data\.customer_id\) not found", "customer_id"),
+        **fails(r"column 'customer_id' \(data\.customer_id\) not found", "customer_id", example=True),
     }
 
 
@@ -298,6 +298,20 @@ def float_ids(d: Path) -> dict[str, Any]:
         "customers": write(d, "customers.csv", csv(customers(ids))),
         **passes(ids),
         "joined": ids,
+    }
+
+
+@case
+def text_float_ids(d: Path) -> dict[str, Any]:
+    """Ids written as text floats ("1001.0", a spreadsheet's export) next to a text id in the customers
+    file, so the column reads as text: still customers 1001...; integer ids in the events."""
+    ids = [str(i) for i in NUMERIC_IDS]
+    attributes = customers([f"{i}.0" for i in NUMERIC_IDS[:3]] + ["C9"])
+    return {
+        "events": write(d, "events.parquet", parquet(events(NUMERIC_IDS))),
+        "customers": write(d, "customers.csv", csv(attributes)),
+        **passes(ids),
+        "joined": ids[:3],
     }
 
 
@@ -431,6 +445,16 @@ def huge_amounts(d: Path) -> dict[str, Any]:
 
 
 @case
+def float32_overflow(d: Path) -> dict[str, Any]:
+    """Amounts and price changes of 1e38 to 1e299: inside validation's 1e300 bound, so they are kept, but
+    beyond float32 (3.4e38) once standardised. They must reach the model clipped, never as inf."""
+    frame = events(IDS, per_customer=5)
+    frame.loc[[0, 5], "amount"] = [1e299, 1e38]
+    frame.loc[[1, 6, 10], "price_delta"] = [1e299, -1e299, 1e39]
+    return {"events": write(d, "events.parquet", parquet(frame)), **passes(IDS)}
+
+
+@case
 def negative_amounts(d: Path) -> dict[str, Any]:
     """Two amounts below the declared min 0, a satisfaction of 11 (max 10); a negative price change is
     fine (no bounds)."""
@@ -492,7 +516,9 @@ def customers_missing_column(d: Path) -> dict[str, Any]:
     return {
         "events": write(d, "events.csv", csv(events(IDS))),
         "customers": write(d, "customers.csv", csv(customers(IDS).drop(columns="plan"))),
-        **fails(r"column 'plan' \(data\.customers field\) not found", "plan", file="customers"),
+        **fails(
+            r"column 'plan' \(data\.customers field\) not found", "plan", file="customers", example=True
+        ),
     }
 
 

@@ -14,11 +14,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from churnwatch.data.contract import DataValidationError, load_customers, load_events
-from churnwatch.scoring import Scorer, report_path, score_file
+from churnwatch.export import CHECKSUM_FILE, META_FILE
+from churnwatch.scoring import Scorer, merge_shards, report_path, score_file, shard_of
 from churnwatch.training import train
 
 from .conftest import REPO
@@ -148,6 +151,8 @@ def test_scoring_scores_every_customer_once_and_reports_drops(model: Path, name:
     result = score_file(model, events, out, customers, **SCORE)
     scores = pd.read_parquet(out)
     assert sorted(scores["customer_id"]) == case["ids"] and scores["customer_id"].is_unique
+    assert scores["churn_probability"].between(0, 1).all()  # NaN is not between: none slipped through
+    assert np.isfinite(scores["value_at_risk"]).all()
     sidecar = json.loads(report_path(out).read_text())
     assert sidecar["validation"]["events"]["dropped"] == case["dropped"]["events"]
     if customers is not None:
@@ -213,3 +218,67 @@ def test_score_cli_says_one_line_and_exits_2_without_a_traceback(
     else:
         _assert_one_line(lines[0], events, case["match"], case["column"], False)
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_a_model_whose_weights_went_nan_fails_naming_customers_and_writes_nothing(
+    model: Path, tmp_path: Path
+) -> None:
+    """Inputs are finite by construction; a NaN probability can only come from the model. It would rank
+    anywhere, so scoring stops instead, naming the customers."""
+    extra = {META_FILE: "", CHECKSUM_FILE: ""}
+    net = torch.jit.load(str(model), _extra_files=extra)
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    broken = tmp_path / "nan_weights.pt"
+    torch.jit.save(net, str(broken), _extra_files=extra)  # metadata and checksum intact
+    case = CASES["single_event_customers"]
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(FloatingPointError) as err:
+        score_file(broken, BAD / case["events"], out, **SCORE)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(
+        f"{broken}: the model gave a non-finite churn probability"
+    )
+    assert re.search(r"for \d+ of \d+ customers, e\.g\. C00\d", message), message
+    assert not out.exists() and not report_path(out).exists()
+
+
+def _ids_in_shards(num_shards: int) -> list[list[str]]:
+    candidates = np.array([f"C{i:03d}" for i in range(1, 40)])
+    shards = shard_of(candidates, num_shards)
+    return [list(candidates[shards == s][:3]) for s in range(num_shards)]
+
+
+def test_a_shard_whose_rows_are_all_invalid_scores_its_customers_like_the_unsharded_run(
+    model: Path, tmp_path: Path
+) -> None:
+    """Shard 1's customers have only unparseable timestamps: the unsharded run scores them without history
+    (the file has valid rows), and so must the shard, so the merge equals the single run. A file with no
+    valid row at all fails unsharded, and so does the merge of its shards."""
+    script = _script()
+    keep, broken = _ids_in_shards(2)
+    frame = script.events(keep + broken).astype({"timestamp": str})
+    frame.loc[frame["customer_id"].isin(broken), "timestamp"] = "not a date"
+    events = tmp_path / "events.csv"
+    events.write_bytes(script.csv(frame))
+    common = {**SCORE, "as_of": "2024-11-01"}
+    single = pd.read_parquet(score_file(model, events, tmp_path / "single.parquet", **common).output_path)
+    assert set(single.loc[single["no_history"], "customer_id"]) == set(broken)
+    parts = [
+        score_file(model, events, tmp_path / f"part-{i}.parquet", shard=(2, i), **common).output_path
+        for i in range(2)
+    ]
+    merge_shards(model, parts, tmp_path / "merged.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "merged.parquet"), single)
+
+    frame["timestamp"] = "not a date"
+    events.write_bytes(script.csv(frame))
+    with pytest.raises(DataValidationError, match="no valid events left"):
+        score_file(model, events, tmp_path / "none.parquet", **common)
+    parts = [
+        score_file(model, events, tmp_path / f"none-{i}.parquet", shard=(2, i), **common).output_path
+        for i in range(2)
+    ]
+    with pytest.raises(DataValidationError, match="merge: no shard kept a valid event row"):
+        merge_shards(model, parts, tmp_path / "none.parquet")
+    assert not (tmp_path / "none.parquet").exists()

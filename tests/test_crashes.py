@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from churnwatch.export import load_artifact
 from churnwatch.training import train
@@ -73,6 +74,11 @@ def files_under(folder: Path) -> list[Path]:
     return [Path(d, f) for d, _, names in os.walk(folder) for f in names]
 
 
+def hidden(folder: Path) -> list[str]:
+    """Temp files and scratch dirs (hidden names) in `folder`."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
 def test_score_killed_mid_run_leaves_no_output_and_a_rerun_completes(trained, tmp_path, capsys):
     events = trained / "data" / "events.parquet"
     out = tmp_path / "out" / "scores.parquet"
@@ -95,6 +101,7 @@ def test_score_killed_mid_run_leaves_no_output_and_a_rerun_completes(trained, tm
     assert not out.exists()
     assert files_under(out.parent)  # the killed run really had partial results on disk
     script_main("score", *args)  # the same job again, leftovers and all
+    assert hidden(out.parent) == []  # the killed run's spill dir went with the re-run
     scores = pd.read_parquet(out)
     customers = pd.read_parquet(events, columns=["customer_id"])["customer_id"].astype(str).unique()
     assert scores["customer_id"].is_unique and sorted(scores["customer_id"]) == sorted(customers)
@@ -118,14 +125,24 @@ def assert_kept_then_replaced(name: str, args: list[str], out: Path, capsys) -> 
 
 KILL_AT_RENAME = """
 import os, runpy, signal, sys
-target = os.path.abspath(sys.argv[1])
-def hook(event, args):  # os.replace raises the os.rename audit event: die just before the output appears
+target, nth = os.path.abspath(sys.argv[1]), int(sys.argv[2])
+seen = []
+def hook(event, args):  # os.replace raises the os.rename audit event: die just before the nth rename onto
+    # target, the new file complete under its temp name
     if event == "os.rename" and os.path.abspath(os.fsdecode(args[1])) == target:
-        os.kill(os.getpid(), signal.SIGKILL)
+        seen.append(args[0])
+        if len(seen) == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
 sys.addaudithook(hook)
-sys.argv = sys.argv[2:]
+sys.argv = sys.argv[3:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+def run_killed_at_rename(target: Path, nth: int, cmd: list[str]) -> None:
+    """Run a script (`cmd` from `script`) to be killed just before its `nth` rename onto `target`."""
+    killed = run([sys.executable, "-c", KILL_AT_RENAME, str(target), str(nth), *cmd[1:]])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
 
 def test_export_killed_before_its_rename_leaves_no_output_and_a_rerun_completes(trained, tmp_path, capsys):
@@ -136,15 +153,39 @@ def test_export_killed_before_its_rename_leaves_no_output_and_a_rerun_completes(
         f"output_path={out}",
         f"hydra.run.dir={tmp_path / 'hydra'}",
     ]
-    killed = run([sys.executable, "-c", KILL_AT_RENAME, str(out), *script("export", *args)[1:]])
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run_killed_at_rename(out, 1, script("export", *args))
     assert not out.exists()
-    assert [p.name.startswith(".model.pt.") for p in out.parent.iterdir()] == [True]  # only the temp file
+    assert [p.name.startswith(".model.pt~") for p in out.parent.iterdir()] == [True]  # only the temp file
     script_main("export", *args)
+    assert hidden(out.parent) == []  # the re-run removed the killed run's temp file
     _, meta = load_artifact(out)
     assert meta["test_metrics"] == json.loads((trained / "run" / "metrics.json").read_text())["test"]
     assert_kept_then_replaced("export", args, out, capsys)
     load_artifact(out)
+
+
+def test_training_killed_while_saving_a_checkpoint_keeps_the_last_one_whole(tmp_path):
+    """Killed just before the second epoch's last.ckpt is renamed into place: the file a resume reads is
+    still the first epoch's, whole, and the new one waits complete under a temp name *beside* it (Lightning
+    alone stages checkpoints in the system temp dir, so the rename may be a copy across file systems,
+    which a kill tears). The resume completes the run and clears the leftover."""
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    overrides = [
+        f"hydra.run.dir={run_dir}",
+        f"data.data_dir={tmp_path / 'data'}",
+        *TINY,
+        "trainer.max_epochs=2",
+    ]
+    run_killed_at_rename(last, 2, script("train", *overrides))
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    temps = [p for p in last.parent.iterdir() if p.name.startswith(".last.ckpt~")]
+    assert len(temps) == 1 and torch.load(temps[0], weights_only=True)["epoch"] == 1
+    assert not (run_dir / "metrics.json").exists()
+    resumed = run(script("train", *overrides, "ckpt_path=last"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(last, weights_only=True)["epoch"] == 1 and (run_dir / "metrics.json").exists()
+    assert hidden(last.parent) == []
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 
 from churnwatch.data.datamodule import ChurnDataModule
 from churnwatch.data.dataset import build_data
-from churnwatch.features.encode import slice_events
+from churnwatch.features.encode import Z_LIMIT, slice_events
 from churnwatch.training import TIMING_KEYS, build_module, read_timings, refuse_finished_run, train
 
 from .test_config import compose
@@ -50,7 +50,7 @@ def test_two_seeded_cpu_runs_write_identical_metrics_and_predictions(data_dir, t
     ]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["train"] == {"train/skipped_batches": 0}
+    assert metrics["train"] == {}  # nonfinite.action=fail: no skip count to report
     assert not set(TIMING_KEYS) & (set(metrics) | set(metrics["insights"]))  # wall clock stays out
     timings = read_timings(run)
     assert set(timings) == set(TIMING_KEYS) and all(v > 0 for v in timings.values())
@@ -62,29 +62,58 @@ def test_two_seeded_cpu_runs_write_identical_metrics_and_predictions(data_dir, t
     refuse_finished_run(config(data_dir, run, "overwrite=true"))  # no error: it may go ahead
 
 
-def test_a_non_finite_validation_loss_stops_training_naming_the_customer(data_dir, tmp_path):
-    """A price change of 1e299 passes validation (|x| <= 1e300) but overflows float32 once encoded: the
-    customer's validation rows get an infinite input. Skipping covers training batches only, so even
-    with action=skip the run stops, naming the stage, the step and that customer."""
-    cfg = config(data_dir, tmp_path / "run")
-    data = build_data(cfg.data)
-    val_ids = data.val.snaps.customer_ids(data.log)
-    customer = str(val_ids[0])
+def test_values_that_overflow_float32_reach_the_network_clipped_and_train(data_dir, tmp_path, caplog):
+    """A price change of 1e299 passes validation (|x| <= 1e300), and, after the last training cutoff, the
+    statistics fitted on training histories put it far beyond float32 once standardised: it reaches the
+    network clipped to ±Z_LIMIT, with a warning, and the run trains on (it used to become inf, and the
+    validation loss NaN)."""
+    clean = build_data(config(data_dir, tmp_path / "unused").data)
+    customer = str(clean.val.snaps.customer_ids(clean.log)[0])
+    after_training = pd.Timestamp(clean.train.snaps.cutoff.max())
     bad_dir = tmp_path / "data"
     shutil.copytree(data_dir, bad_dir)
     events = pd.read_parquet(bad_dir / "events.parquet")
-    events.loc[events["customer_id"] == customer, "price_delta"] = 1e299
+    late = (events["customer_id"].astype(str) == customer) & (events["timestamp"] >= after_training)
+    assert late.any()
+    events.loc[late, "price_delta"] = 1e299
     events.to_parquet(bad_dir / "events.parquet")
+    cfg = config(bad_dir, tmp_path / "run")
+    with caplog.at_level(logging.WARNING, logger="churnwatch.features.encode"):
+        data = build_data(cfg.data)
+    assert any("clipped to ±10000 standard deviations" in r.getMessage() for r in caplog.records)
+    column = data.encoder.num_names.index("price_delta")
+    seen = {}
+    for name in ("train", "val", "test"):
+        seqs = getattr(data, name).seqs
+        assert np.isfinite(seqs.num).all()
+        rows = np.flatnonzero(seqs.customer_id == customer)
+        seen[name] = seqs.num[slice_events(seqs.offsets, rows), column].max() if len(rows) else 0.0
+    assert seen["train"] < Z_LIMIT and max(seen["val"], seen["test"]) == Z_LIMIT
     (tmp_path / "run").mkdir()
-    cfg = config(bad_dir, tmp_path / "run", "model.nonfinite.action=skip")
+    metrics = train(cfg)
+    assert math.isfinite(metrics["val"]["val/loss"]) and math.isfinite(metrics["test"]["test/loss"])
+
+
+def test_a_non_finite_validation_loss_stops_training_naming_the_customer(data_dir, tmp_path):
+    """One validation row's encoded inputs hold inf. Skipping covers training batches only, so even with
+    action=skip the run stops, naming the stage, the step and that customer."""
+    cfg = config(data_dir, tmp_path, "model.nonfinite.action=skip")
+    dm = ChurnDataModule(cfg.data)
+    dm.setup()
+    val_ids = dm.data.val.snaps.customer_ids(dm.data.log)
+    customer = str(val_ids[0])
+    rows = np.flatnonzero(val_ids == customer)
+    seqs = dm.data.val.seqs
+    seqs.num = np.array(seqs.num)  # a writable copy (the cache hands out read-only maps)
+    seqs.num[slice_events(seqs.offsets, rows)] = np.inf
+    trainer = instantiate(cfg.trainer, max_epochs=1, logger=False, enable_checkpointing=False, callbacks=[])
     with pytest.raises(FloatingPointError) as failure:
-        train(cfg)
+        trainer.fit(build_module(cfg, dm), datamodule=dm)
     message = str(failure.value)
-    steps = math.ceil(len(data.train) / int(cfg.data.batch_size))  # one epoch of training, then validation
+    steps = math.ceil(len(dm.data.train) / int(cfg.data.batch_size))  # one epoch of training, then validation
     assert message.startswith(f"val loss is nan at epoch 0, global step {steps};")
-    assert f"{(val_ids == customer).sum()} row(s) with a non-finite logit: customers {customer}:" in message
+    assert f"{len(rows)} row(s) with a non-finite logit: customers {customer}:" in message
     assert "skips training batches only" in message
-    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def first_batch_customers(cfg) -> str:

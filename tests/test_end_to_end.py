@@ -220,6 +220,20 @@ def test_scoring_output_has_drivers_value_segments_and_actions(trained, tmp_path
     assert (ranked["risk_tier"] == "high").sum() == round(0.1 * n)
 
 
+def test_drivers_about_customer_attributes_read_unknown_when_scored_without_a_customers_file(trained):
+    """The model uses customer attributes; scored without them, a driver whose text names one (the
+    profile) says "unknown" instead of failing the run. The profile is made everyone's top driver by
+    moving its reference point (the attributions are measured against it)."""
+    root, _ = trained
+    scorer = Scorer(root / "run" / "model.pt", device="cpu", drivers={"steps": 2})
+    assert scorer.uses_customers
+    scorer.center[scorer.catalogue.names.index("profile")] -= 1e6
+    scores = scorer.score(root / "data" / "events.parquet", None, as_of="2024-11-01", progress=False)
+    ranked = scores[scores["risk_rank"].notna()]
+    assert len(ranked) > 100 and (ranked["main_driver"] == "profile").all()
+    assert (ranked["driver_1"] == "profile: unknown, unknown plan, unknown").all()
+
+
 def test_report_is_a_self_contained_html_page(trained):
     from churnwatch.report import write_report
 

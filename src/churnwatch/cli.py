@@ -3,7 +3,7 @@
 Hydra prints a traceback for anything a task function raises, so each script wraps its task function in
 `one_line_errors` (inside `@hydra.main`). Only what a user can fix is shortened: bad data
 (DataValidationError), an unusable model file (ArtifactError), an output that exists or an input that does
-not, a non-finite training loss (FloatingPointError, naming the step and the customers), and the
+not, a non-finite training loss or scored probability (FloatingPointError, naming the customers), and the
 ValueErrors churnwatch raises itself for a config value it refuses. A ValueError from inside a library,
 like any other exception, is a bug and keeps its traceback (so does every error with HYDRA_FULL_ERROR=1,
 Hydra's switch for full tracebacks).
@@ -29,7 +29,7 @@ USER_ERRORS = (
     ArtifactError,
     FileExistsError,
     FileNotFoundError,
-    FloatingPointError,  # a non-finite training loss: the message names the step and the customers
+    FloatingPointError,  # a non-finite training loss or churn probability: the message names the customers
 )
 _PACKAGE = __name__.split(".")[0]
 

@@ -8,7 +8,7 @@ the same files: drivers.parquet, driver_importance.csv/.png, segments.csv, segme
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +59,24 @@ class Segments:
         return cls(RFMSegmenter.from_state(state["rfm"]), BehaviourClusters.from_state(state["clusters"]))
 
 
-def context_frame(table: AggregateTable, customers: pd.DataFrame | None, ids: np.ndarray) -> pd.DataFrame:
-    """A row per customer with the aggregates and the customer attributes, for the driver texts."""
+def context_frame(
+    table: AggregateTable,
+    customers: pd.DataFrame | None,
+    ids: np.ndarray,
+    attributes: Sequence[str] = (),
+) -> pd.DataFrame:
+    """A row per customer with the aggregates and the customer attributes, for the driver texts. An
+    attribute the customer has no value for reads "unknown", also when there is no customers table at all
+    (`attributes` names those the model was trained with)."""
     frame = table.to_frame().astype(np.float64)
     if customers is not None:
         attrs = customers.reindex(np.asarray(ids)).reset_index(drop=True)
         for col in attrs.columns:
             if col not in frame:
                 frame[col] = attrs[col].astype(object).where(attrs[col].notna(), "unknown").astype(str)
+    for col in attributes:
+        if col not in frame:
+            frame[col] = "unknown"
     return frame
 
 

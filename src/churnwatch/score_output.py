@@ -9,7 +9,6 @@ merging shards and ranking one run share this path.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from churnwatch.atomic import atomic_path
+from churnwatch.atomic import atomic_path, scratch_dir
 from churnwatch.data.contract import CUSTOMER_ID
 
 RANK_KEYS = (CUSTOMER_ID, "churn_probability", "value_at_risk", "no_history", "lapsed")
@@ -134,7 +133,7 @@ def write_ranked(
     rank position of the i-th row of the runs, concatenated), `block_rows` at a time through `finish`."""
     n = len(position)
     blocks = max(1, -(-n // block_rows))
-    spill = Path(tempfile.mkdtemp(prefix=".rank-", dir=spill_dir or Path(output_path).parent))
+    spill = scratch_dir(output_path, "rank", spill_dir)
     try:
         writers = [RunWriter(spill / f"block-{b:05d}.parquet") for b in range(blocks)]
         first = 0

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -28,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from churnwatch.atomic import atomic_path
+from churnwatch.atomic import atomic_path, scratch_dir
 from churnwatch.data.batch import pad_batch
 from churnwatch.data.contract import (
     CUSTOMER_ID,
@@ -143,6 +142,7 @@ class Scorer:
         self.precision = precision
         self.seconds: dict[str, float] = {}
         """Wall seconds per phase (read, encode, forward, segments, drivers, rank, write), summed."""
+        self.model_path = Path(model_path)
         self.model, self.meta = load_artifact(model_path, self.device)
         self.batch_size = batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)
         data = self.meta["data"]
@@ -220,7 +220,9 @@ class Scorer:
             self.device,
         )
         sub_table = AggregateTable(table.values[rows], table.names, table.categorical)
-        context = context_frame(sub_table, customers, sub.customer_ids(log_))
+        cs = self.customer_schema
+        attributes = [*cs.categorical, *(f.name for f in cs.numeric), *cs.dates]
+        context = context_frame(sub_table, customers, sub.customer_ids(log_), attributes)
         found = top_drivers(scores - self.center, self.catalogue, context, int(self.drivers["top_n"]))
         out = pd.DataFrame("", index=range(len(snaps)), columns=found.columns)
         out.iloc[rows] = found.to_numpy()
@@ -248,7 +250,9 @@ class Scorer:
             table = self.featurizer.transform(log_, snaps, customers)
             agg = self.featurizer.scale(table) if self.use_aggregates else None
         with self.timed("forward"):
-            out = pd.DataFrame({"churn_probability": self._predict(seqs, agg)})
+            probs = self._predict(seqs, agg)
+        check_finite(probs, seqs.customer_id, self.model_path)
+        out = pd.DataFrame({"churn_probability": probs})
         spend = table.values[:, table.names.index(self.value_column)].astype(np.float64)
         out["recent_spend"] = spend
         out["value_at_risk"] = out["churn_probability"] * spend
@@ -554,6 +558,21 @@ def check_each_once(frame: pd.DataFrame, ids: pa.Array) -> None:
         )
 
 
+def check_finite(probs: np.ndarray, customer_ids: np.ndarray, model_path: Path) -> None:
+    """A probability that is not a number would rank anywhere: fail, naming the customers, instead.
+    Inputs are finite by construction (validation, then clipping in the encoders), so this is the model's
+    doing, e.g. weights that went NaN in training."""
+    bad = ~np.isfinite(probs)
+    if bad.any():
+        ids = list(dict.fromkeys(map(str, np.asarray(customer_ids)[bad])))
+        more = f" (+{len(ids) - 5} more)" if len(ids) > 5 else ""
+        raise FloatingPointError(
+            f"{model_path}: the model gave a non-finite churn probability for {int(bad.sum())} of "
+            f"{len(probs)} customers, e.g. {', '.join(ids[:5])}{more}; nothing was written (are its "
+            "weights finite?)"
+        )
+
+
 def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
     """A customer's shard: a stable hash of its id (BLAKE2b, the same on every machine and version)."""
     return np.fromiter(
@@ -633,10 +652,26 @@ def merge_shards(
         raise ValueError(
             f"merge: parts were scored at different as_of dates {sorted(info['as_of'].unique())}"
         )
+    check_some_kept(part_paths)
     scorer = Scorer(model_path, "cpu", playbook=playbook, rank_by=rank_by, drivers={"enabled": False})
     return scorer.write_ranked(
         part_paths, output_path, overwrite, drop=("num_shards", "shard_index"), block_rows=block_rows
     )
+
+
+def check_some_kept(part_paths: list[str | Path]) -> None:
+    """Shards whose validation, all together, kept no event row: the unsharded run fails there, and so does
+    the merge (read from the parts' sidecars; parts moved without them are not checked)."""
+    sidecars = [report_path(p) for p in part_paths]
+    if not all(s.exists() for s in sidecars):
+        log.warning("merge: not every part has its sidecar (<part>.report.json): validation not checked")
+        return
+    events = [json.loads(s.read_text())["validation"]["events"] or {} for s in sidecars]
+    if not any(e.get("rows_kept") for e in events):
+        raise DataValidationError(
+            f"merge: no shard kept a valid event row ({events[0].get('path')}); see {sidecars[0]} and the "
+            "other parts' sidecars for what was dropped and why"
+        )
 
 
 def score_file(
@@ -681,7 +716,7 @@ def score_file(
     scorer = Scorer(model_path, device, batch_size, drivers, playbook, rank_by, value_days, precision)
     scorer.warn_without_customers(customers_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
-    spill = Path(tempfile.mkdtemp(prefix=f".{output_path.name}.spill-", dir=spill_dir or output_path.parent))
+    spill = scratch_dir(output_path, "spill", spill_dir)
     try:
         with scorer.timed("read"):
             parts = scorer.split_input(events_path, customers_path, shard, part_events, spill)
@@ -789,9 +824,15 @@ class _Stats:
 
     def check(self, events_path: str | Path, shard: tuple[int, int] | None = None) -> None:
         """The whole file's checks, once all its parts are validated (or the one part that is all). A shard
-        may hold none of the file's rows (split_file saw that it has some): an empty part, not an error."""
+        sees only its customers' rows: none at all, or none valid, still leaves the other shards' (split_file
+        saw that the file has rows), so its customers are scored without history, as the unsharded run
+        would, and `merge_shards` fails if no shard kept any row."""
         report = self.events
-        if shard is not None and report.rows_read == 0:
+        if shard is not None:
+            if report.rows_read and not report.rows_kept:
+                log.warning(
+                    "shard %d of %d kept no valid event row: %s", shard[1], shard[0], report.summary()
+                )
             return
         if report.rows_read == report.rows_filtered:
             raise no_event_rows(events_path)

@@ -210,7 +210,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     timings = {"train_seconds": time.perf_counter() - t0}
     # read before validate/test load the best checkpoint, which holds the count as of its own epoch
-    train_metrics = {"train/skipped_batches": model.skipped_batches}
+    skipping = model.nonfinite["action"] == "skip"
+    train_metrics = {"train/skipped_batches": model.skipped_batches} if skipping else {}
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     # Validation metrics of the best checkpoint (this pass also restores its threshold and tiers).

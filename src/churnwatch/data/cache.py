@@ -45,6 +45,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 
 from churnwatch import __version__
+from churnwatch.atomic import fsync, process_alive
 from churnwatch.data.contract import CUSTOMER_ID, ConfigError, CustomerSchema, EventSchema, ValidationReport
 from churnwatch.data.dataset import ChurnData, Split
 from churnwatch.data.snapshots import EventLog, SnapshotPlan, Snapshots
@@ -329,7 +330,7 @@ class _Writer:
                 files[path.name] = {"size": path.stat().st_size}
                 if self.digests:
                     files[path.name]["blake2b"] = content_digest(path)
-                _fsync(path)
+                fsync(path)
         manifest = {
             "format": FORMAT_VERSION,
             "key": key,
@@ -344,17 +345,9 @@ class _Writer:
             "reports": [r.as_dict() for r in data.reports],
         }
         (self.dir / "manifest.json").write_text(json.dumps(manifest, default=str))
-        _fsync(self.dir / "manifest.json")
+        fsync(self.dir / "manifest.json")
         (self.dir / "owner.json").unlink(missing_ok=True)
-        _fsync(self.dir)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync(self.dir)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -615,7 +608,7 @@ class EncodedCache:
             self._discard(self.entry)
             os.rename(tmp, self.entry)
         with contextlib.suppress(OSError):
-            _fsync(self.root)
+            fsync(self.root)
 
     def _discard(self, entry: Path) -> None:
         """Move an entry aside whole (one rename: readers see it or nothing), then delete it."""
@@ -658,7 +651,7 @@ class EncodedCache:
                 )
             except (OSError, ValueError):
                 continue
-            dead = owner.get("host") == host and not _alive(int(owner.get("pid", -1)))
+            dead = owner.get("host") == host and not process_alive(int(owner.get("pid", -1)))
             if old or dead or path.name.startswith(".trash-"):
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -684,15 +677,3 @@ class EncodedCache:
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -7,6 +7,7 @@ module returns, so a new event log needs a config change, never a code change.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -271,29 +272,39 @@ def no_valid_events(report: ValidationReport) -> DataValidationError:
 
 
 def _require_columns(frame: pd.DataFrame, needed: Sequence[str], path: str, what: str) -> None:
+    """A missing column is one line: which, what it is for, the columns there are and (so a wrong delimiter
+    or a shifted header shows) the first row as read."""
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         have = ", ".join(map(str, frame.columns[:12])) + (" ..." if len(frame.columns) > 12 else "")
-        raise DataValidationError(f"{path}: column {missing[0]!r} ({what}) not found; columns are: {have}")
+        first = f"; row {frame.index[0]}: {_describe_row(frame, 0)}" if len(frame) else ""
+        raise DataValidationError(
+            f"{path}: column {missing[0]!r} ({what}) not found; columns are: {have}{first}"
+        )
 
 
 # ------------------------------------------------------------------------------------------- coercions
 
 
+INTEGRAL_TEXT = r"^(-?\d+)\.0+$"
+"""An integer written as a float ("17850.0", what a spreadsheet or a float column exported as text gives):
+the same id as 17850."""
+
+
 def _label(value: Any) -> str | None:
-    """One category's canonical text: 17850.0 → "17850", " a " → "a", "" or null → None."""
+    """One category's canonical text: 17850.0 and "17850.0" → "17850", " a " → "a", "" or null → None."""
     if value is None or (isinstance(value, float) and not np.isfinite(value)) or value is pd.NA:
         return None
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         value = int(value)
-    text = str(value).strip()
+    text = re.sub(INTEGRAL_TEXT, r"\1", str(value).strip())
     return text or None
 
 
 def _labels(categories: pd.Index) -> np.ndarray:
     """`_label` for every category, vectorised for the common string and float cases (1M ids)."""
     if pd.api.types.is_string_dtype(categories.dtype) and not pd.api.types.is_object_dtype(categories.dtype):
-        text = categories.astype(str).str.strip()
+        text = categories.astype(str).str.strip().str.replace(INTEGRAL_TEXT, r"\1", regex=True)
         return np.where(text == "", None, np.asarray(text, dtype=object))
     if pd.api.types.is_float_dtype(categories.dtype):
         values = categories.to_numpy(dtype=np.float64)

@@ -310,9 +310,7 @@ class AggregateFeaturizer:
         categorical = self._static(log, snaps, customers, cols)
         names = list(cols)
         values = (
-            np.column_stack([cols[k] for k in names]).astype(np.float32)
-            if names
-            else np.zeros((n, 0), np.float32)
+            _to_float32(np.column_stack([cols[k] for k in names])) if names else np.zeros((n, 0), np.float32)
         )
         return AggregateTable(values, names, categorical)
 
@@ -434,3 +432,14 @@ def _previous_gap_days(log: EventLog, mask: np.ndarray) -> np.ndarray:
         out[occ] = gaps
         out[idx[~new_occasion]] = 0.0
     return out
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _to_float32(values: np.ndarray) -> np.ndarray:
+    """Finite values saturate at the float32 range instead of overflowing to inf (sums of amounts near
+    validation's 1e300 bound would), so they read as "very large", not as "no observation" (NaN and inf
+    keep that meaning: the fitted fill replaces them)."""
+    finite = np.isfinite(values)
+    return np.where(finite, np.clip(values, -FLOAT32_MAX, FLOAT32_MAX), values).astype(np.float32)

@@ -7,6 +7,7 @@ model can carry it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,11 @@ import pandas as pd
 from churnwatch.data.contract import CustomerSchema, EventSchema, NumericField
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 
+log = logging.getLogger(__name__)
 PAD, OOV = 0, 1
+Z_LIMIT = 1e4
+"""Standardised inputs are clipped to ±Z_LIMIT: far beyond any real measurement, far within float32 and
+bf16, and small enough that weights times inputs cannot overflow a network."""
 PAD_TOKEN, OOV_TOKEN = "<pad>", "<oov>"
 
 
@@ -80,18 +85,40 @@ class NumericStats:
 
     def fit(self, columns: Sequence[np.ndarray]) -> NumericStats:
         raw = self._raw(columns)
-        self.mean = np.nanmean(raw, axis=0) if len(raw) else np.zeros(len(self.fields))
-        std = np.nanstd(raw, axis=0) if len(raw) else np.ones(len(self.fields))
+        if not len(raw):
+            self.mean, self.std = np.zeros(len(self.fields)), np.ones(len(self.fields))
+            return self
+        # On values divided by their largest magnitude: squares of raw values up to 1e300 (what
+        # validation lets through) would overflow float64 and leave no usable spread.
+        with np.errstate(all="ignore"):
+            scale = np.fmax.reduce(np.abs(raw), axis=0)  # ignores NaN
+            scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+            self.mean = np.nan_to_num(np.nanmean(raw / scale, axis=0) * scale)
+            std = np.nanstd(raw / scale, axis=0) * scale
         self.std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
-        self.mean = np.nan_to_num(self.mean)
         return self
 
     def transform(self, columns: Sequence[np.ndarray], n_rows: int | None = None) -> np.ndarray:
-        """float32 (n, n_fields); any value still missing becomes 0 (the training mean), never NaN.
+        """float32 (n, n_fields); any value still missing becomes 0 (the training mean), never NaN, and
+        values beyond ±Z_LIMIT standard deviations are clipped there (counted in a warning), so a raw
+        value that passes validation never becomes an infinite network input.
 
         `n_rows` gives the row count when there are no fields (columns is empty)."""
-        z = (self._raw(columns, n_rows) - self.mean) / self.std
-        return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+        with np.errstate(over="ignore"):
+            z = (self._raw(columns, n_rows) - self.mean) / self.std
+        z = np.nan_to_num(z, nan=0.0, posinf=np.inf, neginf=-np.inf)
+        beyond = np.abs(z) > Z_LIMIT
+        if beyond.any():
+            counts = beyond.sum(axis=0)
+            log.warning(
+                "clipped to ±%g standard deviations: %s",
+                Z_LIMIT,
+                ", ".join(
+                    f"{int(n)} value(s) of {f.name}" for f, n in zip(self.fields, counts, strict=True) if n
+                ),
+            )
+            np.clip(z, -Z_LIMIT, Z_LIMIT, out=z)
+        return z.astype(np.float32)
 
     def state(self) -> dict[str, Any]:
         return {

@@ -232,7 +232,8 @@ class ChurnModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         values = {f"train/{k}": v for k, v in self.train_metrics.compute().items()}
         self.train_metrics.reset()
-        values["train/skipped_batches"] = float(self.skipped_batches)
+        if self.nonfinite["action"] == "skip":  # with fail a non-finite loss ends the run: always 0
+            values["train/skipped_batches"] = float(self.skipped_batches)
         self._log_epoch("train", values)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
