@@ -42,6 +42,7 @@ from churnwatch.data.contract import (
     no_event_rows,
     no_valid_events,
     read_table,
+    some_of,
 )
 from churnwatch.data.partition import by_category, read_part, split_file
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots, build_snapshot
@@ -220,9 +221,7 @@ class Scorer:
             self.device,
         )
         sub_table = AggregateTable(table.values[rows], table.names, table.categorical)
-        cs = self.customer_schema
-        attributes = [*cs.categorical, *(f.name for f in cs.numeric), *cs.dates]
-        context = context_frame(sub_table, customers, sub.customer_ids(log_), attributes)
+        context = context_frame(sub_table, customers, sub.customer_ids(log_), self.customer_schema.columns)
         found = top_drivers(scores - self.center, self.catalogue, context, int(self.drivers["top_n"]))
         out = pd.DataFrame("", index=range(len(snaps)), columns=found.columns)
         out.iloc[rows] = found.to_numpy()
@@ -280,8 +279,7 @@ class Scorer:
 
     @property
     def uses_customers(self) -> bool:
-        s = self.customer_schema
-        return bool(s.categorical or s.numeric or s.dates)
+        return bool(self.customer_schema.columns)
 
     def read_customers(
         self, path: str | Path | None, frame: pd.DataFrame | None = None
@@ -564,12 +562,10 @@ def check_finite(probs: np.ndarray, customer_ids: np.ndarray, model_path: Path) 
     doing, e.g. weights that went NaN in training."""
     bad = ~np.isfinite(probs)
     if bad.any():
-        ids = list(dict.fromkeys(map(str, np.asarray(customer_ids)[bad])))
-        more = f" (+{len(ids) - 5} more)" if len(ids) > 5 else ""
         raise FloatingPointError(
             f"{model_path}: the model gave a non-finite churn probability for {int(bad.sum())} of "
-            f"{len(probs)} customers, e.g. {', '.join(ids[:5])}{more}; nothing was written (are its "
-            "weights finite?)"
+            f"{len(probs)} customers, e.g. {some_of(np.asarray(customer_ids)[bad])}; nothing was written "
+            "(are its weights finite?)"
         )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +110,11 @@ class CustomerSchema:
     numeric: tuple[NumericField, ...] = ()
     dates: tuple[str, ...] = ()
     """Date columns (e.g. signup) become 'days before the cutoff' features, computed per snapshot."""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every attribute column, in table order: categorical, numeric, dates."""
+        return (*self.categorical, *(f.name for f in self.numeric), *self.dates)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> CustomerSchema:
@@ -257,6 +262,13 @@ def _int32_dictionaries(schema: pa.Schema) -> pa.Schema:
             for f in schema
         ]
     )
+
+
+def some_of(values: Iterable[Any], limit: int = 5) -> str:
+    """Distinct values in order, the first `limit` of them, then how many more: what an error names."""
+    names = list(dict.fromkeys(map(str, values)))
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return f"{', '.join(names[:limit])}{more}"
 
 
 def no_event_rows(path: str | Path) -> DataValidationError:
@@ -680,7 +692,7 @@ def load_customers(
     path = str(path)
     raw = frame if frame is not None else read_table(path)
     report = ValidationReport(path=path, rows_read=len(raw))
-    needed = [id_column, *schema.categorical, *(f.name for f in schema.numeric), *schema.dates]
+    needed = [id_column, *schema.columns]
     _require_columns(raw, [id_column], path, "customer id")
     for col in needed[1:]:
         _require_columns(raw, [col], path, "data.customers field")

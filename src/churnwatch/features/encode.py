@@ -106,7 +106,7 @@ class NumericStats:
         `n_rows` gives the row count when there are no fields (columns is empty)."""
         with np.errstate(over="ignore"):
             z = (self._raw(columns, n_rows) - self.mean) / self.std
-        z = np.nan_to_num(z, nan=0.0, posinf=np.inf, neginf=-np.inf)
+        z = np.where(np.isnan(z), 0.0, z)
         beyond = np.abs(z) > Z_LIMIT
         if beyond.any():
             counts = beyond.sum(axis=0)

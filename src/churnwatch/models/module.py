@@ -22,6 +22,7 @@ from torchmetrics import CatMetric, MeanMetric
 
 from churnwatch.calibration import Calibrator, expected_calibration_error
 from churnwatch.data.batch import EventBatch
+from churnwatch.data.contract import some_of
 from churnwatch.evaluation import evaluate, ranking_metrics
 from churnwatch.models.encoders import ChurnNet
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
@@ -143,11 +144,9 @@ class ChurnModule(L.LightningModule):
         culprits = (batch.index[bad] if n_bad else batch.index).cpu().numpy()
         datamodule = getattr(self._trainer, "datamodule", None)
         if hasattr(datamodule, "customer_ids"):  # a customer has a row per cutoff: name each once
-            names, kind = list(dict.fromkeys(map(str, datamodule.customer_ids(stage, culprits)))), "customers"
+            who = f"customers {some_of(datamodule.customer_ids(stage, culprits))}"
         else:
-            names, kind = list(map(str, culprits)), "rows"
-        more = f" (+{len(names) - 5} more)" if len(names) > 5 else ""
-        who = f"{kind} {', '.join(names[:5])}{more}"
+            who = f"rows {some_of(culprits)}"
         what = f"{n_bad} row(s) with a non-finite logit" if n_bad else "all logits finite"
         return (
             f"{stage} loss is {loss.item()} at epoch {self.current_epoch}, global step {self.global_step}; "
