@@ -5,10 +5,12 @@ VENV ?= .venv
 #   make test TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
+# Extras the checkout's venv gets: the tests, plus the optional parts they exercise (trackers, submitit sweeps).
+EXTRAS ?= test,mlflow,wandb,cluster
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow test-gpu lint demo data bench-data bench-score bench-lifestream clean
+.PHONY: venv test test-slow test-gpu lint demo data wheel bench-data bench-score bench-lifestream clean
 
 venv: $(STAMP)
 
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 test: venv
@@ -33,7 +35,11 @@ lint: venv
 	$(BIN)/ruff check src scripts tests
 
 data: venv
-	$(BIN)/python scripts/make_synthetic.py
+	$(BIN)/churnwatch make-synthetic
+
+# The wheel (configs inside, the `churnwatch` command) into dist/: `pip install dist/churnwatch-*.whl`.
+wheel: venv
+	$(BIN)/python -m pip wheel -q --no-deps -w dist .
 
 bench-data: venv
 	$(BIN)/python scripts/bench_data.py
@@ -66,10 +72,10 @@ bench-lifestream: $(PTLS_STAMP)
 # all into checkpoints/demo/ (metrics.json, model.pt, report.html, scores.parquet with tier/driver/action).
 demo: venv
 	rm -rf checkpoints/demo
-	$(BIN)/python scripts/train.py experiment=demo
-	$(BIN)/python scripts/score.py model_path=checkpoints/demo/model.pt \
+	$(BIN)/churnwatch train experiment=demo
+	$(BIN)/churnwatch score model_path=checkpoints/demo/model.pt \
 		events_path=checkpoints/demo/data/events.parquet customers_path=checkpoints/demo/data/customers.parquet \
 		output_path=checkpoints/demo/scores.parquet hydra.run.dir=checkpoints/demo/score
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache dist

@@ -1,32 +1,9 @@
-"""Export a checkpoint as one self-contained TorchScript file: python scripts/export.py ckpt_path=..."""
+"""Export a checkpoint as one self-contained TorchScript file: python scripts/export.py ckpt_path=...
 
-from __future__ import annotations
+The same as `churnwatch export ...` (src/churnwatch/cli/export.py): a thin wrapper.
+"""
 
-import json
-import logging
-from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig
-
-from churnwatch.cli import one_line_errors
-from churnwatch.export import export_checkpoint
-
-log = logging.getLogger("churnwatch.export")
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    ckpt = Path(cfg.ckpt_path)
-    run_dir = ckpt.resolve().parent.parent
-    out = Path(cfg.output_path) if cfg.output_path else run_dir / "model.pt"
-    if out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
-    metrics_file = run_dir / "metrics.json"  # the run's test metrics travel with the model when present
-    test = json.loads(metrics_file.read_text()).get("test") if metrics_file.exists() else None
-    log.info("exported %s → %s", ckpt, export_checkpoint(ckpt, out, test_metrics=test))
-
+from churnwatch.cli.export import main
 
 if __name__ == "__main__":
     main()

@@ -1,18 +1,9 @@
-"""Write a run's HTML report: python scripts/report.py run_dir=checkpoints/demo"""
+"""Write a run's HTML report: python scripts/report.py run_dir=checkpoints/demo
 
-from __future__ import annotations
+The same as `churnwatch report ...` (src/churnwatch/cli/report.py): a thin wrapper.
+"""
 
-import hydra
-from omegaconf import DictConfig
-from rich.console import Console
-
-from churnwatch.report import write_report
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
-def main(cfg: DictConfig) -> None:
-    Console().print(f"report → {write_report(cfg.run_dir)}")
-
+from churnwatch.cli.report import main
 
 if __name__ == "__main__":
     main()

@@ -1,20 +1,9 @@
-"""Train a churn model: python scripts/train.py [model=lstm|gru|transformer] [trainer=cpu|gpu|ddp] [...]"""
+"""Train a churn model: python scripts/train.py [model=...] [trainer=cpu|gpu|ddp] [...]
 
-from __future__ import annotations
+The same as `churnwatch train ...` (src/churnwatch/cli/train.py): a thin wrapper.
+"""
 
-import hydra
-from omegaconf import DictConfig
-
-from churnwatch.cli import one_line_errors
-from churnwatch.training import train
-
-
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-@one_line_errors
-def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics["val"].get(cfg.optimized_metric)  # what a sweeper (Optuna) maximises
-
+from churnwatch.cli.train import main
 
 if __name__ == "__main__":
     main()

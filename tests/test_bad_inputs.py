@@ -212,9 +212,9 @@ def test_score_cli_says_one_line_and_exits_2_without_a_traceback(
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("score: "), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("churnwatch score: "), proc.stderr
     if broken == "missing_model":
-        assert lines[0] == f"score: {model_path}: model file not found"
+        assert lines[0] == f"churnwatch score: {model_path}: model file not found"
     else:
         _assert_one_line(lines[0], events, case["match"], case["column"], False)
     assert not (tmp_path / "scores.parquet").exists()

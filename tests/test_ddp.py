@@ -32,9 +32,14 @@ def _ddp_overrides(tmp_path, runs) -> list[str]:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes_write_one_run_dir(tmp_path):
+@pytest.mark.parametrize(
+    "launch", [["scripts/train.py"], ["-m", "churnwatch", "train"]], ids=["script", "python-m-churnwatch"]
+)
+def test_ddp_two_cpu_processes_write_one_run_dir(tmp_path, launch):
+    """Lightning starts the second rank by running the first one's command again: the script, or the
+    `train` subcommand's own file when launched through the churnwatch command."""
     runs = tmp_path / "runs"
-    cmd = [sys.executable, str(REPO / "scripts" / "train.py"), *_ddp_overrides(tmp_path, runs)]
+    cmd = [sys.executable, *launch, *_ddp_overrides(tmp_path, runs)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dirs = [p for p in (runs / "train").iterdir() if p.is_dir()]

@@ -29,7 +29,7 @@ def test_weights_are_a_convex_combination_that_prefers_the_informative_member():
 
 
 def _scoring_reproduces_test_predictions(run_dir, data_dir) -> bool:
-    """scripts/score.py's path on the raw events at the test cutoff gives the run's test probabilities."""
+    """Scoring (churnwatch score) on the raw events at the test cutoff gives the run's test probabilities."""
     test = read_predictions(run_dir).query("split == 'test'").set_index("customer_id")
     scored = (
         Scorer(run_dir / "model.pt", device="cpu")

@@ -247,6 +247,6 @@ def test_no_backtest_without_labels_and_a_clear_error_without_reference(trained,
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"monitor: {old}: the model carries no monitoring reference; re-export it with this version "
-        "(scripts/train.py embeds one)"
+        f"churnwatch monitor: {old}: the model carries no monitoring reference; re-export it with this "
+        "version (churnwatch train embeds one)"
     ]

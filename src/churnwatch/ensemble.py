@@ -4,7 +4,7 @@ Members are run dirs of any model (network or baseline) trained on the same data
 predictions.parquet cover the same validation and test rows. Each member is calibrated on validation (Platt
 scaling of its logit), then weights on the simplex minimise the validation log loss of the weighted mean.
 An ensemble of networks (lstm, gru, transformer, hybrid) whose members share the fitted encoders exports as
-one TorchScript file that scripts/score.py runs like any model; a member without a TorchScript form
+one TorchScript file that `churnwatch score` runs like any model; a member without a TorchScript form
 (scikit-learn, LightGBM, BTYD) makes the ensemble evaluation-only.
 """
 

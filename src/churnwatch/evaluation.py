@@ -82,4 +82,5 @@ def recency_auroc(aggregates: AggregateTable, labels: np.ndarray) -> float:
     recency = aggregates.values[:, aggregates.names.index("days_since_last_event")].astype(np.float64)
     # torchmetrics reads scores outside [0, 1] as logits and squashes them: scale into [0, 1] first
     scaled = (recency - recency.min()) / max(float(np.ptp(recency)), 1e-12)
-    return float(binary_auroc(torch.from_numpy(scaled), torch.from_numpy(np.asarray(labels)).int()))
+    # torch.tensor copies: labels may be a read-only memory map, which from_numpy would only warn about
+    return float(binary_auroc(torch.tensor(scaled), torch.tensor(np.asarray(labels)).int()))

@@ -11,6 +11,7 @@ import json
 import platform
 import warnings
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 import churnwatch
 from churnwatch.atomic import atomic_path
 from churnwatch.calibration import CalibrationLayer, Calibrator
+from churnwatch.errors import ArtifactError
 from churnwatch.models.module import ChurnModule
 
 FORMAT_VERSION = 1
@@ -37,10 +39,6 @@ def _quiet_jit():
             "ignore", message=r"`torch\.jit\..*` is deprecated", category=DeprecationWarning
         )
         yield
-
-
-class ArtifactError(ValueError):
-    """A model file that cannot be used: unreadable, tampered with, or of an unknown format version."""
 
 
 class ProbabilityModel(nn.Module):
@@ -186,7 +184,7 @@ def load_artifact(
     checksum = extra[CHECKSUM_FILE]
     checksum = checksum.decode() if isinstance(checksum, bytes) else checksum
     if not text:
-        raise ArtifactError(f"{path}: no churnwatch metadata inside; export it with scripts/export.py")
+        raise ArtifactError(f"{path}: no churnwatch metadata inside; export it with `churnwatch export`")
     if hashlib.sha256(text.encode()).hexdigest() != checksum:
         raise ArtifactError(f"{path}: metadata checksum mismatch: the file was modified after export")
     meta = json.loads(text)
@@ -194,6 +192,30 @@ def load_artifact(
     if version != FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: model format version {version!r}, this churnwatch reads version "
-            f"{FORMAT_VERSION}; re-export it with this version (scripts/export.py)"
+            f"{FORMAT_VERSION}; re-export it with this version (churnwatch export)"
         )
     return model.eval(), meta
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An exported model file, loaded: the TorchScript module and the metadata it carries (data contract,
+    fitted encoders, calibration, threshold and tiers, test metrics, versions)."""
+
+    path: Path
+    module: torch.jit.ScriptModule
+    meta: dict[str, Any]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def test_metrics(self) -> dict[str, float]:
+        return dict(self.meta.get("test_metrics") or {})
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
+    """A model.pt, checked (version, checksum) and loaded onto `device`; `Scorer` scores with it."""
+    module, meta = load_artifact(path, device)
+    return Artifact(Path(path), module, meta)

@@ -58,7 +58,7 @@ def run_monitor(
     if not reference:
         raise MonitorError(
             f"{model_path}: the model carries no monitoring reference; re-export it with this version "
-            "(scripts/train.py embeds one)"
+            "(churnwatch train embeds one)"
         )
     inp = scorer.load(events_path, customers_path, as_of)
     scored = scorer.rank(scorer.score_input(inp, progress=False)).set_index("customer_id")

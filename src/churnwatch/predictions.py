@@ -59,5 +59,5 @@ def write_predictions(
 def read_predictions(run_dir: str | Path) -> pd.DataFrame:
     path = Path(run_dir) / PREDICTIONS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no predictions; was {run_dir} trained by scripts/train.py?")
+        raise FileNotFoundError(f"{path}: no predictions; was {run_dir} trained by churnwatch train?")
     return pd.read_parquet(path)

@@ -47,9 +47,10 @@ from churnwatch.data.contract import (
 from churnwatch.data.partition import by_category, read_part, split_file
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots, build_snapshot
 from churnwatch.drivers import IndicatorCatalogue, explain_sequences, top_drivers
-from churnwatch.export import load_artifact
+from churnwatch.export import Artifact, load_model
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateTable
 from churnwatch.features.encode import EncodedSequences, SequenceEncoder
+from churnwatch.hardware import autocast, choose_precision, fit_threads, resolve_device
 from churnwatch.insights import Segments, context_frame, owners
 from churnwatch.memory import release_free_memory
 from churnwatch.models.thresholds import Operating, tiers_at
@@ -79,9 +80,6 @@ OUTPUT_COLUMNS = (
     "action",
 )
 RANK_BY = ("probability", "value_at_risk")
-PRECISIONS = ("fp32", "bf16")
-"""Forward precision: fp32 reproduces training's probabilities; bf16 autocast is faster where the CPU
-(AVX-512 BF16, AMX) or GPU has bf16 units, and moves probabilities by ~1e-2 at most (docs/BENCHMARKS.md)."""
 # Default forward batch. On CPU small batches stay in cache: the demo LSTM scores 1.4x faster at 256 than
 # at 1024 (docs/BENCHMARKS.md); a GPU wants large ones (not timed here).
 CPU_BATCH, GPU_BATCH = 256, 4096
@@ -115,20 +113,30 @@ class ScoringResult:
     """Wall seconds per phase: read (and validate), encode, forward, segments, drivers, rank, write."""
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device} requested but CUDA is not available on this machine")
-    return torch.device(device)
+Table = str | Path | pd.DataFrame | pa.Table
+"""An input table: a parquet or CSV file, or the rows in memory."""
+
+
+def table_source(table: Table | None, name: str) -> tuple[str | Path | None, pd.DataFrame | None]:
+    """A file as (its path, None); rows in memory as (a label for messages, a DataFrame whose index is the
+    row number, what validation errors cite)."""
+    if isinstance(table, pa.Table):
+        return f"<{name}: Arrow table>", table.to_pandas()
+    if isinstance(table, pd.DataFrame):
+        return f"<{name}: DataFrame>", table.reset_index(drop=True)
+    return table, None
 
 
 class Scorer:
-    """A loaded artifact, ready to score event logs in the contract it was trained on."""
+    """A loaded model, ready to score event logs in the contract it was trained on.
+
+        scorer = Scorer("model.pt", precision="auto")   # or Scorer(load_model("model.pt"))
+        scores = scorer.score(events_df, customers_df, as_of="2024-11-01")
+    """
 
     def __init__(
         self,
-        model_path: str | Path,
+        model: str | Path | Artifact,
         device: str = "auto",
         batch_size: int | None = None,
         drivers: Mapping[str, Any] | None = None,
@@ -138,13 +146,14 @@ class Scorer:
         precision: str = "fp32",
     ):
         self.device = resolve_device(device)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        self.precision = precision
+        fit_threads()
+        self.precision = choose_precision(precision, self.device)
+        """What the forward runs in: `precision` (fp32 | bf16 | auto) as this device can run it."""
         self.seconds: dict[str, float] = {}
         """Wall seconds per phase (read, encode, forward, segments, drivers, rank, write), summed."""
-        self.model_path = Path(model_path)
-        self.model, self.meta = load_artifact(model_path, self.device)
+        artifact = model if isinstance(model, Artifact) else load_model(model, self.device)
+        self.model_path = artifact.path
+        self.model, self.meta = artifact.module.to(self.device), artifact.meta
         self.batch_size = batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)
         data = self.meta["data"]
         self.data_cfg = data
@@ -179,7 +188,7 @@ class Scorer:
         """An empty customers part, for parts none of whose customers has attributes."""
         self.explain = bool(self.drivers["enabled"]) and hasattr(self.model, "logit_from_embedded")
         if self.drivers["enabled"] and not self.explain:
-            log.warning("%s has no attribution entry points: driver columns stay empty", model_path)
+            log.warning("%s has no attribution entry points: driver columns stay empty", self.model_path)
 
     @torch.inference_mode()
     def _predict(self, seqs: EncodedSequences, agg: np.ndarray | None) -> np.ndarray:
@@ -188,7 +197,7 @@ class Scorer:
         for i in range(0, len(order), self.batch_size):
             rows = order[i : i + self.batch_size]
             b = pad_batch(seqs, rows, agg).to(self.device)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            with autocast(self.device, self.precision == "bf16"):
                 out = self.model(b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates)
             probs[rows] = out.float().cpu().numpy()
         return probs
@@ -263,8 +272,11 @@ class Scorer:
                 out = pd.concat([out, self._drivers(log_, snaps, customers, seqs, table, agg)], axis=1)
         return out
 
-    def read_events(self, path: str | Path, frame: pd.DataFrame | None = None) -> LoadedEvents:
-        """Validate events under the training contract: the whole file, or (`frame`) one part of it."""
+    def read_events(
+        self, path: str | Path, frame: pd.DataFrame | None = None, part: bool = True
+    ) -> LoadedEvents:
+        """Validate events under the training contract: the whole file, or `frame`, one part of it (or
+        with `part=False`, a whole table handed over in memory)."""
         data = self.data_cfg
         return load_events(
             path,
@@ -274,7 +286,7 @@ class Scorer:
             row_filter=data.get("filter"),
             derived=data.get("derived"),
             frame=frame,
-            part=frame is not None,
+            part=part and frame is not None,
         )
 
     @property
@@ -304,8 +316,8 @@ class Scorer:
         snaps = build_snapshot(event_log, as_of, horizon_days=None)
         return ScoringInput(event_log, snaps, customers, as_of, np.asarray(loaded.input_ids))
 
-    def warn_without_customers(self, customers_path: str | Path | None) -> None:
-        if self.uses_customers and customers_path is None:
+    def warn_without_customers(self, customers: Table | None) -> None:
+        if self.uses_customers and customers is None:
             log.warning(
                 "the model uses customer attributes but no customers_path was given: they are scored as "
                 "unknown"
@@ -313,17 +325,19 @@ class Scorer:
 
     def load(
         self,
-        events_path: str | Path,
-        customers_path: str | Path | None = None,
+        events: Table,
+        customers: Table | None = None,
         as_of: str | pd.Timestamp | None = None,
         shard: tuple[int, int] | None = None,
     ) -> ScoringInput:
-        """Raw files → the training contract → one snapshot per customer at `as_of`, all in memory
-        (monitoring reads its input this way; `score_file` streams it in parts);
-        `shard=(num_shards, index)` keeps that shard's customers."""
-        loaded = self.read_events(events_path)
-        self.warn_without_customers(customers_path)
-        customers, _ = self.read_customers(customers_path)
+        """Raw events (a file, a DataFrame or an Arrow table) → the training contract → one snapshot per
+        customer at `as_of`, all in memory (monitoring reads its input this way; `score_file` streams
+        files in parts); `shard=(num_shards, index)` keeps that shard's customers."""
+        events_path, events_frame = table_source(events, "events")
+        loaded = self.read_events(events_path, events_frame, part=False)
+        self.warn_without_customers(customers)
+        customers_path, customers_frame = table_source(customers, "customers")
+        customers, _ = self.read_customers(customers_path, customers_frame)
         frame, input_ids = loaded.frame, loaded.input_ids
         if shard is not None:
             check_shard(shard)
@@ -420,18 +434,19 @@ class Scorer:
 
     def score(
         self,
-        events_path: str | Path,
-        customers_path: str | Path | None = None,
+        events: Table,
+        customers: Table | None = None,
         as_of: str | pd.Timestamp | None = None,
         chunk_customers: int = 100_000,
         progress: bool = True,
         shard: tuple[int, int] | None = None,
     ) -> pd.DataFrame:
-        """In memory: one row per customer id in the input, riskiest first. With `shard=(num_shards,
-        index)`, only the customers whose id hashes to that shard, not yet ranked. `score_file` does the
-        same in bounded memory."""
+        """In memory: one row per customer id in `events` (a parquet or CSV path, a pandas DataFrame or an
+        Arrow table in the training contract; `customers` likewise), riskiest first. With
+        `shard=(num_shards, index)`, only the customers whose id hashes to that shard, not yet ranked.
+        `score_file` does the same for files in bounded memory."""
         with self.timed("read"):
-            inp = self.load(events_path, customers_path, as_of, shard)
+            inp = self.load(events, customers, as_of, shard)
         scored = self.score_input(inp, chunk_customers, progress)
         if shard is not None:
             return scored.assign(num_shards=shard[0], shard_index=shard[1])
@@ -705,7 +720,7 @@ def score_file(
         check_shard(shard)
         if output_path.suffix.lower() != ".parquet":
             raise ValueError(
-                f"{output_path}: a shard part must be .parquet (scripts/merge_scores.py reads it)"
+                f"{output_path}: a shard part must be .parquet (churnwatch merge-scores reads it)"
             )
         if as_of is None:
             raise ValueError("sharded scoring needs an explicit as_of: every shard must score the same date")

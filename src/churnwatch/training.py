@@ -19,7 +19,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
@@ -30,12 +30,20 @@ from churnwatch.data.datamodule import ChurnDataModule
 from churnwatch.data.dataset import ChurnData
 from churnwatch.drivers import IndicatorCatalogue, explain_sequences
 from churnwatch.evaluation import AT_THRESHOLD, recency_auroc
+from churnwatch.hardware import (
+    accelerator_device,
+    bf16_kernels,
+    fit_threads,
+    maybe_compile,
+    training_precision,
+)
 from churnwatch.insights import Segments, owners, write_insights
 from churnwatch.models.module import ChurnModule
 from churnwatch.models.thresholds import Operating, tier_table
 from churnwatch.monitoring import training_reference
 from churnwatch.predictions import write_predictions
 from churnwatch.report import REPORT_FILE, write_report
+from churnwatch.trackers import instantiate_all, instantiate_loggers, log_artifacts
 
 log = logging.getLogger(__name__)
 TIMINGS_FILE = "timings.json"
@@ -176,10 +184,6 @@ def check_resume(ckpt_path: str | None, callbacks: list[Any]) -> None:
         )
 
 
-def _instantiate_all(node: DictConfig | None) -> list[Any]:
-    return [instantiate(c) for c in (node or {}).values() if c is not None and "_target_" in c]
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run training as configured; returns the metrics (validation of the best epoch and test)."""
     refuse_finished_run(cfg)
@@ -192,22 +196,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print_metrics(metrics, Path(cfg.paths.output_dir))
         return metrics
     run_dir = Path(cfg.paths.output_dir)
+    fit_threads()
     L.seed_everything(int(cfg.seed), workers=True)
     if cfg.trainer.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
     dm = ChurnDataModule(cfg.data)
     dm.setup("fit")
     model = build_module(cfg, dm)
+    device = accelerator_device(str(cfg.trainer.get("accelerator", "cpu")))
     if cfg.model.get("compile"):
-        model.net = torch.compile(model.net)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = _instantiate_all(cfg.get("logger"))
+        model.net = maybe_compile(model.net, device)
+    loggers = instantiate_loggers(cfg)
+    callbacks = [  # with logger=none there is nothing to log learning rates to (Lightning would refuse)
+        c for c in instantiate_all(cfg.get("callbacks")) if loggers or not isinstance(c, LearningRateMonitor)
+    ]
     check_resume(cfg.get("ckpt_path"), callbacks)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    precision = training_precision(cfg.trainer.get("precision", "32-true"), device)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision
+    )
+    # log at least once per epoch on small data (Lightning warns when an epoch is shorter than the interval)
+    trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, dm.train_batches(trainer.world_size)))
     if trainer.is_global_zero:
         log.info("run dir: %s", run_dir)
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+    with bf16_kernels(device, "bf16" in str(precision)):
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     timings = {"train_seconds": time.perf_counter() - t0}
     # read before validate/test load the best checkpoint, which holds the count as of its own epoch
     skipping = model.nonfinite["action"] == "skip"
@@ -215,14 +229,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     # Validation metrics of the best checkpoint (this pass also restores its threshold and tiers).
-    trainer.validate(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
+    with bf16_kernels(device, "bf16" in str(precision)):
+        trainer.validate(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
     metrics: dict[str, Any] = {
         "train": train_metrics,
         "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
     }
     if cfg.get("test"):
         t0 = time.perf_counter()
-        trainer.test(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
+        with bf16_kernels(device, "bf16" in str(precision)):
+            trainer.test(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
         test_seconds = time.perf_counter() - t0
         metrics["test"] = dict(model.last_test)
         timings["scoring_customers_per_s"] = len(dm.data.test) / max(test_seconds, 1e-9)
@@ -261,6 +277,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 )
             )
         write_run_summary(cfg, metrics, timings)
+        log_artifacts(trainer.loggers, run_dir)
         print_metrics(metrics, run_dir)
     return metrics
 

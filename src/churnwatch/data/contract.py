@@ -19,6 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from churnwatch.errors import ConfigError, DataValidationError
+
 log = logging.getLogger(__name__)
 
 CUSTOMER_ID = "customer_id"
@@ -28,14 +30,6 @@ MISSING = "__missing__"
 
 Policy = Literal["drop", "fail"]
 _OFFSET_RE = r"(?:[zZ]|[+-]\d{2}:?\d{2})$"
-
-
-class DataValidationError(ValueError):
-    """Bad input data. The message is one line naming the file, the column and an example row."""
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work (e.g. a label window that leaks into the test period)."""
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,15 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from churnwatch.compat import lightning_leaf_spec, quiet_litlogger_tip
 from churnwatch.data.batch import LengthBucketBatchSampler, SequenceDataset
 from churnwatch.data.dataset import ChurnData, Split, as_dict, build_data
 from churnwatch.data.device_batches import DeviceSequenceDataset, device_bytes
 from churnwatch.features.encode import TIME_NUMERIC
 
 TIME_FEATURES = tuple(f.name for f in TIME_NUMERIC)
+lightning_leaf_spec()  # Lightning wraps these loaders with a call torch deprecates (see compat.py)
+quiet_litlogger_tip()
 
 
 class ChurnDataModule(L.LightningDataModule):
@@ -88,19 +91,28 @@ class ChurnDataModule(L.LightningDataModule):
         fits = device_bytes(split.seqs, agg) < float(self.cfg.get("device_gather_fraction", 0.25)) * free
         return device if fits else None
 
-    def _loader(self, split: Split, train: bool) -> DataLoader:
+    def _sampler(self, split: Split, train: bool, num_replicas: int, rank: int) -> LengthBucketBatchSampler:
         cfg = self.cfg
-        batch_size = int(cfg.get("batch_size", 256) if train else cfg.get("eval_batch_size", 1024))
-        seed = int(cfg.get("seed") or 0)
-        trainer = self.trainer
-        sampler = LengthBucketBatchSampler(
+        return LengthBucketBatchSampler(
             split.seqs.lengths,
-            batch_size,
+            int(cfg.get("batch_size", 256) if train else cfg.get("eval_batch_size", 1024)),
             shuffle=train,
             bucket=bool(cfg.get("bucket_by_length", True)),
-            seed=seed,
-            num_replicas=trainer.world_size if trainer else 1,
-            rank=trainer.global_rank if trainer else 0,
+            seed=int(cfg.get("seed") or 0),
+            num_replicas=num_replicas,
+            rank=rank,
+        )
+
+    def train_batches(self, world_size: int = 1) -> int:
+        """Training batches per epoch on each of `world_size` ranks."""
+        return len(self._sampler(self.data.train, True, world_size, 0))
+
+    def _loader(self, split: Split, train: bool) -> DataLoader:
+        cfg = self.cfg
+        seed = int(cfg.get("seed") or 0)
+        trainer = self.trainer
+        sampler = self._sampler(
+            split, train, trainer.world_size if trainer else 1, trainer.global_rank if trainer else 0
         )
         dataset = self._dataset(split)
         on_device = isinstance(dataset, DeviceSequenceDataset)  # nothing to load in workers or pin

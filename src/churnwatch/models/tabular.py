@@ -12,12 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from scipy import sparse
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
@@ -41,6 +49,7 @@ from churnwatch.models.btyd import BTYDClassifier
 from churnwatch.models.importance import importance_table, plot_importance
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.predictions import write_predictions
+from churnwatch.trackers import instantiate_loggers, log_artifacts, log_run
 from churnwatch.training import calibration_method, record_run, threshold_config, write_run_summary
 
 log = logging.getLogger(__name__)
@@ -158,9 +167,35 @@ def _path_contributions(tree: DecisionTreeClassifier, x: np.ndarray) -> np.ndarr
 
 def train_tabular(cfg: DictConfig) -> dict[str, Any]:
     """Fit a baseline on the training split's aggregates; threshold on validation; metrics.json and
-    feature importance (feature_importance.csv / .png) in the run dir."""
+    feature importance (feature_importance.csv / .png) in the run dir; config, metrics and files to the
+    experiment trackers of `cfg.logger`, as a network run has them. A rich progress bar follows its steps
+    (a network's is Lightning's; `trainer.enable_progress_bar=false` hides both)."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not cfg.trainer.get("enable_progress_bar", True),
+    ) as bar:
+        task = bar.add_task("baseline", total=len(BASELINE_STEPS))
+
+        def step(name: str) -> None:
+            done = BASELINE_STEPS.index(name)
+            bar.update(task, completed=done, description=f"{cfg.model.get('estimator')}: {name}")
+
+        metrics = _train_tabular(cfg, step)
+        bar.update(task, completed=len(BASELINE_STEPS))
+    return metrics
+
+
+BASELINE_STEPS = ("fit", "calibrate and test", "insights", "feature importance", "write the run")
+
+
+def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    loggers = instantiate_loggers(cfg)  # before training: a missing tracker package fails here
     log.info("run dir: %s", run_dir)
     dm = ChurnDataModule(cfg.data)
     dm.setup("fit")
@@ -169,9 +204,11 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
     name = model_cfg["estimator"]
     train = data.train.aggregates
     estimator = build_estimator(name, model_cfg.get("params"), train, int(cfg.seed))
+    step("fit")
     t0 = time.perf_counter()
     _fit(estimator, name, train.values, data.train.snaps.label.astype(int), train)
     timings = {"train_seconds": time.perf_counter() - t0}
+    step("calibrate and test")
     val_raw = estimator.predict_proba(data.val.aggregates.values)[:, 1]
     calibrator = Calibrator.fit(calibration_method(cfg), val_raw, data.val.snaps.label)
     val_probs = calibrator(val_raw)
@@ -196,6 +233,7 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
             raw, getattr(data, stage).snaps.label
         )
     record_run(cfg, data, metrics, op, calibrator, predictions)
+    step("insights")
     if cfg.get("insights", {}).get("enabled", True):
         stage = "test" if "test" in predictions else "val"
         split = getattr(data, stage)
@@ -215,12 +253,16 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
             catalogue,
             Segments.fit(train, int(cfg.seed)),
         )
+    step("feature importance")
     importance = importance_table(
         estimator, train, data.val.aggregates.values, data.val.snaps.label.astype(int), int(cfg.seed)
     )
     importance.to_csv(run_dir / "feature_importance.csv", index=False)
     plot_importance(importance, run_dir / "feature_importance.png", f"{name}: permutation importance")
+    step("write the run")
     metrics["n_features"] = len(train.names)
     write_predictions(run_dir, {stage: getattr(data, stage) for stage in predictions}, predictions, data.log)
     write_run_summary(cfg, metrics, timings)
+    log_run(loggers, cfg, metrics)
+    log_artifacts(loggers, run_dir)
     return metrics

@@ -1,0 +1,178 @@
+"""What every `churnwatch <command>` shares: Hydra with the package's configs, `--help` that lists the
+command's own keys with their comments, one line (exit 2) for a missing key, a missing optional package
+or any other user error.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import hydra
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from churnwatch.cli.errors import one_line_errors, user_error_exit
+from churnwatch.configs import config_dir
+
+TaskFunction = Callable[[DictConfig], Any]
+HIDDEN_GROUPS = ("hydra", "paths")  # Hydra's own settings, and where files go (paths.* keys still work)
+OPTIONAL = (  # (override key, option or "" for any, import name(s), extra): checked before Hydra starts
+    ("hparams_search", "", ("hydra_plugins.hydra_optuna_sweeper",), "sweep"),
+    ("hydra/sweeper", "optuna", ("hydra_plugins.hydra_optuna_sweeper",), "sweep"),
+    ("hydra/launcher", "local", ("hydra_plugins.hydra_submitit_launcher",), "cluster"),
+    ("hydra/launcher", "slurm", ("hydra_plugins.hydra_submitit_launcher",), "cluster"),
+    ("hydra/launcher", "ray", ("hydra_plugins.hydra_ray_launcher",), "ray"),
+    ("logger", "mlflow", ("mlflow",), "mlflow"),
+    ("logger", "wandb", ("wandb",), "wandb"),
+    ("logger", "tensorboard", ("tensorboard", "tensorboardX"), "tensorboard"),
+)
+
+
+def command_name(config_name: str) -> str:
+    """`churnwatch make-synthetic` for the config make_synthetic.yaml."""
+    return f"churnwatch {config_name.replace('_', '-')}"
+
+
+def command(config_name: str) -> Callable[[TaskFunction], Callable[..., Any]]:
+    """Turn a task function into the command's `main()`: `@hydra.main` on the package's configs, with user
+    errors as one line, `--help` from the config file, and optional packages checked before the run."""
+
+    def decorate(task: TaskFunction) -> Callable[..., Any]:
+        name = command_name(config_name)
+        run = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(
+            one_line_errors(name)(task)
+        )
+
+        @functools.wraps(task)
+        def main(cfg: DictConfig | None = None) -> Any:
+            if cfg is not None:  # a composed config runs as is (Hydra's pass-through, for tests)
+                return run(cfg)
+            args = sys.argv[1:]
+            if "--help" in args or "-h" in args:
+                print(command_help(config_name, task.__doc__))
+                return None
+            check_optional(name, args)
+            return run()
+
+        return main
+
+    return decorate
+
+
+def check_optional(name: str, args: list[str]) -> None:
+    """A config group option that needs an optional package fails here, in one line naming the extra to
+    install, instead of deep inside Hydra or Lightning."""
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        for group, option, modules, extra in OPTIONAL:
+            if key != group or not value or (option and option not in value):
+                continue
+            if not any(_find(m) for m in modules):
+                user_error_exit(
+                    name,
+                    f"{arg} needs the optional package(s) {' or '.join(modules)}: pip install "
+                    f"'churnwatch[{extra}]'",
+                )
+
+
+def _find(module: str) -> bool:
+    """Whether `module` is importable, without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+class RequireKeys(Callback):
+    """Hydra callback (conf/hydra/default.yaml): a required key (`???`) left unset ends the command with one
+    line naming it, before Hydra creates a run directory."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _require(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _require(config)
+
+
+def missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+    """Keys left `???` under `node` (Hydra's own settings skipped), without resolving interpolations (a run
+    dir that names a missing key must not fail before the key is named)."""
+    found = []
+    keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for key in keys:
+        name = f"{prefix}{key}"
+        if name == "hydra" or OmegaConf.is_interpolation(node, key):
+            continue
+        if OmegaConf.is_missing(node, key):
+            found.append(name)
+        elif isinstance(child := node._get_node(key), DictConfig | ListConfig):
+            found += missing_keys(child, f"{name}.")
+    return found
+
+
+def _require(config: DictConfig) -> None:
+    missing = missing_keys(config)
+    if missing:
+        name = command_name(str(OmegaConf.select(config, "hydra.job.config_name") or "churnwatch"))
+        example = " ".join(f"{k}=..." for k in missing)
+        user_error_exit(
+            name,
+            f"missing required key{'s' if len(missing) > 1 else ''} {', '.join(missing)}: e.g. {name} "
+            f"{example} ({name} --help lists every key)",
+        )
+
+
+def command_help(config_name: str, doc: str | None = None) -> str:
+    """The command's usage, its keys with the config file's own comments, and the config groups it uses
+    with their options: what `churnwatch <command> --help` prints."""
+    conf = config_dir()
+    text = (conf / f"{config_name}.yaml").read_text()
+    name = command_name(config_name)
+    lines = text.splitlines()
+    head = lines[: next((i for i, ln in enumerate(lines) if not ln.startswith("#")), len(lines))]
+    usage = [ln.lstrip("# ") for ln in head if ln.lstrip("# ").startswith(f"{name} ")]
+    usage = usage or [f"{name} [key=value ...]"]
+    out = [f"usage: {usage[0]}", *(f"       {u}" for u in usage[1:]), ""]
+    if doc:
+        out += [doc.strip().splitlines()[0], ""]
+    keys = _keys_section(lines)
+    out += [f"keys ({conf / (config_name + '.yaml')}; ??? = required; set any with key=value):", *keys]
+    defaults = (yaml.safe_load(text) or {}).get("defaults") or []
+    groups, parents = [], []
+    for entry in defaults:
+        if isinstance(entry, str) and entry != "_self_":
+            parents.append(entry)
+        elif isinstance(entry, dict):
+            group, option = next(iter(entry.items()))
+            group = str(group).removeprefix("override ").strip("/")
+            if group.split("/")[0] not in HIDDEN_GROUPS and (conf / group).is_dir():
+                options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+                groups.append(f"  {group}={option}  (options: {', '.join(options)})")
+    for parent in parents:
+        out += ["", f"and every key and group of `{command_name(parent)}` ({command_name(parent)} --help)"]
+    if groups:
+        out += ["", "config groups (group=option):", *groups]
+    out += [
+        "",
+        "Hydra: --cfg job prints the composed config, -m key=a,b runs a sweep, --hydra-help lists Hydra's "
+        "own options.",
+    ]
+    return "\n".join(out)
+
+
+def _keys_section(lines: list[str]) -> list[str]:
+    """The config file minus its leading usage comment and its `defaults:` and `hydra:` blocks."""
+    body, skipping = [], False
+    start = next((i for i, ln in enumerate(lines) if ln and not ln.startswith("#")), len(lines))
+    for line in lines[start:]:
+        top = bool(line) and not line[0].isspace() and not line.startswith("#") and not line.startswith("-")
+        if top:
+            skipping = line.split(":")[0].strip() in ("defaults", "hydra")
+        if not skipping:
+            body.append(f"  {line}" if line else "")
+    return body

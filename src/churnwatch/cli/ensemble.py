@@ -1,0 +1,36 @@
+"""`churnwatch ensemble members=[RUN_DIR,RUN_DIR,...] [calibrate=true] [export=true]`"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from churnwatch.cli.app import command
+
+
+@command("ensemble")
+def main(cfg: DictConfig) -> float | None:
+    """Ensemble finished runs: calibrated members, weights fitted on validation, judged on test."""
+    from churnwatch.ensemble import train_ensemble
+    from churnwatch.training import print_metrics
+
+    out_dir = Path(cfg.paths.output_dir)
+    metrics = train_ensemble(
+        list(cfg.members),
+        out_dir,
+        OmegaConf.to_container(cfg.thresholds, resolve=True),
+        bool(cfg.calibrate),
+        bool(cfg.export),
+    )
+    print_metrics(metrics, out_dir)
+    console = Console()
+    console.print("weights: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["weights"].items()))
+    if "export_skipped" in metrics:
+        console.print(f"not exported: {metrics['export_skipped']}")
+    return metrics["val"].get("val/auroc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""`churnwatch monitor model_path=M events_path=E [customers_path=C] [as_of=DATE] [labels_path=L]`"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from churnwatch.cli.app import command
+
+
+@command("monitor")
+def main(cfg: DictConfig) -> None:
+    """Compare today's data with the model's training reference: monitor.json and a verdict (ok / warn /
+    retrain). Exit code 0 whatever the verdict; 2 for an input that cannot be read or used."""
+    from churnwatch.monitor_job import LabelSource, render, run_monitor, write_report
+
+    report = run_monitor(
+        cfg.model_path,
+        cfg.events_path,
+        OmegaConf.to_container(cfg.thresholds, resolve=True),
+        cfg.customers_path,
+        cfg.as_of,
+        list(cfg.features) if cfg.features else None,
+        LabelSource(cfg.labels_path, cfg.labels.customer_id, cfg.labels.label, cfg.labels.cutoff),
+        cfg.device,
+    )
+    console = Console(width=max(Console().width, 120))
+    render(report, console)
+    console.print(f"report: {write_report(report, cfg.output_dir)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Where the Hydra configs are, and composing one outside a Hydra run (notebooks, the Python API, tests).
+
+The repository's top-level `conf/` is the one source. A wheel carries a copy as `churnwatch/conf` (the
+build force-includes it), so an installed churnwatch finds its configs without a checkout; an editable
+install or a checkout on PYTHONPATH reads `conf/` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from churnwatch.errors import ConfigError
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def config_dir() -> Path:
+    """The Hydra config directory: the installed package's copy, else the checkout's `conf/`."""
+    for candidate in (_PACKAGE / "conf", _PACKAGE.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise ConfigError(
+        f"no churnwatch configs next to {_PACKAGE} (conf/train.yaml in the package or the checkout): "
+        "reinstall churnwatch"
+    )
+
+
+def compose(
+    config_name: str = "train", overrides: Sequence[str] = (), output_dir: str | Path | None = None
+) -> DictConfig:
+    """The config a command would run with, e.g. `compose("train", ["model=gru", "trainer.max_epochs=3"])`:
+    the same files and overrides as `churnwatch <command> ...`, with `paths.output_dir` set to `output_dir`
+    (default: the run dir the command would use, e.g. checkpoints/train/<timestamp>). Keys marked ??? stay
+    missing until set; Hydra's own settings are dropped."""
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=config_name):
+        cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    if "paths" in cfg:
+        run_dir = output_dir if output_dir is not None else OmegaConf.select(cfg, "hydra.run.dir")
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(Path(str(run_dir)).resolve())
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
