@@ -50,6 +50,15 @@ def test_the_unforced_bf16_answer_is_bf16_units_and_onednn_kernels_together():
         hardware.choose_precision("fp16", cpu)
 
 
+def test_the_onednn_probe_leaves_the_runs_random_state_alone():
+    """It runs inside a seeded training run (bf16-mixed on CPU): drawing its layers' weights from the global
+    generator would change what the seed means."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    hardware.onednn_bf16.__wrapped__()  # the probe itself, not its cached answer
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 PROBE_UNDER_AVX2 = """
 import json, torch
 from churnwatch import hardware

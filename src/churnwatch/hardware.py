@@ -165,13 +165,14 @@ def _cpu_flags() -> set[str]:
 def onednn_bf16() -> Answer:
     """Run a tiny LSTM, GRU and attention layer under CPU bf16 autocast: oneDNN either builds its bf16
     kernels on this CPU (and with this ONEDNN_MAX_CPU_ISA) or refuses, which is the answer."""
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, 8)
-    layers = {
-        "LSTM": torch.nn.LSTM(8, 8, batch_first=True),
-        "GRU": torch.nn.GRU(8, 8, batch_first=True),
-        "attention": torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True),
-    }
+    with torch.random.fork_rng(devices=[]):  # the probe's layers draw weights: leave the run's RNG alone
+        torch.manual_seed(0)
+        x = torch.randn(2, 3, 8)
+        layers = {
+            "LSTM": torch.nn.LSTM(8, 8, batch_first=True),
+            "GRU": torch.nn.GRU(8, 8, batch_first=True),
+            "attention": torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True),
+        }
     for name, layer in layers.items():
         try:
             with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
