@@ -83,3 +83,5 @@ def test_compose_builds_any_commands_config_with_its_run_dir(tmp_path, monkeypat
     score = churnwatch.compose("score", ["model_path=m.pt"], output_dir="out")
     assert score.model_path == "m.pt" and score.paths.output_dir == str(tmp_path / "out")
     assert churnwatch.compose("make_synthetic").n_customers == 20000
+    # an override of paths.output_dir is the run dir, as on the command line
+    assert churnwatch.compose("train", ["paths.output_dir=/tmp/given"]).paths.output_dir == "/tmp/given"

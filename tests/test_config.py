@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
-
+from churnwatch.configs import compose
 from churnwatch.data.contract import EventSchema
 from churnwatch.data.dataset import build_data
 from churnwatch.data.snapshots import SnapshotPlan
 
-from .conftest import REPO, make_events
-
-
-def compose(name: str, overrides: list[str] | None = None) -> DictConfig:
-    """Compose a config as a script would, with `paths.output_dir` resolvable outside a Hydra run."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = hydra_compose(name, overrides=overrides or [], return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+from .conftest import make_events
 
 
 def test_data_configs_compose_and_parse():

@@ -35,14 +35,16 @@ def compose(
 ) -> DictConfig:
     """The config a command would run with, e.g. `compose("train", ["model=gru", "trainer.max_epochs=3"])`:
     the same files and overrides as `churnwatch <command> ...`, with `paths.output_dir` set to `output_dir`
-    (default: the run dir the command would use, e.g. checkpoints/train/<timestamp>). Keys marked ??? stay
-    missing until set; Hydra's own settings are dropped."""
+    (default: an override of `paths.output_dir`, else the run dir the command would use, e.g.
+    checkpoints/train/<timestamp>). Keys marked ??? stay missing until set; Hydra's own settings are
+    dropped."""
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=config_name):
         cfg = hydra_compose(config_name, overrides=list(overrides), return_hydra_config=True)
-    if "paths" in cfg:
-        run_dir = output_dir if output_dir is not None else OmegaConf.select(cfg, "hydra.run.dir")
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(Path(str(run_dir)).resolve())
     with open_dict(cfg):
+        if "paths" in cfg and output_dir is not None:
+            cfg.paths.output_dir = str(Path(output_dir).resolve())
+        elif "paths" in cfg and "${hydra:" in str(OmegaConf.to_container(cfg.paths)["output_dir"]):
+            # Hydra's runtime dir, which only a Hydra run sets: the run dir that run would get
+            cfg.paths.output_dir = str(Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).resolve())
         del cfg["hydra"]
     return cfg

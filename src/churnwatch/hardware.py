@@ -197,22 +197,26 @@ the device has bf16 units and moves probabilities by ~1e-2 at most (docs/BENCHMA
 where `bf16_support` says so, else fp32, without a warning."""
 
 
-def choose_precision(requested: str, device: torch.device, what: str = "scoring") -> str:
-    """`requested` (fp32 | bf16 | auto) as this device can run it: bf16 or fp32, with one log line when
-    bf16 was asked for and the probe says no."""
+def use_bf16(setting: str, device: torch.device, fallback: str, quiet: bool = False) -> bool:
+    """Whether the run asking for bf16 with `setting` (e.g. "precision=bf16") gets it on `device`; one
+    log line when the answer was forced, and one (INFO with `quiet`) naming `fallback` when it is no."""
+    answer = bf16_support(device)
+    if answer.ok and answer.forced:
+        log.warning("%s: %s", setting, answer.reason)
+    elif not answer.ok:
+        (log.info if quiet else log.warning)("%s: %s; %s", setting, answer.reason, fallback)
+    return answer.ok
+
+
+def choose_precision(requested: str, device: torch.device) -> str:
+    """Scoring's `requested` precision (fp32 | bf16 | auto) as this device can run it: bf16 or fp32, with
+    one log line when bf16 was asked for and the probe says no."""
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     if requested == "fp32":
         return "fp32"
-    answer = bf16_support(device)
-    if answer.ok:
-        if answer.forced:
-            log.warning("precision=%s: %s", requested, answer.reason)
-        return "bf16"
-    (log.warning if requested == "bf16" else log.info)(
-        "precision=%s: %s; %s in fp32", requested, answer.reason, what
-    )
-    return "fp32"
+    usable = use_bf16(f"precision={requested}", device, "scoring in fp32", quiet=requested == "auto")
+    return "bf16" if usable else "fp32"
 
 
 def accelerator_device(accelerator: str) -> torch.device:
@@ -229,13 +233,9 @@ def training_precision(precision: str | int, device: torch.device) -> str | int:
         return precision
     if device.type == "cuda" and not torch.cuda.is_available():
         return precision  # Lightning itself refuses a GPU run without a GPU, in one line
-    answer = bf16_support(device)
-    if answer.ok:
-        if answer.forced:
-            log.warning("trainer.precision=%s: %s", precision, answer.reason)
-        return precision
-    log.warning("trainer.precision=%s: %s; training in 32-true", precision, answer.reason)
-    return "32-true"
+    return (
+        precision if use_bf16(f"trainer.precision={precision}", device, "training in 32-true") else "32-true"
+    )
 
 
 @contextmanager

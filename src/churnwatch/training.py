@@ -212,6 +212,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     ]
     check_resume(cfg.get("ckpt_path"), callbacks)
     precision = training_precision(cfg.trainer.get("precision", "32-true"), device)
+    bf16 = "bf16" in str(precision)
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision
     )
@@ -220,7 +221,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         log.info("run dir: %s", run_dir)
     t0 = time.perf_counter()
-    with bf16_kernels(device, "bf16" in str(precision)):
+    with bf16_kernels(device, bf16):
         trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
     timings = {"train_seconds": time.perf_counter() - t0}
     # read before validate/test load the best checkpoint, which holds the count as of its own epoch
@@ -229,7 +230,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best_path = checkpoint.best_model_path if checkpoint is not None else ""
     # Validation metrics of the best checkpoint (this pass also restores its threshold and tiers).
-    with bf16_kernels(device, "bf16" in str(precision)):
+    with bf16_kernels(device, bf16):
         trainer.validate(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
     metrics: dict[str, Any] = {
         "train": train_metrics,
@@ -237,7 +238,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if cfg.get("test"):
         t0 = time.perf_counter()
-        with bf16_kernels(device, "bf16" in str(precision)):
+        with bf16_kernels(device, bf16):
             trainer.test(model, datamodule=dm, ckpt_path=best_path or None, verbose=False)
         test_seconds = time.perf_counter() - t0
         metrics["test"] = dict(model.last_test)

@@ -134,13 +134,13 @@ def command_help(config_name: str, doc: str | None = None) -> str:
     text = (conf / f"{config_name}.yaml").read_text()
     name = command_name(config_name)
     lines = text.splitlines()
-    head = lines[: next((i for i, ln in enumerate(lines) if not ln.startswith("#")), len(lines))]
-    usage = [ln.lstrip("# ") for ln in head if ln.lstrip("# ").startswith(f"{name} ")]
+    start = next((i for i, ln in enumerate(lines) if ln and not ln.startswith("#")), len(lines))
+    usage = [ln.lstrip("# ") for ln in lines[:start] if ln.lstrip("# ").startswith(f"{name} ")]
     usage = usage or [f"{name} [key=value ...]"]
     out = [f"usage: {usage[0]}", *(f"       {u}" for u in usage[1:]), ""]
     if doc:
         out += [doc.strip().splitlines()[0], ""]
-    keys = _keys_section(lines)
+    keys = _keys_section(lines[start:])
     out += [f"keys ({conf / (config_name + '.yaml')}; ??? = required; set any with key=value):", *keys]
     defaults = (yaml.safe_load(text) or {}).get("defaults") or []
     groups, parents = [], []
@@ -166,10 +166,9 @@ def command_help(config_name: str, doc: str | None = None) -> str:
 
 
 def _keys_section(lines: list[str]) -> list[str]:
-    """The config file minus its leading usage comment and its `defaults:` and `hydra:` blocks."""
+    """The config file's lines from its first key on, minus its `defaults:` and `hydra:` blocks."""
     body, skipping = [], False
-    start = next((i for i, ln in enumerate(lines) if ln and not ln.startswith("#")), len(lines))
-    for line in lines[start:]:
+    for line in lines:
         top = bool(line) and not line[0].isspace() and not line.startswith("#") and not line.startswith("-")
         if top:
             skipping = line.split(":")[0].strip() in ("defaults", "hydra")
