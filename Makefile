@@ -5,8 +5,9 @@ VENV ?= .venv
 #   make test TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-# Extras the checkout's venv gets: the tests, plus the optional parts they exercise (trackers, submitit sweeps).
-EXTRAS ?= test,mlflow,wandb,cluster
+# Extras the checkout's venv gets: the tests, plus the optional parts they exercise (trackers, submitit sweeps,
+# Ed25519 signing).
+EXTRAS ?= test,mlflow,wandb,cluster,signing
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 

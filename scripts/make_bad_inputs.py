@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from churnwatch.data.synthetic import AGE_BANDS, CATEGORIES, CHANNELS, INCOME_BANDS, PLANS, REGIONS
 
@@ -547,6 +549,168 @@ def customers_header_only(d: Path) -> dict[str, Any]:
         "customers": write(d, "customers.csv", csv(customers(IDS).iloc[:0])),
         **passes(IDS),
         "joined": [],
+    }
+
+
+# ---------------------------------------------------------------------------------- round 2 (issue 16)
+
+
+@case
+def day_first_dates(d: Path) -> dict[str, Any]:
+    """Day-first dates (01/06/2024 ... 28/06/2024): 13 and above show the column is day-first, so 05/06 is
+    5 June like every other row, not 6 May."""
+    frame = events(IDS).astype({"timestamp": str})
+    frame["timestamp"] = events(IDS)["timestamp"].dt.strftime("%d/%m/%Y %H:%M")
+    return {"events": write(d, "events.csv", csv(frame)), **passes(IDS)}
+
+
+@case
+def day_and_month_first(d: Path) -> dict[str, Any]:
+    """One column with 23/05/2024 (day-first) and 05/23/2024 (month-first): no single reading exists."""
+    frame = events(IDS).astype({"timestamp": str})
+    frame.loc[0, "timestamp"] = "23/05/2024 10:00"
+    frame.loc[1, "timestamp"] = "05/23/2024 10:00"
+    return {
+        "events": write(d, "events.csv", csv(frame)),
+        **fails(r"day-first in some rows .* month-first in others .*data\.timestamp_format", "timestamp"),
+    }
+
+
+@case
+def ambiguous_dates(d: Path) -> dict[str, Any]:
+    """Every date has day and month ≤ 12 (01/02/2024, 03/04/2024, ...): either reading is possible."""
+    frame = events(IDS).astype({"timestamp": str})
+    frame["timestamp"] = [f"{1 + i % 12:02d}/{1 + (i + 1) % 12:02d}/2024 10:00" for i in range(len(frame))]
+    return {
+        "events": write(d, "events.csv", csv(frame)),
+        **fails(r"no value tells which; set data\.timestamp_format", "timestamp"),
+    }
+
+
+@case
+def zone_names(d: Path) -> dict[str, Any]:
+    """Times ending in ' UTC', ' GMT' and an hour-only offset '+02' next to naive ones."""
+    frame = events(IDS).astype({"timestamp": str})
+    frame.loc[0, "timestamp"] = "2024-06-01 10:00:00 UTC"
+    frame.loc[1, "timestamp"] = "2024-06-10 10:00:00 GMT"
+    frame.loc[4, "timestamp"] = "2024-06-02 10:00:00+02"
+    frame.loc[9, "timestamp"] = "2024-06-03T10:00:00-05"
+    return {"events": write(d, "events.csv", csv(frame)), **passes(IDS)}
+
+
+@case
+def internal_tokens(d: Path) -> dict[str, Any]:
+    """Category text equal to churnwatch's own tokens: <pad>, <oov>, <other>, __missing__, and a leading
+    backslash. Text is data: each is a category of its own, none is padding, unknown or null."""
+    frame = events(IDS)
+    frame.loc[0, "category"] = "<pad>"
+    frame.loc[1, "channel"] = "<oov>"
+    frame.loc[2, "category"] = "__missing__"
+    frame.loc[3, "channel"] = "<other>"
+    frame.loc[5, "outcome"] = "\\__missing__"
+    return {"events": write(d, "events.csv", csv(frame)), **passes(IDS)}
+
+
+@case
+def nul_padded_ids(d: Path) -> dict[str, Any]:
+    """Ids padded with NUL characters (a fixed-width export): 'C001\\0\\0' is C001, in both files."""
+    frame = events(IDS)
+    frame.loc[frame["customer_id"] == "C001", "customer_id"] = "C001\x00\x00"
+    people = customers(IDS)
+    people.loc[1, "customer_id"] = "C002\x00"
+    return {
+        "events": write(d, "events.parquet", parquet(frame)),
+        "customers": write(d, "customers.csv", csv(people)),
+        **passes(IDS),
+        "joined": IDS,
+    }
+
+
+@case
+def reserved_column(d: Path) -> dict[str, Any]:
+    """An input column named like one churnwatch adds while reading (__churnwatch_file_row__)."""
+    frame = events(IDS).assign(__churnwatch_file_row__=7)
+    return {
+        "events": write(d, "events.parquet", parquet(frame)),
+        **fails(r"names starting with '__churnwatch' are churnwatch's own", "__churnwatch_file_row__"),
+    }
+
+
+@case
+def duplicate_header(d: Path) -> dict[str, Any]:
+    """The header names channel twice (the outcome column's name was overwritten)."""
+    text = csv(events(IDS)).decode().replace("channel,outcome", "channel,channel", 1)
+    return {
+        "events": write(d, "events.csv", text.encode()),
+        **fails(r"column 'channel' appears twice in the header \(columns 5 and 6\)", "channel"),
+    }
+
+
+@case
+def ragged_first_row(d: Path) -> dict[str, Any]:
+    """The first row has two fields more than the header (pandas would take them for an index)."""
+    lines = csv(events(IDS)).decode().splitlines()
+    lines[1] += ",x,y"
+    return {
+        "events": write(d, "events.csv", ("\n".join(lines) + "\n").encode()),
+        **fails(r"cannot read file \(a row has more fields than the header\)"),
+    }
+
+
+@case
+def far_future_aware_parquet(d: Path) -> dict[str, Any]:
+    """Zone-aware parquet times in the years 36812 and 1 (beyond what zone rules convert) next to valid
+    ones: two invalid rows, not a crash."""
+    frame = events(IDS)
+    seconds = frame["timestamp"].astype("datetime64[s]").astype("int64").to_numpy().copy()
+    seconds[0], seconds[5] = 2**40, -62135596000  # years 36812 and 1
+    stamps = pa.array(seconds, pa.timestamp("s", tz="UTC")).cast(pa.timestamp("s", tz="Europe/Berlin"))
+    table = pa.Table.from_pandas(frame.drop(columns="timestamp"), preserve_index=False)
+    table = table.add_column(1, "timestamp", stamps)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return {
+        "events": write(d, "events.parquet", buf.getvalue()),
+        **passes(IDS, {"future": 1, "bad_timestamp": 1}, columns=["timestamp"]),
+    }
+
+
+@case
+def customers_join_nothing(d: Path) -> dict[str, Any]:
+    """Integer ids in the events, zero-padded text ids (01001) in the customers file: nobody joins."""
+    ids = [1001, 1002, 1003, 1004]
+    people = customers([f"0{i}" for i in ids])
+    return {
+        "events": write(d, "events.csv", csv(events(ids))),
+        "customers": write(d, "customers.csv", csv(people)),
+        **fails(
+            r"no customer id joins the events \(e\.g\. '01001' here, '1001' in the events\)", file="customers"
+        ),
+    }
+
+
+@case
+def customers_only_ids(d: Path) -> dict[str, Any]:
+    """The customers file also lists C101 and C102, who have no events: counted, not scored."""
+    return {
+        "events": write(d, "events.csv", csv(events(IDS))),
+        "customers": write(d, "customers.csv", csv(customers([*IDS, "C101", "C102"]))),
+        **passes(IDS),
+        "joined": IDS,
+    }
+
+
+@case
+def future_signup(d: Path) -> dict[str, Any]:
+    """Signup dates 9999-12-31 and 2999-01-01: after the data's end, so invalid like a future event."""
+    people = customers(IDS)
+    people.loc[0, "signup_date"] = "9999-12-31"
+    people.loc[2, "signup_date"] = "2999-01-01"
+    return {
+        "events": write(d, "events.csv", csv(events(IDS))),
+        "customers": write(d, "customers.csv", csv(people)),
+        **passes(IDS, customers_dropped={"future_date": 2}, columns=["signup_date"]),
+        "joined": ["C002", "C004"],
     }
 
 

@@ -46,6 +46,29 @@ def make_events(
     return pd.DataFrame(rows)
 
 
+def train_tiny(root: Path, *overrides: str) -> dict:
+    """Train and export the smallest model (300 synthetic customers, one epoch) into `root`/run; its
+    metrics (best_checkpoint among them)."""
+    from churnwatch.configs import compose
+    from churnwatch.training import train
+
+    from .test_end_to_end import TINY
+
+    sizes = [o for o in TINY if not o.startswith("data.generate.n_customers")]
+    extra = [*sizes, "data.generate.n_customers=300", "report=false", "insights.enabled=false", *overrides]
+    cfg = compose("train", [f"data.data_dir={root / 'data'}", f"paths.output_dir={root / 'run'}", *extra])
+    (root / "run").mkdir()
+    return train(cfg)
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smallest trained and exported model on synthetic data, shared by every test that scores."""
+    root = tmp_path_factory.mktemp("tiny_model")
+    train_tiny(root)
+    return root / "run" / "model.pt"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def encoded_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Configs composed in tests (and scripts they start) cache encoded snapshots here, never in the repo."""

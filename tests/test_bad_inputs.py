@@ -19,14 +19,11 @@ import pandas as pd
 import pytest
 import torch
 
-from churnwatch.data.contract import DataValidationError, load_customers, load_events
+from churnwatch.data.contract import DataValidationError, JoinReport, load_customers, load_events
 from churnwatch.export import CHECKSUM_FILE, META_FILE
 from churnwatch.scoring import Scorer, merge_shards, report_path, score_file, shard_of
-from churnwatch.training import train
 
 from .conftest import REPO
-from .test_config import compose
-from .test_end_to_end import TINY
 
 BAD = REPO / "tests" / "data" / "bad"
 CASES: dict[str, dict[str, Any]] = json.loads((BAD / "cases.json").read_text())
@@ -41,18 +38,6 @@ def _script() -> Any:
 
 
 @pytest.fixture(scope="session")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The smallest trained and exported model on synthetic data (300 customers, one epoch)."""
-    root = tmp_path_factory.mktemp("bad_inputs")
-    sizes = [o for o in TINY if not o.startswith("data.generate.n_customers")]
-    overrides = [*sizes, "data.generate.n_customers=300", "report=false", "insights.enabled=false"]
-    cfg = compose("train", [f"data.data_dir={root / 'data'}", f"paths.output_dir={root / 'run'}", *overrides])
-    (root / "run").mkdir()
-    train(cfg)
-    return root / "run" / "model.pt"
-
-
-@pytest.fixture(scope="session")
 def scorer(model: Path) -> Scorer:
     """The model's contract: the schemas and the policy (drop) scoring validates with."""
     return Scorer(model, "cpu", drivers={"enabled": False})
@@ -63,7 +48,7 @@ def _paths(case: dict[str, Any]) -> tuple[Path, Path | None]:
 
 
 def _load(scorer: Scorer, case: dict[str, Any], policy: str) -> tuple[Any, pd.DataFrame | None, Any]:
-    """Events, then customers, validated as scoring does, under `policy`."""
+    """Events, then customers, validated and joined as scoring does, under `policy`."""
     events, customers = _paths(case)
     loaded = load_events(events, scorer.schema, policy=policy)
     if customers is None:
@@ -71,6 +56,7 @@ def _load(scorer: Scorer, case: dict[str, Any], policy: str) -> tuple[Any, pd.Da
     frame, report = load_customers(
         customers, scorer.schema.customer_id, scorer.customer_schema, scorer.schema.timezone, policy
     )
+    JoinReport.of(loaded.input_ids, frame.index).check(customers)
     return loaded, frame, report
 
 

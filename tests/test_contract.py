@@ -129,8 +129,12 @@ def test_timezone_rule_aware_converted_naive_kept():
 
 
 def test_non_iso_timestamps_still_parse():
-    parsed = parse_timestamps(pd.Series(["12/1/2010 8:26", "2010-12-01 08:26:00"]), "UTC")
+    """Online Retail's raw form: month-first, which 12/13/2010 in the same column shows."""
+    parsed = parse_timestamps(pd.Series(["12/1/2010 8:26", "2010-12-01 08:26:00", "12/13/2010 9:00"]), "UTC")
     assert parsed.iloc[0] == parsed.iloc[1] == pd.Timestamp("2010-12-01 08:26")
+    assert parsed.iloc[2] == pd.Timestamp("2010-12-13 09:00")
+    given = parse_timestamps(pd.Series(["12/1/2010 8:26"]), "UTC", fmt="%m/%d/%Y %H:%M")
+    assert given.iloc[0] == pd.Timestamp("2010-12-01 08:26")
 
 
 def test_numeric_and_string_ids_are_the_same_customer():

@@ -127,9 +127,9 @@ KILL_AT_RENAME = """
 import os, runpy, signal, sys
 target, nth = os.path.abspath(sys.argv[1]), int(sys.argv[2])
 seen = []
-def hook(event, args):  # os.replace raises the os.rename audit event: die just before the nth rename onto
-    # target, the new file complete under its temp name
-    if event == "os.rename" and os.path.abspath(os.fsdecode(args[1])) == target:
+def hook(event, args):  # os.replace raises the os.rename audit event (a no-overwrite write links instead):
+    # die just before the nth rename onto target, the new file complete under its temp name
+    if event in ("os.rename", "os.link") and os.path.abspath(os.fsdecode(args[1])) == target:
         seen.append(args[0])
         if len(seen) == nth:
             os.kill(os.getpid(), signal.SIGKILL)

@@ -4,6 +4,10 @@ Temp files and scratch dirs live beside their target (a rename across file syste
 crash can tear) and are named `.<target name>~<kind>~<host>~<pid>~<random>`, so a later run can tell
 the leftovers of a killed writer (same host, process gone) from those of one still running, and remove
 them before it starts.
+
+An output that must not replace an existing file (`replace=False`: overwrite=false) is put in place
+exclusively, so of two runs writing it at once exactly one wins; `check_output` refuses, before any work,
+an output that cannot be written or that is one of the run's inputs.
 """
 
 from __future__ import annotations
@@ -13,11 +17,17 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from churnwatch.errors import ConfigError
+
 SEP = "~"
+NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+"""What `os.link` fails with where a file system has no hard links (FAT, some network and FUSE mounts)."""
+LOCK_WAIT_S = 60.0
 
 
 def process_alive(pid: int) -> bool:
@@ -93,10 +103,12 @@ def fsync(path: str | Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+def atomic_path(path: str | Path, suffix: str = "", replace: bool = True) -> Iterator[Path]:
     """A temp file beside `path` to write; flushed to disk and renamed onto `path` when the block ends
     normally, removed when it fails. A process killed before the rename leaves only the hidden temp
-    file, which the next writer of `path` removes."""
+    file, which the next writer of `path` removes. With `replace=False`, a `path` that exists by then
+    (another run wrote it meanwhile) is kept and the block fails with FileExistsError: of several such
+    writers exactly one wins."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
@@ -106,8 +118,118 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o644)
         fsync(tmp)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _place_new(Path(tmp), path)
         fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _taken(path: Path) -> FileExistsError:
+    """The losing writer's one line: the file is another run's now, and how to replace it anyway."""
+    return FileExistsError(
+        f"{path} exists (written by another run meanwhile); pass overwrite=true to replace it"
+    )
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """`tmp` onto `path` only if no file is there, atomically: a hard link fails when `path` exists (the
+    caller removes `tmp`). Where the file system has no hard links, a lock file beside `path` is held
+    across the check and the rename."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise _taken(path) from None
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+    with _lock(path):
+        if os.path.lexists(path):
+            raise _taken(path)
+        os.replace(tmp, path)
+
+
+@contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """`.<name>~lock` beside `path`, created exclusively and holding `<host>~<pid>`. One a killed writer on
+    this host left is taken over; one a live writer (or another host's) holds is waited for, up to
+    LOCK_WAIT_S: the check and the rename it guards take moments."""
+    lock = path.with_name(f".{path.name}{SEP}lock")
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                holder = lock.read_text()  # empty while its writer is still writing it
+            except FileNotFoundError:  # released meanwhile
+                continue
+            host, _, pid = holder.partition(SEP)
+            if host == _host() and pid.isdigit() and not process_alive(int(pid)):
+                lock.unlink(missing_ok=True)
+            elif time.monotonic() > deadline:
+                raise FileExistsError(
+                    f"{lock} is held by {holder or 'another run'}; remove it if no run is writing {path}"
+                ) from None
+            else:
+                time.sleep(0.01)
+    try:
+        os.write(fd, f"{_host()}{SEP}{os.getpid()}".encode())
+        os.close(fd)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _loops(path: str | Path) -> bool:
+    """Whether resolving `path` runs into a symlink loop (which `exists()` reports as missing)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False
+
+
+def check_output(
+    path: str | Path,
+    overwrite: bool,
+    inputs: Mapping[str, str | Path | None] | None = None,
+    key: str = "output_path",
+) -> Path:
+    """Refuse, before any work and in one line, an output that cannot be written or would destroy an
+    input: a symlink loop (in it or in an input, which would read as missing), one of `inputs` (the same
+    file, also through a symlink or a hard link, whatever `overwrite` says), a directory, an existing file
+    without `overwrite`, a parent that is a file or a dir this process cannot write in (probed with a temp
+    file: permission bits alone do not say it, e.g. for root or a read-only mount)."""
+    path = Path(path)
+    named = {name: Path(p) for name, p in (inputs or {}).items() if p is not None}
+    for name, p in {key: path, **named}.items():
+        if _loops(p):
+            raise ConfigError(f"{name}={p}: symlink loop")
+    for name, p in named.items():
+        if path.exists() and p.exists() and os.path.samefile(path, p):
+            raise ConfigError(
+                f"{key}={path} is {name}={p} (the same file): writing it would destroy the input, "
+                "overwrite or not"
+            )
+    if path.is_dir():
+        raise ConfigError(f"{key}={path} is a directory")
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
+    folder = path.parent
+    while not os.path.lexists(folder):  # the nearest existing dir is where the missing ones will be made
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{key}={path}: parent {folder} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_prefix(path, "probe"), dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"{key}={path}: cannot write in {folder} ({exc.strerror})") from None
+    return path

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from churnwatch.data.contract import ConfigError, query_mask
+from churnwatch.expressions import Expression, check_expression
 
 GROUPS = (
     "purchase_behaviour",
@@ -38,11 +39,11 @@ OTHER = "other"
 class Indicator:
     """A named business signal and the inputs whose attribution it owns.
 
-    events: pandas query over event fields ("*": every event); the indicator owns `fields` of those events
+    events: a condition over event fields ("*": every event); the indicator owns `fields` of those events
     (all fields if `fields` is empty). Without `events`, it owns `fields` of every event. static /
     aggregates: names or glob patterns of static fields and aggregate columns. text: (condition, template)
     pairs, the first whose condition holds; templates format the customer's aggregates, customer attributes
-    and `values`.
+    and `values` (named expressions over those). The conditions and expressions: docs/EXPRESSIONS.md.
     """
 
     name: str
@@ -68,6 +69,13 @@ class Indicator:
         text = cfg.get("text") or ()
         if isinstance(text, str):
             text = [{"when": None, "say": text}]
+        # parsed now, so a bad expression (or a forged one in a model file) fails before any data is read
+        if cfg.get("events") != "*":
+            check_expression(cfg.get("events"), f"data.indicators.{name}.events")
+        for key, expr in dict(cfg.get("values") or {}).items():
+            check_expression(expr, f"data.indicators.{name}.values.{key}")
+        for t in text:
+            check_expression(t.get("when"), f"data.indicators.{name}.text")
         return cls(
             name=name,
             group=group,
@@ -138,12 +146,12 @@ class IndicatorCatalogue:
         ind = self.indicators[k]
         frame = context.copy()
         for name, expr in ind.values.items():
-            frame[name] = _eval(frame, expr, f"data.indicators.{ind.name}.values.{name}")
+            frame[name] = Expression(expr, f"data.indicators.{ind.name}.values.{name}").evaluate(frame)
         out = pd.Series(ind.label, index=frame.index, dtype=object)
         todo = np.ones(len(frame), dtype=bool)
         for when, template in ind.text:
             sel = todo & (
-                _eval(frame, when, f"data.indicators.{ind.name}.text").to_numpy(dtype=bool)
+                Expression(when, f"data.indicators.{ind.name}.text").mask(frame)
                 if when
                 else np.ones(len(frame), dtype=bool)
             )
@@ -157,13 +165,6 @@ class IndicatorCatalogue:
                     ) from exc
             todo &= ~sel
         return out
-
-
-def _eval(frame: pd.DataFrame, expr: str, where: str) -> pd.Series:
-    try:
-        return pd.Series(frame.eval(expr), index=frame.index)
-    except Exception as exc:  # pandas raises many types for a bad expression
-        raise ConfigError(f"{where}: cannot evaluate {expr!r} ({type(exc).__name__}: {exc})") from exc
 
 
 def integrated_gradients(

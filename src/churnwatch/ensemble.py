@@ -23,11 +23,13 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor, nn
 
+from churnwatch.atomic import check_output
 from churnwatch.calibration import Calibrator, log_loss
 from churnwatch.evaluation import evaluate
 from churnwatch.export import load_artifact, write_artifact
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.predictions import KEY, PREDICTIONS_FILE, read_predictions
+from churnwatch.signing import Key
 from churnwatch.training import read_timings, write_timings
 
 log = logging.getLogger(__name__)
@@ -156,8 +158,10 @@ def export_ensemble(
     operating: dict[str, Any],
     out_path: str | Path,
     test_metrics: dict[str, float] | None = None,
+    signing_key: Key | None = None,
 ) -> Path:
-    """One TorchScript file from network members' model.pt files; ValueError says why it cannot be done."""
+    """One TorchScript file from network members' model.pt files, signed with `signing_key` when given;
+    ValueError says why it cannot be done."""
     artifacts = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "model.pt"
@@ -193,7 +197,7 @@ def export_ensemble(
             "nets": [m["net"] for _, m in artifacts],
         },
     }
-    return write_artifact(model, meta, out_path)
+    return write_artifact(model, meta, out_path, signing_key=signing_key)
 
 
 def train_ensemble(
@@ -202,12 +206,16 @@ def train_ensemble(
     thresholds: dict[str, Any] | None = None,
     calibrate: bool = True,
     export: bool = True,
+    signing_key: Key | None = None,
 ) -> dict[str, Any]:
     """Fit the ensemble on the members' validation predictions, evaluate on test, write metrics.json,
-    predictions.parquet and (for network members) model.pt into out_dir."""
+    predictions.parquet and (for network members) model.pt into out_dir, which must not be a member's
+    (it would overwrite the files the ensemble is fitted on)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     run_dirs = [str(d) for d in run_dirs]
+    members = {f"members[{i}]/{PREDICTIONS_FILE}": Path(d) / PREDICTIONS_FILE for i, d in enumerate(run_dirs)}
+    check_output(out_dir / PREDICTIONS_FILE, True, members, key=f"the ensemble's {PREDICTIONS_FILE}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     frame, names = aligned_predictions(run_dirs)
     fitted = fit_ensemble(frame, names, calibrate)
     frame["probability"] = fitted.predict(frame[names].to_numpy())
@@ -244,7 +252,9 @@ def train_ensemble(
         }
         try:
             metrics["model_path"] = str(
-                export_ensemble(run_dirs, fitted, operating, out_dir / "model.pt", metrics.get("test"))
+                export_ensemble(
+                    run_dirs, fitted, operating, out_dir / "model.pt", metrics.get("test"), signing_key
+                )
             )
         except ValueError as exc:
             metrics["export_skipped"] = str(exc)

@@ -1,12 +1,15 @@
 """Export: one self-contained TorchScript file with everything scoring needs embedded as extra files.
 
 Loading needs only torch (`torch.jit.load`): no churnwatch model classes, no pickle. The metadata is
-JSON with a format version and a SHA-256 checksum, checked on load.
+JSON with a format version and a SHA-256 checksum, checked on load with the metadata's meaning
+(`check_meta`). With a signing key the file is also signed, and loading can demand that signature
+(churnwatch.signing); it is checked on the bytes that are then loaded, before torch reads them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import platform
 import warnings
@@ -24,7 +27,9 @@ import churnwatch
 from churnwatch.atomic import atomic_path
 from churnwatch.calibration import CalibrationLayer, Calibrator
 from churnwatch.errors import ArtifactError
+from churnwatch.meta_checks import check_meta
 from churnwatch.models.module import ChurnModule
+from churnwatch.signing import Key, Verification, sign_file
 
 FORMAT_VERSION = 1
 META_FILE = "churnwatch/metadata.json"
@@ -116,10 +121,14 @@ def export_checkpoint(
     segments: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None,
     drivers: dict[str, Any] | None = None,
+    overwrite: bool = True,
+    signing_key: Key | None = None,
 ) -> Path:
     """Script the checkpoint's network and calibration and write them with their metadata, atomically, to
     `out_path`. `expected_tiers`: each tier's validation precision and recall, shown to the scoring job.
-    `reference`: the monitoring profile of the reference population (monitoring.training_reference)."""
+    `reference`: the monitoring profile of the reference population (monitoring.training_reference).
+    `overwrite=False`: an `out_path` another run wrote meanwhile is kept (FileExistsError).
+    `signing_key` (signing.load_signing_key) signs the file."""
     ckpt = load_checkpoint(ckpt_path)
     module = module_from_checkpoint(ckpt)
     data_state = ckpt.get("ChurnDataModule")
@@ -151,31 +160,48 @@ def export_checkpoint(
         "config": config or {},
         "versions": _versions(),
     }
-    return write_artifact(ProbabilityModel(module.net, module.calibrator.layer()), meta, out_path)
+    return write_artifact(
+        ProbabilityModel(module.net, module.calibrator.layer()), meta, out_path, overwrite, signing_key
+    )
 
 
-def write_artifact(model: nn.Module, meta: dict[str, Any], out_path: str | Path) -> Path:
+def write_artifact(
+    model: nn.Module,
+    meta: dict[str, Any],
+    out_path: str | Path,
+    overwrite: bool = True,
+    signing_key: Key | None = None,
+) -> Path:
     out_path = Path(out_path)
     with _quiet_jit():
         scripted = torch.jit.script(model.eval())
     text = json.dumps(meta, indent=1, sort_keys=True, default=str)
     extra = {META_FILE: text, CHECKSUM_FILE: hashlib.sha256(text.encode()).hexdigest()}
-    with atomic_path(out_path) as tmp, _quiet_jit():
+    with atomic_path(out_path, replace=overwrite) as tmp, _quiet_jit():
         torch.jit.save(scripted, str(tmp), _extra_files=extra)
+        if signing_key is not None:
+            sign_file(tmp, signing_key)
     return out_path
 
 
 def load_artifact(
-    path: str | Path, device: str | torch.device = "cpu"
+    path: str | Path, device: str | torch.device = "cpu", verify: Verification | None = None
 ) -> tuple[torch.jit.ScriptModule, dict]:
-    """The scripted model and its metadata; refuses unreadable, tampered or unknown-version files."""
+    """The scripted model and its metadata; refuses unreadable, tampered, unknown-version or nonsensical
+    files, and with `verify` a file its signature does not vouch for."""
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: model file not found")
+    try:
+        data = path.read_bytes()  # read once: what is verified is what is loaded
+    except OSError as exc:
+        raise ArtifactError(f"{path}: not a readable churnwatch model ({exc.strerror or exc})") from exc
+    if verify is not None:
+        verify.check(data, path)
     extra = {META_FILE: "", CHECKSUM_FILE: ""}
     try:
         with _quiet_jit():
-            model = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+            model = torch.jit.load(io.BytesIO(data), map_location=device, _extra_files=extra)
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtifactError(f"{path}: not a readable churnwatch model ({first})") from exc
@@ -194,6 +220,7 @@ def load_artifact(
             f"{path}: model format version {version!r}, this churnwatch reads version "
             f"{FORMAT_VERSION}; re-export it with this version (churnwatch export)"
         )
+    check_meta(meta, model, path)
     return model.eval(), meta
 
 
@@ -215,7 +242,10 @@ class Artifact:
         return dict(self.meta.get("test_metrics") or {})
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
-    """A model.pt, checked (version, checksum) and loaded onto `device`; `Scorer` scores with it."""
-    module, meta = load_artifact(path, device)
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", verify: Verification | None = None
+) -> Artifact:
+    """A model.pt, checked (version, checksum, metadata, and with `verify` its signature) and loaded onto
+    `device`; `Scorer` scores with it."""
+    module, meta = load_artifact(path, device, verify)
     return Artifact(Path(path), module, meta)

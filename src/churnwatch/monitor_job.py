@@ -17,12 +17,15 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from churnwatch.atomic import atomic_path
 from churnwatch.data.contract import normalise_ids, read_table
 from churnwatch.data.snapshots import build_snapshot, label_event_mask
 from churnwatch.monitoring import Population, backtest, compare, verdict, volume_stats
-from churnwatch.scoring import Scorer, ScoringInput
+from churnwatch.scoring import Scorer, ScoringInput, default_as_of
+from churnwatch.signing import Verification
 
 COLOURS = {"ok": "green", "warn": "yellow", "retrain": "red"}
+MONITOR_FILE = "monitor.json"
 
 
 class MonitorError(ValueError):
@@ -50,10 +53,14 @@ def run_monitor(
     features: Sequence[str] | None = None,
     labels: LabelSource | None = None,
     device: str = "auto",
+    verify: Verification | None = None,
 ) -> dict[str, Any]:
     """The monitoring report of one scoring input: the verdict and its reasons, the population, and one
-    section per view (features, score, oov, volume, tiers, backtest); monitor.json is this dict."""
-    scorer = Scorer(model_path, device, drivers={"enabled": False})  # drift needs scores, not explanations
+    section per view (features, score, oov, volume, tiers, backtest); monitor.json is this dict. `verify`:
+    the model file's signature check."""
+    as_of = default_as_of(as_of, pd.NaT) if as_of is not None else None  # a bad date fails before the work
+    # drift needs scores, not explanations
+    scorer = Scorer(model_path, device, drivers={"enabled": False}, verify=verify)
     reference = scorer.meta.get("reference")
     if not reference:
         raise MonitorError(
@@ -182,11 +189,11 @@ def read_labels(source: LabelSource, default_id: str, as_of: pd.Timestamp) -> pd
 
 
 def write_report(report: Mapping[str, Any], output_dir: str | Path) -> Path:
-    """monitor.json (NaN written as null, so any JSON reader takes it)."""
-    path = Path(output_dir) / "monitor.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(report), indent=2))
-    return path
+    """monitor.json (NaN written as null, so any JSON reader takes it), replaced whole: a job reading
+    the last verdict never sees half a file."""
+    with atomic_path(Path(output_dir) / MONITOR_FILE) as tmp:
+        tmp.write_text(json.dumps(_finite(report), indent=2))
+    return Path(output_dir) / MONITOR_FILE
 
 
 def _finite(value: Any) -> Any:

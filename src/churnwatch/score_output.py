@@ -73,14 +73,12 @@ def atomic_output(
 ) -> Iterator[Callable[[pd.DataFrame], None]]:
     """A function that appends frames to `path` (parquet, with `metadata` in its footer, or CSV by
     extension) through a temp file renamed into place at the end: a crash never leaves a partial file at
-    `path`."""
+    `path`. Without `overwrite`, a `path` another run wrote meanwhile is kept and this one fails."""
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
-    suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".csv"):
-        raise ValueError(f"{path}: output must end in .parquet or .csv")
-    with atomic_path(path, suffix) as tmp:
+    suffix = check_suffix(path)
+    with atomic_path(path, suffix, replace=overwrite) as tmp:
         parquet = RunWriter(tmp, metadata)
         state = {"header": True}
 
@@ -98,6 +96,14 @@ def atomic_output(
                 raise ValueError(f"{path}: nothing was written")
         finally:
             parquet.close()
+
+
+def check_suffix(path: Path) -> str:
+    """The output's format, by its extension: .parquet or .csv, else a one-line error."""
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise ValueError(f"{path}: output must end in .parquet or .csv")
+    return suffix
 
 
 def rank_order(keys: pa.Table, rank_by: str) -> tuple[np.ndarray, int]:
@@ -130,7 +136,8 @@ def write_ranked(
     spill_dir: str | Path | None = None,
 ) -> int:
     """Write the rows of `runs` to `output_path` in the order `position` gives them (position[i] is the
-    rank position of the i-th row of the runs, concatenated), `block_rows` at a time through `finish`."""
+    rank position of the i-th row of the runs, concatenated), `block_rows` at a time through `finish`.
+    Nothing is renamed into place unless every row was written exactly once."""
     n = len(position)
     blocks = max(1, -(-n // block_rows))
     spill = scratch_dir(output_path, "rank", spill_dir)
@@ -153,12 +160,17 @@ def write_ranked(
         for w in writers:
             w.close()
         with atomic_output(output_path, overwrite) as append:
+            written = 0
             for b, w in enumerate(writers):
                 if not w.rows:
                     continue
                 block = pd.read_parquet(w.path).sort_values(POSITION).reset_index(drop=True)
                 w.path.unlink()
-                append(finish(block.drop(columns=POSITION), b * block_rows))
+                out = finish(block.drop(columns=POSITION), b * block_rows)
+                written += len(out)
+                append(out)
+            if written != n:
+                raise RuntimeError(f"{output_path}: {written} rows for {n} customers; nothing was written")
     finally:
         shutil.rmtree(spill, ignore_errors=True)
     return n

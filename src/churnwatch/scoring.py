@@ -27,13 +27,15 @@ import pyarrow.parquet as pq
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from churnwatch.atomic import atomic_path, scratch_dir
+from churnwatch.atomic import atomic_path, check_output, scratch_dir
 from churnwatch.data.batch import pad_batch
 from churnwatch.data.contract import (
     CUSTOMER_ID,
+    TIMESTAMP,
     CustomerSchema,
     DataValidationError,
     EventSchema,
+    JoinReport,
     LoadedEvents,
     ValidationReport,
     count_rows,
@@ -41,6 +43,7 @@ from churnwatch.data.contract import (
     load_events,
     no_event_rows,
     no_valid_events,
+    parse_day,
     read_table,
     some_of,
 )
@@ -54,8 +57,17 @@ from churnwatch.hardware import autocast, choose_precision, fit_threads, resolve
 from churnwatch.insights import Segments, context_frame, owners
 from churnwatch.memory import release_free_memory
 from churnwatch.models.thresholds import Operating, tiers_at
+from churnwatch.options import check_values
 from churnwatch.playbook import Playbook
-from churnwatch.score_output import RANK_KEYS, atomic_output, rank_order, read_rank_keys, write_ranked
+from churnwatch.score_output import (
+    RANK_KEYS,
+    atomic_output,
+    check_suffix,
+    rank_order,
+    read_rank_keys,
+    write_ranked,
+)
+from churnwatch.signing import Verification
 
 log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = (
@@ -94,6 +106,8 @@ class ScoringInput:
     customers: pd.DataFrame | None
     as_of: pd.Timestamp
     input_ids: np.ndarray
+    join: JoinReport | None = None
+    """How the customers file joined these customers (None without one)."""
 
 
 @dataclass(frozen=True)
@@ -144,14 +158,17 @@ class Scorer:
         rank_by: str = "probability",
         value_days: int = 90,
         precision: str = "fp32",
+        verify: Verification | None = None,
     ):
+        drivers_values = {f"drivers.{k}": v for k, v in (drivers or {}).items()}
+        check_values({"batch_size": batch_size, "value_days": value_days, **drivers_values})
         self.device = resolve_device(device)
         fit_threads()
         self.precision = choose_precision(precision, self.device)
         """What the forward runs in: `precision` (fp32 | bf16 | auto) as this device can run it."""
         self.seconds: dict[str, float] = {}
         """Wall seconds per phase (read, encode, forward, segments, drivers, rank, write), summed."""
-        artifact = model if isinstance(model, Artifact) else load_model(model, self.device)
+        artifact = model if isinstance(model, Artifact) else load_model(model, self.device, verify)
         self.model_path = artifact.path
         self.model, self.meta = artifact.module.to(self.device), artifact.meta
         self.batch_size = batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)
@@ -311,10 +328,20 @@ class Scorer:
     def prepare(
         self, loaded: LoadedEvents, customers: pd.DataFrame | None, as_of: pd.Timestamp
     ) -> ScoringInput:
-        """Validated events → one snapshot per customer at `as_of`."""
+        """Validated events → one snapshot per customer at `as_of`. An `as_of` before every event leaves
+        everyone without history: said in the log, not only by the 'unknown' tiers."""
         event_log = EventLog.from_frame(loaded.frame)
         snaps = build_snapshot(event_log, as_of, horizon_days=None)
-        return ScoringInput(event_log, snaps, customers, as_of, np.asarray(loaded.input_ids))
+        first = loaded.frame[TIMESTAMP].min() if len(loaded.frame) else pd.NaT
+        if not pd.isna(first) and as_of <= first:
+            log.warning(
+                "as_of %s is before every event (the first is %s): %s customers are scored without history",
+                as_of.date(),
+                first,
+                f"{len(loaded.input_ids):,}",
+            )
+        join = JoinReport.of(loaded.input_ids, customers.index) if customers is not None else None
+        return ScoringInput(event_log, snaps, customers, as_of, np.asarray(loaded.input_ids), join)
 
     def warn_without_customers(self, customers: Table | None) -> None:
         if self.uses_customers and customers is None:
@@ -346,7 +373,10 @@ class Scorer:
             if isinstance(frame[CUSTOMER_ID].dtype, pd.CategoricalDtype):
                 frame = frame.assign(**{CUSTOMER_ID: frame[CUSTOMER_ID].cat.remove_unused_categories()})
         as_of_ts = default_as_of(as_of, loaded.data_end)
-        return self.prepare(replace(loaded, frame=frame, input_ids=input_ids), customers, as_of_ts)
+        inp = self.prepare(replace(loaded, frame=frame, input_ids=input_ids), customers, as_of_ts)
+        if inp.join is not None:
+            inp.join.check(customers_path)
+        return inp
 
     def split_input(
         self,
@@ -426,6 +456,7 @@ class Scorer:
 
         def finish(block: pd.DataFrame, start: int) -> pd.DataFrame:
             out = self.finish_block(block, start, ranked_keys)
+            check_finite(out["churn_probability"].to_numpy(), out[CUSTOMER_ID].to_numpy(), self.model_path)
             if on_block is not None:
                 on_block(out)
             return out
@@ -458,9 +489,10 @@ class Scorer:
     ) -> pd.DataFrame:
         """Every customer of a loaded input (`load`, or one part of a streamed file) exactly once, with
         its probability, value, segments and drivers; not yet ranked (`rank`, `write_ranked`)."""
+        check_values({"chunk_customers": chunk_customers})
         event_log, snaps, customers, as_of_ts = inp.log, inp.snaps, inp.customers, inp.as_of
         parts = []
-        chunks = range(0, len(snaps), max(1, chunk_customers))
+        chunks = range(0, len(snaps), chunk_customers)
         with Progress(
             TextColumn("scoring"),
             BarColumn(),
@@ -572,15 +604,17 @@ def check_each_once(frame: pd.DataFrame, ids: pa.Array) -> None:
 
 
 def check_finite(probs: np.ndarray, customer_ids: np.ndarray, model_path: Path) -> None:
-    """A probability that is not a number would rank anywhere: fail, naming the customers, instead.
-    Inputs are finite by construction (validation, then clipping in the encoders), so this is the model's
-    doing, e.g. weights that went NaN in training."""
-    bad = ~np.isfinite(probs)
+    """A probability that is not a number (or outside [0, 1]) would rank anywhere: fail, naming the
+    customers, instead, at the forward and again on each ranked block before the output is renamed into
+    place. Inputs are finite by construction (validation, then clipping in the encoders), so this is the
+    model's doing, e.g. weights that went NaN in training."""
+    finite = np.isfinite(probs)
+    bad = ~finite | (np.where(finite, probs, 0.0) < 0) | (np.where(finite, probs, 0.0) > 1)
     if bad.any():
+        what = "a non-finite churn probability" if not finite.all() else "a churn probability outside [0, 1]"
         raise FloatingPointError(
-            f"{model_path}: the model gave a non-finite churn probability for {int(bad.sum())} of "
-            f"{len(probs)} customers, e.g. {some_of(np.asarray(customer_ids)[bad])}; nothing was written "
-            "(are its weights finite?)"
+            f"{model_path}: the model gave {what} for {int(bad.sum())} of {len(probs)} customers, e.g. "
+            f"{some_of(np.asarray(customer_ids)[bad])}; nothing was written (are its weights finite?)"
         )
 
 
@@ -597,16 +631,14 @@ def shard_of(ids: np.ndarray, num_shards: int) -> np.ndarray:
 
 
 def check_shard(shard: tuple[int, int]) -> None:
-    num_shards, index = shard
-    if not 0 <= index < num_shards:
-        raise ValueError(f"shard_index={index} must be in [0, num_shards={num_shards})")
+    """num_shards ≥ 1 and 0 ≤ shard_index < num_shards, by the options' rules."""
+    check_values({"num_shards": shard[0], "shard_index": shard[1]})
 
 
 def default_as_of(as_of: str | pd.Timestamp | None, data_end: pd.Timestamp) -> pd.Timestamp:
-    """`as_of` as a day, or the day after the data's last valid event."""
-    return (
-        pd.Timestamp(as_of).normalize() if as_of is not None else data_end.normalize() + pd.Timedelta(days=1)
-    )
+    """`as_of` as a day (a one-line error when it is not one), or the day after the data's last valid
+    event."""
+    return parse_day(as_of, "as_of") if as_of is not None else data_end.normalize() + pd.Timedelta(days=1)
 
 
 def shard_filter(shard: tuple[int, int]) -> Callable[[pd.Series], np.ndarray]:
@@ -646,12 +678,16 @@ def merge_shards(
     rank_by: str = "probability",
     overwrite: bool = False,
     block_rows: int = 250_000,
+    verify: Verification | None = None,
 ) -> int:
     """The union of shard parts, ranked and tiered as one run over the whole population (row for row the
     output of an unsharded run), in bounded memory. Refuses missing or repeated shards and customers in
     two parts. Returns the number of customers written."""
     if not part_paths:
         raise ValueError("merge: no shard parts given")
+    check_values({"block_rows": block_rows})
+    parts = {f"parts[{i}]": p for i, p in enumerate(part_paths)}
+    check_suffix(check_output(output_path, overwrite, {"model_path": model_path, **parts}))
     info = pd.DataFrame([shard_identity(p) for p in part_paths])
     shards = sorted(info["shard_index"].unique())
     expected = int(info["num_shards"].iloc[0])
@@ -664,7 +700,9 @@ def merge_shards(
             f"merge: parts were scored at different as_of dates {sorted(info['as_of'].unique())}"
         )
     check_some_kept(part_paths)
-    scorer = Scorer(model_path, "cpu", playbook=playbook, rank_by=rank_by, drivers={"enabled": False})
+    scorer = Scorer(
+        model_path, "cpu", playbook=playbook, rank_by=rank_by, drivers={"enabled": False}, verify=verify
+    )
     return scorer.write_ranked(
         part_paths, output_path, overwrite, drop=("num_shards", "shard_index"), block_rows=block_rows
     )
@@ -705,17 +743,18 @@ def score_file(
     precision: str = "fp32",
     block_rows: int = 250_000,
     spill_dir: str | Path | None = None,
+    verify: Verification | None = None,
 ) -> ScoringResult:
     """Score a file (or one shard of its customers) and write the result atomically, in memory bounded
     by `part_events`, not by the input: inputs with more rows are split into customer-disjoint parts on
     disk (`spill_dir`, default: next to the output), scored part by part, then ranked block by block.
     The output is the same for any part, block and chunk size."""
     t0 = time.perf_counter()
-    output_path = Path(output_path)
-    if output_path.exists() and not overwrite:
-        raise FileExistsError(f"{output_path} exists; pass overwrite=true to replace it")
-    if output_path.suffix.lower() not in (".parquet", ".csv"):
-        raise ValueError(f"{output_path}: output must end in .parquet or .csv")
+    as_of = default_as_of(as_of, pd.NaT) if as_of is not None else None  # a bad date fails before the work
+    check_values({"chunk_customers": chunk_customers, "part_events": part_events, "block_rows": block_rows})
+    inputs = {"events_path": events_path, "customers_path": customers_path, "model_path": model_path}
+    output_path = check_output(output_path, overwrite, inputs)
+    check_suffix(output_path)
     if shard is not None:
         check_shard(shard)
         if output_path.suffix.lower() != ".parquet":
@@ -724,7 +763,7 @@ def score_file(
             )
         if as_of is None:
             raise ValueError("sharded scoring needs an explicit as_of: every shard must score the same date")
-    scorer = Scorer(model_path, device, batch_size, drivers, playbook, rank_by, value_days, precision)
+    scorer = Scorer(model_path, device, batch_size, drivers, playbook, rank_by, value_days, precision, verify)
     scorer.warn_without_customers(customers_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     spill = scratch_dir(output_path, "spill", spill_dir)
@@ -766,6 +805,7 @@ def score_file(
                     stats.check(events_path, shard)
                 inp = scorer.prepare(loaded, customers, default_as_of(as_of, loaded.data_end))
                 stats.as_of = inp.as_of
+                stats.add_join(inp.join)
                 scored = scorer.score_input(inp, chunk_customers, progress=False)
                 if shard is not None:
                     scored = scored.assign(num_shards=shard[0], shard_index=shard[1])
@@ -778,6 +818,7 @@ def score_file(
                 release_free_memory()
                 bar.advance(task)
             stats.check(events_path, shard)
+            stats.check_join(customers_path)
             stats.log()
         if shard is None:
             with scorer.timed("rank"):
@@ -817,6 +858,7 @@ class _Stats:
     no_history: int = 0
     events: ValidationReport | None = None
     customer_report: ValidationReport | None = None
+    join: JoinReport | None = None
     as_of: pd.Timestamp | None = None
     tiers: dict[str, int] = field(default_factory=dict)
     top: pd.DataFrame = field(default_factory=pd.DataFrame)
@@ -828,6 +870,15 @@ class _Stats:
             if getattr(self, name) is None:
                 setattr(self, name, ValidationReport(report.path))
             getattr(self, name).add(report)
+
+    def add_join(self, join: JoinReport | None) -> None:
+        if join is not None:
+            self.join = self.join or JoinReport()
+            self.join.add(join)
+
+    def check_join(self, customers_path: str | Path | None) -> None:
+        if self.join is not None:
+            self.join.check(customers_path)
 
     def count(self, scored: pd.DataFrame) -> None:
         self.customers += len(scored)
@@ -868,6 +919,7 @@ class _Stats:
                 "events": self.events.as_dict() if self.events is not None else None,
                 "customers": self.customer_report.as_dict() if self.customer_report is not None else None,
             },
+            "customers_join": self.join.as_dict() if self.join is not None else None,
         }
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")

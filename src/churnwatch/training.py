@@ -43,6 +43,7 @@ from churnwatch.models.thresholds import Operating, tier_table
 from churnwatch.monitoring import training_reference
 from churnwatch.predictions import write_predictions
 from churnwatch.report import REPORT_FILE, write_report
+from churnwatch.signing import load_signing_key
 from churnwatch.trackers import instantiate_all, instantiate_loggers, log_artifacts
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         print_metrics(metrics, Path(cfg.paths.output_dir))
         return metrics
     run_dir = Path(cfg.paths.output_dir)
+    # read now, so a bad key fails before training rather than at the export after it
+    signing_key = load_signing_key(cfg.get("signing_key") if cfg.get("export") else None)
     fit_threads()
     L.seed_everything(int(cfg.seed), workers=True)
     if cfg.trainer.get("deterministic"):
@@ -275,6 +278,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                         "center": metrics.get("insights", {}).get("center"),
                         "indicators": list(cfg.data.get("indicators") or {}),
                     },
+                    signing_key=signing_key,
                 )
             )
         write_run_summary(cfg, metrics, timings)

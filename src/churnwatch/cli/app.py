@@ -16,8 +16,10 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from churnwatch.cli.errors import one_line_errors, user_error_exit
+from churnwatch.cli.errors import one_line, one_line_errors, user_error_exit
 from churnwatch.configs import config_dir
+from churnwatch.errors import ConfigError
+from churnwatch.options import check_config
 
 TaskFunction = Callable[[DictConfig], Any]
 HIDDEN_GROUPS = ("hydra", "paths")  # Hydra's own settings, and where files go (paths.* keys still work)
@@ -45,7 +47,7 @@ def command(config_name: str) -> Callable[[TaskFunction], Callable[..., Any]]:
     def decorate(task: TaskFunction) -> Callable[..., Any]:
         name = command_name(config_name)
         run = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(
-            one_line_errors(name)(task)
+            one_line_errors(name)(checked(task))
         )
 
         @functools.wraps(task)
@@ -62,6 +64,19 @@ def command(config_name: str) -> Callable[[TaskFunction], Callable[..., Any]]:
         return main
 
     return decorate
+
+
+def checked(task: TaskFunction) -> TaskFunction:
+    """The task, after the config's numeric options are checked (`churnwatch.options`): what the run-start
+    callback (`RequireKeys`) cannot see, a composed config passed in or a sweep's own values, is refused
+    here in the same one line."""
+
+    @functools.wraps(task)
+    def run_checked(cfg: DictConfig) -> Any:
+        check_config(cfg)
+        return task(cfg)
+
+    return run_checked
 
 
 def check_optional(name: str, args: list[str]) -> None:
@@ -89,8 +104,9 @@ def _find(module: str) -> bool:
 
 
 class RequireKeys(Callback):
-    """Hydra callback (conf/hydra/default.yaml): a required key (`???`) left unset ends the command with one
-    line naming it, before Hydra creates a run directory."""
+    """Hydra callback (conf/hydra/default.yaml): a required key (`???`) left unset, or a numeric option
+    that breaks its rule (`churnwatch.options`), ends the command with one line naming it, before Hydra
+    creates a run directory."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         _require(config)
@@ -117,14 +133,18 @@ def missing_keys(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
 
 def _require(config: DictConfig) -> None:
     missing = missing_keys(config)
+    name = command_name(str(OmegaConf.select(config, "hydra.job.config_name") or "churnwatch"))
     if missing:
-        name = command_name(str(OmegaConf.select(config, "hydra.job.config_name") or "churnwatch"))
         example = " ".join(f"{k}=..." for k in missing)
         user_error_exit(
             name,
             f"missing required key{'s' if len(missing) > 1 else ''} {', '.join(missing)}: e.g. {name} "
             f"{example} ({name} --help lists every key)",
         )
+    try:
+        check_config(config)
+    except ConfigError as exc:
+        user_error_exit(name, one_line(exc))
 
 
 def command_help(config_name: str, doc: str | None = None) -> str:

@@ -14,6 +14,7 @@ from churnwatch.cli.app import command
 def main(cfg: DictConfig) -> float | None:
     """Ensemble finished runs: calibrated members, weights fitted on validation, judged on test."""
     from churnwatch.ensemble import train_ensemble
+    from churnwatch.signing import load_signing_key
     from churnwatch.training import print_metrics
 
     out_dir = Path(cfg.paths.output_dir)
@@ -23,6 +24,7 @@ def main(cfg: DictConfig) -> float | None:
         OmegaConf.to_container(cfg.thresholds, resolve=True),
         bool(cfg.calibrate),
         bool(cfg.export),
+        load_signing_key(cfg.signing_key if cfg.export else None),
     )
     print_metrics(metrics, out_dir)
     console = Console()

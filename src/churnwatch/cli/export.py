@@ -16,16 +16,21 @@ log = logging.getLogger("churnwatch.export")
 @command("export")
 def main(cfg: DictConfig) -> None:
     """Export a checkpoint as one self-contained TorchScript model.pt (what score and monitor load)."""
+    from churnwatch.atomic import check_output
     from churnwatch.export import export_checkpoint
+    from churnwatch.signing import load_signing_key
 
+    signing_key = load_signing_key(cfg.signing_key)
     ckpt = Path(cfg.ckpt_path)
     run_dir = ckpt.resolve().parent.parent
     out = Path(cfg.output_path) if cfg.output_path else run_dir / "model.pt"
-    if out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=true to replace it")
+    check_output(out, bool(cfg.overwrite), {"ckpt_path": ckpt})
     metrics_file = run_dir / "metrics.json"  # the run's test metrics travel with the model when present
     test = json.loads(metrics_file.read_text()).get("test") if metrics_file.exists() else None
-    log.info("exported %s → %s", ckpt, export_checkpoint(ckpt, out, test_metrics=test))
+    written = export_checkpoint(
+        ckpt, out, test_metrics=test, overwrite=bool(cfg.overwrite), signing_key=signing_key
+    )
+    log.info("exported %s → %s", ckpt, written)
 
 
 if __name__ == "__main__":

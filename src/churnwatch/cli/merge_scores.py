@@ -14,7 +14,9 @@ from churnwatch.cli.app import command
 def main(cfg: DictConfig) -> None:
     """Rank the union of shard parts (churnwatch score num_shards=N shard_index=i) as one run."""
     from churnwatch.scoring import merge_shards
+    from churnwatch.signing import Verification
 
+    verify = Verification.from_config(cfg.verify_key, bool(cfg.require_signature))
     parts = cfg.parts if not isinstance(cfg.parts, str) else sorted(glob.glob(cfg.parts))
     customers = merge_shards(
         cfg.model_path,
@@ -24,6 +26,7 @@ def main(cfg: DictConfig) -> None:
         rank_by=str(cfg.rank_by),
         overwrite=bool(cfg.overwrite),
         block_rows=int(cfg.block_rows),
+        verify=verify,
     )
     Console().print(f"merged {len(parts)} parts: {customers:,} customers → {cfg.output_path}")
 

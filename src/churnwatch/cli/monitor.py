@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
@@ -12,8 +14,13 @@ from churnwatch.cli.app import command
 def main(cfg: DictConfig) -> None:
     """Compare today's data with the model's training reference: monitor.json and a verdict (ok / warn /
     retrain). Exit code 0 whatever the verdict; 2 for an input that cannot be read or used."""
-    from churnwatch.monitor_job import LabelSource, render, run_monitor, write_report
+    from churnwatch.atomic import check_output
+    from churnwatch.monitor_job import MONITOR_FILE, LabelSource, render, run_monitor, write_report
+    from churnwatch.signing import Verification
 
+    verify = Verification.from_config(cfg.verify_key, bool(cfg.require_signature))
+    inputs = {k: cfg[k] for k in ("model_path", "events_path", "customers_path", "labels_path")}
+    check_output(Path(cfg.output_dir) / MONITOR_FILE, True, inputs, key="output_dir")
     report = run_monitor(
         cfg.model_path,
         cfg.events_path,
@@ -23,6 +30,7 @@ def main(cfg: DictConfig) -> None:
         list(cfg.features) if cfg.features else None,
         LabelSource(cfg.labels_path, cfg.labels.customer_id, cfg.labels.label, cfg.labels.cutoff),
         cfg.device,
+        verify,
     )
     console = Console(width=max(Console().width, 120))
     render(report, console)

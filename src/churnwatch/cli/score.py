@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 def main(cfg: DictConfig) -> None:
     """Score customers with an exported model.pt: probability, tier, rank, drivers and action per customer."""
     from churnwatch.scoring import score_file
+    from churnwatch.signing import Verification
 
+    verify = Verification.from_config(cfg.verify_key, bool(cfg.require_signature))
     result = score_file(
         cfg.model_path,
         cfg.events_path,
@@ -38,6 +40,7 @@ def main(cfg: DictConfig) -> None:
         block_rows=int(cfg.block_rows),
         spill_dir=cfg.spill_dir,
         precision=str(cfg.precision),
+        verify=verify,
     )
     console = Console(width=max(Console().width, 100))
     if cfg.num_shards:

@@ -6,8 +6,11 @@ module returns, so a new event log needs a config change, never a code change.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from churnwatch.errors import ConfigError, DataValidationError
+from churnwatch.expressions import Expression, check_expression
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +31,18 @@ CUSTOMER_ID = "customer_id"
 TIMESTAMP = "timestamp"
 MISSING = "__missing__"
 """Explicit category for a null categorical value (nulls are information, never silently dropped)."""
+PAD_TOKEN, OOV_TOKEN, OTHER_TOKEN = "<pad>", "<oov>", "<other>"
+INTERNAL_TOKENS = frozenset({MISSING, PAD_TOKEN, OOV_TOKEN, OTHER_TOKEN})
+"""Tokens the encoders give a meaning of their own: input text never equals one (`escape_text`)."""
+ESCAPE = "\\"
 
 Policy = Literal["drop", "fail"]
-_OFFSET_RE = r"(?:[zZ]|[+-]\d{2}:?\d{2})$"
+_OFFSET_RE = r"(?:[zZ]|\d:\d{2}(?::\d{2}(?:\.\d+)?)?\s*[+-]\d{2}(?::?\d{2})?|\s(?:UTC|GMT|utc|gmt))$"
+"""A time with a zone: Z, an offset after the time (+02:00, +0200, +02) or the names UTC/GMT."""
+_NUMERIC_DATE = r"^(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}(?:\D|$)"
+"""A date written d/m/y or m/d/y (any of / . -): which one a column uses is decided once per column."""
+RESERVED_PREFIX = "__churnwatch"
+"""Columns churnwatch adds while reading (e.g. each row's number in the file): an input may not have them."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,10 @@ class EventSchema:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> EventSchema:
+        """The schema of a data config, whose expressions are parsed here too: every reader of a data
+        config (training, the cache, scoring a model file) starts here, so a bad or forged expression
+        fails before any data is read."""
+        _check_expressions(cfg)
         schema = cls(
             customer_id=str(cfg["customer_id"]),
             timestamp=str(cfg["timestamp"]),
@@ -94,6 +111,16 @@ class EventSchema:
                 f"event fields must be distinct and not the id/timestamp: repeated {dupes}, clash {clash}"
             )
         return schema
+
+
+def _check_expressions(cfg: Mapping[str, Any]) -> None:
+    check_expression(cfg.get("filter"), "data.filter")
+    derived = cfg.get("derived") or {}
+    if not isinstance(derived, Mapping):
+        raise ConfigError(f"data.derived must map new column names to expressions, got {derived!r}")
+    for name, text in derived.items():
+        check_expression(text, f"data.derived.{name}")
+    check_expression(cfg.get("label_events"), "data.label_events")
 
 
 @dataclass(frozen=True)
@@ -162,7 +189,95 @@ class ValidationReport:
         )
 
 
+JOIN_WARN = 0.5
+"""Below this share of event customers with attributes, the customers file probably uses other ids."""
+
+
+@dataclass
+class JoinReport:
+    """How a customers file joins the event customers: said in the log and in the scoring sidecar, so a
+    file that joins nobody (ids written differently) or holds customers without events is never silent."""
+
+    event_customers: int = 0
+    with_attributes: int = 0
+    customers_only: int = 0
+    """Ids of the customers file with no row in the events: not scored (there is nothing to score)."""
+    examples: dict[str, str] = field(default_factory=dict)
+    """An event customer without attributes ('events') and a customers-only id ('customers')."""
+
+    @classmethod
+    def of(cls, event_ids: np.ndarray, customer_ids: pd.Index) -> JoinReport:
+        events = pd.Index(np.asarray(event_ids, dtype=object).astype(str))
+        customers = pd.Index(np.asarray(customer_ids, dtype=object).astype(str))
+        joined = events.isin(customers)
+        only = ~customers.isin(events)
+        examples = {}
+        if (~joined).any():
+            examples["events"] = str(events[~joined][0])
+        if only.any():
+            examples["customers"] = str(customers[only][0])
+        return cls(len(events), int(joined.sum()), int(only.sum()), examples)
+
+    def add(self, other: JoinReport) -> None:
+        """Count another customer-disjoint part in."""
+        self.event_customers += other.event_customers
+        self.with_attributes += other.with_attributes
+        self.customers_only += other.customers_only
+        for side, example in other.examples.items():
+            self.examples.setdefault(side, example)
+
+    @property
+    def rate(self) -> float:
+        return self.with_attributes / self.event_customers if self.event_customers else 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "event_customers": self.event_customers,
+            "with_attributes": self.with_attributes,
+            "join_rate": round(self.rate, 6),
+            "customers_only": self.customers_only,
+            "examples": dict(self.examples),
+        }
+
+    def check(self, path: str | Path) -> None:
+        """Log the join; fail when the file joins no event customer at all (ids written differently, e.g.
+        '1001' against '01001'), warn under JOIN_WARN, and count the customers-only ids."""
+        text = (
+            f"{Path(str(path)).name}: {self.with_attributes:,} of {self.event_customers:,} event customers "
+            f"have attributes ({self.rate:.1%})"
+        )
+        if self.event_customers and not self.with_attributes and self.customers_only:
+            raise DataValidationError(
+                f"{path}: no customer id joins the events (e.g. {self.examples['customers']!r} here, "
+                f"{self.examples['events']!r} in the events): are the ids written the same way?"
+            )
+        if self.rate < JOIN_WARN:
+            log.warning("%s; the others are scored with unknown attributes", text)
+        else:
+            log.info("%s", text)
+        if self.customers_only:
+            log.warning(
+                "%s: %s id(s) have no events and are not scored, e.g. %r",
+                Path(str(path)).name,
+                f"{self.customers_only:,}",
+                self.examples["customers"],
+            )
+
+
 # ----------------------------------------------------------------------------------------------- reading
+
+
+def missing_file(path: Path) -> str:
+    """Why an input path that does not exist does not: a symlink loop or a dangling link says so."""
+    if not path.is_symlink():
+        return "file not found"
+    try:
+        path.resolve(strict=True)
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop, later ones OSError
+        if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP:
+            return "symlink loop (the link points back to itself)"
+        return f"dangling symlink to {os.readlink(path)!r}"
+    return "file not found"
 
 
 def _suffixes(path: Path) -> str:
@@ -183,6 +298,8 @@ def _csv_options(path: Path, columns: Sequence[str] | None) -> dict[str, Any]:
         "encoding": "utf-8-sig",
         # no usecols for all columns: with one, pandas silently cuts a row with too many fields
         "usecols": None if columns is None else (lambda c: c in columns),
+        # never take surplus leading fields for an index: a row longer than the header is an error
+        "index_col": False,
     }
 
 
@@ -190,14 +307,21 @@ def _csv_options(path: Path, columns: Sequence[str] | None) -> dict[str, Any]:
 def _reading(path: Path) -> Iterator[None]:
     """Any read failure of `path` as one line naming it."""
     if not path.exists():
-        raise DataValidationError(f"{path}: file not found")
+        raise DataValidationError(f"{path}: {missing_file(path)}")
     suffixes = _suffixes(path)
     if not (_is_parquet(path) or suffixes.endswith((".csv", ".csv.gz", ".tsv", ".txt"))):
         raise DataValidationError(
             f"{path}: unsupported file type {suffixes or '(none)'}; use .parquet or .csv"
         )
     try:
-        yield
+        with warnings.catch_warnings():
+            # pandas only warns (and drops the surplus) when a first row is longer than the header
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            yield
+    except pd.errors.ParserWarning as exc:
+        raise DataValidationError(
+            f"{path}: cannot read file (a row has more fields than the header)"
+        ) from exc
     except (pa.ArrowException, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataValidationError(f"{path}: cannot read file ({first})") from exc
@@ -205,10 +329,38 @@ def _reading(path: Path) -> Iterator[None]:
         raise DataValidationError(f"{path}: file is empty (no header, no rows)") from exc
 
 
+def _header(path: Path) -> list[str]:
+    """The column names as the file states them (pandas renames a repeated CSV name to 'name.1')."""
+    if _is_parquet(path):
+        return list(pq.read_schema(path).names)
+    options = {k: v for k, v in _csv_options(path, None).items() if k != "usecols"}
+    first = pd.read_csv(path, header=None, nrows=1, **options)
+    return ["" if pd.isna(v) else str(v) for v in first.iloc[0]] if len(first) else []
+
+
+def check_columns(names: Sequence[Any], path: str | Path) -> None:
+    """A name twice (which copy would be read?) or one of churnwatch's own columns is a one-line error."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(map(str, names)):
+        if name in seen:
+            raise DataValidationError(
+                f"{path}: column {name!r} appears twice in the header (columns {seen[name] + 1} and "
+                f"{i + 1}); rename or drop one"
+            )
+        seen[name] = i
+        if name.startswith(RESERVED_PREFIX):
+            raise DataValidationError(
+                f"{path}: column {name!r}: names starting with {RESERVED_PREFIX!r} are churnwatch's own; "
+                "rename it"
+            )
+
+
 def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read parquet or CSV by extension; a missing or unreadable file is a one-line error."""
+    """Read parquet or CSV by extension; a missing or unreadable file, or a header naming a column twice,
+    is a one-line error."""
     path = Path(path)
     with _reading(path):
+        check_columns(_header(path), path)
         if _is_parquet(path):
             available = pq.read_schema(path).names
             wanted = [c for c in columns if c in available] if columns is not None else None
@@ -230,6 +382,7 @@ def iter_batches(path: str | Path, batch_rows: int = 1_000_000) -> Iterator[pa.T
     own dictionary: cheap to move and to factorize), CSV as text like `read_table` reads it."""
     path = Path(path)
     with _reading(path):
+        check_columns(_header(path), path)
         if _is_parquet(path):
             # row group by row group: the reader's own iter_batches reads ahead, and its memory grew
             # with the file (1.8 GB for 145M rows against 0.3 GB this way)
@@ -282,7 +435,8 @@ def _require_columns(frame: pd.DataFrame, needed: Sequence[str], path: str, what
     or a shifted header shows) the first row as read."""
     missing = [c for c in needed if c not in frame.columns]
     if missing:
-        have = ", ".join(map(str, frame.columns[:12])) + (" ..." if len(frame.columns) > 12 else "")
+        names = (str(c).replace("\r", "\\r").replace("\n", "\\n") for c in frame.columns[:12])
+        have = ", ".join(names) + (" ..." if len(frame.columns) > 12 else "")
         first = f"; row {frame.index[0]}: {_describe_row(frame, 0)}" if len(frame) else ""
         raise DataValidationError(
             f"{path}: column {missing[0]!r} ({what}) not found; columns are: {have}{first}"
@@ -303,14 +457,15 @@ def _label(value: Any) -> str | None:
         return None
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
         value = int(value)
-    text = re.sub(INTEGRAL_TEXT, r"\1", str(value).strip())
+    text = re.sub(INTEGRAL_TEXT, r"\1", str(value).strip().strip("\x00").strip())
     return text or None
 
 
 def _labels(categories: pd.Index) -> np.ndarray:
     """`_label` for every category, vectorised for the common string and float cases (1M ids)."""
     if pd.api.types.is_string_dtype(categories.dtype) and not pd.api.types.is_object_dtype(categories.dtype):
-        text = categories.astype(str).str.strip().str.replace(INTEGRAL_TEXT, r"\1", regex=True)
+        text = categories.astype(str).str.strip().str.strip("\x00").str.strip()
+        text = text.str.replace(INTEGRAL_TEXT, r"\1", regex=True)
         return np.where(text == "", None, np.asarray(text, dtype=object))
     if pd.api.types.is_float_dtype(categories.dtype):
         values = categories.to_numpy(dtype=np.float64)
@@ -320,14 +475,33 @@ def _labels(categories: pd.Index) -> np.ndarray:
     return np.array([_label(c) for c in categories], dtype=object)
 
 
+def escape_text(labels: np.ndarray) -> np.ndarray:
+    """Category text as data: a value equal to an internal token, or starting with the escape character,
+    gets one more escape character in front, so no input value can become `<pad>`, `<oov>`, `<other>` or
+    the null category (and two different values never become one)."""
+    hit = np.fromiter(
+        (lab is not None and (lab in INTERNAL_TOKENS or lab.startswith(ESCAPE)) for lab in labels),
+        dtype=bool,
+        count=len(labels),
+    )
+    if hit.any():
+        labels = labels.copy()
+        labels[hit] = [ESCAPE + lab for lab in labels[hit]]
+    return labels
+
+
 def _recode(values: pd.Series, missing: str | None) -> pd.Series:
     """Canonical categorical: labels normalised per *category* (cheap), categories sorted.
 
     Null/empty values become `missing` when given, else stay null. Works on the category table, never
     per row in Python, so 10M-row columns cost one factorize.
     """
+    if isinstance(values.dtype, pd.DatetimeTZDtype):  # as text in UTC: no zone rules beyond year 9999
+        values = _aware_to_zone(values, "UTC")
     cat = values.array if isinstance(values.dtype, pd.CategoricalDtype) else pd.Categorical(values)
     labels = _labels(cat.categories)
+    if missing is not None:  # category text, not ids: internal tokens are out of its reach
+        labels = escape_text(labels)
     valid = np.array([lab is not None for lab in labels], dtype=bool)
     uniq = np.array(sorted(set(labels[valid])), dtype=object)
     position = np.full(len(labels) + 1, -1, dtype=np.int64)  # the last slot serves code -1 (null)
@@ -349,14 +523,34 @@ def normalise_ids(values: pd.Series) -> pd.Series:
     return _recode(values, missing=None)
 
 
-def parse_timestamps(values: pd.Series, timezone: str, fmt: str | None = None) -> pd.Series:
+def parse_day(value: Any, what: str) -> pd.Timestamp:
+    """A date option (e.g. as_of) as a day, or a one-line ConfigError: not a date, or outside the
+    times pandas represents (1677-09-22 to 2262-04-11)."""
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{what}={value!r}: not a date ({first}); write it as YYYY-MM-DD") from exc
+    if pd.isna(stamp):
+        raise ConfigError(f"{what}={value!r}: not a date; write it as YYYY-MM-DD")
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_localize(None)
+    first, last = pd.Timestamp("1677-09-22"), pd.Timestamp("2262-01-01")  # room for a horizon
+    if not first <= stamp <= last:
+        raise ConfigError(f"{what}={value!r}: outside the supported dates {first.date()} to {last.date()}")
+    return stamp.as_unit("ns").normalize()
+
+
+def parse_timestamps(values: pd.Series, timezone: str, fmt: str | None = None, where: str = "") -> pd.Series:
     """Parse to naive datetime64[us] wall-clock time in `timezone` (us: far-future values stay readable).
 
-    The rule: tz-aware values (and strings with an offset or 'Z') are converted to `timezone`;
-    naive values are taken to be in `timezone` already. Unparseable values become NaT.
+    The rule: tz-aware values (and strings with an offset, 'Z', 'UTC' or 'GMT') are converted to
+    `timezone`; naive values are taken to be in `timezone` already. Unparseable values become NaT. Without
+    `fmt`, numeric dates (05/06/2024) are read day-first or month-first for the whole column, as the
+    column's own values show; a column that mixes both, or does not tell, fails (`where` names it).
     """
     if isinstance(values.dtype, pd.DatetimeTZDtype):
-        return values.dt.tz_convert(timezone).dt.tz_localize(None).astype("datetime64[us]")
+        return _aware_to_zone(values, timezone)
     if pd.api.types.is_datetime64_dtype(values.dtype):
         return values.astype("datetime64[us]")
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
@@ -369,23 +563,83 @@ def parse_timestamps(values: pd.Series, timezone: str, fmt: str | None = None) -
     text = values.astype("string").str.strip()
     has_offset = text.str.contains(_OFFSET_RE, regex=True, na=False)
     for aware, subset in ((False, text[~has_offset & text.notna()]), (True, text[has_offset])):
-        if subset.empty:
-            continue
-        parsed = _to_datetime(subset, fmt, utc=aware)
-        if aware:
-            parsed = parsed.dt.tz_convert(timezone).dt.tz_localize(None)
-        out.loc[subset.index] = parsed.astype("datetime64[us]")
+        if not subset.empty:
+            out.loc[subset.index] = _parse_subset(subset, fmt, aware, timezone, where)
     return out
 
 
-def _to_datetime(text: pd.Series, fmt: str | None, utc: bool) -> pd.Series:
+def _aware_to_zone(values: pd.Series, timezone: str) -> pd.Series:
+    """Zone-aware times as naive wall-clock time in `timezone`. Times beyond years 1-9999 (which zone rules,
+    written for Python's datetime, cannot convert) stay in UTC: they fail the range checks anyway."""
+    utc = values.dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+    inside = ((utc > pd.Timestamp("0001-01-02")) & (utc < pd.Timestamp("9999-12-30"))).to_numpy()
+    if inside.any():
+        local = values[inside].dt.tz_convert(timezone).dt.tz_localize(None).astype("datetime64[us]")
+        utc = utc.mask(inside, local.reindex(utc.index))
+    return utc
+
+
+def _parse_subset(text: pd.Series, fmt: str | None, aware: bool, timezone: str, where: str) -> pd.Series:
+    """One subset (all with a zone, or all without) as naive datetime64[us] in `timezone`. A value pandas
+    reads with a zone the pattern missed is converted like the others; anything pandas cannot take as a
+    column (mixed zones, out-of-range values) is parsed value by value, so it never stops the load."""
+    try:
+        parsed = _to_datetime(text, fmt, utc=aware, where=where)
+        return _aware_to_zone(parsed, timezone) if isinstance(parsed.dtype, pd.DatetimeTZDtype) else (
+            parsed.astype("datetime64[us]")
+        )
+    except DataValidationError:
+        raise
+    except (ValueError, TypeError, OverflowError):
+        pass
+    distinct = pd.Series(text.unique())
+    mapped = {value: _parse_one(value, fmt, timezone) for value in distinct}
+    return pd.Series([mapped[v] for v in text], index=text.index, dtype="datetime64[us]")
+
+
+def _parse_one(value: str, fmt: str | None, timezone: str) -> pd.Timestamp:
+    try:
+        stamp = pd.to_datetime(value, format=fmt) if fmt else pd.Timestamp(value)
+        return stamp.tz_convert(timezone).tz_localize(None) if stamp.tzinfo is not None else stamp
+    except (ValueError, TypeError, OverflowError):
+        return pd.NaT
+
+
+def _to_datetime(text: pd.Series, fmt: str | None, utc: bool, where: str = "") -> pd.Series:
     if fmt:
         return pd.to_datetime(text, format=fmt, errors="coerce", utc=utc)
     parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=utc)
     retry = parsed.isna()
     if retry.any():  # slow path only for rows ISO 8601 could not read (e.g. "12/1/2010 8:26")
-        parsed[retry] = pd.to_datetime(text[retry], format="mixed", errors="coerce", utc=utc)
+        day_first = _day_first(text[retry], where)
+        parsed[retry] = pd.to_datetime(
+            text[retry], format="mixed", dayfirst=day_first, errors="coerce", utc=utc
+        )
     return parsed
+
+
+def _day_first(text: pd.Series, where: str) -> bool:
+    """Whether a column's numeric dates are day-first (23/05/2024) or month-first (05/23/2024), decided
+    once for the column: a parser that decides per value reads 05/06 one way and 23/05 the other."""
+    fields = text.str.extract(_NUMERIC_DATE).apply(pd.to_numeric, errors="coerce")
+    first, second = fields[0], fields[1]
+    day_first, month_first = first > 12, second > 12
+    where = f"{where}: " if where else ""
+    fix = "set data.timestamp_format (e.g. '%d/%m/%Y %H:%M' or '%m/%d/%Y %H:%M')"
+    if day_first.any() and month_first.any():
+        a, b = text[day_first.to_numpy()].iloc[0], text[month_first.to_numpy()].iloc[0]
+        raise DataValidationError(
+            f"{where}dates are day-first in some rows ({a!r}) and month-first in others ({b!r}); {fix}"
+        )
+    if day_first.any() or month_first.any():
+        return bool(day_first.any())
+    unclear = (first != second) & first.notna()
+    if unclear.any():
+        example = text[unclear.to_numpy()].iloc[0]
+        raise DataValidationError(
+            f"{where}dates like {example!r} read as day-first or month-first and no value tells which; {fix}"
+        )
+    return False
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -433,10 +687,18 @@ class _Checker:
 
 
 def _describe_row(raw: pd.DataFrame, pos: int, limit: int = 240) -> str:
-    row = raw.iloc[pos].to_dict()
-    text = "{" + ", ".join(f"{k}: {v!r}" for k, v in row.items()) + "}"
-    text = text.replace("\n", "\\n")
+    text = "{" + ", ".join(f"{k}: {_cell(raw.iloc[:, j], pos)}" for j, k in enumerate(raw.columns)) + "}"
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _cell(column: pd.Series, pos: int) -> str:
+    """One value as an error shows it; a zone-aware time beyond what zone rules convert, in UTC."""
+    try:
+        return repr(column.iloc[pos])
+    except (ValueError, OverflowError, NotImplementedError):
+        utc = column.iloc[pos : pos + 1].dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
+        return f"'{utc.iloc[0]} UTC'"
 
 
 def _coerce_numeric(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -444,6 +706,8 @@ def _coerce_numeric(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     if pd.api.types.is_bool_dtype(raw.dtype) or pd.api.types.is_numeric_dtype(raw.dtype):
         values = raw.to_numpy(dtype="float64", na_value=np.nan)
         return values, np.zeros(len(raw), dtype=bool)
+    if raw.dtype.kind in "mM" or isinstance(raw.dtype, pd.DatetimeTZDtype):  # times are not amounts
+        return np.full(len(raw), np.nan), raw.notna().to_numpy()
     text = raw.astype("string").str.strip()
     values = pd.to_numeric(text, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
     non_numeric = np.isnan(values) & text.notna().to_numpy() & (text != "").fillna(False).to_numpy()
@@ -500,14 +764,15 @@ def load_events(
     """Load (or take `frame`), filter, derive, rename to canonical columns, validate, sort.
 
     `end_date` is the data's end: events after it are 'in the future' (default: now). `row_filter` is a
-    pandas query that selects the rows that are events at all (e.g. excluding cancellations);
-    `derived` adds columns from pandas `eval` expressions before validation. A `frame`'s index holds each
+    condition that selects the rows that are events at all (e.g. excluding cancellations); `derived` adds
+    columns from expressions before validation (both: docs/EXPRESSIONS.md). A `frame`'s index holds each
     row's number in the file (what error messages cite). `part=True`: the frame is one customer-disjoint
     part of the file (streamed scoring), so no valid row left is not an error, and the caller logs the
     summary of all parts.
     """
     path = str(path)
-    raw = frame if frame is not None else read_table(path)
+    raw = read_table(path) if frame is None else frame
+    check_columns(raw.columns, path)
     report = ValidationReport(path=path, rows_read=len(raw))
     if len(raw.columns) == 0:
         raise DataValidationError(f"{path}: file has no columns")
@@ -533,7 +798,12 @@ def load_events(
     check = _Checker(out, raw, report, policy, file_rows)
     out[CUSTOMER_ID] = normalise_ids(raw[schema.customer_id])
     check.flag("null_id", schema.customer_id, out[CUSTOMER_ID].isna(), "have a null or empty customer id")
-    ts = parse_timestamps(raw[schema.timestamp], schema.timezone, schema.timestamp_format)
+    ts = parse_timestamps(
+        raw[schema.timestamp],
+        schema.timezone,
+        schema.timestamp_format,
+        f"{path}: column {schema.timestamp!r}",
+    )
     check.flag("bad_timestamp", schema.timestamp, ts.isna(), "have a null or unparseable timestamp")
     end = _resolve_end(end_date, schema.timezone)
     check.flag(
@@ -655,22 +925,15 @@ def _apply_filter_and_derived(
         report.rows_filtered = int((~keep).sum())
         raw = raw.loc[keep]
     for name, expr in (derived or {}).items():
-        try:
-            raw = raw.assign(**{name: raw.eval(expr, engine="python")})
-        except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"{path}: data.derived.{name} = {expr!r} failed: {exc}") from exc
+        raw = raw.assign(**{name: Expression(expr, f"{path}: data.derived.{name}").evaluate(raw)})
     return raw
 
 
 def query_mask(frame: pd.DataFrame, query: str | None, what: str) -> np.ndarray:
-    """Rows selected by a pandas query from the config (all rows when `query` is None)."""
+    """Rows selected by a condition from the config (all rows when `query` is None; docs/EXPRESSIONS.md)."""
     if not query:
         return np.ones(len(frame), dtype=bool)
-    try:
-        result = frame.eval(query, engine="python")
-    except Exception as exc:  # noqa: BLE001 - any pandas eval failure is a config error
-        raise ConfigError(f"{what} = {query!r} failed: {exc}") from exc
-    return np.asarray(pd.Series(result, index=frame.index).fillna(False), dtype=bool)
+    return Expression(query, what).mask(frame)
 
 
 def load_customers(
@@ -680,11 +943,14 @@ def load_customers(
     timezone: str = "UTC",
     policy: Policy = "drop",
     frame: pd.DataFrame | None = None,
+    end_date: str | pd.Timestamp | None = None,
 ) -> tuple[pd.DataFrame, ValidationReport]:
     """Static attributes, one row per customer, indexed by canonical customer id (from `frame`, one
-    customer-disjoint part of the file, when given; the caller then logs the summary of all parts)."""
+    customer-disjoint part of the file, when given; the caller then logs the summary of all parts). Dates
+    after `end_date` (default: now; a signup in 9999) are invalid, as event times are."""
     path = str(path)
-    raw = frame if frame is not None else read_table(path)
+    raw = read_table(path) if frame is None else frame
+    check_columns(raw.columns, path)
     report = ValidationReport(path=path, rows_read=len(raw))
     needed = [id_column, *schema.columns]
     _require_columns(raw, [id_column], path, "customer id")
@@ -706,9 +972,11 @@ def load_customers(
         out[name] = _categorical(raw[name])
     for spec in schema.numeric:
         out[spec.name] = _validate_numeric(check, raw[spec.name], spec, spec.name)
+    end = _resolve_end(end_date, timezone)
     for name in schema.dates:
-        parsed = parse_timestamps(raw[name], timezone)
+        parsed = parse_timestamps(raw[name], timezone, where=f"{path}: column {name!r}")
         check.flag("bad_date", name, parsed.isna() & raw[name].notna().to_numpy(), "are unparseable dates")
+        check.flag("future_date", name, (parsed > end).to_numpy(), f"are after the data's end {end}")
         out[name] = parsed
     kept = check.result()
     kept = kept.set_index(kept[CUSTOMER_ID].astype(str)).drop(columns=[CUSTOMER_ID])
@@ -731,7 +999,7 @@ def load_labels(
     ):
         _require_columns(raw, [col], path, what)
     ids = normalise_ids(raw[id_column])
-    cutoffs = parse_timestamps(raw[cutoff_column], "UTC")
+    cutoffs = parse_timestamps(raw[cutoff_column], "UTC", where=f"{path}: column {cutoff_column!r}")
     labels, non_numeric = _coerce_numeric(
         raw[label_column].replace({"True": 1, "False": 0, "true": 1, "false": 0})
     )

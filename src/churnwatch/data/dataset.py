@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from churnwatch.data.contract import (
     CustomerSchema,
     EventSchema,
+    JoinReport,
     LoadedEvents,
     ValidationReport,
     load_customers,
@@ -168,8 +169,10 @@ def load_sources(
             CustomerSchema.from_config(cfg.get("customers")),
             schema.timezone,
             cfg.get("policy", "drop"),
+            end_date=cfg.get("end_date"),
         )
         reports.append(report)
+        JoinReport.of(events.input_ids, customers.index).check(cfg["customers_path"])
     labels = None
     if cfg.get("labels_path"):
         names = cfg.get("labels") or {}

@@ -225,7 +225,8 @@ def build_snapshot(
 
 
 def label_event_mask(frame: pd.DataFrame, label_events: str | None) -> np.ndarray | None:
-    """Which events count as activity for the implicit churn label, as a pandas query (None: every event)."""
+    """Which events count as activity for the implicit churn label, a condition (docs/EXPRESSIONS.md; None:
+    every event)."""
     if not label_events:
         return None
     return query_mask(frame, label_events, "data.label_events")

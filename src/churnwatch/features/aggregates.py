@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnwatch.data.contract import MISSING, ConfigError, query_mask
+from churnwatch.data.contract import MISSING, OTHER_TOKEN, PAD_TOKEN, ConfigError, query_mask
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
+from churnwatch.expressions import check_expression
 from churnwatch.features.encode import Vocabulary, history_mask, ranges
 from churnwatch.features.encode import signed_log1p as _signed_log1p
 
@@ -28,7 +29,8 @@ class AggregateSpec:
     windows: tuple[int, ...] = (7, 30, 90, 180)
     amount: str | None = None
     purchase_when: str | None = None
-    """Which events are purchases, as a pandas query, e.g. "event_type == 'purchase'"; None: every event."""
+    """Which events are purchases, a condition (docs/EXPRESSIONS.md), e.g. "event_type == 'purchase'";
+    None: every event."""
     count_values: tuple[tuple[str, str], ...] = ()
     """(field, value) pairs to count, given in config as "field:value" strings."""
     mix_field: str | None = None
@@ -51,7 +53,9 @@ class AggregateSpec:
             "numeric_summaries": lambda v: tuple(map(str, v or ())),
             "ema_half_lives": lambda v: (float(v[0]), float(v[1])),
         }
-        return cls(**{k: conv.get(k, lambda v: v)(v) for k, v in cfg.items()})
+        spec = cls(**{k: conv.get(k, lambda v: v)(v) for k, v in cfg.items()})
+        check_expression(spec.purchase_when, "data.aggregates.purchase_when")  # before any data is read
+        return spec
 
 
 @dataclass
@@ -325,7 +329,8 @@ class AggregateFeaturizer:
         cols: dict[str, np.ndarray],
     ) -> None:
         k = len(self.mix_categories)
-        lookup = Vocabulary(["<pad>", "<other>", *self.mix_categories]).lookup(log.frame[self.spec.mix_field])
+        vocabulary = Vocabulary([PAD_TOKEN, OTHER_TOKEN, *self.mix_categories])
+        lookup = vocabulary.lookup(log.frame[self.spec.mix_field])
         code = lookup[rows] - 2  # -1 = other (OOV), 0..k-1 = top categories
         valid = is_p & ~_isin(log.frame[self.spec.mix_field], (MISSING,))[rows]
         bins = np.where(code < 0, k, code)  # 'other' is bucket k

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnwatch.data.contract import CustomerSchema, EventSchema, NumericField
+from churnwatch.data.contract import OOV_TOKEN, PAD_TOKEN, CustomerSchema, EventSchema, NumericField
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,6 @@ PAD, OOV = 0, 1
 Z_LIMIT = 1e4
 """Standardised inputs are clipped to ±Z_LIMIT: far beyond any real measurement, far within float32 and
 bf16, and small enough that weights times inputs cannot overflow a network."""
-PAD_TOKEN, OOV_TOKEN = "<pad>", "<oov>"
 
 
 def signed_log1p(x: np.ndarray) -> np.ndarray:
