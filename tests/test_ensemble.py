@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from churnwatch.ensemble import fit_weights, train_ensemble
+from churnwatch.errors import ArtifactError
 from churnwatch.export import load_artifact
 from churnwatch.predictions import read_predictions
 from churnwatch.scoring import Scorer
@@ -100,3 +102,17 @@ def test_members_from_different_splits_are_refused(runs, tmp_path):
     train(cfg)
     with pytest.raises(ValueError, match="different rows"):
         train_ensemble([root / "logreg", other], tmp_path / "ens")
+
+
+def test_a_member_model_file_that_fails_its_checks_is_an_error_not_a_skipped_export(runs, tmp_path):
+    """'export_skipped' is for ensembles with no single TorchScript form; a member file that is broken or
+    tampered with must stop the export loudly."""
+    root, _ = runs
+    members = []
+    for name in ("lstm", "hybrid"):
+        shutil.copytree(root / name, tmp_path / name, ignore=shutil.ignore_patterns("checkpoints"))
+        members.append(tmp_path / name)
+    broken = tmp_path / "lstm" / "model.pt"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    with pytest.raises(ArtifactError, match=r"lstm/model\.pt: not a readable churnwatch model"):
+        train_ensemble(members, tmp_path / "ensemble", export=True)

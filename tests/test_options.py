@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from churnwatch.configs import compose, config_dir
 from churnwatch.errors import ConfigError
+from churnwatch.monitor_job import run_monitor
 from churnwatch.options import check_config, check_values, problems, rule_of
 from churnwatch.scoring import Scorer, merge_shards, score_file
 
@@ -161,6 +162,11 @@ def test_the_python_api_refuses_the_same_values_in_the_same_line_before_loading_
         (lambda: Scorer(NO_MODEL, batch_size=0), "batch_size=0: must be null or an integer ≥ 1"),
         (lambda: Scorer(NO_MODEL, value_days=-90), "value_days=-90: must be an integer ≥ 1"),
         (lambda: merge_shards(NO_MODEL, [tmp_path / "p.parquet"], out, block_rows=0), "block_rows=0: must"),
+        (lambda: run_monitor(NO_MODEL, events, {"psi": {"warn": -1}}), "thresholds.psi.warn=-1: must be"),
+        (
+            lambda: run_monitor(NO_MODEL, events, {"psi": {"warn": 0.5, "retrain": 0.2}}),
+            "thresholds.psi.warn=0.5: must be ≤ thresholds.psi.retrain=0.2",
+        ),
     ]
     for call, line in calls:
         with pytest.raises(ConfigError, match="^" + line.replace("(", r"\(")):

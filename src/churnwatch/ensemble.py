@@ -152,6 +152,10 @@ def _comparable(state: Any) -> Any:
     return {k: v for k, v in state.items() if k != "use_aggregates"} if isinstance(state, dict) else state
 
 
+class NotExportable(ValueError):
+    """An ensemble with no single TorchScript form (a member without model.pt, members on other data)."""
+
+
 def export_ensemble(
     run_dirs: Sequence[str | Path],
     fitted: FittedEnsemble,
@@ -161,12 +165,13 @@ def export_ensemble(
     signing_key: Key | None = None,
 ) -> Path:
     """One TorchScript file from network members' model.pt files, signed with `signing_key` when given;
-    ValueError says why it cannot be done."""
+    NotExportable says why this ensemble has no such form (a member file that fails its checks is an
+    ArtifactError: an error, not a reason to skip)."""
     artifacts = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "model.pt"
         if not path.exists():
-            raise ValueError(
+            raise NotExportable(
                 f"{run_dir} has no model.pt (scikit-learn, LightGBM and BTYD runs have no TorchScript form): "
                 "only ensembles of networks export"
             )
@@ -175,7 +180,7 @@ def export_ensemble(
     for (_, meta), run_dir in zip(artifacts[1:], run_dirs[1:], strict=True):
         for key in SHARED_META:
             if _comparable(meta[key]) != _comparable(first[key]):
-                raise ValueError(
+                raise NotExportable(
                     f"{run_dir}: its {key} state differs from {run_dirs[0]}'s; exported ensemble members "
                     "must share the data config, seed and vocabulary settings"
                 )
@@ -256,7 +261,7 @@ def train_ensemble(
                     run_dirs, fitted, operating, out_dir / "model.pt", metrics.get("test"), signing_key
                 )
             )
-        except ValueError as exc:
+        except NotExportable as exc:
             metrics["export_skipped"] = str(exc)
             log.info("ensemble not exported: %s", exc)
     frame[[*KEY, "label", "probability"]].to_parquet(out_dir / PREDICTIONS_FILE, index=False)

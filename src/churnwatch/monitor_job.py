@@ -21,6 +21,7 @@ from churnwatch.atomic import atomic_path
 from churnwatch.data.contract import normalise_ids, read_table
 from churnwatch.data.snapshots import build_snapshot, label_event_mask
 from churnwatch.monitoring import Population, backtest, compare, verdict, volume_stats
+from churnwatch.options import check_values
 from churnwatch.scoring import Scorer, ScoringInput, default_as_of
 from churnwatch.signing import Verification
 
@@ -59,6 +60,8 @@ def run_monitor(
     section per view (features, score, oov, volume, tiers, backtest); monitor.json is this dict. `verify`:
     the model file's signature check."""
     as_of = default_as_of(as_of, pd.NaT) if as_of is not None else None  # a bad date fails before the work
+    levels = {k: v for k, v in thresholds.items() if isinstance(v, Mapping)}
+    check_values({f"thresholds.{k}.{lv}": x for k, v in levels.items() for lv, x in v.items()})
     # drift needs scores, not explanations
     scorer = Scorer(model_path, device, drivers={"enabled": False}, verify=verify)
     reference = scorer.meta.get("reference")
