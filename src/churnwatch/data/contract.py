@@ -255,8 +255,8 @@ class JoinReport:
             log.warning("%s; the others are scored with unknown attributes", text)
         else:
             log.info("%s", text)
-        if self.customers_only:
-            log.warning(
+        if self.customers_only:  # common (a CRM lists customers who never bought): said, not alarmed
+            log.info(
                 "%s: %s id(s) have no events and are not scored, e.g. %r",
                 Path(str(path)).name,
                 f"{self.customers_only:,}",
