@@ -194,9 +194,10 @@ def read_labels(source: LabelSource, default_id: str, as_of: pd.Timestamp) -> pd
 def write_report(report: Mapping[str, Any], output_dir: str | Path) -> Path:
     """monitor.json (NaN written as null, so any JSON reader takes it), replaced whole: a job reading
     the last verdict never sees half a file."""
-    with atomic_path(Path(output_dir) / MONITOR_FILE) as tmp:
+    path = Path(output_dir) / MONITOR_FILE
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_finite(report), indent=2))
-    return Path(output_dir) / MONITOR_FILE
+    return path
 
 
 def _finite(value: Any) -> Any:

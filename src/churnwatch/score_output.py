@@ -73,10 +73,9 @@ def atomic_output(
 ) -> Iterator[Callable[[pd.DataFrame], None]]:
     """A function that appends frames to `path` (parquet, with `metadata` in its footer, or CSV by
     extension) through a temp file renamed into place at the end: a crash never leaves a partial file at
-    `path`. Without `overwrite`, a `path` another run wrote meanwhile is kept and this one fails."""
+    `path`. Without `overwrite`, a `path` that exists by the end (another run wrote it) is kept and this one
+    fails; callers refuse an existing one before their work (`atomic.check_output`)."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
     suffix = check_suffix(path)
     with atomic_path(path, suffix, replace=overwrite) as tmp:
         parquet = RunWriter(tmp, metadata)

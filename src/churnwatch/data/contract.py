@@ -242,8 +242,9 @@ class JoinReport:
     def check(self, path: str | Path) -> None:
         """Log the join; fail when the file joins no event customer at all (ids written differently, e.g.
         '1001' against '01001'), warn under JOIN_WARN, and count the customers-only ids."""
+        name = Path(str(path)).name
         text = (
-            f"{Path(str(path)).name}: {self.with_attributes:,} of {self.event_customers:,} event customers "
+            f"{name}: {self.with_attributes:,} of {self.event_customers:,} event customers "
             f"have attributes ({self.rate:.1%})"
         )
         if self.event_customers and not self.with_attributes and self.customers_only:
@@ -258,7 +259,7 @@ class JoinReport:
         if self.customers_only:  # common (a CRM lists customers who never bought): said, not alarmed
             log.info(
                 "%s: %s id(s) have no events and are not scored, e.g. %r",
-                Path(str(path)).name,
+                name,
                 f"{self.customers_only:,}",
                 self.examples["customers"],
             )
@@ -360,10 +361,10 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.Dat
     is a one-line error."""
     path = Path(path)
     with _reading(path):
-        check_columns(_header(path), path)
+        header = _header(path)
+        check_columns(header, path)
         if _is_parquet(path):
-            available = pq.read_schema(path).names
-            wanted = [c for c in columns if c in available] if columns is not None else None
+            wanted = [c for c in columns if c in header] if columns is not None else None
             # self_destruct frees Arrow buffers as columns convert, so the peak is ~one copy, not two
             return pq.read_table(path, columns=wanted).to_pandas(self_destruct=True, split_blocks=True)
         return pd.read_csv(path, **_csv_options(path, columns))
@@ -697,8 +698,7 @@ def _cell(column: pd.Series, pos: int) -> str:
     try:
         return repr(column.iloc[pos])
     except (ValueError, OverflowError, NotImplementedError):
-        utc = column.iloc[pos : pos + 1].dt.tz_convert("UTC").dt.tz_localize(None).astype("datetime64[us]")
-        return f"'{utc.iloc[0]} UTC'"
+        return f"'{_aware_to_zone(column.iloc[pos : pos + 1], 'UTC').iloc[0]} UTC'"
 
 
 def _coerce_numeric(raw: pd.Series) -> tuple[np.ndarray, np.ndarray]:
