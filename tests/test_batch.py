@@ -24,6 +24,9 @@ def _seqs(lengths: list[int]) -> EncodedSequences:
         np.arange(n, dtype=np.float32) % 2,
         np.array([f"c{i}" for i in range(n)], dtype=object),
         np.full(n, np.datetime64("2024-01-01"), dtype="datetime64[ns]"),
+        np.arange(n_events, dtype=np.float32) + 1,
+        np.arange(n_events) % 2 == 0,
+        np.ones(n, np.float32),
     )
 
 
@@ -38,6 +41,7 @@ def test_pad_batch_places_each_row_left_aligned_with_lengths():
     assert last.tolist() == [6, 3, 4]  # the last REAL event of each row
     assert batch.mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
     assert (batch.num[~batch.mask] == 0).all()
+    assert batch.tte[0].tolist() == [5, 6, 0] and batch.tte_observed[0].tolist() == [1, 0, 0]
     assert batch.index.tolist() == [2, 0, 1]
     assert batch.aggregates.shape == (3, 0)
 

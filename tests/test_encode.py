@@ -10,7 +10,15 @@ import pytest
 
 from churnwatch.data.contract import EventSchema, load_events
 from churnwatch.data.snapshots import EventLog, build_snapshot
-from churnwatch.features.encode import OOV, PAD, NumericStats, SequenceEncoder, Vocabulary, ranges
+from churnwatch.features.encode import (
+    OOV,
+    PAD,
+    NumericStats,
+    SequenceEncoder,
+    VisitSpec,
+    Vocabulary,
+    ranges,
+)
 
 from .conftest import SCHEMA_CFG
 
@@ -113,3 +121,65 @@ def test_chunked_transform_equals_one_pass(loaded):
     whole, chunked = enc.transform(log, snap), enc.transform(log, snap, chunk_events=7)
     assert np.array_equal(whole.cat, chunked.cat) and np.array_equal(whole.num, chunked.num)
     assert np.array_equal(whole.offsets, chunked.offsets)
+
+
+VISIT_CFG = {**SCHEMA_CFG, "categorical": ["kind", "cat"], "visits": {"key": "order"}}
+
+
+def _order_log(rows) -> EventLog:
+    frame = pd.DataFrame(rows, columns=["cid", "ts", "order", "kind", "cat", "amount"])
+    loaded = load_events("e.csv", EventSchema.from_config(VISIT_CFG), frame=frame, end_date="2030-01-01")
+    return EventLog.from_frame(loaded.frame)
+
+
+def test_visits_turn_order_lines_into_one_step_each_by_hand():
+    """Lines of one order are one step: amounts summed, the most frequent category, the line count; the
+    gap is between visits; a new day or a new order starts a visit; max_len counts visits."""
+    log = _order_log(
+        [
+            ("a", "2024-01-01 09:00", "o1", "purchase", "x", 10.0),
+            ("a", "2024-01-01 09:00", "o1", "purchase", "y", 5.0),
+            ("a", "2024-01-01 09:00", "o1", "purchase", "y", 1.0),
+            ("a", "2024-01-01 09:00", "o2", "purchase", "x", 2.0),  # same time, another order
+            ("a", "2024-01-03 10:00", "o3", "purchase", "x", 4.0),
+            ("a", "2024-01-04 23:59", "o4", "purchase", "z", 3.0),
+            ("a", "2024-01-05 00:01", "o4", "purchase", "z", 3.0),  # the same order after midnight: split
+            ("b", "2024-01-02 12:00", "p1", "purchase", "x", 7.0),
+        ]
+    )
+    snap = build_snapshot(log, "2024-01-06", horizon_days=30)
+    spec = VisitSpec.from_config(VISIT_CFG["visits"])
+    enc = SequenceEncoder(EventSchema.from_config(VISIT_CFG), max_len=4, visits=spec).fit(log, snap)
+    seqs = enc.transform(log, snap)
+    assert enc.num_names == ["amount", "visit_lines", "gap_days", "age_days"]
+    assert seqs.lengths.tolist() == [4, 1]  # a has 5 visits before the cutoff, keeps its last 4
+    steps = enc.steps(log, snap)
+    assert (steps.stop - steps.first).tolist() == [1, 1, 1, 1, 1]  # o2, o3, o4 (Thursday), o4 (Friday), p1
+    raw = enc.steps(log, snap)
+    everything = SequenceEncoder(EventSchema.from_config(VISIT_CFG), max_len=10, visits=spec).fit(log, snap)
+    full = everything.steps(log, snap)
+    assert (full.stop - full.first).tolist()[:2] == [3, 1]  # o1's three lines, then o2's one
+    values = everything._reduced(log, full.first, full.stop)
+    assert values[0].tolist()[:3] == [16.0, 2.0, 4.0] and values[1].tolist()[:3] == [3.0, 1.0, 1.0]
+    cat = everything.transform(log, snap).cat[:, everything.cat_names.index("cat")]
+    vocab = everything.vocabs["cat"]
+    assert vocab.tokens[cat[0]] == "y"  # o1: y twice, x once
+    assert full.gap_days.tolist()[:3] == [0.0, 0.0, pytest.approx(2 + 1 / 24)]
+    assert raw.gap_days.tolist()[0] == 0.0  # o2 came at the same time as o1
+
+
+def test_max_span_days_keeps_only_recent_steps_and_at_least_the_last():
+    log = _log(
+        [
+            ("a", "2024-01-01 09:00", "purchase", "x", 1.0),
+            ("a", "2024-02-20 09:00", "purchase", "x", 2.0),
+            ("a", "2024-02-25 09:00", "purchase", "x", 3.0),
+            ("b", "2023-06-01 09:00", "purchase", "x", 4.0),  # nothing within the span: keeps its last
+        ]
+    )
+    snap = build_snapshot(log, "2024-03-01", horizon_days=30)
+    enc = SequenceEncoder(EventSchema.from_config(SCHEMA_CFG), max_len=10, max_span_days=30).fit(log, snap)
+    assert enc.transform(log, snap).lengths.tolist() == [2, 1]
+    state = json.loads(json.dumps(enc.state()))
+    again = SequenceEncoder.from_state(state, EventSchema.from_config(SCHEMA_CFG))
+    assert again.max_span_days == 30 and again.transform(log, snap).lengths.tolist() == [2, 1]

@@ -55,6 +55,10 @@ def runs(tmp_path_factory):
         ("lstm", TINY),
         ("hybrid", ["model=hybrid", *TINY]),
         ("logreg", ["model=logreg", *data_only]),
+        (
+            "lightgbm",
+            ["model=lightgbm", "model.params.n_estimators=60", "++model.params.n_jobs=1", *data_only],
+        ),
     ):
         cfg = compose("train", [f"data.data_dir={root / 'data'}", f"paths.output_dir={root / name}", *extra])
         (root / name).mkdir()
@@ -82,14 +86,50 @@ def test_network_ensemble_fits_on_validation_exports_and_scores(runs, tmp_path):
     assert _scoring_reproduces_test_predictions(tmp_path, root / "data")
 
 
-def test_ensemble_with_a_baseline_is_evaluated_but_not_exported(runs, tmp_path):
+def test_ensemble_of_a_network_and_a_baseline_exports_and_scores(runs, tmp_path):
+    """LightGBM reads the aggregates raw, the hybrid fuses them scaled: the file takes them raw and scales
+    them for the hybrid itself (and is no tabular model, though its first member is)."""
     root, _ = runs
-    metrics = train_ensemble([root / "hybrid", root / "logreg"], tmp_path)
+    metrics = train_ensemble([root / "lightgbm", root / "hybrid"], tmp_path)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(saved["weights"]) == {"hybrid", "logreg"}
+    assert set(saved["weights"]) == {"hybrid", "lightgbm"}
     assert sum(saved["weights"].values()) == pytest.approx(1.0)
-    assert "no model.pt" in metrics["export_skipped"] and not (tmp_path / "model.pt").exists()
-    assert read_timings(tmp_path)["scoring_customers_per_s"] > 0  # the members' rates combined
+    assert "export_skipped" not in metrics and read_timings(tmp_path)["scoring_customers_per_s"] > 0
+    _, meta = load_artifact(tmp_path / "model.pt")
+    assert meta["features"]["raw_aggregates"] and "kind" not in meta
+    assert meta["ensemble"]["nets"][0] == {"estimator": "lightgbm"}
+    assert _scoring_reproduces_test_predictions(tmp_path, root / "data")
+
+
+def test_a_baseline_with_other_sequence_settings_joins_networks_that_must_share_theirs(runs, tmp_path):
+    """A baseline reads the aggregates alone: its vocabulary and max_len may differ from the network's
+    (Online Retail's logreg and tuned hybrid do). Two networks must share their encoder."""
+    root, _ = runs
+    data_only = [o for o in TINY if not o.startswith("model.")]
+    other = ["data.vocab.max_size=20", "data.max_len=16"]
+    for name, extra in (("logreg", ["model=logreg", *data_only]), ("lstm", TINY)):
+        (tmp_path / name).mkdir()
+        train(
+            compose(
+                "train",
+                [f"data.data_dir={root / 'data'}", f"paths.output_dir={tmp_path / name}", *extra, *other],
+            )
+        )
+    metrics = train_ensemble([tmp_path / "logreg", root / "hybrid"], tmp_path / "mixed")
+    assert "export_skipped" not in metrics
+    _, meta = load_artifact(tmp_path / "mixed" / "model.pt")
+    assert meta["encoder"]["max_len"] != 16  # the network's encoder: what scoring rebuilds
+    assert _scoring_reproduces_test_predictions(tmp_path / "mixed", root / "data")
+    metrics = train_ensemble([tmp_path / "lstm", root / "hybrid"], tmp_path / "networks")
+    assert "data config (max_len, vocab)" in metrics["export_skipped"]
+
+
+def test_a_member_without_model_file_leaves_the_ensemble_evaluation_only(runs, tmp_path):
+    root, _ = runs
+    shutil.copytree(root / "logreg", tmp_path / "logreg", ignore=shutil.ignore_patterns("model.pt"))
+    metrics = train_ensemble([root / "hybrid", tmp_path / "logreg"], tmp_path / "ensemble")
+    assert set(metrics["weights"]) == {"hybrid", "logreg"}
+    assert "no model.pt" in metrics["export_skipped"] and not (tmp_path / "ensemble" / "model.pt").exists()
 
 
 def test_members_from_different_splits_are_refused(runs, tmp_path):

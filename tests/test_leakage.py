@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from churnwatch.data.dataset import build_data
 
@@ -19,8 +20,9 @@ CUTOFFS = ["2024-04-01", "2024-05-01"]
 TEST_CUTOFF = "2024-06-15"
 
 
-def _cfg(path: Path) -> dict:
+def _cfg(path: Path, **extra) -> dict:
     return {
+        **extra,
         **SCHEMA_CFG,
         "events_path": str(path),
         "end_date": "2030-01-01",
@@ -61,12 +63,16 @@ def _tamper(events: pd.DataFrame, at: str, seed: int = 9, add_at_cutoff: bool = 
     return pd.concat([out, extra, at_cutoff, newcomers], ignore_index=True).sample(frac=1, random_state=1)
 
 
-def _by_customer(split) -> dict:
-    """Each row's encoded events, static features and aggregates, keyed by (customer, cutoff)."""
+def _by_customer(split, targets: bool = False) -> dict:
+    """Each row's encoded events, static features and aggregates (or its time-to-event targets), keyed by
+    (customer, cutoff)."""
     seqs = split.seqs
     out = {}
     for i, (cid, cut) in enumerate(zip(seqs.customer_id, seqs.cutoff, strict=True)):
         s, e = seqs.offsets[i], seqs.offsets[i + 1]
+        if targets:
+            out[(cid, cut)] = (seqs.tte[s:e].tobytes(), seqs.tte_observed[s:e].tobytes())
+            continue
         out[(cid, cut)] = (
             seqs.cat[s:e].tobytes(),
             seqs.num[s:e].tobytes(),
@@ -75,16 +81,23 @@ def _by_customer(split) -> dict:
     return out
 
 
-def _build(events: pd.DataFrame, tmp_path: Path, name: str):
+VISITS = {"visits": {"gap_minutes": 720}, "max_span_days": 60}
+"""Steps that are visits (a 12-hour pause starts a new one) within 60 days: the same guarantees hold."""
+
+
+def _build(events: pd.DataFrame, tmp_path: Path, name: str, **extra):
     path = tmp_path / f"{name}.parquet"
     events.to_parquet(path)
-    return build_data(_cfg(path))
+    return build_data(_cfg(path, **extra))
 
 
-def test_training_features_and_fitted_statistics_ignore_events_after_the_last_training_cutoff(tmp_path):
+@pytest.mark.parametrize("steps", [{}, VISITS], ids=["events", "visits"])
+def test_training_features_and_fitted_statistics_ignore_events_after_the_last_training_cutoff(
+    tmp_path, steps
+):
     events = make_events(n_customers=60, seed=5)
-    clean = _build(events, tmp_path, "clean")
-    tampered = _build(_tamper(events, CUTOFFS[-1], add_at_cutoff=False), tmp_path, "tampered")
+    clean = _build(events, tmp_path, "clean", **steps)
+    tampered = _build(_tamper(events, CUTOFFS[-1], add_at_cutoff=False), tmp_path, "tampered", **steps)
     # Labels may use the future; vocabularies, numeric statistics and aggregate fills may not.
     assert clean.encoder.state() == tampered.encoder.state()
     assert clean.featurizer.fill == tampered.featurizer.fill
@@ -98,10 +111,11 @@ def test_training_features_and_fitted_statistics_ignore_events_after_the_last_tr
     assert 1 in set(tampered.test.seqs.cat[:, cat_col].tolist())
 
 
-def test_test_features_ignore_events_at_or_after_the_test_cutoff(tmp_path):
+@pytest.mark.parametrize("steps", [{}, VISITS], ids=["events", "visits"])
+def test_test_features_ignore_events_at_or_after_the_test_cutoff(tmp_path, steps):
     events = make_events(n_customers=60, seed=6)
-    clean = _build(events, tmp_path, "clean")
-    tampered = _build(_tamper(events, TEST_CUTOFF), tmp_path, "tampered")
+    clean = _build(events, tmp_path, "clean", **steps)
+    tampered = _build(_tamper(events, TEST_CUTOFF), tmp_path, "tampered", **steps)
     assert clean.encoder.state() == tampered.encoder.state()
     a, b = _by_customer(clean.test), _by_customer(tampered.test)
     assert a == b
@@ -115,3 +129,21 @@ def test_tampering_before_the_cutoff_is_detected(tmp_path):
     day_before = str((pd.Timestamp(TEST_CUTOFF) - pd.Timedelta(days=1)).date())
     tampered = _build(_tamper(events, day_before), tmp_path, "tampered")
     assert _by_customer(clean.test) != _by_customer(tampered.test)
+
+
+@pytest.mark.parametrize("steps", [{}, VISITS], ids=["events", "visits"])
+def test_time_to_event_targets_stop_at_the_label_window(tmp_path, steps):
+    """A training row's dense targets may read its label window [c, c + horizon), as its label does, and
+    nothing at or after the window's end: tampering from the last window's end on (events exactly there
+    included) changes no training target; the same tampering a day earlier does."""
+    events = make_events(n_customers=60, seed=7)
+    window_end = pd.Timestamp(CUTOFFS[-1]) + pd.Timedelta(days=30)  # horizon_days=30 in _cfg
+    clean = _build(events, tmp_path, "clean", **steps)
+    tampered = _build(_tamper(events, str(window_end.date())), tmp_path, "tampered", **steps)
+    for split in ("train", "val"):
+        a, b = getattr(clean, split), getattr(tampered, split)
+        assert _by_customer(a, targets=True) == _by_customer(b, targets=True)
+        assert a.seqs.tte_observed.any() and not a.seqs.tte_observed.all()
+    day_before = str((window_end - pd.Timedelta(days=1)).date())
+    earlier = _build(_tamper(events, day_before), tmp_path, "early", **steps)
+    assert _by_customer(clean.train, targets=True) != _by_customer(earlier.train, targets=True)

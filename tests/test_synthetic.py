@@ -359,10 +359,53 @@ def test_complaint_then_silence_is_worse_than_silence_then_complaint(view: _View
     assert early_hits / early_n > late_hits / late_n + 0.15
 
 
+# ----------------------------------------------------------------------------------- basket lines
+
+
+def test_no_extra_lines_is_the_one_line_log_exactly() -> None:
+    plain = generate(1500, seed=7)
+    for off in (0, 0.0, None):
+        same = generate(1500, seed=7, extra_lines_per_purchase=off)
+        for name in ("events", "customers", "truth"):  # .equals: dtypes and values, fast on categoricals
+            assert getattr(same, name).equals(getattr(plain, name)), (off, name)
+    with pytest.raises(ValueError):
+        generate(10, seed=0, extra_lines_per_purchase=-1)
+
+
+def test_basket_lines_split_each_purchase_into_an_order(tmp_path: Path) -> None:
+    plain, lined = generate(1500, seed=7), generate(1500, seed=7, extra_lines_per_purchase=3)
+    assert lined.truth.equals(plain.truth) and lined.customers.equals(plain.customers)
+    ev = lined.events
+    assert ev["order_id"].dtype == np.int64 and ev["order_id"].is_monotonic_increasing
+    # one row per order id is the one-line log, but for the purchase's amount (split across its lines)
+    firsts = ev.drop_duplicates("order_id").drop(columns="order_id").reset_index(drop=True)
+    assert firsts.drop(columns="amount").equals(plain.events.drop(columns="amount"))
+    orders = ev.groupby("order_id", sort=True)
+    purchase = (plain.events["event_type"] == "purchase").to_numpy()
+    sizes = orders.size().to_numpy()
+    assert (sizes[~purchase] == 1).all() and (sizes[purchase] >= 1).all()
+    assert 3.5 < sizes[purchase].mean() < 4.5  # 1 + Poisson(3)
+    # a line carries its order's customer, time and channel; the order's total is the purchase's amount
+    for col in ("customer_id", "timestamp", "event_type", "channel"):
+        assert (orders[col].nunique(dropna=False) == 1).all()
+    cents = np.round(orders["amount"].sum(min_count=1).to_numpy()[purchase] * 100)
+    np.testing.assert_array_equal(cents, np.round(plain.events.loc[purchase, "amount"].to_numpy() * 100))
+    assert (ev.loc[ev["event_type"] == "purchase", "amount"] >= 0.01).all()
+    # further lines mostly keep the purchase's category, and sometimes come from the customer's mix
+    line_cat = ev["category"].astype(str).to_numpy()
+    order_cat = plain.events["category"].astype(str).to_numpy()[ev["order_id"].to_numpy()]
+    extra = (ev["event_type"] == "purchase").to_numpy() & ev["order_id"].duplicated().to_numpy()
+    kept = (line_cat[extra] == order_cat[extra]).mean()
+    assert 0.6 < kept < 0.95, kept
+    write(lined, tmp_path)
+    assert pd.read_parquet(tmp_path / "events.parquet").equals(ev)
+
+
 # ------------------------------------------------------------------------------------- entry point
 
 
-def test_make_synthetic_script_writes_without_littering(tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra_lines", [0, 2])
+def test_make_synthetic_script_writes_without_littering(tmp_path: Path, extra_lines: int) -> None:
     out = tmp_path / "syn"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     result = subprocess.run(
@@ -372,6 +415,7 @@ def test_make_synthetic_script_writes_without_littering(tmp_path: Path) -> None:
             f"out_dir={out}",
             "n_customers=300",
             "seed=4",
+            f"extra_lines_per_purchase={extra_lines}",
         ],
         cwd=tmp_path,
         env=env,
@@ -385,4 +429,6 @@ def test_make_synthetic_script_writes_without_littering(tmp_path: Path) -> None:
         assert name in result.stdout
     assert "churned" in result.stdout
     assert not (tmp_path / "outputs").exists()
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "truth.parquet"), generate(300, seed=4).truth)
+    expected = generate(300, seed=4, extra_lines_per_purchase=extra_lines)
+    for name in ("events", "truth"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{name}.parquet"), getattr(expected, name))

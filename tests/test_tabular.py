@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from churnwatch.evaluation import METRIC_NAMES
+from churnwatch.export import load_artifact
 from churnwatch.models.tabular import ESTIMATORS
 from churnwatch.training import read_timings, train
 
@@ -50,6 +51,8 @@ def test_baseline_trains_and_reports_the_common_metrics(estimator, data_dir, tmp
     if estimator in ("logreg", "lightgbm", "random_forest", "decision_tree"):
         assert importance["model_importance"].sum() == pytest.approx(1.0)
     assert (tmp_path / "feature_importance.png").stat().st_size > 0
+    _, meta = load_artifact(saved["model_path"])  # every baseline exports, checked on load
+    assert (meta["kind"], meta["estimator"]) == ("tabular", estimator)
 
 
 def test_cross_validation_by_customer(data_dir, tmp_path):
@@ -74,3 +77,30 @@ def test_cross_validation_by_customer(data_dir, tmp_path):
     assert sum(len(v) for v in val_sets) == len(set().union(*val_sets))
     everyone = set(data.train.snaps.customer_ids(data.log)) | set(data.val.snaps.customer_ids(data.log))
     assert set().union(*val_sets) == everyone
+
+
+@pytest.mark.parametrize("name", ["logreg", "lightgbm"])
+def test_row_weights_reach_the_estimator_as_repeated_rows_would(name):
+    """data.sample_weight=customer weighs rows in the fit: weight 3 counts as the row three times."""
+    import numpy as np
+
+    from churnwatch.features.aggregates import AggregateTable
+    from churnwatch.models.tabular import _fit, build_estimator
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    y = (x[:, 0] + rng.normal(size=300) > 0).astype(int)
+    weight = rng.integers(1, 4, 300).astype(np.float32)
+    table = AggregateTable(x, ["a", "b", "c", "d"], [])
+    params = {"n_estimators": 20, "min_child_samples": 5, "n_jobs": 1} if name == "lightgbm" else {}
+    weighted, repeated, plain = (build_estimator(name, params, table, 0) for _ in range(3))
+    _fit(weighted, name, x, y, table, weight)
+    rows = np.repeat(np.arange(300), weight.astype(int))
+    _fit(repeated, name, x[rows], y[rows], table)
+    _fit(plain, name, x, y, table)
+    p = [m.predict_proba(x)[:, 1] for m in (weighted, repeated, plain)]
+    if name == "logreg":  # (its scaler sees the repeats, not the weights: close, not equal)
+        assert np.allclose(p[0], p[1], atol=1e-3)
+    else:  # LightGBM's leaf-size limits count rows, not weights: only closer than the unweighted fit
+        assert np.abs(p[0] - p[1]).mean() < np.abs(p[2] - p[1]).mean()
+    assert not np.allclose(p[0], p[2], atol=1e-3)

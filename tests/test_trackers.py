@@ -120,7 +120,7 @@ def test_baseline_run_logs_config_metrics_and_artifacts(store, baseline):
     assert run.data.params["seed"] == "42"
     files = artifact_paths(client, run.info.run_id)
     assert {"metrics.json", "report.html", "feature_importance.csv", "feature_importance.png"} <= files
-    assert "model.pt" not in files  # baselines are not exported
+    assert "model.pt" in files  # baselines export too (models/scripted.py)
 
 
 def test_baseline_with_the_csv_logger_writes_its_metrics_csv(baseline):

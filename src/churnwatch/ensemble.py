@@ -3,9 +3,9 @@
 Members are run dirs of any model (network or baseline) trained on the same data config and seed, so their
 predictions.parquet cover the same validation and test rows. Each member is calibrated on validation (Platt
 scaling of its logit), then weights on the simplex minimise the validation log loss of the weighted mean.
-An ensemble of networks (lstm, gru, transformer, hybrid) whose members share the fitted encoders exports as
-one TorchScript file that `churnwatch score` runs like any model; a member without a TorchScript form
-(scikit-learn, LightGBM, BTYD) makes the ensemble evaluation-only.
+Members whose runs exported a model.pt (networks and tabular baselines) and share the fitted encoders export
+as one TorchScript file that `churnwatch score` runs like any model; a member without a model.pt makes the
+ensemble evaluation-only.
 """
 
 from __future__ import annotations
@@ -25,14 +25,18 @@ from torch import Tensor, nn
 
 from churnwatch.atomic import check_output
 from churnwatch.calibration import Calibrator, log_loss
+from churnwatch.data.cache import LOADER_KEYS, NOT_ENCODING_KEYS
 from churnwatch.evaluation import evaluate
 from churnwatch.export import load_artifact, write_artifact
+from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.predictions import KEY, PREDICTIONS_FILE, read_predictions
 from churnwatch.signing import Key
 from churnwatch.training import read_timings, write_timings
 
 log = logging.getLogger(__name__)
+
+
 def fit_weights(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Non-negative weights summing to 1 (softmax parametrisation) minimising the log loss of probs @ w."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -102,20 +106,32 @@ def _member_names(run_dirs: Sequence[str | Path]) -> list[str]:
 def fit_ensemble(frame: pd.DataFrame, names: list[str], calibrate: bool = True) -> FittedEnsemble:
     val = frame[frame["split"] == "val"]
     y = val["label"].to_numpy()
-    calibrators = [
-        Calibrator.fit("platt" if calibrate else "none", val[n].to_numpy(), y) for n in names
-    ]
+    calibrators = [Calibrator.fit("platt" if calibrate else "none", val[n].to_numpy(), y) for n in names]
     calibrated = np.column_stack([c(val[n].to_numpy()) for c, n in zip(calibrators, names, strict=True)])
     return FittedEnsemble(names, calibrators, fit_weights(calibrated, y))
 
 
 class EnsembleProbabilityModel(nn.Module):
-    """Exported form: each member's probability, calibrated, then the weighted mean."""
+    """Exported form: each member's probability, calibrated, then the weighted mean.
 
-    def __init__(self, members: Sequence[nn.Module], uses_aggregates: Sequence[bool], fitted: FittedEnsemble):
+    With a tabular member (`raw_aggregates`) the file takes the raw aggregates, which that member reads,
+    and scales them here for the networks that fuse them, as the featurizer (`scaling`) does."""
+
+    def __init__(
+        self,
+        members: Sequence[nn.Module],
+        uses_aggregates: Sequence[bool],
+        raw_aggregates: Sequence[bool],
+        fitted: FittedEnsemble,
+        scaling: AggregateFeaturizer,
+    ):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.register_buffer("uses_aggregates", torch.tensor(list(uses_aggregates), dtype=torch.bool))
+        self.register_buffer("raw_aggregates", torch.tensor(list(raw_aggregates), dtype=torch.bool))
+        self.raw_input = any(raw_aggregates)
+        self.register_buffer("scale_mean", torch.tensor(scaling.scale_mean, dtype=torch.float64))
+        self.register_buffer("scale_std", torch.tensor(scaling.scale_std, dtype=torch.float64))
         self.register_buffer(
             "slope", torch.tensor([c.slope for c in fitted.calibrators], dtype=torch.float64)
         )
@@ -135,21 +151,61 @@ class EnsembleProbabilityModel(nn.Module):
     ) -> Tensor:
         out = torch.zeros(cat.shape[0], dtype=torch.float64, device=cat.device)
         no_aggregates = aggregates[:, :0]
+        scaled = aggregates
+        if self.raw_input:  # AggregateFeaturizer.scale
+            raw = aggregates.double()
+            scaled = ((torch.sign(raw) * torch.log1p(raw.abs()) - self.scale_mean) / self.scale_std).float()
         for i, member in enumerate(self.members):
-            agg = aggregates if bool(self.uses_aggregates[i]) else no_aggregates
+            agg = scaled if bool(self.uses_aggregates[i]) else no_aggregates
+            if bool(self.raw_aggregates[i]):
+                agg = aggregates
             p = member(cat, num, lengths, static_cat, static_num, agg).double().clamp(1e-6, 1.0 - 1e-6)
             z = self.slope[i] * (torch.log(p) - torch.log1p(-p)) + self.intercept[i]
             out = out + self.weights[i] * torch.sigmoid(z)
         return out.float()
 
 
-SHARED_META = ("data", "encoder", "featurizer")
-MEMBER_META = ("net", "created_at", "source_checkpoint", "calibration", "drivers", "reference")
+SEQUENCE_KEYS = frozenset({"vocab", "max_len", "max_span_days", "visits"})
+"""Data keys only the sequence encoder reads: a tabular member, which reads the aggregates alone, may
+differ from the networks there."""
+MEMBER_META = (
+    "net",
+    "kind",
+    "estimator",
+    "created_at",
+    "source_checkpoint",
+    "calibration",
+    "drivers",
+    "reference",
+)
 
 
 def _comparable(state: Any) -> Any:
     """A member's state without the keys that only say whether that member uses aggregates."""
     return {k: v for k, v in state.items() if k != "use_aggregates"} if isinstance(state, dict) else state
+
+
+def _tabular(meta: dict[str, Any]) -> bool:
+    return meta.get("kind") == "tabular"
+
+
+def _differs(meta: dict[str, Any], base: dict[str, Any]) -> str | None:
+    """What a member must share with the ensemble's base member and does not: the featurizer; the data
+    config but for file locations and loader settings (and the sequence settings, where one is tabular);
+    between networks, the sequence encoder."""
+    either_tabular = _tabular(meta) or _tabular(base)
+    ignore = NOT_ENCODING_KEYS | LOADER_KEYS | (SEQUENCE_KEYS if either_tabular else frozenset())
+    data, base_data = (
+        {k: v for k, v in _comparable(m["data"]).items() if k not in ignore} for m in (meta, base)
+    )
+    if data != base_data:
+        keys = sorted(k for k in set(data) | set(base_data) if data.get(k) != base_data.get(k))
+        return f"data config ({', '.join(keys)})"
+    if _comparable(meta["featurizer"]) != _comparable(base["featurizer"]):
+        return "fitted aggregate featurizer"
+    if not either_tabular and meta["encoder"] != base["encoder"]:
+        return "fitted sequence encoder (vocabularies, statistics)"
+    return None
 
 
 class NotExportable(ValueError):
@@ -164,33 +220,41 @@ def export_ensemble(
     test_metrics: dict[str, float] | None = None,
     signing_key: Key | None = None,
 ) -> Path:
-    """One TorchScript file from network members' model.pt files, signed with `signing_key` when given;
-    NotExportable says why this ensemble has no such form (a member file that fails its checks is an
-    ArtifactError: an error, not a reason to skip)."""
+    """One TorchScript file from the members' model.pt files (networks and tabular baselines), signed with
+    `signing_key` when given; NotExportable says why this ensemble has no such form (a member file that
+    fails its checks is an ArtifactError: an error, not a reason to skip)."""
     artifacts = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "model.pt"
         if not path.exists():
             raise NotExportable(
-                f"{run_dir} has no model.pt (scikit-learn, LightGBM and BTYD runs have no TorchScript form): "
-                "only ensembles of networks export"
+                f"{run_dir} has no model.pt (trained with export=false, or a model without a TorchScript "
+                "form: its metrics.json says why under export_skipped); an ensemble exports only when every "
+                "member did"
             )
         artifacts.append(load_artifact(path))
-    first = artifacts[0][1]
-    for (_, meta), run_dir in zip(artifacts[1:], run_dirs[1:], strict=True):
-        for key in SHARED_META:
-            if _comparable(meta[key]) != _comparable(first[key]):
-                raise NotExportable(
-                    f"{run_dir}: its {key} state differs from {run_dirs[0]}'s; exported ensemble members "
-                    "must share the data config, seed and vocabulary settings"
-                )
+    # the base: a network where there is one (its encoder and data config are what scoring rebuilds)
+    base_at = next((i for i, (_, m) in enumerate(artifacts) if not _tabular(m)), 0)
+    first = artifacts[base_at][1]
+    for (_, meta), run_dir in zip(artifacts, run_dirs, strict=True):
+        what = _differs(meta, first)
+        if what is not None:
+            raise NotExportable(
+                f"{run_dir}: its {what} differs from {run_dirs[base_at]}'s; exported ensemble members must "
+                "share the data config and seed (networks also their vocabulary settings)"
+            )
     uses = [int(m["features"].get("n_aggregates", 0)) > 0 for _, m in artifacts]
-    model = EnsembleProbabilityModel([a for a, _ in artifacts], uses, fitted)
+    raw = [bool(m["features"].get("raw_aggregates")) for _, m in artifacts]
+    featurizer = AggregateFeaturizer.from_state(first["featurizer"])
+    model = EnsembleProbabilityModel([a for a, _ in artifacts], uses, raw, fitted, featurizer)
     best = int(np.argmax(uses)) if any(uses) else 0
+    features = artifacts[best][1]["features"]
+    if any(raw):  # scoring passes the raw aggregates; the networks' scaled form is computed inside
+        features = {"n_aggregates": len(featurizer.scale_mean), "raw_aggregates": True}
     meta = {
-        # member-specific keys stay out: the net, its calibration, driver centre and score reference
+        # member-specific keys stay out: the model, its calibration, driver centre and score reference
         **{k: v for k, v in first.items() if k not in MEMBER_META},
-        "features": artifacts[best][1]["features"],
+        "features": features,
         "threshold": operating["threshold"],
         "tiers": operating["tiers"],
         "test_metrics": test_metrics or {},
@@ -199,7 +263,8 @@ def export_ensemble(
             "names": fitted.names,
             "weights": fitted.weights.tolist(),
             "calibration": [[c.slope, c.intercept] for c in fitted.calibrators],
-            "nets": [m["net"] for _, m in artifacts],
+            # a network's config, or a tabular member's estimator
+            "nets": [m.get("net") or {"estimator": m.get("estimator")} for _, m in artifacts],
         },
     }
     return write_artifact(model, meta, out_path, signing_key=signing_key)
@@ -214,7 +279,7 @@ def train_ensemble(
     signing_key: Key | None = None,
 ) -> dict[str, Any]:
     """Fit the ensemble on the members' validation predictions, evaluate on test, write metrics.json,
-    predictions.parquet and (for network members) model.pt into out_dir, which must not be a member's
+    predictions.parquet and (when every member has one) model.pt into out_dir, which must not be a member's
     (it would overwrite the files the ensemble is fitted on)."""
     out_dir = Path(out_dir)
     run_dirs = [str(d) for d in run_dirs]

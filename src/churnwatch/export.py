@@ -1,5 +1,7 @@
 """Export: one self-contained TorchScript file with everything scoring needs embedded as extra files.
 
+Networks export as `ProbabilityModel`, tabular baselines as `TabularProbabilityModel` (the estimator
+scripted by models/scripted.py, on the raw aggregates), both with their calibration and the same metadata.
 Loading needs only torch (`torch.jit.load`): no churnwatch model classes, no pickle. The metadata is
 JSON with a format version and a SHA-256 checksum, checked on load with the metadata's meaning
 (`check_meta`). With a signing key the file is also signed, and loading can demand that signature
@@ -20,15 +22,22 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import churnwatch
 from churnwatch.atomic import atomic_path
-from churnwatch.calibration import CalibrationLayer, Calibrator
+from churnwatch.calibration import EPS, CalibrationLayer, Calibrator
+from churnwatch.data.dataset import ChurnData
 from churnwatch.errors import ArtifactError
+from churnwatch.insights import Segments
 from churnwatch.meta_checks import check_meta
 from churnwatch.models.module import ChurnModule
+from churnwatch.models.scripted import Scripted
+from churnwatch.models.thresholds import Operating
+from churnwatch.monitoring import training_reference
 from churnwatch.signing import Key, Verification, sign_file
 
 FORMAT_VERSION = 1
@@ -86,6 +95,80 @@ class ProbabilityModel(nn.Module):
         """The uncalibrated logit from embedded inputs: what scoring attributes the drivers to."""
         return self.net.logit_from_embedded(embedded, num, lengths, static_embedded, static_num, aggregates)
 
+    @torch.jit.export
+    def survival(
+        self,
+        cat: Tensor,
+        num: Tensor,
+        lengths: Tensor,
+        static_cat: Tensor,
+        static_num: Tensor,
+        aggregates: Tensor,
+        horizons: Tensor,
+    ) -> Tensor:
+        """P(no activity within each of `horizons` days after the cutoff), (B, H), from the time-to-event
+        head of a network trained with model.tte (uncalibrated): one model, any horizon."""
+        return self.net.survival(cat, num, lengths, static_cat, static_num, aggregates, horizons)
+
+    @torch.jit.export
+    def demand(
+        self,
+        cat: Tensor,
+        num: Tensor,
+        lengths: Tensor,
+        static_cat: Tensor,
+        static_num: Tensor,
+        aggregates: Tensor,
+        days: int,
+    ) -> Tensor:
+        """Expected activities within `days` days after the cutoff and P(at least one), (B, 2)."""
+        return self.net.demand(cat, num, lengths, static_cat, static_num, aggregates, days)
+
+
+class TabularProbabilityModel(nn.Module):
+    """What a tabular baseline's artifact runs: the scripted estimator on the raw aggregates, then its
+    calibration. It takes every churnwatch model's inputs and reads only the aggregates."""
+
+    def __init__(self, estimator: Scripted, calibrator: Calibrator, aggregate_mean: np.ndarray):
+        super().__init__()
+        self.estimator = estimator
+        self.calibration = calibrator.layer()
+        # Platt and temperature scaling read the logit of p clipped to [EPS, 1 - EPS], as Calibrator does;
+        # isotonic and none read p itself (a tree's exact 0 stays 0)
+        self.clip = EPS if calibrator.method in ("temperature", "platt") else 0.0
+        self.eps = EPS
+        self.register_buffer("aggregate_mean", torch.as_tensor(np.asarray(aggregate_mean, dtype=np.float64)))
+
+    def forward(
+        self,
+        cat: Tensor,
+        num: Tensor,
+        lengths: Tensor,
+        static_cat: Tensor,
+        static_num: Tensor,
+        aggregates: Tensor,
+    ) -> Tensor:
+        return self.calibration(torch.logit(self.estimator(aggregates), self.clip))
+
+    @torch.jit.export
+    def attribute(self, aggregates: Tensor) -> Tensor:
+        """(rows, aggregates): how far each aggregate moves the uncalibrated log-odds from what they are with
+        it at its training mean (occlusion), what scoring attributes the drivers to."""
+        base = torch.logit(self.estimator(aggregates), self.eps).unsqueeze(1)
+        return base - torch.logit(self.estimator.occluded(aggregates, self.aggregate_mean), self.eps)
+
+
+def tabular_attribution(
+    model: Any, aggregates: np.ndarray, batch_size: int = 256, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """`model.attribute` (a TabularProbabilityModel, scripted or not) of every row, in batches."""
+    out = np.zeros(aggregates.shape, dtype=np.float64)
+    with torch.inference_mode():
+        for i in range(0, len(aggregates), batch_size):
+            batch = torch.tensor(aggregates[i : i + batch_size], device=device)
+            out[i : i + batch_size] = model.attribute(batch).cpu().numpy()
+    return out
+
 
 def _versions() -> dict[str, str]:
     out = {
@@ -112,6 +195,66 @@ def module_from_checkpoint(ckpt: dict[str, Any]) -> ChurnModule:
     return module.eval()
 
 
+def run_record(
+    cfg: DictConfig,
+    data: ChurnData,
+    metrics: dict[str, Any],
+    op: Operating,
+    predictions: dict[str, np.ndarray],
+    segments: Segments,
+    center: list[float] | None,
+) -> dict[str, Any]:
+    """What a training run's model.pt carries beside the model, networks and baselines alike: test metrics,
+    config, the tiers expected from validation, segments, the monitoring reference (from the calibrated
+    `predictions` per stage) and the drivers' centre (`center`, per indicator)."""
+    return {
+        "test_metrics": metrics.get("test"),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "expected_tiers": metrics["tiers"].get("val"),
+        "segments": segments.state(),
+        "reference": training_reference(data, predictions, (op.high_cut, op.medium_cut)),
+        "drivers": {"center": center, "indicators": list(cfg.data.get("indicators") or {})},
+    }
+
+
+def _meta(
+    data: dict[str, Any],
+    data_state: dict[str, Any],
+    op: Operating,
+    calibrator: Calibrator,
+    test_metrics: dict[str, float] | None = None,
+    config: dict[str, Any] | None = None,
+    expected_tiers: list[dict[str, Any]] | None = None,
+    segments: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
+    drivers: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The metadata every model file carries: the data contract and fitted encoders scoring rebuilds, the
+    operating point, calibration and what the run measured."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": data,
+        "encoder": data_state["encoder"],
+        "featurizer": data_state["featurizer"],
+        "train_positive_rate": data_state["train_positive_rate"],
+        "threshold": float(op.threshold),
+        "tiers": {
+            "high": float(op.high_cut),
+            "medium": float(op.medium_cut),
+            "rule": dict(op.rule or {}),
+            "expected": expected_tiers or [],
+        },
+        "calibration": calibrator.state(),
+        "segments": segments or {},
+        "drivers": drivers or {},
+        "reference": reference,
+        "test_metrics": test_metrics or {},
+        "config": config or {},
+        "versions": _versions(),
+    }
+
+
 def export_checkpoint(
     ckpt_path: str | Path,
     out_path: str | Path,
@@ -135,34 +278,53 @@ def export_checkpoint(
     if not data_state:
         raise ArtifactError(f"{ckpt_path}: checkpoint has no fitted encoders (ChurnDataModule state)")
     hp = ckpt["hyper_parameters"]
+    high, medium = map(float, module.tier_cuts.tolist())
+    op = Operating(float(module.threshold), high, medium, dict(hp.get("thresholds") or {}))
     meta = {
-        "format_version": FORMAT_VERSION,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **_meta(
+            ckpt["datamodule_hyper_parameters"]["data"],
+            data_state,
+            op,
+            module.calibrator,
+            test_metrics=test_metrics,
+            config=config,
+            expected_tiers=expected_tiers,
+            segments=segments,
+            reference=reference,
+            drivers=drivers,
+        ),
         "source_checkpoint": str(ckpt_path),
-        "data": ckpt["datamodule_hyper_parameters"]["data"],
-        "encoder": data_state["encoder"],
-        "featurizer": data_state["featurizer"],
-        "train_positive_rate": data_state["train_positive_rate"],
         "features": hp["features"],
         "net": hp["net"],
-        "threshold": float(module.threshold),
-        "tiers": {
-            "high": float(module.tier_cuts[0]),
-            "medium": float(module.tier_cuts[1]),
-            "rule": dict(hp.get("thresholds") or {}),
-            "expected": expected_tiers or [],
-        },
-        "calibration": module.calibrator.state(),
-        "segments": segments or {},
-        "drivers": drivers or {},
-        "reference": reference,
-        "test_metrics": test_metrics or {},
-        "config": config or {},
-        "versions": _versions(),
     }
     return write_artifact(
         ProbabilityModel(module.net, module.calibrator.layer()), meta, out_path, overwrite, signing_key
     )
+
+
+def export_tabular(
+    model: TabularProbabilityModel,
+    estimator: str,
+    data: dict[str, Any],
+    data_state: dict[str, Any],
+    op: Operating,
+    calibrator: Calibrator,
+    out_path: str | Path,
+    overwrite: bool = True,
+    signing_key: Key | None = None,
+    **record: Any,
+) -> Path:
+    """A tabular baseline's model.pt: `model` with the metadata a network's carries (`data` and
+    `data_state`: the data config and the datamodule's fitted encoders, ChurnDataModule.state_dict), plus
+    `kind: tabular`, the estimator's name and `features.raw_aggregates`: scoring hands it the filled,
+    unscaled aggregate table. `record`: what `run_record` gives, the keywords of `export_checkpoint`."""
+    meta = {
+        **_meta(data, data_state, op, calibrator, **record),
+        "kind": "tabular",
+        "estimator": estimator,
+        "features": {"n_aggregates": int(model.aggregate_mean.shape[0]), "raw_aggregates": True},
+    }
+    return write_artifact(model, meta, out_path, overwrite, signing_key)
 
 
 def write_artifact(

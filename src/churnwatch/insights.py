@@ -28,7 +28,6 @@ from churnwatch.drivers import (  # noqa: E402
     top_drivers,
 )
 from churnwatch.features.aggregates import AggregateTable  # noqa: E402
-from churnwatch.features.encode import ranges  # noqa: E402
 from churnwatch.segments import BehaviourClusters, RFMSegmenter, segment_table  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -80,11 +79,6 @@ def context_frame(
     return frame
 
 
-def event_rows(snaps: Snapshots, max_len: int) -> np.ndarray:
-    """Log row of every flat event the encoder keeps for `snaps` (the last max_len before each cutoff)."""
-    return ranges(np.maximum(snaps.start, snaps.end - max_len), snaps.end)
-
-
 def owners(
     catalogue: IndicatorCatalogue,
     log_: EventLog,
@@ -93,7 +87,8 @@ def owners(
     aggregate_names: list[str],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Which indicator owns each (flat event, field), static field and aggregate input of a network."""
-    frame = log_.frame.iloc[event_rows(snaps, encoder.max_len)].reset_index(drop=True)
+    # a visit's fields are its representative (mode) values; its first line stands for it here
+    frame = log_.frame.iloc[encoder.steps(log_, snaps).first].reset_index(drop=True)
     return (
         catalogue.event_owner(frame, [*encoder.cat_names, *encoder.num_names]),
         catalogue.name_owner([*encoder.static_cat_names, *encoder.static_num_names], "static"),

@@ -4,6 +4,11 @@ One run per (model, seed) under <out>/<model>/seed_<s>/ with the usual metrics.j
 a run dir that already holds metrics.json is reused, so an interrupted leaderboard resumes. Ensembles of
 listed models are fitted per seed from those runs. Results: leaderboard_runs.csv (one row per run),
 leaderboard.csv (mean and std per model) and leaderboard.md (mean ± std, best AUROC first).
+
+Rolling origin (`origins`: test cutoffs): every model × seed also runs once per origin, under
+<out>/<model>/origin_<date>/seed_<s>/, with the test cutoff there and the training cutoffs moved back with
+it, so one lucky or unlucky test month does not decide the ranking; the tables then also carry the test
+AUROC per origin.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from churnwatch.ensemble import train_ensemble
+from churnwatch.errors import ConfigError
 from churnwatch.training import read_timings, train
 
 log = logging.getLogger(__name__)
@@ -64,7 +70,7 @@ def train_run(compose_train: ComposeTrain, overrides: Sequence[str], run_dir: Pa
     return run_metrics(json.loads(done.read_text()), read_timings(run_dir))
 
 
-OWN_KEYS = {"models", "seeds", "ensembles", "title", "model_overrides", "model", "seed"}
+OWN_KEYS = {"models", "seeds", "ensembles", "title", "model_overrides", "model", "seed", "origins"}
 
 
 def passthrough(overrides: Sequence[str], own_keys: set[str]) -> list[str]:
@@ -96,51 +102,101 @@ def model_run(compose_train: ComposeTrain, overrides: Sequence[str], model: str)
     return [*overrides, f"model={model}"]
 
 
+def origin_overrides(data: Mapping[str, Any], origin: str) -> list[str]:
+    """Overrides that move a data config's test cutoff to `origin` and its training cutoffs with it.
+
+    The training cutoffs keep their count and spacing (data/snapshots.py `SnapshotPlan.from_config`): a
+    last training cutoff derived from the test cutoff follows it by itself; explicit dates (train_cutoffs,
+    else last_train_cutoff and first_train_cutoff) shift by as many days as the test cutoff moved.
+    """
+    target = pd.Timestamp(origin).normalize()
+    out = [f"data.test_cutoff='{target.date()}'"]
+    if data.get("train_cutoffs"):
+        keys = ["train_cutoffs"]
+    else:
+        keys = [k for k in ("last_train_cutoff", "first_train_cutoff") if data.get(k) is not None]
+    if not keys:
+        return out
+    if not data.get("test_cutoff"):
+        raise ConfigError(
+            f"origins: data.{keys[0]} is set but data.test_cutoff is not, so nothing says how far to move "
+            "the training cutoffs; set data.test_cutoff"
+        )
+    shift = target - pd.Timestamp(data["test_cutoff"]).normalize()
+
+    def moved(date: Any) -> str:
+        return f"'{(pd.Timestamp(date).normalize() + shift).date()}'"
+
+    for key in keys:
+        value = data[key]
+        out.append(
+            f"data.{key}=[{','.join(map(moved, value))}]"
+            if key == "train_cutoffs"
+            else f"data.{key}={moved(value)}"
+        )
+    return out
+
+
 def run_leaderboard(
     cfg: DictConfig, compose_train: ComposeTrain, out_dir: str | Path, overrides: Sequence[str] = ()
 ) -> pd.DataFrame:
-    """Train every model × seed (and the ensembles) with `overrides`; write the tables; return the summary."""
+    """Train every model × seed (× origin, with `origins`) and the ensembles with `overrides`; write the
+    tables; return the summary."""
     out_dir = Path(out_dir)
     extra = {str(k): list(v) for k, v in (cfg.get("model_overrides") or {}).items()}
     per_model = {  # the same for every seed: resolve each model's experiment once
         str(m): [*model_run(compose_train, overrides, str(m)), *extra.get(str(m), [])] for m in cfg.models
     }
+    origins = [str(pd.Timestamp(o).date()) for o in cfg.get("origins") or []]
+    data = {m: compose_train(o).data for m, o in per_model.items()} if origins else {}
     rows = []
-    for seed in cfg.seeds:
-        for model, model_overrides in per_model.items():
-            run_dir = out_dir / model / f"seed_{seed}"
-            run = [*model_overrides, f"seed={seed}"]
-            rows.append({"model": model, "seed": seed, **train_run(compose_train, run, run_dir)})
-        for members in cfg.get("ensembles") or []:
-            joined = "+".join(map(str, members))
-            name = f"ensemble({joined})"
-            # run dir without parentheses, which Hydra overrides (model_path=...) would need quoted
-            run_dir = out_dir / f"ensemble_{joined}" / f"seed_{seed}"
-            if not (run_dir / "metrics.json").exists():
-                train_ensemble(
-                    [out_dir / str(m) / f"seed_{seed}" for m in members],
-                    run_dir,
-                    OmegaConf.to_container(cfg.thresholds, resolve=True),
+    for origin in origins or [None]:
+        where = {"origin": origin} if origin else {}
+        sub = f"origin_{origin}" if origin else ""
+        for seed in cfg.seeds:
+            for model, model_overrides in per_model.items():
+                run_dir = out_dir / model / sub / f"seed_{seed}"
+                moved = origin_overrides(data[model], origin) if origin else []
+                run = [*model_overrides, *moved, f"seed={seed}"]
+                rows.append({"model": model, **where, "seed": seed, **train_run(compose_train, run, run_dir)})
+            for members in cfg.get("ensembles") or []:
+                joined = "+".join(map(str, members))
+                name = f"ensemble({joined})"
+                # run dir without parentheses, which Hydra overrides (model_path=...) would need quoted
+                run_dir = out_dir / f"ensemble_{joined}" / sub / f"seed_{seed}"
+                if not (run_dir / "metrics.json").exists():
+                    train_ensemble(
+                        [out_dir / str(m) / sub / f"seed_{seed}" for m in members],
+                        run_dir,
+                        OmegaConf.to_container(cfg.thresholds, resolve=True),
+                    )
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+                rows.append(
+                    {"model": name, **where, "seed": seed, **run_metrics(metrics, read_timings(run_dir))}
                 )
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            rows.append({"model": name, "seed": seed, **run_metrics(metrics, read_timings(run_dir))})
     runs = pd.DataFrame(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out_dir / "leaderboard_runs.csv", index=False)
     summary = summarise(runs)
     summary.to_csv(out_dir / "leaderboard.csv", index=False)
     title = cfg.get("title") or " ".join(overrides) or "synthetic default"
-    (out_dir / "leaderboard.md").write_text(to_markdown(summary, title, list(cfg.seeds)))
+    (out_dir / "leaderboard.md").write_text(to_markdown(summary, title, list(cfg.seeds), origins))
     return summary
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std (ddof 1; 0 for one seed) of each leaderboard column per model, best test AUROC first."""
+    """Mean and std (ddof 1; 0 for one run) of each leaderboard column per model over its seeds (and
+    origins), best test AUROC first; with an `origin` column, also the test AUROC per origin (mean over
+    seeds) as `test/auroc @<origin>`."""
     keys = [k for k in COLUMNS if k in runs.columns]
     grouped = runs.groupby("model", sort=False)[keys]
     mean = grouped.mean().add_suffix(" mean")
     std = grouped.std(ddof=1).fillna(0.0).add_suffix(" std")
-    out = pd.concat([grouped.size().rename("runs"), mean, std], axis=1).reset_index()
+    parts = [grouped.size().rename("runs"), mean, std]
+    if "origin" in runs.columns:
+        per_origin = runs.pivot_table(index="model", columns="origin", values="test/auroc", aggfunc="mean")
+        parts.append(per_origin.add_prefix("test/auroc @"))
+    out = pd.concat(parts, axis=1).reset_index()
     return out.sort_values("test/auroc mean", ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -153,19 +209,27 @@ def _cell(mean: float, std: float, runs: int, key: str) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if runs > 1 else "")
 
 
-def to_markdown(summary: pd.DataFrame, title: str, seeds: Sequence[Any]) -> str:
+def to_markdown(summary: pd.DataFrame, title: str, seeds: Sequence[Any], origins: Sequence[str] = ()) -> str:
+    """The summary as a markdown table; with `origins`, one more column per origin (its test AUROC)."""
     keys = [k for k in COLUMNS if f"{k} mean" in summary.columns]
+    over = f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))})"
+    if origins:
+        over += (
+            f" × {len(origins)} test cutoffs ({', '.join(origins)}; training cutoffs moved back with each); "
+            "AUROC @cutoff: mean over seeds at that test cutoff"
+        )
     lines = [
         f"# Leaderboard: {title}",
         "",
-        f"Test cutoff metrics, mean ± std over {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). "
+        f"Test cutoff metrics, mean ± std over {over}. "
         "Train seconds are wall clock of fitting (networks: all epochs); scoring customers/s is model "
         "inference on the encoded test features in one process.",
         "",
-        "| model | " + " | ".join(COLUMNS[k] for k in keys) + " |",
-        "| --- |" + " ---: |" * len(keys),
+        "| model | " + " | ".join([*(COLUMNS[k] for k in keys), *(f"AUROC @{o}" for o in origins)]) + " |",
+        "| --- |" + " ---: |" * (len(keys) + len(origins)),
     ]
     for row in summary.to_dict("records"):
         cells = [_cell(row[f"{k} mean"], row[f"{k} std"], int(row["runs"]), k) for k in keys]
+        cells += [_cell(row[f"test/auroc @{o}"], 0.0, 1, "test/auroc") for o in origins]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

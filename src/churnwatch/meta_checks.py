@@ -5,8 +5,8 @@ recomputed (or a buggy writer) could make scoring emit a churn probability of 7.
 gets `train_positive_rate`), index past an embedding (a vocabulary longer than the network's), or fail deep
 inside numpy ("negative dimensions are not allowed" from `encoder.max_len=-5`). `check_meta` refuses such a
 file in one line naming the key: one table, `CHECKS`, of what scoring reads, its type and range, then its
-consistency with the network the file holds (embedding sizes, input widths, calibration and ensemble
-buffers).
+consistency with the model the file holds: a network's embedding sizes and input widths, a tabular model's
+aggregate width and kind, calibration and ensemble buffers.
 """
 
 from __future__ import annotations
@@ -25,23 +25,28 @@ from churnwatch.data.contract import CustomerSchema, EventSchema
 from churnwatch.errors import ArtifactError
 from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.features.encode import OOV_TOKEN, PAD_TOKEN, SequenceEncoder
+from churnwatch.models.scripted import SCRIPTABLE
 
 NOBODY = 1e-6
 """A cut-off may exceed 1 by this much: the cut no probability reaches (thresholds._lowest_reaching)."""
 HEAD = "net.head.0.weight"
 """The fusion head's first layer, one per network in the file (several in an ensemble)."""
+TABLE = "aggregate_mean"
+"""The training mean of each raw aggregate, one per tabular model in the file: its input width."""
 _MISSING = object()
 
 
 @dataclass
 class _Model:
-    """The metadata and the shapes and buffers of the network(s) it describes."""
+    """The metadata and the shapes and buffers of the model(s) it describes."""
 
     meta: Mapping[str, Any]
     shapes: dict[str, tuple[int, ...]]
     buffers: dict[str, torch.Tensor]
     nets: list[str]
     """Name prefix of each network: "" for one model, "members.<i>." in an ensemble."""
+    tables: list[str]
+    """Name prefix of each tabular model (TabularProbabilityModel), likewise."""
     encoder: SequenceEncoder | None = None
     """Set by the `encoder` check, for the checks after it."""
 
@@ -50,8 +55,16 @@ class _Model:
         shapes = {name: tuple(p.shape) for name, p in module.named_parameters()}
         buffers = dict(module.named_buffers())
         shapes.update({name: tuple(b.shape) for name, b in buffers.items()})
-        nets = sorted((n.removesuffix(HEAD) for n in shapes if n.endswith(HEAD)), key=lambda p: (len(p), p))
-        return cls(meta, shapes, buffers, nets)
+
+        def prefixes(suffix: str) -> list[str]:
+            return sorted((n.removesuffix(suffix) for n in shapes if n.endswith(suffix)), key=_member)
+
+        return cls(meta, shapes, buffers, prefixes(HEAD), prefixes(TABLE))
+
+    @property
+    def members(self) -> list[str]:
+        """Every model's prefix, networks and tabular ones, in member order."""
+        return sorted(self.nets + self.tables, key=_member)
 
     def rows(self, prefix: str, group: str) -> list[int]:
         """Rows of each embedding of `group` (net.events.embeddings, net.static_embeddings)."""
@@ -62,23 +75,37 @@ class _Model:
 
     def fused_width(self, prefix: str) -> int:
         """Inputs the head takes beside the sequence vector and the static embeddings: static numbers and
-        aggregate features."""
+        aggregate features (a network with a time-to-event head also takes the recency; one with that
+        head alone has no churn head: it fuses nothing)."""
+        if prefix + HEAD not in self.shapes:
+            return len(self.encoder.static_num_names)
         rnn = self.shapes.get(f"{prefix}net.sequence.rnn.weight_hh_l0")
+        recency = 1 if f"{prefix}net.hazard.proj.weight" in self.shapes else 0
         sequence = rnn[1] if rnn else self.shapes[f"{prefix}net.sequence.norm.weight"][0]
         embedded = 0
         while (shape := self.shapes.get(f"{prefix}net.static_embeddings.{embedded}.weight")) is not None:
             sequence += shape[1]
             embedded += 1
-        return self.shapes[prefix + HEAD][1] - sequence
+        return self.shapes[prefix + HEAD][1] - sequence - recency
 
 
 Test = Callable[[Any, _Model], str | None]
 """A check of one value: what is wrong with it, or None."""
 
 
+def _member(prefix: str) -> int:
+    """The member number of a model's prefix ("members.<i>."); 0 for the model of a one-model file."""
+    return int(prefix.split(".")[1]) if prefix else 0
+
+
 def _network(prefix: str) -> str:
     """How messages name the network at `prefix`."""
     return f"the member network {prefix.rstrip('.')}" if prefix else "the network"
+
+
+def _tabular(prefix: str) -> str:
+    """How messages name the tabular model at `prefix`."""
+    return f"the member model {prefix.rstrip('.')}" if prefix else "the tabular model"
 
 
 def _is_number(value: Any) -> bool:
@@ -215,12 +242,27 @@ def _unit_steps(values: list[float]) -> bool:
     return all(0 <= v <= 1 for v in values) and all(a <= b for a, b in pairwise(values))
 
 
+def _kind(value: Any, m: _Model) -> str | None:
+    """A tabular model's file: one scriptable estimator, and no network beside it."""
+    if value != "tabular":
+        return f"{_show(value)} is not a model kind (tabular; none for a network)"
+    if m.nets or m.tables != [""]:
+        return (
+            f"the file holds {len(m.nets)} networks and {len(m.tables)} tabular models, not one tabular model"
+        )
+    if m.meta.get("estimator") not in SCRIPTABLE:
+        return f"estimator {_show(m.meta.get('estimator'))} is not one of {SCRIPTABLE}"
+    return None
+
+
 def _ensemble(value: Any, m: _Model) -> str | None:
-    """Convex weights and finite calibrations, one per member network: the ones the file applies."""
-    n = len(m.nets)
+    """Convex weights and finite calibrations, one per member model: the ones the file applies; which
+    members read raw aggregates, and the featurizer's scaling it applies for the others."""
+    members = m.members
+    n = len(members)
     for key in ("names", "members", "nets", "weights", "calibration"):
         if not isinstance(value[key], list) or len(value[key]) != n:
-            return f"{key}: not {n} entries (one per member network)"
+            return f"{key}: not {n} entries (one per member model)"
     weights = value["weights"]
     if not _numbers(weights) or min(weights) < 0 or abs(sum(weights) - 1) > 1e-6:
         return f"weights {_show(weights)} are not non-negative numbers summing to 1"
@@ -231,6 +273,13 @@ def _ensemble(value: Any, m: _Model) -> str | None:
         found = m.buffers.get(name)
         if found is None or found.tolist() != list(values):
             return f"{name} differ from the network's {name} buffer"
+    raw = m.buffers.get("raw_aggregates", torch.zeros(n, dtype=torch.bool)).tolist()
+    if raw != [p in m.tables for p in members]:
+        return f"raw_aggregates {raw}: not true exactly for the tabular members"
+    for name in ("scale_mean", "scale_std"):  # scaled here from the raw aggregates for the networks
+        found = m.buffers.get(name)
+        if found is not None and found.tolist() != m.meta["featurizer"][name]:
+            return f"the file's {name} differs from the featurizer's {name}"
     return None
 
 
@@ -238,8 +287,8 @@ def _embeddings(static: bool) -> Test:
     """Each categorical input has as many ids as its embedding in every network has rows."""
 
     def test(value: Any, m: _Model) -> str | None:
-        if not m.nets:
-            return "the file holds no churnwatch network to match (no net.head)"
+        if not m.nets and not m.tables:
+            return f"the file holds no churnwatch model to match (no net.head, no {TABLE})"
         enc = m.encoder
         names = enc.static_cat_names if static else enc.cat_names
         missing = [n for n in (names if static else enc.schema.categorical) if n not in value]
@@ -280,17 +329,28 @@ def _numeric_inputs(static: bool) -> Test:
 
 
 def _fused_inputs(value: Any, m: _Model) -> str | None:
-    """Aggregate features: as many as the featurizer makes, as many as each network fuses."""
+    """Aggregate features: as many as the featurizer makes, as many as each network fuses and each tabular
+    model reads; raw (features.raw_aggregates, what scoring passes) exactly when a tabular model reads
+    them, scaled otherwise."""
     made = len(m.meta["featurizer"]["scale_mean"])
     if value and value != made:
         return f"{value}, the featurizer makes {made} aggregate features"
+    raw = m.meta["features"].get("raw_aggregates", False)
+    if raw is not bool(m.tables):
+        return (
+            f"raw_aggregates is {_show(raw)}, the file holds {len(m.tables)} tabular models (they read raw)"
+        )
     uses = m.buffers.get("uses_aggregates")  # an ensemble: which members fuse them
     n_static = len(m.encoder.static_num_names)
-    for i, prefix in enumerate(m.nets):
-        fuses = bool(uses[i]) if uses is not None else True
+    for prefix in m.nets:
+        fuses = bool(uses[_member(prefix)]) if uses is not None else True
         found = m.fused_width(prefix) - n_static
         if found != (value if fuses else 0):
             return f"{value}, {_network(prefix)} fuses {found} (beside {n_static} static numbers)"
+    for prefix in m.tables:
+        found = m.shapes[prefix + TABLE][0]
+        if found != value:
+            return f"{value}, {_tabular(prefix)} reads {found}"
     return None
 
 
@@ -313,11 +373,12 @@ CHECKS: tuple[tuple[str, Test, bool], ...] = (
     ("tiers.rule", _mapping, False),
     ("train_positive_rate", _unit, True),
     ("calibration", _calibration, False),
+    ("kind", _kind, False),
     ("ensemble", _ensemble, False),
     ("drivers.center", _numbers_or_null, False),
     ("segments", _mapping, False),
     ("reference.churn_rate", _unit, False),
-    # ... then its agreement with the network(s) in the file
+    # ... then its agreement with the model(s) in the file
     ("encoder.vocabs", _embeddings(static=False), True),
     ("encoder.static_vocabs", _embeddings(static=True), True),
     ("encoder.numeric", _numeric_inputs(static=False), True),

@@ -49,8 +49,8 @@ from churnwatch.data.contract import (
 )
 from churnwatch.data.partition import by_category, read_part, split_file
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots, build_snapshot
-from churnwatch.drivers import IndicatorCatalogue, explain_sequences, top_drivers
-from churnwatch.export import Artifact, load_model
+from churnwatch.drivers import IndicatorCatalogue, explain_sequences, sum_by_owner, top_drivers
+from churnwatch.export import Artifact, load_model, tabular_attribution
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateTable
 from churnwatch.features.encode import EncodedSequences, SequenceEncoder
 from churnwatch.hardware import autocast, choose_precision, fit_threads, resolve_device
@@ -82,6 +82,8 @@ OUTPUT_COLUMNS = (
     "no_history",
     "lapsed",
     "recent_spend",
+    "expected_purchases",
+    "expected_spend",
     "value_at_risk",
     "rfm_segment",
     "behaviour_cluster",
@@ -144,8 +146,8 @@ def table_source(table: Table | None, name: str) -> tuple[str | Path | None, pd.
 class Scorer:
     """A loaded model, ready to score event logs in the contract it was trained on.
 
-        scorer = Scorer("model.pt", precision="auto")   # or Scorer(load_model("model.pt"))
-        scores = scorer.score(events_df, customers_df, as_of="2024-11-01")
+    scorer = Scorer("model.pt", precision="auto")   # or Scorer(load_model("model.pt"))
+    scores = scorer.score(events_df, customers_df, as_of="2024-11-01")
     """
 
     def __init__(
@@ -182,6 +184,8 @@ class Scorer:
         )
         self.encoder = SequenceEncoder.from_state(self.meta["encoder"], self.schema, self.customer_schema)
         self.use_aggregates = int(self.meta["features"].get("n_aggregates", 0)) > 0
+        self.raw_aggregates = bool(self.meta["features"].get("raw_aggregates"))
+        """A tabular model reads the filled aggregate table as it is; networks read it scaled."""
         self.featurizer = AggregateFeaturizer.from_state(self.meta["featurizer"])
         tiers = self.meta["tiers"]
         self.operating = Operating(
@@ -203,7 +207,16 @@ class Scorer:
         self.center = np.asarray(center if center else np.zeros(len(self.catalogue.names)), dtype=np.float64)
         self.customer_columns: pd.DataFrame | None = None
         """An empty customers part, for parts none of whose customers has attributes."""
-        self.explain = bool(self.drivers["enabled"]) and hasattr(self.model, "logit_from_embedded")
+        tte = (self.meta.get("config") or {}).get("model", {}).get("tte") or {}
+        trained_tte = float(tte.get("weight") or 0) > 0 or bool(tte.get("only"))
+        self.forecast = trained_tte and hasattr(self.model, "demand")  # (an ensemble has no one hazard)
+        """The model has a time-to-event head: expected purchases and spend come from it (else NaN)."""
+        self.horizon_days = int(data.get("horizon_days") or 0)
+        # networks: integrated gradients; tabular models: occlusion of each aggregate
+        self.tabular = hasattr(self.model, "attribute")
+        self.explain = bool(self.drivers["enabled"]) and (
+            self.tabular or hasattr(self.model, "logit_from_embedded")
+        )
         if self.drivers["enabled"] and not self.explain:
             log.warning("%s has no attribution entry points: driver columns stay empty", self.model_path)
 
@@ -219,6 +232,20 @@ class Scorer:
             probs[rows] = out.float().cpu().numpy()
         return probs
 
+    @torch.inference_mode()
+    def _demand(self, seqs: EncodedSequences, agg: np.ndarray | None) -> np.ndarray:
+        """(rows, 2): expected purchases within the label horizon and P(at least one), from the hazard."""
+        order = np.argsort(-seqs.lengths, kind="stable")
+        out = np.empty((len(seqs), 2), dtype=np.float64)
+        for i in range(0, len(order), self.batch_size):
+            rows = order[i : i + self.batch_size]
+            b = pad_batch(seqs, rows, agg).to(self.device)
+            got = self.model.demand(
+                b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates, self.horizon_days
+            )
+            out[rows] = got.double().cpu().numpy()
+        return out
+
     def _drivers(
         self,
         log_: EventLog,
@@ -231,21 +258,29 @@ class Scorer:
         """Top drivers of the customers in the model's population (lapsed customers get none)."""
         rows = np.flatnonzero(self.in_population(log_, snaps))
         sub = snaps.subset(rows)
-        event_owner, static_owner, agg_owner = owners(
-            self.catalogue, log_, sub, self.encoder, table.names if self.use_aggregates else []
-        )
-        scores = explain_sequences(
-            self.model,
-            seqs.subset(rows),
-            event_owner,
-            static_owner,
-            agg_owner,
-            agg[rows] if agg is not None else None,
-            len(self.catalogue.names),
-            int(self.drivers["batch_size"]),
-            int(self.drivers["steps"]),
-            self.device,
-        )
+        batch_size, n_indicators = int(self.drivers["batch_size"]), len(self.catalogue.names)
+        if self.tabular:
+            scores = sum_by_owner(
+                tabular_attribution(self.model, agg[rows], batch_size, self.device),
+                self.catalogue.name_owner(table.names, "aggregates"),
+                n_indicators,
+            )
+        else:
+            event_owner, static_owner, agg_owner = owners(
+                self.catalogue, log_, sub, self.encoder, table.names if self.use_aggregates else []
+            )
+            scores = explain_sequences(
+                self.model,
+                seqs.subset(rows),
+                event_owner,
+                static_owner,
+                agg_owner,
+                agg[rows] if agg is not None else None,
+                n_indicators,
+                batch_size,
+                int(self.drivers["steps"]),
+                self.device,
+            )
         sub_table = AggregateTable(table.values[rows], table.names, table.categorical)
         context = context_frame(sub_table, customers, sub.customer_ids(log_), self.customer_schema.columns)
         found = top_drivers(scores - self.center, self.catalogue, context, int(self.drivers["top_n"]))
@@ -273,14 +308,31 @@ class Scorer:
         with self.timed("encode"):
             seqs = self.encoder.transform(log_, snaps, customers)
             table = self.featurizer.transform(log_, snaps, customers)
-            agg = self.featurizer.scale(table) if self.use_aggregates else None
+            agg = None
+            if self.use_aggregates:
+                agg = table.values if self.raw_aggregates else self.featurizer.scale(table)
         with self.timed("forward"):
             probs = self._predict(seqs, agg)
         check_finite(probs, seqs.customer_id, self.model_path)
         out = pd.DataFrame({"churn_probability": probs})
         spend = table.values[:, table.names.index(self.value_column)].astype(np.float64)
         out["recent_spend"] = spend
+        out["expected_purchases"] = np.nan
+        out["expected_spend"] = np.nan
         out["value_at_risk"] = out["churn_probability"] * spend
+        if self.forecast:
+            with self.timed("forecast"):
+                expected, active = self._demand(seqs, agg).T
+            out["expected_purchases"] = expected
+            if {"spend_total", "n_purchase_occasions"} <= set(table.names):
+                # spend per purchase occasion so far: what each forecast purchase is worth
+                total, occasions = (
+                    table.values[:, table.names.index(n)].astype(np.float64)
+                    for n in ("spend_total", "n_purchase_occasions")
+                )
+                out["expected_spend"] = expected * total / np.maximum(occasions, 1.0)
+                # at risk: what they would spend over the horizon if they stay, E[spend | any purchase]
+                out["value_at_risk"] = probs * out["expected_spend"] / np.maximum(active, 1e-6)
         with self.timed("segments"):
             if self.segments is not None:
                 out = pd.concat([out, self.segments.assign(table).reset_index(drop=True)], axis=1)
@@ -538,6 +590,8 @@ class Scorer:
                 "no_history": True,
                 "lapsed": False,
                 "recent_spend": 0.0,
+                "expected_purchases": np.nan,
+                "expected_spend": np.nan,
                 "value_at_risk": 0.0,
             }
         )

@@ -40,7 +40,6 @@ from churnwatch.hardware import (
 from churnwatch.insights import Segments, owners, write_insights
 from churnwatch.models.module import ChurnModule
 from churnwatch.models.thresholds import Operating, tier_table
-from churnwatch.monitoring import training_reference
 from churnwatch.predictions import write_predictions
 from churnwatch.report import REPORT_FILE, write_report
 from churnwatch.signing import load_signing_key
@@ -76,6 +75,7 @@ def build_module(cfg: DictConfig, dm: ChurnDataModule) -> ChurnModule:
         pos_rate=dm.train_positive_rate,
         calibration=calibration_method(cfg),
         nonfinite=model_cfg.get("nonfinite"),
+        tte=model_cfg.get("tte"),
     )
 
 
@@ -206,6 +206,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm = ChurnDataModule(cfg.data)
     dm.setup("fit")
     model = build_module(cfg, dm)
+    pretrained = None
+    if cfg.get("pretrain") and cfg.pretrain.get("objective", "none") != "none":
+        from churnwatch.pretraining import pretrain_encoder
+
+        pretrained = str(pretrain_encoder(cfg, dm.data, model.net))
     device = accelerator_device(str(cfg.trainer.get("accelerator", "cpu")))
     if cfg.model.get("compile"):
         model.net = maybe_compile(model.net, device)
@@ -254,6 +259,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     record_run(cfg, dm.data, metrics, op, model.calibrator, predictions)
     metrics["best_checkpoint"] = best_path
+    if pretrained:
+        metrics["pretrained_encoder"] = pretrained
     if trainer.is_global_zero:
         splits = {stage: getattr(dm.data, stage) for stage in predictions}
         write_predictions(run_dir, splits, predictions, dm.data.log)
@@ -263,23 +270,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 cfg, dm, model, predictions, segments
             )
         if cfg.get("export") and best_path:
-            from churnwatch.export import export_checkpoint
+            from churnwatch.export import export_checkpoint, run_record
 
+            center = metrics.get("insights", {}).get("center")
+            record = run_record(cfg, dm.data, metrics, op, model.predictions, segments, center)
             metrics["model_path"] = str(
-                export_checkpoint(
-                    best_path,
-                    run_dir / "model.pt",
-                    test_metrics=metrics.get("test"),
-                    config=OmegaConf.to_container(cfg, resolve=True),
-                    expected_tiers=metrics["tiers"].get("val"),
-                    segments=segments.state(),
-                    reference=training_reference(dm.data, model.predictions, (op.high_cut, op.medium_cut)),
-                    drivers={
-                        "center": metrics.get("insights", {}).get("center"),
-                        "indicators": list(cfg.data.get("indicators") or {}),
-                    },
-                    signing_key=signing_key,
-                )
+                export_checkpoint(best_path, run_dir / "model.pt", signing_key=signing_key, **record)
             )
         write_run_summary(cfg, metrics, timings)
         log_artifacts(trainer.loggers, run_dir)

@@ -18,7 +18,13 @@ def main(cfg: DictConfig) -> None:
 
     console = Console()
     t0 = time.perf_counter()
-    data = generate(int(cfg.n_customers), int(cfg.seed), start=str(cfg.start), end=str(cfg.end))
+    data = generate(
+        int(cfg.n_customers),
+        int(cfg.seed),
+        start=str(cfg.start),
+        end=str(cfg.end),
+        extra_lines_per_purchase=cfg.get("extra_lines_per_purchase"),
+    )
     t1 = time.perf_counter()
     paths = write(data, cfg.out_dir)
     t2 = time.perf_counter()

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from churnwatch.features.encode import EncodedSequences, slice_events
+from churnwatch.features.encode import EncodedSequences, ranges
 
 
 @dataclass
@@ -32,6 +32,12 @@ class EventBatch:
     label: torch.Tensor
     index: torch.Tensor
     """Row positions in the dataset, to join predictions back to customer ids."""
+    tte: torch.Tensor
+    """float (B, L): days from each step to the next activity or to its censoring; 0 at padding."""
+    tte_observed: torch.Tensor
+    """float (B, L): 1 where `tte` ends at an observed activity; 0 where censored and at padding."""
+    weight: torch.Tensor
+    """float (B,): each row's weight in the training loss (1 unless `data.sample_weight`)."""
 
     @property
     def mask(self) -> torch.Tensor:
@@ -54,15 +60,31 @@ class EventBatch:
 def pad_batch(seqs: EncodedSequences, rows: np.ndarray, aggregates: np.ndarray | None = None) -> EventBatch:
     """Gather `rows` from the flat arrays into one padded EventBatch (vectorised, no per-row loop)."""
     rows = np.asarray(rows, dtype=np.int64)
-    lengths = seqs.lengths[rows]
+    return pad_steps(seqs, rows, seqs.offsets[rows], seqs.offsets[rows + 1], aggregates)
+
+
+def pad_steps(
+    seqs: EncodedSequences,
+    rows: np.ndarray,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    aggregates: np.ndarray | None = None,
+) -> EventBatch:
+    """One padded EventBatch of rows whose steps are [starts, ends) of the flat arrays: whole rows
+    (`pad_batch`), or slices of them (self-supervised views, models/coles.py)."""
+    lengths = (ends - starts).astype(np.int64)
     width = max(int(lengths.max()) if len(rows) else 1, 1)
-    events = slice_events(seqs.offsets, rows)
+    events = ranges(starts, ends)
     row_of = np.repeat(np.arange(len(rows)), lengths)
     step = np.arange(len(events)) - np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     cat = np.zeros((len(rows), width, seqs.cat.shape[1]), dtype=np.int64)
     num = np.zeros((len(rows), width, seqs.num.shape[1]), dtype=np.float32)
     cat[row_of, step] = seqs.cat[events]
     num[row_of, step] = seqs.num[events]
+    tte = np.zeros((len(rows), width), dtype=np.float32)
+    observed = np.zeros((len(rows), width), dtype=np.float32)
+    tte[row_of, step] = seqs.tte[events]
+    observed[row_of, step] = seqs.tte_observed[events]
     agg = aggregates[rows] if aggregates is not None else np.zeros((len(rows), 0), dtype=np.float32)
     return EventBatch(
         cat=torch.from_numpy(cat),
@@ -73,6 +95,9 @@ def pad_batch(seqs: EncodedSequences, rows: np.ndarray, aggregates: np.ndarray |
         aggregates=torch.from_numpy(np.ascontiguousarray(agg, dtype=np.float32)),
         label=torch.from_numpy(seqs.label[rows].astype(np.float32)),
         index=torch.from_numpy(rows),
+        tte=torch.from_numpy(tte),
+        tte_observed=torch.from_numpy(observed),
+        weight=torch.from_numpy(np.ascontiguousarray(seqs.weight[rows], dtype=np.float32)),
     )
 
 

@@ -54,7 +54,7 @@ from churnwatch.features.encode import Allocator, EncodedSequences, SequenceEnco
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bump when the entry layout or the meaning of a stored array changes."""
 
 LOADER_KEYS = frozenset(
@@ -92,6 +92,7 @@ CODE_MODULES = (
     "churnwatch.data.cache",
     "churnwatch.features.encode",
     "churnwatch.features.aggregates",
+    "churnwatch.features.time_to_event",
 )
 """The source files whose code decides what an entry holds: editing any of them invalidates entries."""
 BLOCK = 8 << 20

@@ -37,6 +37,7 @@ INTERNAL_TOKENS = frozenset({MISSING, PAD_TOKEN, OOV_TOKEN, OTHER_TOKEN})
 ESCAPE = "\\"
 
 Policy = Literal["drop", "fail"]
+VISIT_REDUCTIONS = ("sum", "mean", "max", "last")
 _OFFSET_RE = r"(?:[zZ]|\d:\d{2}(?::\d{2}(?:\.\d+)?)?\s*[+-]\d{2}(?::?\d{2})?|\s(?:UTC|GMT|utc|gmt))$"
 """A time with a zone: Z, an offset after the time (+02:00, +0200, +02) or the names UTC/GMT."""
 _NUMERIC_DATE = r"^(\d{1,2})[/.\-](\d{1,2})[/.\-]\d{2,4}(?:\D|$)"
@@ -56,18 +57,25 @@ class NumericField:
     """Value used for nulls. None: a null is invalid (handled by the policy)."""
     transform: Literal["log1p", "none"] = "log1p"
     """`log1p` is signed: sign(x) * log1p(|x|), so heavy-tailed amounts and negative deltas both work."""
+    visit: Literal["sum", "mean", "max", "last"] = "sum"
+    """How a visit's lines combine into the visit's value when events are grouped into visits
+    (`data.visits`): an order's amount is the sum of its lines, a unit price their mean."""
 
     @classmethod
     def parse(cls, spec: str | Mapping[str, Any]) -> NumericField:
         if isinstance(spec, str):
             return cls(name=spec)
-        unknown = set(spec) - {"name", "min", "max", "fill", "transform"}
+        unknown = set(spec) - {"name", "min", "max", "fill", "transform", "visit"}
         if unknown or "name" not in spec:
             raise ConfigError(
                 f"numeric field spec {dict(spec)!r}: needs 'name'; unknown keys: {sorted(unknown)}"
             )
         if spec.get("transform", "log1p") not in ("log1p", "none"):
             raise ConfigError(f"numeric field {spec['name']!r}: transform must be log1p or none")
+        if spec.get("visit", "sum") not in VISIT_REDUCTIONS:
+            raise ConfigError(
+                f"numeric field {spec['name']!r}: visit must be one of {', '.join(VISIT_REDUCTIONS)}"
+            )
         return cls(**{k: spec[k] for k in spec})
 
 
@@ -81,6 +89,9 @@ class EventSchema:
     numeric: tuple[NumericField, ...] = ()
     timezone: str = "UTC"
     timestamp_format: str | None = None
+    visit_key: str | None = None
+    """Column whose value changes from one visit (order, basket, session) to the next (`data.visits.key`):
+    kept beside the event fields so the encoder can group lines into visits."""
 
     @property
     def numeric_names(self) -> tuple[str, ...]:
@@ -102,6 +113,7 @@ class EventSchema:
             ),
             timezone=str(cfg.get("timezone") or "UTC"),
             timestamp_format=cfg.get("timestamp_format"),
+            visit_key=(cfg.get("visits") or {}).get("key"),
         )
         names = [*schema.categorical, *schema.numeric_names]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -780,15 +792,17 @@ def load_events(
     # ids of every row, before the filter: a customer whose rows are all filtered out is still a customer
     unfiltered_ids = _present_ids(normalise_ids(raw[schema.customer_id])) if row_filter else None
     raw = _apply_filter_and_derived(raw, path, row_filter, derived, report)
-    needed = [schema.customer_id, schema.timestamp, *schema.categorical, *schema.numeric_names]
-    roles = (
-        ["customer id"]
-        + ["timestamp"]
+    # the visit key comes right after the time: lines at one time sort by visit, so a visit stays a run
+    key = [schema.visit_key] if schema.visit_key and schema.visit_key not in schema.categorical else []
+    needed = [schema.customer_id, schema.timestamp, *key, *schema.categorical, *schema.numeric_names]
+    options = (
+        ["customer_id", "timestamp"]
+        + ["visits.key"] * len(key)
         + ["categorical"] * len(schema.categorical)
         + ["numeric"] * len(schema.numeric)
     )
-    for col, role in zip(needed, roles, strict=True):
-        _require_columns(raw, [col], path, f"data.{'customer_id' if role == 'customer id' else role}")
+    for col, option in zip(needed, options, strict=True):
+        _require_columns(raw, [col], path, f"data.{option}")
     file_rows = raw.index.to_numpy()
     raw = raw[needed].reset_index(drop=True)
     if len(raw) == 0 and not part:
@@ -816,7 +830,7 @@ def load_events(
         f"are before {pd.Timestamp.min.date()}, the earliest supported time",
     )
     out[TIMESTAMP] = ts.where(~check.bad)
-    for name in schema.categorical:
+    for name in [*key, *schema.categorical]:
         out[name] = _categorical(raw[name])
     for spec in schema.numeric:
         out[spec.name] = _validate_numeric(check, raw[spec.name], spec, spec.name)

@@ -48,6 +48,9 @@ class ChurnDataModule(L.LightningDataModule):
             "n_static_num": len(enc.static_num_names),
             "n_aggregates": len(self.data.train.aggregates.names) if self.cfg.get("use_aggregates") else 0,
             "max_len": enc.max_len,
+            "horizon_days": self.data.plan.horizon_days,
+            # the age feature's log1p statistics: the time-to-event head turns it back into days
+            "age_scale": [float(enc.numeric.mean[-1]), float(enc.numeric.std[-1])],
         }
 
     @property

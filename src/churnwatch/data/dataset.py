@@ -18,6 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from churnwatch.data.contract import (
+    ConfigError,
     CustomerSchema,
     EventSchema,
     JoinReport,
@@ -33,12 +34,14 @@ from churnwatch.data.snapshots import (
     Snapshots,
     build_snapshots,
     customer_subsample,
+    customer_weights,
     holdout_split,
     kfold_splits,
     label_event_mask,
 )
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec, AggregateTable
-from churnwatch.features.encode import Allocator, EncodedSequences, SequenceEncoder
+from churnwatch.features.encode import Allocator, EncodedSequences, SequenceEncoder, VisitSpec
+from churnwatch.features.time_to_event import fill_time_to_event
 
 log = logging.getLogger(__name__)
 DATA_REPORT = "data_report.json"
@@ -238,6 +241,9 @@ def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | 
     if plan.test_cutoff is not None:
         test_snaps = build_snapshots(event_log, [plan.test_cutoff], plan, labels, label_mask, events.data_end)
 
+    weighting = str(cfg.get("sample_weight") or "none")
+    if weighting not in ("none", "customer"):
+        raise ConfigError(f"data.sample_weight must be none or customer, got {weighting!r}")
     vocab = cfg.get("vocab") or {}
     customer_schema = (
         CustomerSchema.from_config(cfg.get("customers")) if customers is not None else CustomerSchema()
@@ -248,6 +254,8 @@ def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | 
         int(cfg.get("max_len", 256)),
         int(vocab.get("min_count", 1)),
         vocab.get("max_size"),
+        VisitSpec.from_config(cfg.get("visits")),
+        cfg.get("max_span_days"),
     )
     encoder.fit(event_log, train_snaps, customers)
     featurizer = AggregateFeaturizer(
@@ -260,11 +268,11 @@ def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | 
 
     def split(name: str, snaps: Snapshots) -> Split:
         alloc = alloc_for(name) if alloc_for is not None else None
-        return Split(
-            snaps,
-            encoder.transform(event_log, snaps, customers, alloc=alloc),
-            featurizer.transform(event_log, snaps, customers),
-        )
+        seqs = encoder.transform(event_log, snaps, customers, alloc=alloc)
+        fill_time_to_event(seqs, encoder, event_log, snaps, plan.horizon_days, label_mask)
+        if name == "train" and weighting == "customer":
+            seqs.weight[:] = customer_weights(snaps)
+        return Split(snaps, seqs, featurizer.transform(event_log, snaps, customers))
 
     return ChurnData(
         event_log,

@@ -15,7 +15,8 @@ from churnwatch.features.encode import EncodedSequences
 
 def device_bytes(seqs: EncodedSequences, aggregates: np.ndarray | None = None) -> int:
     """Device memory the split takes as `DeviceSequenceDataset` (categoricals stay int32)."""
-    arrays = [seqs.offsets, seqs.cat, seqs.num, seqs.static_cat, seqs.static_num, seqs.label]
+    arrays = [seqs.offsets, seqs.cat, seqs.num, seqs.static_cat, seqs.static_num, seqs.label, seqs.tte]
+    arrays.extend([seqs.tte_observed, seqs.weight])
     if aggregates is not None:
         arrays.append(aggregates)
     return int(sum(np.asarray(a).nbytes for a in arrays))
@@ -38,6 +39,9 @@ class DeviceSequenceDataset(Dataset):
         self.static_cat = put(seqs.static_cat, torch.int64)
         self.static_num = put(seqs.static_num, torch.float32)
         self.label = put(seqs.label, torch.float32)
+        self.tte = put(seqs.tte, torch.float32)
+        self.tte_observed = put(seqs.tte_observed, torch.float32)
+        self.weight = put(seqs.weight, torch.float32)
         self.aggregates = put(
             aggregates if aggregates is not None else np.zeros((len(seqs), 0), np.float32), torch.float32
         )
@@ -65,4 +69,7 @@ class DeviceSequenceDataset(Dataset):
             aggregates=self.aggregates[index],
             label=self.label[index],
             index=index,
+            tte=self.tte[position] * real,
+            tte_observed=self.tte_observed[position] * real,
+            weight=self.weight[index],
         )

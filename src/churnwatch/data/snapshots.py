@@ -142,7 +142,6 @@ class SnapshotPlan:
         if explicit:
             train = tuple(sorted(pd.Timestamp(c).normalize() for c in explicit))
         else:
-            n = int(cfg.get("n_snapshots") or 1)
             every = int(cfg.get("snapshot_every_days") or 30)
             last = cfg.get("last_train_cutoff")
             if last is None:
@@ -151,6 +150,17 @@ class SnapshotPlan:
                 last_ts = test - pd.Timedelta(days=horizon)
             else:
                 last_ts = pd.Timestamp(last).normalize()
+            first = cfg.get("first_train_cutoff")
+            if first is not None:  # every `every` days back from the last, as far as the first
+                first_ts = pd.Timestamp(first).normalize()
+                if first_ts > last_ts:
+                    raise ConfigError(
+                        f"data.first_train_cutoff {first_ts.date()} is after the last training cutoff "
+                        f"{last_ts.date()}"
+                    )
+                n = (last_ts - first_ts).days // every + 1
+            else:
+                n = int(cfg.get("n_snapshots") or 1)
             train = tuple(last_ts - pd.Timedelta(days=every * k) for k in reversed(range(n)))
         lookback = cfg.get("lookback_days")
         plan = cls(train, test, horizon, int(lookback) if lookback else None)
@@ -294,6 +304,16 @@ def kfold_splits(snaps: Snapshots, folds: int, seed: int) -> list[tuple[np.ndarr
         is_val = np.isin(snaps.customer, customers[val_pos])
         out.append((np.flatnonzero(~is_val), np.flatnonzero(is_val)))
     return out
+
+
+def customer_weights(snaps: Snapshots) -> np.ndarray:
+    """float32 per row: 1 / (the customer's rows), scaled to mean 1, so that with many cutoffs a customer
+    counts once however many snapshots their long life puts in the training set."""
+    if not len(snaps):
+        return np.ones(0, dtype=np.float32)
+    _, inverse, counts = np.unique(snaps.customer, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    return (w * len(w) / w.sum()).astype(np.float32)
 
 
 def customer_subsample(snaps: Snapshots, fraction: float, seed: int) -> np.ndarray:

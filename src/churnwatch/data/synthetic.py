@@ -774,6 +774,51 @@ def _make_events(
     return cols
 
 
+def _basket_lines(
+    rng: np.random.Generator, events: pd.DataFrame, cat_pref: np.ndarray, mean: float
+) -> pd.DataFrame:
+    """Each purchase as 1 + Poisson(mean) lines at its time, like invoice lines of a real log.
+
+    Why: the encoder groups lines into visits (``data.visits.key``); this gives it a log with a known
+    one-row-per-purchase truth. Every event gets an ``order_id`` (its row in the one-line log), so a
+    purchase's lines share one and other events have their own. The purchase's amount is split in whole
+    cents (every line >= 1 cent, so an order has at most as many lines as cents) and its lines sum to it;
+    the first line keeps the purchase's category, every further line keeps it with probability 0.6 and
+    is otherwise drawn from the customer's category mix.
+    """
+    purchase = (events["event_type"].cat.codes == _PURCHASE).to_numpy()
+    cents = np.round(events["amount"].to_numpy()[purchase] * 100).astype(np.int64)
+    count = np.minimum(1 + rng.poisson(mean, cents.size), cents)
+    lines = np.ones(len(events), dtype=np.int64)
+    lines[purchase] = count
+    row = np.repeat(np.arange(len(events), dtype=np.int64), lines)
+    out = events.iloc[row].reset_index(drop=True)
+    out["order_id"] = row
+    if cents.size == 0:
+        return out
+
+    # amounts: every line 1 cent plus an Exp-weighted share of the rest; rounding leftovers go to line 0
+    at = np.flatnonzero(purchase[row])  # purchase lines, each order's lines contiguous
+    order = np.repeat(np.arange(cents.size), count)
+    opens = np.cumsum(count) - count
+    weight = rng.exponential(1.0, at.size)
+    share = weight / np.add.reduceat(weight, opens)[order]
+    line_cents = 1 + np.floor(share * (cents - count)[order]).astype(np.int64)
+    line_cents[opens] += cents - np.add.reduceat(line_cents, opens)
+    amount = out["amount"].to_numpy().copy()
+    amount[at] = line_cents / 100.0
+    out["amount"] = amount
+
+    # categories: extra lines keep the purchase's category (p 0.6) or draw from the customer's mix
+    extra = at[np.arange(at.size) != np.repeat(opens, count)]
+    redraw = extra[rng.random(extra.size) >= 0.6]
+    codes = out["category"].cat.codes.to_numpy().copy()
+    customer = out["customer_id"].cat.codes.to_numpy()[redraw]
+    codes[redraw] = _sample_rows(rng, _cumulative(cat_pref), customer)
+    out["category"] = _categorical(codes, CATEGORIES)
+    return out
+
+
 # --------------------------------------------------------------------------------------------- public
 
 
@@ -783,15 +828,20 @@ def generate(
     start: str = "2023-01-01",
     end: str = "2024-12-31",
     config: SyntheticConfig | None = None,
+    extra_lines_per_purchase: float | None = None,
 ) -> SyntheticData:
     """Generate a synthetic event log with known churn times and drivers.
 
     Events lie in [start, end) (timestamps >= start and < end), never before a customer's signup and
     never after their churn time. The same ``seed`` (and config) always gives identical frames.
+    ``extra_lines_per_purchase`` > 0 splits each purchase into basket lines with an ``order_id`` (see
+    ``_basket_lines``); 0 or None gives one row per event, exactly as without it.
     """
     cfg = config or SyntheticConfig()
     if n_customers < 1:
         raise ValueError(f"n_customers must be >= 1, got {n_customers}")
+    if extra_lines_per_purchase is not None and not extra_lines_per_purchase >= 0:
+        raise ValueError(f"extra_lines_per_purchase must be >= 0, got {extra_lines_per_purchase}")
     start_ts, end_ts = pd.Timestamp(start), pd.Timestamp(end)
     horizon = (end_ts - start_ts) / pd.Timedelta(days=1)
     if horizon <= cfg.signup_last_gap_days:
@@ -804,6 +854,8 @@ def generate(
     triggers = _plan_churn(rng, st, cfg)
     ids = _customer_ids(n_customers)
     events = _make_events(rng, st, triggers, cfg, start_ts).frame(ids, start_ts)
+    if extra_lines_per_purchase:  # drawn after everything else: the same purchases as one-line output
+        events = _basket_lines(rng, events, st.cat_pref, extra_lines_per_purchase)
 
     def as_time(days: np.ndarray) -> np.ndarray:
         finite = np.isfinite(days)
@@ -853,7 +905,7 @@ _ROW_GROUP_ROWS = 1 << 20
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
-    """One parquet file; categoricals dictionary-encoded, timestamps delta-encoded.
+    """One parquet file; categoricals dictionary-encoded, timestamps and order ids (sorted) delta-encoded.
 
     When ``customer_id`` is a categorical whose codes are sorted (true for all three tables), each
     row group gets a compact dictionary of just its customers. Handing parquet the full million-id
@@ -861,12 +913,12 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
     """
     table = pa.Table.from_pandas(frame, preserve_index=False)
     names = table.column_names
-    encoding = {"timestamp": "DELTA_BINARY_PACKED"} if "timestamp" in names else None
+    encoding = {c: "DELTA_BINARY_PACKED" for c in ("timestamp", "order_id") if c in names} or None
     options = {
         "compression": "zstd",
         "compression_level": 1,
         "column_encoding": encoding,
-        "use_dictionary": [c for c in names if c != "timestamp"],
+        "use_dictionary": [c for c in names if c not in ("timestamp", "order_id")],
     }
     ids = frame["customer_id"] if "customer_id" in names else None
     categorical = ids is not None and isinstance(ids.dtype, pd.CategoricalDtype)

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnwatch.data.contract import OOV_TOKEN, PAD_TOKEN, CustomerSchema, EventSchema, NumericField
+from churnwatch.data.contract import (
+    OOV_TOKEN,
+    PAD_TOKEN,
+    ConfigError,
+    CustomerSchema,
+    EventSchema,
+    NumericField,
+)
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 
 log = logging.getLogger(__name__)
@@ -145,6 +152,67 @@ def _allocate(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 TIME_NUMERIC = (NumericField("gap_days", transform="log1p"), NumericField("age_days", transform="log1p"))
 TIME_CATEGORICAL = {"day_of_week": 7, "hour": 24}
+VISIT_LINES = NumericField("visit_lines", transform="log1p")
+"""With visits, each step also carries how many lines (basket items, page views) the visit had."""
+
+
+@dataclass(frozen=True)
+class VisitSpec:
+    """How event lines group into visits (`data.visits`): a new visit starts at a new customer, a new
+    calendar day, a change of `key` (an order or session id) and, with `gap_minutes`, after a pause longer
+    than that. Neither set: every event is its own step. A visit never spans midnight, so a cutoff (a day)
+    never splits one."""
+
+    key: str | None = None
+    gap_minutes: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.key) or self.gap_minutes is not None
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> VisitSpec:
+        cfg = dict(cfg or {})
+        unknown = set(cfg) - {"key", "gap_minutes"}
+        if unknown:
+            raise ConfigError(f"data.visits: unknown keys {sorted(unknown)} (known: key, gap_minutes)")
+        gap = cfg.get("gap_minutes")
+        if gap is not None and not float(gap) > 0:
+            raise ConfigError(f"data.visits.gap_minutes must be positive, got {gap}")
+        return cls(cfg.get("key") or None, float(gap) if gap is not None else None)
+
+    def state(self) -> dict[str, Any]:
+        return {"key": self.key, "gap_minutes": self.gap_minutes}
+
+    def starts(self, log: EventLog) -> np.ndarray:
+        """bool per log event: it opens a visit."""
+        start = np.ones(len(log), dtype=bool)
+        if len(log) > 1:
+            day = log.ts // DAY_NS
+            new = (log.customer[1:] != log.customer[:-1]) | (day[1:] != day[:-1])
+            if self.key:
+                codes = log.frame[self.key].cat.codes.to_numpy()
+                new |= codes[1:] != codes[:-1]
+            if self.gap_minutes is not None:
+                new |= np.diff(log.ts) > self.gap_minutes * 60 * 10**9
+            start[1:] = new
+        return start
+
+
+@dataclass(frozen=True)
+class Steps:
+    """What a row's sequence is made of: step j covers log events [first[j], stop[j]) (one event, or one
+    visit's lines), and row i's steps are [offsets[i], offsets[i + 1])."""
+
+    offsets: np.ndarray
+    first: np.ndarray
+    stop: np.ndarray
+    gap_days: np.ndarray
+    """Days since the customer's previous step (0 for their first)."""
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
 
 
 @dataclass
@@ -161,6 +229,13 @@ class EncodedSequences:
     label: np.ndarray
     customer_id: np.ndarray
     cutoff: np.ndarray
+    tte: np.ndarray
+    """float32 (events,): days from each step to the customer's next activity, or to where observation
+    stopped (features/time_to_event.py); 0 where no targets were built (scoring)."""
+    tte_observed: np.ndarray
+    """bool (events,): tte ends at an observed activity (else it is censored there)."""
+    weight: np.ndarray
+    """float32 (rows,): the row's weight in the training loss (`data.sample_weight`; 1 elsewhere)."""
 
     def __len__(self) -> int:
         return len(self.label)
@@ -183,6 +258,9 @@ class EncodedSequences:
             self.label[index],
             self.customer_id[index],
             self.cutoff[index],
+            self.tte[ev],
+            self.tte_observed[ev],
+            self.weight[index],
         )
 
 
@@ -214,12 +292,22 @@ class SequenceEncoder:
         max_len: int = 256,
         min_count: int = 1,
         max_vocab: int | None = None,
+        visits: VisitSpec | None = None,
+        max_span_days: float | None = None,
     ):
         self.schema = schema
         self.customer_schema = customer_schema or CustomerSchema()
         self.max_len = int(max_len)
+        """Steps (events, or visits) kept per row: the most recent ones."""
         self.min_count = int(min_count)
         self.max_vocab = max_vocab
+        self.visits = visits or VisitSpec()
+        if self.visits.key and self.visits.key != schema.visit_key:
+            raise ConfigError(f"data.visits.key {self.visits.key!r} is not the schema's visit key")
+        if max_span_days is not None and not float(max_span_days) > 0:
+            raise ConfigError(f"data.max_span_days must be positive, got {max_span_days}")
+        self.max_span_days = float(max_span_days) if max_span_days is not None else None
+        """With it, a row also keeps only the steps of its last `max_span_days` days (at least one)."""
         self.vocabs: dict[str, Vocabulary] = {}
         self.static_vocabs: dict[str, Vocabulary] = {}
         self.numeric: NumericStats | None = None
@@ -237,8 +325,15 @@ class SequenceEncoder:
         ]
 
     @property
+    def _step_numeric(self) -> list[NumericField]:
+        """The numeric inputs of a step: event fields (a visit's reduced over its lines), the visit's line
+        count, then the time features."""
+        lines = [VISIT_LINES] if self.visits.enabled else []
+        return [*self.schema.numeric, *lines, *TIME_NUMERIC]
+
+    @property
     def num_names(self) -> list[str]:
-        return [*self.schema.numeric_names, *(f.name for f in TIME_NUMERIC)]
+        return [f.name for f in self._step_numeric]
 
     @property
     def static_cat_names(self) -> list[str]:
@@ -266,14 +361,20 @@ class SequenceEncoder:
         frame = log.frame
         for name in self.schema.categorical:
             self.vocabs[name] = Vocabulary.fit(frame[name][fit_events], self.min_count, self.max_vocab)
-        # Event fields are fitted on distinct events; time features on what the model sees (per row).
-        event_stats = NumericStats(list(self.schema.numeric)).fit(
-            [frame[n].to_numpy(dtype=np.float64)[fit_events] for n in self.schema.numeric_names]
-        )
-        _, _, gap, age = self._window(log, snaps)
-        time_stats = NumericStats(list(TIME_NUMERIC)).fit([gap, age])
+        steps = self.steps(log, snaps)
+        age = self._age(log, snaps, steps)
+        if self.visits.enabled:  # visit values are fitted on the distinct visits the rows see
+            _, distinct = np.unique(steps.first, return_index=True)
+            event_cols = [c[distinct] for c in self._reduced(log, steps.first, steps.stop)]
+            event_fields = [*self.schema.numeric, VISIT_LINES]
+        else:  # event fields on distinct events
+            event_cols = [frame[n].to_numpy(dtype=np.float64)[fit_events] for n in self.schema.numeric_names]
+            event_fields = list(self.schema.numeric)
+        # time features on what the model sees (per row)
+        event_stats = NumericStats(event_fields).fit(event_cols)
+        time_stats = NumericStats(list(TIME_NUMERIC)).fit([steps.gap_days, age])
         self.numeric = NumericStats(
-            [*self.schema.numeric, *TIME_NUMERIC],
+            self._step_numeric,
             np.concatenate([event_stats.mean, time_stats.mean]),
             np.concatenate([event_stats.std, time_stats.std]),
         )
@@ -285,6 +386,64 @@ class SequenceEncoder:
         )
         return self
 
+    def steps(self, log: EventLog, snaps: Snapshots) -> Steps:
+        """Each row's steps: its last `max_len` events (or visits) before the cutoff, within
+        `max_span_days` of it when set."""
+        start, end = snaps.start, snaps.end
+        if self.max_span_days is not None:
+            since = snaps.cutoff.view(np.int64) - np.int64(round(self.max_span_days * DAY_NS))
+            start = np.minimum(np.maximum(start, _first_at_or_after(log, snaps, since)), end - 1)
+        if not self.visits.enabled:
+            start = np.maximum(start, end - self.max_len)
+            rows = ranges(start, end)
+            offsets = np.concatenate([[0], np.cumsum(end - start)]).astype(np.int64)
+            return Steps(offsets, rows, rows + 1, log.gap_days[rows])
+        opens = self.visits.starts(log)
+        visit_of = np.cumsum(opens) - 1
+        visit_at = np.flatnonzero(opens)
+        visit_end = np.append(visit_at[1:], len(log))
+        v1 = visit_of[end - 1] + 1
+        v0 = np.maximum(visit_of[start], v1 - self.max_len)
+        visits = ranges(v0, v1)
+        counts = v1 - v0
+        first = np.maximum(visit_at[visits], np.repeat(start, counts))
+        stop = np.minimum(visit_end[visits], np.repeat(end, counts))
+        # days since the customer's previous visit (the first line of each)
+        visit_gap = np.zeros(len(visit_at))
+        if len(visit_at) > 1:
+            visit_gap[1:] = np.diff(log.ts[visit_at]) / DAY_NS
+            visit_gap[1:][log.customer[visit_at[1:]] != log.customer[visit_at[:-1]]] = 0.0
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return Steps(offsets, first, stop, visit_gap[visits])
+
+    def _reduced(self, log: EventLog, first: np.ndarray, stop: np.ndarray) -> list[np.ndarray]:
+        """Raw numeric values per step: each field over the step's lines as its `visit` rule says (filled
+        first), then the line count."""
+        lines = ranges(first, stop)
+        count = (stop - first).astype(np.float64)
+        at = np.concatenate([[0], np.cumsum(stop - first)[:-1]]).astype(np.int64)
+        out = []
+        for spec in self.schema.numeric:
+            x = log.frame[spec.name].to_numpy(dtype=np.float64)[lines]
+            if spec.fill is not None:
+                x = np.where(np.isnan(x), spec.fill, x)
+            if not len(first):
+                out.append(np.zeros(0))
+            elif spec.visit == "last":
+                out.append(x[at + count.astype(np.int64) - 1])
+            elif spec.visit == "max":
+                out.append(np.maximum.reduceat(x, at))
+            else:
+                total = np.add.reduceat(x, at)
+                out.append(total / count if spec.visit == "mean" else total)
+        out.append(count)
+        return out
+
+    def _age(self, log: EventLog, snaps: Snapshots, steps: Steps) -> np.ndarray:
+        """Days from each step to its row's cutoff."""
+        cutoff = np.repeat(snaps.cutoff.view(np.int64), steps.lengths)
+        return (cutoff - log.ts[steps.first]) / DAY_NS
+
     def transform(
         self,
         log: EventLog,
@@ -293,40 +452,49 @@ class SequenceEncoder:
         chunk_events: int = 1_000_000,
         alloc: Allocator | None = None,
     ) -> EncodedSequences:
-        """Encode each snapshot row's last `max_len` events before its cutoff.
+        """Encode each snapshot row's steps (`steps`): its last `max_len` events or visits before its cutoff.
 
-        Works through the rows in chunks of about `chunk_events` events, writing into preallocated
+        Works through the rows in chunks of about `chunk_events` steps, writing into preallocated
         outputs, so temporary memory stays bounded however large the log is. `alloc(name, shape, dtype)`
-        provides the per-event outputs ("cat", "num"); the encoded-snapshot cache passes memory-mapped
-        files, so encoding a log larger than RAM never holds its encoding in memory.
+        provides the per-step outputs ("cat", "num"); the encoded-snapshot cache passes memory-mapped
+        files, so encoding a log larger than RAM never holds its encoding in memory. The time-to-event
+        targets are zero here (features/time_to_event.py fills them for training).
         """
         if not self.is_fitted:
             raise RuntimeError("SequenceEncoder.transform called before fit")
-        start = np.maximum(snaps.start, snaps.end - self.max_len)
-        offsets = np.concatenate([[0], np.cumsum(snaps.end - start)]).astype(np.int64)
+        steps = self.steps(log, snaps)
+        offsets = steps.offsets
+        total = int(offsets[-1])
         frame = log.frame
         n_fields = len(self.schema.categorical)
         alloc = alloc or _allocate
-        cat = alloc("cat", (int(offsets[-1]), n_fields + len(TIME_CATEGORICAL)), np.dtype(np.int32))
-        num = alloc("num", (int(offsets[-1]), len(self.num_names)), np.dtype(np.float32))
+        cat = alloc("cat", (total, n_fields + len(TIME_CATEGORICAL)), np.dtype(np.int32))
+        num = alloc("num", (total, len(self.num_names)), np.dtype(np.float32))
         tables, codes = {}, {}
         for name in self.schema.categorical:
             tables[name], codes[name] = self.vocabs[name].table(frame[name])
         numeric = [frame[n].to_numpy(dtype=np.float64) for n in self.schema.numeric_names]
-        cuts = np.searchsorted(offsets, np.arange(chunk_events, offsets[-1], chunk_events))
+        age = self._age(log, snaps, steps)
+        cuts = np.searchsorted(offsets, np.arange(chunk_events, total, chunk_events))
         bounds = np.unique(np.concatenate([[0], cuts, [len(snaps)]]))
         for r0, r1 in zip(bounds[:-1], bounds[1:], strict=True):
             out = slice(offsets[r0], offsets[r1])
-            rows = ranges(start[r0:r1], snaps.end[r0:r1])
+            first, stop = steps.first[out], steps.stop[out]
             for j, name in enumerate(self.schema.categorical):
-                cat[out, j] = tables[name][codes[name][rows]]
-            ts = log.ts[rows]
-            # Day of week and hour of the event's wall-clock time: 1-based, 0 stays padding.
+                if self.visits.enabled:
+                    cat[out, j] = _mode(tables[name][codes[name][ranges(first, stop)]], stop - first)
+                else:
+                    cat[out, j] = tables[name][codes[name][first]]
+            ts = log.ts[first]
+            # Day of week and hour of the step's wall-clock time: 1-based, 0 stays padding.
             days = ts // DAY_NS
             cat[out, n_fields] = (days + 3) % 7 + 1  # 1970-01-01 was a Thursday (Monday = 1)
             cat[out, n_fields + 1] = (ts - days * DAY_NS) // (3600 * 10**9) + 1
-            age = (np.repeat(snaps.cutoff[r0:r1].view(np.int64), np.diff(offsets[r0 : r1 + 1])) - ts) / DAY_NS
-            num[out] = self.numeric.transform([*(col[rows] for col in numeric), log.gap_days[rows], age])
+            if self.visits.enabled:
+                values = self._reduced(log, first, stop)
+            else:
+                values = [col[first] for col in numeric]
+            num[out] = self.numeric.transform([*values, steps.gap_days[out], age[out]])
         static = self._static_frame(log, snaps, customers)
         static_cat = np.zeros((len(snaps), len(self.static_cat_names)), dtype=np.int32)
         for j, name in enumerate(self.static_cat_names):
@@ -343,15 +511,10 @@ class SequenceEncoder:
             snaps.label.astype(np.float32),
             snaps.customer_ids(log),
             snaps.cutoff,
+            _zeros(alloc, "tte", total, np.float32),
+            _zeros(alloc, "tte_observed", total, np.bool_),
+            np.ones(len(snaps), dtype=np.float32),
         )
-
-    def _window(self, log: EventLog, snaps: Snapshots) -> tuple[np.ndarray, ...]:
-        """Per row: kept length; flat event indices of the last `max_len` events; gap and age in days."""
-        start = np.maximum(snaps.start, snaps.end - self.max_len)
-        lengths = snaps.end - start
-        rows = ranges(start, snaps.end)
-        age = (np.repeat(snaps.cutoff.view(np.int64), lengths) - log.ts[rows]) / DAY_NS
-        return lengths, rows, log.gap_days[rows], age
 
     # -- static attributes ----------------------------------------------------------------------------------
     def _static_num_fields(self) -> list[NumericField]:
@@ -389,13 +552,23 @@ class SequenceEncoder:
             "static_vocabs": {k: v.tokens for k, v in self.static_vocabs.items()},
             "numeric": self.numeric.state() if self.numeric else None,
             "static_numeric": self.static_numeric.state() if self.static_numeric else None,
+            "visits": self.visits.state(),
+            "max_span_days": self.max_span_days,
         }
 
     @classmethod
     def from_state(
         cls, state: Mapping[str, Any], schema: EventSchema, customer_schema: CustomerSchema | None = None
     ) -> SequenceEncoder:
-        enc = cls(schema, customer_schema, state["max_len"], state["min_count"], state["max_vocab"])
+        enc = cls(
+            schema,
+            customer_schema,
+            state["max_len"],
+            state["min_count"],
+            state["max_vocab"],
+            VisitSpec.from_config(state.get("visits")),
+            state.get("max_span_days"),
+        )
         enc.vocabs = {k: Vocabulary(list(v)) for k, v in state["vocabs"].items()}
         enc.static_vocabs = {k: Vocabulary(list(v)) for k, v in state["static_vocabs"].items()}
         enc.numeric = NumericStats.from_state(state["numeric"])
@@ -409,3 +582,33 @@ def history_mask(n_events: int, starts: np.ndarray, ends: np.ndarray) -> np.ndar
     np.add.at(marks, starts, 1)
     np.add.at(marks, ends, -1)
     return np.cumsum(marks[:-1]) > 0
+
+
+def _zeros(alloc: Allocator, name: str, n: int, dtype: type) -> np.ndarray:
+    out = alloc(name, (n,), np.dtype(dtype))
+    out[:] = 0
+    return out
+
+
+def _first_at_or_after(log: EventLog, snaps: Snapshots, when_ns: np.ndarray) -> np.ndarray:
+    """Per row, the first log index of its customer with a time at or after `when_ns` (its end if none):
+    one binary search over (customer, time), which the log is sorted by."""
+    base = np.int64(log.ts.min()) if len(log) else np.int64(0)
+    key = log.customer.astype(np.int64) * (1 << 32) + (log.ts - base) // 10**9
+    seconds = np.maximum((when_ns - base + 10**9 - 1) // 10**9, 0)  # rounded up: at or after
+    wanted = snaps.customer.astype(np.int64) * (1 << 32) + seconds
+    return np.searchsorted(key, wanted, side="left")
+
+
+def _mode(ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The most frequent id in each consecutive group of `counts` ids (ties: the smallest id, i.e. the
+    most frequent token overall, as vocabularies rank them)."""
+    if not len(counts):
+        return np.zeros(0, dtype=np.int32)
+    group = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    width = np.int64(int(ids.max()) + 1)
+    pairs, n = np.unique(group * width + ids, return_counts=True)
+    owner = pairs // width
+    best = np.lexsort((pairs % width, -n, owner))  # by group, then count (desc), then id
+    keep = best[np.r_[True, owner[best][1:] != owner[best][:-1]]]
+    return (pairs[keep] % width).astype(np.int32)

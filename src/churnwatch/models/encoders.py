@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -87,16 +88,20 @@ class TimeEncoding(nn.Module):
         self.rank = nn.Embedding(max_len, d_model)
         self.max_len = max_len
 
-    def forward(self, time: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, time: Tensor, lengths: Tensor, causal: bool = False) -> Tensor:
         angles = time.unsqueeze(-1) * self.freqs  # (B, L, n_time, n_freq)
         feats = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1).flatten(2)
         steps = torch.arange(time.shape[1], device=time.device)
-        rank = (lengths.unsqueeze(1) - 1 - steps.unsqueeze(0)).clamp(0, self.max_len - 1)
+        if causal:  # the rank from the end would tell a step how many follow it
+            rank = steps.unsqueeze(0).expand(time.shape[0], -1).clamp(0, self.max_len - 1)
+        else:
+            rank = (lengths.unsqueeze(1) - 1 - steps.unsqueeze(0)).clamp(0, self.max_len - 1)
         return self.proj(feats) + self.rank(rank)
 
 
 class TransformerEncoder(nn.Module):
-    """Pre-norm transformer encoder with a padding mask and a time-aware position encoding."""
+    """Pre-norm transformer encoder with a padding mask and a time-aware position encoding; `causal`: each
+    step attends to itself and earlier steps only (what a per-step time-to-event head needs)."""
 
     def __init__(
         self,
@@ -107,8 +112,10 @@ class TransformerEncoder(nn.Module):
         ff_mult: int = 4,
         dropout: float = 0.1,
         max_len: int = 4096,
+        causal: bool = False,
     ):
         super().__init__()
+        self.causal = causal
         self.time = TimeEncoding(n_time, d_model, max_len=max_len)
         layer = nn.TransformerEncoderLayer(
             d_model, n_heads, ff_mult * d_model, dropout, batch_first=True, norm_first=True, activation="gelu"
@@ -119,7 +126,13 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, time: Tensor) -> Tensor:
         lengths = mask.sum(dim=1)
-        h = self.encoder(x + self.time(time, lengths), src_key_padding_mask=~mask)
+        x = x + self.time(time, lengths, self.causal)
+        if self.causal:
+            n = x.shape[1]
+            future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
+            h = self.encoder(x, mask=future, src_key_padding_mask=~mask)
+        else:
+            h = self.encoder(x, src_key_padding_mask=~mask)
         return self.norm(h)
 
 
@@ -145,8 +158,77 @@ class Pooling(nn.Module):
         return (torch.softmax(scores.float(), dim=1).to(h.dtype).unsqueeze(-1) * h).sum(dim=1)
 
 
+class HazardHead(nn.Module):
+    """Per step, a piecewise-constant hazard of the next activity over day bins [edges[k], edges[k+1])
+    (the last bin open-ended): a piecewise-exponential time-to-event model, continuous in time, so the
+    probability of no activity over any span follows from the cumulative hazard."""
+
+    def __init__(self, dim: int, edges: list[float]):
+        super().__init__()
+        if len(edges) < 2 or edges[0] != 0 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+            raise ValueError(f"tte.bins must start at 0 and increase, got {edges}")
+        self.proj = nn.Linear(dim, len(edges))
+        nn.init.zeros_(self.proj.weight)
+        nn.init.constant_(self.proj.bias, math.log(math.expm1(1.0 / 30)))  # about one activity a month
+        self.register_buffer("edges", torch.tensor(edges, dtype=torch.float32))
+        widths = [b - a for a, b in zip(edges, edges[1:], strict=False)] + [1e9]
+        self.register_buffer("widths", torch.tensor(widths, dtype=torch.float32))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Rates per day (..., n_bins)."""
+        return F.softplus(self.proj(h).float()) + 1e-6
+
+    def cumulative(self, rates: Tensor, t: Tensor) -> Tensor:
+        """Cumulative hazard up to `t` days (rates (..., K), t (...))."""
+        exposure = (t.unsqueeze(-1) - self.edges).clamp(min=0.0)
+        return (rates * torch.minimum(exposure, self.widths)).sum(-1)
+
+    def bin_rate(self, rates: Tensor, t: Tensor) -> Tensor:
+        """The rate in force at `t` days."""
+        k = torch.bucketize(t.contiguous(), self.edges, right=True) - 1
+        return rates.gather(-1, k.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+
+    def nll(self, rates: Tensor, t: Tensor, observed: Tensor, mask: Tensor) -> Tensor:
+        """Mean negative log-likelihood over real steps: log λ(t) - Λ(t) if observed, -Λ(t) if censored."""
+        ll = observed * torch.log(self.bin_rate(rates, t)) - self.cumulative(rates, t)
+        weights = mask.to(ll.dtype)
+        return -(ll * weights).sum() / weights.sum().clamp_min(1.0)
+
+    def survival(self, rates: Tensor, since: Tensor, horizons: Tensor) -> Tensor:
+        """P(no activity within each horizon (H,) after `since` days without one): (B, H)."""
+        start = self.cumulative(rates, since)
+        later = self.cumulative(rates.unsqueeze(1), since.unsqueeze(1) + horizons.unsqueeze(0))
+        return torch.exp(start.unsqueeze(1) - later)
+
+    def expected_count(self, rates: Tensor, since: Tensor, days: int) -> Tensor:
+        """Expected activities within `days` days after `since` days without one: a renewal process whose
+        first wait is the hazard conditioned on the quiet `since` days, and whose later waits follow the
+        same hazard from zero (the customer keeps their current rhythm). On a daily grid: the renewal
+        density u = g + u * f (g, f: the first and later waits' daily probabilities), summed. (B,)"""
+        grid = torch.arange(days + 1, device=rates.device, dtype=torch.float32)
+        first = self.survival(rates, since, grid)  # (B, days + 1): P(no activity by day k)
+        later = self.survival(rates, torch.zeros_like(since), grid)
+        g = first[:, :-1] - first[:, 1:]  # P(first activity in day k), k < days
+        f = later[:, :-1] - later[:, 1:]
+        u = torch.zeros_like(g)
+        scale = 1.0 / (1.0 - f[:, 0]).clamp(min=1e-6)  # a repeat on the same day
+        for k in range(days):
+            acc = g[:, k]
+            if k > 0:
+                acc = acc + (u[:, :k] * f[:, 1 : k + 1].flip(1)).sum(1)
+            u[:, k] = acc * scale
+        return u.sum(1)
+
+
 class ChurnNet(nn.Module):
-    """Event encoder → sequence encoder → pooling, fused with static (and aggregate) features → logit."""
+    """Event encoder → sequence encoder → pooling, fused with static (and aggregate) features → logit.
+
+    With `tte_bins` a hazard head reads every step too (dense time-to-event supervision). Then each step
+    must see only its past: the steps' age (days to the cutoff) is hidden from the sequence, since it would
+    bound the time to the next step, and the last step's age (the recency) goes to the churn head instead;
+    the transformer attends causally. `tte_only`: the churn logit is P(no activity within
+    `horizon_days` after the cutoff) from the last step's hazard, with no separate churn head.
+    """
 
     def __init__(
         self,
@@ -165,14 +247,29 @@ class ChurnNet(nn.Module):
         pooling: str = "last",
         head_hidden: int = 64,
         max_len: int = 4096,
+        tte_bins: list[float] | None = None,
+        tte_only: bool = False,
+        horizon_days: float = 0.0,
+        age_scale: tuple[float, float] = (0.0, 1.0),
     ):
         super().__init__()
+        self.has_hazard = tte_bins is not None
+        if tte_only and not self.has_hazard:
+            raise ValueError("tte_only needs tte_bins")
+        if tte_only and not horizon_days > 0:
+            raise ValueError(f"tte_only needs a positive horizon_days, got {horizon_days}")
+        if tte_only and n_aggregates:
+            raise ValueError(
+                "model.tte.only reads the event sequence alone: with aggregate features (the hybrid) use "
+                "model.tte.weight > 0 instead"
+            )
+        self.tte_only = tte_only
         self.events = EventEncoder(cat_cardinalities, n_num, d_model, dropout)
         if encoder in ("lstm", "gru"):
             self.sequence = RNNEncoder(encoder, d_model, hidden, num_layers, dropout)
         elif encoder == "transformer":
             self.sequence = TransformerEncoder(
-                d_model, len(time_index), num_layers, n_heads, 4, dropout, max_len
+                d_model, len(time_index), num_layers, n_heads, 4, dropout, max_len, causal=self.has_hazard
             )
         else:
             raise ValueError(f"encoder must be lstm, gru or transformer, got {encoder!r}")
@@ -181,13 +278,30 @@ class ChurnNet(nn.Module):
             [nn.Embedding(c, embedding_dim(c, 16)) for c in static_cat_cardinalities]
         )
         static_dim = sum(embedding_dim(c, 16) for c in static_cat_cardinalities) + n_static_num + n_aggregates
-        self.head = nn.Sequential(
-            nn.Linear(self.sequence.out_dim + static_dim, head_hidden),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(head_hidden, 1),
+        recency_dim = 1 if self.has_hazard else 0
+        # hazard only: no churn head (DDP rejects parameters that never receive a gradient)
+        self.head = (
+            nn.Identity()
+            if tte_only
+            else nn.Sequential(
+                nn.Linear(self.sequence.out_dim + static_dim + recency_dim, head_hidden),
+                nn.ReLU(),
+                nn.Dropout(dropout),
+                nn.Linear(head_hidden, 1),
+            )
         )
+        # None compiles away: TorchScript drops the branches under `self.hazard is not None`
+        self.hazard = HazardHead(self.sequence.out_dim, list(tte_bins)) if tte_bins is not None else None
         self.register_buffer("time_index", torch.tensor(time_index, dtype=torch.long))
+        # the age feature is the last time input (features/encode.py TIME_NUMERIC: gap, then age)
+        self.age_index = int(time_index[-1]) if time_index else 0
+        keep = torch.ones(n_num)
+        if self.has_hazard and n_num:
+            keep[self.age_index] = 0.0
+        self.register_buffer("keep_num", keep)
+        # standardised log1p age → days: days = expm1(z * std + mean)
+        self.register_buffer("age_scale", torch.tensor([float(age_scale[0]), float(age_scale[1])]))
+        self.register_buffer("horizon", torch.tensor([float(horizon_days)]))
 
     @torch.jit.export
     def embed(self, cat: Tensor, static_cat: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -209,6 +323,45 @@ class ChurnNet(nn.Module):
             static.append(emb.weight.mean(dim=0))
         return events, static
 
+    def _steps(self, embedded: list[Tensor], num: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-step states (B, L, dim), the padding mask, and the last step's standardised age."""
+        steps = torch.arange(num.shape[1], device=num.device)
+        mask = steps.unsqueeze(0) < lengths.unsqueeze(1)
+        last = num[torch.arange(num.shape[0], device=num.device), lengths - 1]
+        recency = last[:, self.age_index] if self.has_hazard else last[:, :0].sum(-1)
+        if self.has_hazard:
+            num = num * self.keep_num
+        x = self.events.from_embedded(embedded, num)
+        time = num.index_select(2, self.time_index)
+        return self.sequence(x, mask, time), mask, recency
+
+    def _recency_days(self, recency: Tensor) -> Tensor:
+        return torch.expm1(recency.float() * self.age_scale[1] + self.age_scale[0]).clamp(min=0.0)
+
+    def _logit(
+        self,
+        h: Tensor,
+        mask: Tensor,
+        lengths: Tensor,
+        recency: Tensor,
+        static_embedded: list[Tensor],
+        static_num: Tensor,
+        aggregates: Tensor,
+    ) -> Tensor:
+        hazard = self.hazard
+        if hazard is not None and self.tte_only:
+            last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+            p = hazard.survival(hazard(last), self._recency_days(recency), self.horizon)[:, 0]
+            p = p.clamp(1e-6, 1.0 - 1e-6)
+            return (torch.log(p) - torch.log1p(-p)).to(h.dtype)
+        parts = [self.pool(h, mask)]
+        parts.extend(static_embedded)
+        parts.append(static_num)
+        parts.append(aggregates)
+        if self.has_hazard:
+            parts.append(recency.unsqueeze(1).to(h.dtype))
+        return self.head(torch.cat(parts, dim=1)).squeeze(-1)
+
     @torch.jit.export
     def logit_from_embedded(
         self,
@@ -220,15 +373,70 @@ class ChurnNet(nn.Module):
         aggregates: Tensor,
     ) -> Tensor:
         """The logit from embedded inputs: forward() without the lookups, differentiable in every input."""
-        steps = torch.arange(num.shape[1], device=num.device)
-        mask = steps.unsqueeze(0) < lengths.unsqueeze(1)
-        x = self.events.from_embedded(embedded, num)
-        time = num.index_select(2, self.time_index)
-        parts = [self.pool(self.sequence(x, mask, time), mask)]
-        parts.extend(static_embedded)
-        parts.append(static_num)
-        parts.append(aggregates)
-        return self.head(torch.cat(parts, dim=1)).squeeze(-1)
+        h, mask, recency = self._steps(embedded, num, lengths)
+        return self._logit(h, mask, lengths, recency, static_embedded, static_num, aggregates)
+
+    @torch.jit.export
+    def logit_and_hazard(
+        self,
+        cat: Tensor,
+        num: Tensor,
+        lengths: Tensor,
+        static_cat: Tensor,
+        static_num: Tensor,
+        aggregates: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """The churn logit and every step's hazard rates (B, L, bins), from one pass (training)."""
+        embedded, static_embedded = self.embed(cat, static_cat)
+        h, mask, recency = self._steps(embedded, num, lengths)
+        logit = self._logit(h, mask, lengths, recency, static_embedded, static_num, aggregates)
+        hazard = self.hazard
+        if hazard is None:
+            return logit, h[:, :, :0]
+        return logit, hazard(h)
+
+    @torch.jit.export
+    def survival(
+        self,
+        cat: Tensor,
+        num: Tensor,
+        lengths: Tensor,
+        static_cat: Tensor,
+        static_num: Tensor,
+        aggregates: Tensor,
+        horizons: Tensor,
+    ) -> Tensor:
+        """P(no activity within each of `horizons` days after the cutoff) from the hazard head: (B, H)."""
+        hazard = self.hazard
+        if hazard is None:
+            raise RuntimeError("this network has no time-to-event head (model.tte)")
+        embedded, _ = self.embed(cat, static_cat)
+        h, _, recency = self._steps(embedded, num, lengths)
+        last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+        return hazard.survival(hazard(last), self._recency_days(recency), horizons.float())
+
+    @torch.jit.export
+    def demand(
+        self,
+        cat: Tensor,
+        num: Tensor,
+        lengths: Tensor,
+        static_cat: Tensor,
+        static_num: Tensor,
+        aggregates: Tensor,
+        days: int,
+    ) -> Tensor:
+        """The demand forecast from the hazard head, (B, 2): expected activities (purchases, visits) within
+        `days` days after the cutoff (HazardHead.expected_count) and the probability of at least one."""
+        hazard = self.hazard
+        if hazard is None:
+            raise RuntimeError("this network has no time-to-event head (model.tte)")
+        embedded, _ = self.embed(cat, static_cat)
+        h, _, recency = self._steps(embedded, num, lengths)
+        last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+        rates, since = hazard(last), self._recency_days(recency)
+        quiet = hazard.survival(rates, since, torch.full((1,), float(days), device=h.device))[:, 0]
+        return torch.stack([hazard.expected_count(rates, since, days), 1.0 - quiet], dim=1)
 
     def forward(
         self,

@@ -30,13 +30,19 @@ from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 NONFINITE = {"action": "fail", "max_skipped_fraction": 0.01}
+TTE = {"weight": 0.0, "only": False, "bins": [0, 1, 3, 7, 14, 21, 30, 45, 60, 90, 120, 180, 270, 365]}
+"""The time-to-event head: off (weight 0, not only), multi-task (weight > 0) or alone (only)."""
 
 
-def focal_loss(logits: Tensor, target: Tensor, gamma: float, alpha: float) -> Tensor:
+def focal_loss(
+    logits: Tensor, target: Tensor, gamma: float, alpha: float, row_weight: Tensor | None = None
+) -> Tensor:
     """Binary focal loss (Lin et al. 2017): down-weights easy examples; alpha weighs the positive class."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     p_t = torch.exp(-bce)
     weight = alpha * target + (1 - alpha) * (1 - target)
+    if row_weight is not None:
+        weight = weight * row_weight
     return (weight * (1 - p_t) ** gamma * bce).mean()
 
 
@@ -54,9 +60,14 @@ class ChurnModule(L.LightningModule):
         pos_rate: float = 0.5,
         calibration: str = "temperature",
         nonfinite: Mapping[str, Any] | None = None,
+        tte: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.tte = {**TTE, **dict(tte or {})}
+        if float(self.tte["weight"]) < 0:
+            raise ValueError(f"model.tte.weight must be >= 0, got {self.tte['weight']}")
+        dense = float(self.tte["weight"]) > 0 or bool(self.tte["only"])
         self.net = ChurnNet(
             cat_cardinalities=list(features["cat_cardinalities"]),
             n_num=int(features["n_num"]),
@@ -65,6 +76,10 @@ class ChurnModule(L.LightningModule):
             n_static_num=int(features["n_static_num"]),
             n_aggregates=int(features.get("n_aggregates", 0)),
             max_len=int(features.get("max_len", 4096)),
+            tte_bins=[float(b) for b in self.tte["bins"]] if dense else None,
+            tte_only=bool(self.tte["only"]),
+            horizon_days=float(features.get("horizon_days", 0.0)),
+            age_scale=tuple(features.get("age_scale", (0.0, 1.0))),
             **dict(net),
         )
         self.loss_cfg = {
@@ -109,6 +124,7 @@ class ChurnModule(L.LightningModule):
         # point can be chosen on them and they are judged by `evaluate`, exactly like the baselines.
         self.train_metrics = ranking_metrics()
         self.losses = torch.nn.ModuleDict({f"{s}_": MeanMetric() for s in STAGES})
+        self.tte_losses = torch.nn.ModuleDict({f"{s}_": MeanMetric() for s in STAGES})
         self.probs = torch.nn.ModuleDict({f"{s}_": CatMetric() for s in ("val", "test")})
         self.targets = torch.nn.ModuleDict({f"{s}_": CatMetric() for s in ("val", "test")})
         # float64 holds row numbers exactly (float32 would not past 2**24)
@@ -125,15 +141,19 @@ class ChurnModule(L.LightningModule):
             batch.cat, batch.num, batch.lengths, batch.static_cat, batch.static_num, batch.aggregates
         )
 
-    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+    def loss(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """The churn loss, each row weighted by `weight` (data.sample_weight; mean 1 over training rows)."""
         if self.loss_cfg["kind"] == "focal":
             return focal_loss(
                 logits.float(),
                 target,
                 float(self.loss_cfg["focal_gamma"]),
                 float(self.loss_cfg["focal_alpha"]),
+                weight,
             )
-        return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self.pos_weight)
+        return F.binary_cross_entropy_with_logits(
+            logits.float(), target, weight=weight, pos_weight=self.pos_weight
+        )
 
     def _describe(self, batch: EventBatch, stage: str, logits: Tensor, loss: Tensor) -> str:
         """Where a non-finite loss came from: stage, epoch, global step and customers (ids from the
@@ -174,15 +194,32 @@ class ChurnModule(L.LightningModule):
             )
         log.warning("%s: batch skipped (model.nonfinite.action=skip, %d so far)", where, self.skipped_batches)
 
+    def _objective(self, batch: EventBatch) -> tuple[Tensor, Tensor]:
+        """Churn logits and the loss: the churn loss, plus `tte.weight` × the hazard's negative
+        log-likelihood over every step (multi-task), or that alone (`tte.only`)."""
+        hazard = self.net.hazard
+        if hazard is None:
+            logits = self(batch)
+            return logits, self.loss(logits, batch.label, batch.weight)
+        logits, rates = self.net.logit_and_hazard(
+            batch.cat, batch.num, batch.lengths, batch.static_cat, batch.static_num, batch.aggregates
+        )
+        nll = hazard.nll(rates, batch.tte, batch.tte_observed, batch.mask * batch.weight.unsqueeze(1))
+        self._tte_nll = nll.detach()
+        if self.tte["only"]:
+            return logits, nll
+        return logits, self.loss(logits, batch.label, batch.weight) + float(self.tte["weight"]) * nll
+
     def _step(self, batch: EventBatch, stage: str) -> Tensor | None:
         """The batch's loss, with its metrics updated; None for a skipped training batch."""
-        logits = self(batch)
-        loss = self.loss(logits, batch.label)
+        logits, loss = self._objective(batch)
         if not torch.isfinite(loss):
             self._nonfinite(batch, stage, logits, loss)
             return None
         probs = torch.sigmoid(logits.detach().float())
         self.losses[f"{stage}_"].update(loss.detach(), weight=len(batch))
+        if self.net.hazard is not None:
+            self.tte_losses[f"{stage}_"].update(self._tte_nll, weight=int(batch.mask.sum()))
         if stage == "train":
             self.train_metrics.update(probs, batch.label.int())
         else:
@@ -207,6 +244,9 @@ class ChurnModule(L.LightningModule):
     def _log_epoch(self, stage: str, values: dict[str, float | Tensor]) -> dict[str, float]:
         values[f"{stage}/loss"] = self.losses[f"{stage}_"].compute()
         self.losses[f"{stage}_"].reset()
+        if self.net.hazard is not None:  # per step: comparable across horizons and weights
+            values[f"{stage}/tte_nll"] = self.tte_losses[f"{stage}_"].compute()
+            self.tte_losses[f"{stage}_"].reset()
         # values come from torchmetrics, already synced across ranks; sync_dist only averages equal numbers
         self.log_dict(values, prog_bar=False, sync_dist=True)
         return {k: float(v) for k, v in values.items()}
@@ -258,7 +298,8 @@ class ChurnModule(L.LightningModule):
 
     def prior_shift(self) -> float:
         """Log-odds the class weight adds to the logit (focal loss: no closed form, none assumed)."""
-        return math.log(float(self.pos_weight)) if self.loss_cfg["kind"] == "bce" else 0.0
+        weighted = self.loss_cfg["kind"] == "bce" and not self.tte["only"]  # the hazard has no class weight
+        return math.log(float(self.pos_weight)) if weighted else 0.0
 
     def _evaluate(self, stage: str) -> dict[str, float]:
         """All metrics of the stage's calibrated predictions; on validation, first fit the calibration and
@@ -286,7 +327,7 @@ class ChurnModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:  # a few batches only: no operating point, no metrics
-            for metric in (self.probs, self.targets, self.rows, self.losses):
+            for metric in (self.probs, self.targets, self.rows, self.losses, self.tte_losses):
                 metric["val_"].reset()
             return
         self._log_epoch("val", self._evaluate("val"))

@@ -4,8 +4,11 @@
 Linear models and naive Bayes see signed-log1p, standardised numbers and one-hot static categories; trees
 see raw values (LightGBM with the static categories as categorical features). Models without
 probabilities (the linear SVM) are calibrated with Platt scaling inside cross-validation on training data.
-`btyd` is the classical BG/NBD yardstick (models/btyd.py): fitted without labels on the purchase history
-columns only (occasions, recency, first purchase), it predicts P(no purchase within data.horizon_days).
+`btyd` is the classical BTYD yardstick (models/btyd/: BG/NBD or Pareto/NBD): fitted without labels on the
+purchase history columns only (occasions, recency, first purchase), on the training rows or on the scored
+rows themselves (`fit_on`), it predicts P(no purchase within data.horizon_days).
+With `export: true` the run writes model.pt as a network run does: the fitted estimator as TorchScript
+(models/scripted.py) with its calibration, scored by `churnwatch score` from raw events like any model.
 """
 
 from __future__ import annotations
@@ -42,13 +45,16 @@ from churnwatch.calibration import Calibrator, expected_calibration_error, logit
 from churnwatch.data.datamodule import ChurnDataModule
 from churnwatch.drivers import IndicatorCatalogue, sum_by_owner
 from churnwatch.evaluation import evaluate
+from churnwatch.export import TabularProbabilityModel, export_tabular, run_record, tabular_attribution
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.features.encode import signed_log1p
 from churnwatch.insights import Segments, write_insights
 from churnwatch.models.btyd import BTYDClassifier
 from churnwatch.models.importance import importance_table, plot_importance
+from churnwatch.models.scripted import NotScriptable, script_estimator
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.predictions import write_predictions
+from churnwatch.signing import load_signing_key
 from churnwatch.trackers import instantiate_loggers, log_artifacts, log_run
 from churnwatch.training import calibration_method, record_run, threshold_config, write_run_summary
 
@@ -98,12 +104,25 @@ def build_estimator(name: str, params: Mapping[str, Any], table: AggregateTable,
     raise ValueError(f"model.estimator must be one of {ESTIMATORS}, got {name!r}")
 
 
-def _fit(estimator: BaseEstimator, name: str, x: np.ndarray, y: np.ndarray, table: AggregateTable) -> None:
+def _fit(
+    estimator: BaseEstimator,
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    table: AggregateTable,
+    weight: np.ndarray | None = None,
+) -> None:
+    """Fit with each row's weight (`data.sample_weight`; BTYD fits no labels and takes none)."""
+    weighted = weight is not None and not np.all(weight == 1) and name != "btyd"
+    if isinstance(estimator, Pipeline):
+        extra = {f"{estimator.steps[-1][0]}__sample_weight": weight} if weighted else {}
+    else:
+        extra = {"sample_weight": weight} if weighted else {}
     if name == "lightgbm":
         cat = [table.names.index(c) for c in table.categorical]
-        estimator.fit(x, y, categorical_feature=cat or "auto")
+        estimator.fit(x, y, categorical_feature=cat or "auto", **extra)
     else:
-        estimator.fit(x, y)
+        estimator.fit(x, y, **extra)
 
 
 def contributions(estimator: BaseEstimator, name: str, x: np.ndarray, train_x: np.ndarray) -> np.ndarray:
@@ -166,10 +185,11 @@ def _path_contributions(tree: DecisionTreeClassifier, x: np.ndarray) -> np.ndarr
 
 
 def train_tabular(cfg: DictConfig) -> dict[str, Any]:
-    """Fit a baseline on the training split's aggregates; threshold on validation; metrics.json and
-    feature importance (feature_importance.csv / .png) in the run dir; config, metrics and files to the
-    experiment trackers of `cfg.logger`, as a network run has them. A rich progress bar follows its steps
-    (a network's is Lightning's; `trainer.enable_progress_bar=false` hides both)."""
+    """Fit a baseline on the training split's aggregates; threshold on validation; metrics.json, feature
+    importance (feature_importance.csv / .png) and (`export: true`) model.pt in the run dir; config,
+    metrics and files to the experiment trackers of `cfg.logger`, as a network run has them. A rich
+    progress bar follows its steps (a network's is Lightning's; `trainer.enable_progress_bar=false` hides
+    both)."""
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -192,10 +212,33 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
 BASELINE_STEPS = ("fit", "calibrate and test", "insights", "feature importance", "write the run")
 
 
+def _exported_form(
+    cfg: DictConfig,
+    estimator: BaseEstimator,
+    name: str,
+    train: AggregateTable,
+    calibrator: Calibrator,
+    metrics: dict[str, Any],
+) -> TabularProbabilityModel | None:
+    """What model.pt runs (`export: true`): the estimator scripted, its calibration, and the training means
+    the drivers occlude the aggregates to; None, and why in `metrics["export_skipped"]`, for an estimator
+    setting without a TorchScript form (BTYD fitted on the scored rows)."""
+    if not cfg.get("export"):
+        return None
+    try:
+        scripted = script_estimator(estimator, name, train.names)
+    except NotScriptable as exc:
+        metrics["export_skipped"] = str(exc)
+        log.warning("no model.pt: %s", exc)
+        return None
+    return TabularProbabilityModel(scripted, calibrator, train.values.mean(axis=0, dtype=np.float64))
+
+
 def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, Any]:
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     loggers = instantiate_loggers(cfg)  # before training: a missing tracker package fails here
+    signing_key = load_signing_key(cfg.get("signing_key") if cfg.get("export") else None)  # a bad key too
     log.info("run dir: %s", run_dir)
     dm = ChurnDataModule(cfg.data)
     dm.setup("fit")
@@ -206,7 +249,7 @@ def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, An
     estimator = build_estimator(name, model_cfg.get("params"), train, int(cfg.seed))
     step("fit")
     t0 = time.perf_counter()
-    _fit(estimator, name, train.values, data.train.snaps.label.astype(int), train)
+    _fit(estimator, name, train.values, data.train.snaps.label.astype(int), train, data.train.seqs.weight)
     timings = {"train_seconds": time.perf_counter() - t0}
     step("calibrate and test")
     val_raw = estimator.predict_proba(data.val.aggregates.values)[:, 1]
@@ -233,26 +276,24 @@ def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, An
             raw, getattr(data, stage).snaps.label
         )
     record_run(cfg, data, metrics, op, calibrator, predictions)
+    model = _exported_form(cfg, estimator, name, train, calibrator, metrics)
+    segments = Segments.fit(train, int(cfg.seed))
+    center = None
     step("insights")
     if cfg.get("insights", {}).get("enabled", True):
         stage = "test" if "test" in predictions else "val"
         split = getattr(data, stage)
         catalogue = IndicatorCatalogue.from_config(cfg.data.get("indicators"))
+        owner = catalogue.name_owner(split.aggregates.names, "aggregates")
         scores = sum_by_owner(
-            contributions(estimator, name, split.aggregates.values, train.values),
-            catalogue.name_owner(split.aggregates.names, "aggregates"),
-            len(catalogue.names),
+            contributions(estimator, name, split.aggregates.values, train.values), owner, len(catalogue.names)
         )
         metrics["insights"] = write_insights(
-            run_dir,
-            data,
-            cfg.data,
-            stage,
-            predictions[stage][1],
-            scores,
-            catalogue,
-            Segments.fit(train, int(cfg.seed)),
+            run_dir, data, cfg.data, stage, predictions[stage][1], scores, catalogue, segments
         )
+        if model is not None:  # scoring's drivers are the model's occlusion, centred on this split's mean
+            occluded = tabular_attribution(model, split.aggregates.values)
+            center = sum_by_owner(occluded, owner, len(catalogue.names)).mean(axis=0).tolist()
     step("feature importance")
     importance = importance_table(
         estimator, train, data.val.aggregates.values, data.val.snaps.label.astype(int), int(cfg.seed)
@@ -261,6 +302,21 @@ def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, An
     plot_importance(importance, run_dir / "feature_importance.png", f"{name}: permutation importance")
     step("write the run")
     metrics["n_features"] = len(train.names)
+    if model is not None:
+        calibrated = {stage: probs for stage, (_, probs) in predictions.items()}
+        metrics["model_path"] = str(
+            export_tabular(
+                model,
+                name,
+                dm.hparams["data"],
+                dm.state_dict(),
+                op,
+                calibrator,
+                run_dir / "model.pt",
+                signing_key=signing_key,
+                **run_record(cfg, data, metrics, op, calibrated, segments, center),
+            )
+        )
     write_predictions(run_dir, {stage: getattr(data, stage) for stage in predictions}, predictions, data.log)
     write_run_summary(cfg, metrics, timings)
     log_run(loggers, cfg, metrics)
