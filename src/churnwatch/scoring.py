@@ -28,7 +28,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from churnwatch.atomic import atomic_path, check_output, scratch_dir
-from churnwatch.data.batch import pad_batch
+from churnwatch.data.batch import EventBatch, pad_batch
 from churnwatch.data.contract import (
     CUSTOMER_ID,
     TIMESTAMP,
@@ -220,13 +220,19 @@ class Scorer:
         if self.drivers["enabled"] and not self.explain:
             log.warning("%s has no attribution entry points: driver columns stay empty", self.model_path)
 
-    @torch.inference_mode()
-    def _predict(self, seqs: EncodedSequences, agg: np.ndarray | None) -> np.ndarray:
-        order = np.argsort(-seqs.lengths, kind="stable")  # similar lengths together: little padding
-        probs = np.empty(len(seqs), dtype=np.float64)
+    def _batches(
+        self, seqs: EncodedSequences, agg: np.ndarray | None
+    ) -> Iterator[tuple[np.ndarray, EventBatch]]:
+        """The rows in forward batches on the device, similar lengths together (little padding)."""
+        order = np.argsort(-seqs.lengths, kind="stable")
         for i in range(0, len(order), self.batch_size):
             rows = order[i : i + self.batch_size]
-            b = pad_batch(seqs, rows, agg).to(self.device)
+            yield rows, pad_batch(seqs, rows, agg).to(self.device)
+
+    @torch.inference_mode()
+    def _predict(self, seqs: EncodedSequences, agg: np.ndarray | None) -> np.ndarray:
+        probs = np.empty(len(seqs), dtype=np.float64)
+        for rows, b in self._batches(seqs, agg):
             with autocast(self.device, self.precision == "bf16"):
                 out = self.model(b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates)
             probs[rows] = out.float().cpu().numpy()
@@ -235,11 +241,8 @@ class Scorer:
     @torch.inference_mode()
     def _demand(self, seqs: EncodedSequences, agg: np.ndarray | None) -> np.ndarray:
         """(rows, 2): expected purchases within the label horizon and P(at least one), from the hazard."""
-        order = np.argsort(-seqs.lengths, kind="stable")
         out = np.empty((len(seqs), 2), dtype=np.float64)
-        for i in range(0, len(order), self.batch_size):
-            rows = order[i : i + self.batch_size]
-            b = pad_batch(seqs, rows, agg).to(self.device)
+        for rows, b in self._batches(seqs, agg):
             got = self.model.demand(
                 b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates, self.horizon_days
             )

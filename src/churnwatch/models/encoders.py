@@ -410,10 +410,8 @@ class ChurnNet(nn.Module):
         hazard = self.hazard
         if hazard is None:
             raise RuntimeError("this network has no time-to-event head (model.tte)")
-        embedded, _ = self.embed(cat, static_cat)
-        h, _, recency = self._steps(embedded, num, lengths)
-        last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
-        return hazard.survival(hazard(last), self._recency_days(recency), horizons.float())
+        last, since = self._last_state(cat, num, lengths, static_cat)
+        return hazard.survival(hazard(last), since, horizons.float())
 
     @torch.jit.export
     def demand(
@@ -431,12 +429,19 @@ class ChurnNet(nn.Module):
         hazard = self.hazard
         if hazard is None:
             raise RuntimeError("this network has no time-to-event head (model.tte)")
+        last, since = self._last_state(cat, num, lengths, static_cat)
+        rates = hazard(last)
+        quiet = hazard.survival(rates, since, torch.full((1,), float(days), device=rates.device))[:, 0]
+        return torch.stack([hazard.expected_count(rates, since, days), 1.0 - quiet], dim=1)
+
+    def _last_state(
+        self, cat: Tensor, num: Tensor, lengths: Tensor, static_cat: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The last step's state, which its hazard reads, and the days since that step (the quiet time up
+        to the cutoff)."""
         embedded, _ = self.embed(cat, static_cat)
         h, _, recency = self._steps(embedded, num, lengths)
-        last = h[torch.arange(h.shape[0], device=h.device), lengths - 1]
-        rates, since = hazard(last), self._recency_days(recency)
-        quiet = hazard.survival(rates, since, torch.full((1,), float(days), device=h.device))[:, 0]
-        return torch.stack([hazard.expected_count(rates, since, days), 1.0 - quiet], dim=1)
+        return h[torch.arange(h.shape[0], device=h.device), lengths - 1], self._recency_days(recency)
 
     def forward(
         self,
