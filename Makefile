@@ -34,6 +34,7 @@ test-gpu: venv
 
 lint: venv
 	$(BIN)/ruff check src scripts tests
+	$(BIN)/python scripts/check_imports.py
 
 data: venv
 	$(BIN)/churnwatch make-synthetic

@@ -137,8 +137,9 @@ def phase_cache(args: argparse.Namespace) -> dict:
     """One build_data through the cache (or without it, phase "uncached"), then touch what training reads."""
     from hydra import compose, initialize_config_dir
 
-    from churnwatch.data.cache import content_digest
-    from churnwatch.data.dataset import as_dict, build_data
+    from churnwatch.pipeline.build import build_data
+    from churnwatch.pipeline.cache import content_digest
+    from churnwatch.pipeline.dataset import as_dict
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     overrides = [

@@ -4,12 +4,12 @@
         [--datasets synthetic online_retail]
 
 For the synthetic data (generated into --data-dir) and Online Retail (when ../shared/data/online_retail/
-online_retail.parquet exists), with each data config's snapshots and aggregates (churnwatch.data.dataset):
+online_retail.parquet exists), with each data config's snapshots and aggregates (churnwatch.pipeline.dataset):
 BG/NBD and Pareto/NBD, each with Gamma-Gamma spend, fitted on the test cutoff's own histories ("scored":
 events before the cutoff, no labels) and on the training snapshots ("train"). Their forecasts of purchase
 occasions and spend in [cutoff, cutoff + data.horizon_days) are compared with what the event log shows
-there (churnwatch.demand.forecast_metrics), and P(no purchase) with the churn label (test AUROC). Prints
-markdown tables for docs/BENCHMARKS.md.
+there (churnwatch.models.demand.forecast_metrics), and P(no purchase) with the churn label (test AUROC).
+Prints markdown tables for docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from churnwatch.api import compose
-from churnwatch.data.dataset import ChurnData, build_data
-from churnwatch.demand import (
+from churnwatch.models.btyd import purchase_histories
+from churnwatch.models.demand import (
     expected_purchases,
     expected_spend,
     fit_demand,
     forecast_metrics,
     realised_demand,
 )
-from churnwatch.models.btyd import purchase_histories
+from churnwatch.pipeline.build import build_data
+from churnwatch.pipeline.dataset import ChurnData
 
 ONLINE_RETAIL = Path(__file__).resolve().parents[1].parent / "shared/data/online_retail/online_retail.parquet"
 
@@ -55,7 +56,7 @@ def data_config(dataset: str, args: argparse.Namespace) -> Any:
 def network_forecast(model_path: str, data: ChurnData, cfg: Any) -> dict[str, np.ndarray]:
     """A network's forecast from its time-to-event head: `expected_purchases` and `expected_spend` of
     `churnwatch score` on the raw events at the test cutoff, in the test rows' order."""
-    from churnwatch.scoring import Scorer
+    from churnwatch.scoring.scorer import Scorer
 
     scorer = Scorer(model_path, drivers={"enabled": False})
     snaps = data.test.snaps

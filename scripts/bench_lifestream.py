@@ -47,8 +47,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from torchmetrics.functional.classification import binary_auroc
 
-from churnwatch.data.dataset import ChurnData, Split, build_data
 from churnwatch.models.encoders import embedding_dim
+from churnwatch.pipeline.build import build_data
+from churnwatch.pipeline.dataset import ChurnData, Split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,8 +161,8 @@ def summarise(name: str, timer, aurocs: dict, params: int, train_events: int, ex
 def run_churnwatch(cfg: DictConfig, data: ChurnData, args: argparse.Namespace, work_dir: Path) -> dict:
     import lightning as L
 
-    from churnwatch.data.datamodule import ChurnDataModule
-    from churnwatch.training import build_module
+    from churnwatch.pipeline.datamodule import ChurnDataModule
+    from churnwatch.runs.train import build_module
 
     L.seed_everything(args.seed, workers=True)
     dm = ChurnDataModule(cfg.data)
@@ -278,7 +279,7 @@ def run_ptls(
         test_batch_size=eval_batch,
     )
     if bucketed:
-        from churnwatch.data.batch import LengthBucketBatchSampler
+        from churnwatch.pipeline.batch import LengthBucketBatchSampler
 
         sampler = LengthBucketBatchSampler(data.train.seqs.lengths, args.batch_size, seed=args.seed)
         train = splits["train"]

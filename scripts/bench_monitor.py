@@ -19,7 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from churnwatch.data import synthetic
-from churnwatch.monitor_job import run_monitor, write_report
+from churnwatch.jobs.monitor import run_monitor, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 SHIFT = {"competitor_offers_per_year": 6.0, "price_reaction_scale": 1.05}

@@ -20,11 +20,11 @@ from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from churnwatch.api import compose
-from churnwatch.data.batch import pad_batch
-from churnwatch.data.datamodule import ChurnDataModule
 from churnwatch.models.coles import ColesModule
-from churnwatch.pretraining import pretrain_encoder
-from churnwatch.training import build_module
+from churnwatch.pipeline.batch import pad_batch
+from churnwatch.pipeline.datamodule import ChurnDataModule
+from churnwatch.runs.pretrain import pretrain_encoder
+from churnwatch.runs.train import build_module
 
 
 @torch.inference_mode()

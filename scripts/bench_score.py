@@ -34,7 +34,7 @@ def _score_once(model: str, data: Path, out: Path, drivers: bool, args: argparse
     code = f"""
 import json, time, torch
 torch.set_num_threads({args.threads})
-from churnwatch.scoring import score_file
+from churnwatch.scoring.scorer import score_file
 r = score_file({model!r}, {str(data / "events.parquet")!r}, {str(out)!r},
                customers_path={str(data / "customers.parquet")!r}, device="cpu", chunk_customers={args.chunk},
                overwrite=True, progress=False, drivers={{"enabled": {drivers}}}, as_of={args.as_of!r},
@@ -77,7 +77,7 @@ def _tile(base: Path, out: Path, copies: int) -> None:
 def _forward_sweep(args: argparse.Namespace) -> None:
     import torch
 
-    from churnwatch.scoring import Scorer
+    from churnwatch.scoring.scorer import Scorer
 
     torch.set_num_threads(args.threads)
     scorer = Scorer(args.model, "cpu", drivers={"enabled": False})

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from churnwatch.data.datamodule import ChurnDataModule
 from churnwatch.models.module import ChurnModule
+from churnwatch.pipeline.datamodule import ChurnDataModule
 
 
 def _sync(device: torch.device) -> None:

@@ -49,8 +49,8 @@ def make_events(
 def train_tiny(root: Path, *overrides: str) -> dict:
     """Train and export the smallest model (300 synthetic customers, one epoch) into `root`/run; its
     metrics (best_checkpoint among them)."""
-    from churnwatch.configs import compose
-    from churnwatch.training import train
+    from churnwatch.config.compose import compose
+    from churnwatch.runs.train import train
 
     from .test_end_to_end import TINY
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from churnwatch.atomic import atomic_path, remove_stale, scratch_dir
+from churnwatch.io.atomic import atomic_path, remove_stale, scratch_dir
 
 
 def dead_pid() -> int:

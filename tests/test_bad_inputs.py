@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 import torch
 
+from churnwatch.artifact.export import CHECKSUM_FILE, META_FILE
 from churnwatch.data.contract import DataValidationError, JoinReport, load_customers, load_events
-from churnwatch.export import CHECKSUM_FILE, META_FILE
-from churnwatch.scoring import Scorer, merge_shards, report_path, score_file, shard_of
+from churnwatch.scoring.scorer import Scorer, merge_shards, report_path, score_file, shard_of
 
 from .conftest import REPO
 

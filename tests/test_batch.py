@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from churnwatch.data.batch import LengthBucketBatchSampler, SequenceDataset, pad_batch
 from churnwatch.features.encode import EncodedSequences
+from churnwatch.pipeline.batch import LengthBucketBatchSampler, SequenceDataset, pad_batch
 
 
 def _seqs(lengths: list[int]) -> EncodedSequences:
@@ -85,7 +85,7 @@ def test_unshuffled_sampler_keeps_order_without_bucketing():
 
 def test_device_gathered_batches_equal_host_padded_batches():
     """DeviceSequenceDataset (the GPU path; here on the CPU device) builds the very tensors pad_batch does."""
-    from churnwatch.data.device_batches import DeviceSequenceDataset
+    from churnwatch.pipeline.device_batches import DeviceSequenceDataset
 
     seqs = _seqs([4, 1, 7, 2, 5])
     agg = np.random.default_rng(0).normal(size=(len(seqs), 3)).astype(np.float32)

@@ -17,12 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from churnwatch.data import cache as cache_mod
-from churnwatch.data.batch import SequenceDataset
-from churnwatch.data.cache import EncodedCache, content_digest
-from churnwatch.data.dataset import ChurnData, build_data, encode_data
 from churnwatch.data.snapshots import build_snapshots
 from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.features.encode import EncodedSequences, SequenceEncoder
+from churnwatch.pipeline.batch import SequenceDataset
+from churnwatch.pipeline.build import build_data
+from churnwatch.pipeline.cache import EncodedCache, content_digest
+from churnwatch.pipeline.dataset import ChurnData, encode_data
 
 from .conftest import make_events
 from .test_config import compose
@@ -98,7 +99,7 @@ def _uncached(cfg: dict) -> ChurnData:
 def test_hit_reproduces_a_fresh_build_memory_mapped(tmp_path, caplog):
     cfg = _cfg(_write(tmp_path), tmp_path / "cache")
     fresh = _uncached(cfg)
-    with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         miss = build_data(cfg)
         hit = build_data(cfg)
     assert "encoded cache miss (no entry for these inputs yet)" in caplog.text
@@ -136,7 +137,7 @@ def test_a_hit_reads_no_raw_file_and_encodes_nothing(tmp_path, monkeypatch, capl
         lambda frame, event, arg: event == "call" and frame.f_code in watched and called.add(frame.f_code)
     )
     try:
-        with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+        with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
             second = build_data(cfg)
     finally:
         sys.setprofile(None)
@@ -149,7 +150,7 @@ def test_an_edited_events_file_is_a_miss_and_the_new_data_is_used(tmp_path, capl
     cfg = _cfg(path, tmp_path / "cache")
     old = build_data(cfg)
     make_events(n_customers=60, seed=5).to_parquet(path)
-    with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         new = build_data(cfg)
     assert "encoded cache miss (events file changed (size, mtime_ns, content))" in caplog.text
     _assert_same(_uncached(cfg), new)
@@ -165,7 +166,7 @@ def test_same_size_and_mtime_but_new_content_is_a_miss(tmp_path, caplog):
     path.write_text(path.read_text().replace("complaint", "complaimt"))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
-    with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         new = build_data(cfg)
     assert "events file changed (content)" in caplog.text
     assert "complaimt" in new.encoder.vocabs["kind"].tokens
@@ -179,13 +180,13 @@ def test_a_changed_encoding_key_is_a_miss_but_loader_keys_are_not(tmp_path, capl
     for key, value in (("max_len", 5), ("horizon_days", 20)):
         changed = {**cfg, key: value}
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+        with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
             data = build_data(changed)
         assert f"encoded cache miss (data config changed: {key} " in caplog.text
         _assert_same(_uncached(changed), data)
     assert build_data({**cfg, "max_len": 5}).encoder.max_len == 5
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         build_data({**cfg, "batch_size": 7, "num_workers": 2, "eval_batch_size": 3, "use_aggregates": True})
     assert "encoded cache hit" in caplog.text and "miss" not in caplog.text
     assert len(_entries(tmp_path / "cache")) == 3
@@ -195,7 +196,7 @@ def test_another_format_version_is_a_miss(tmp_path, monkeypatch, caplog):
     cfg = _cfg(_write(tmp_path), tmp_path / "cache")
     build_data(cfg)
     monkeypatch.setattr(cache_mod, "FORMAT_VERSION", cache_mod.FORMAT_VERSION + 1)
-    with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         build_data(cfg)
     assert "miss (cache format or churnwatch version changed)" in caplog.text
     assert len(_entries(tmp_path / "cache")) == 2
@@ -230,13 +231,13 @@ def test_a_damaged_entry_is_logged_and_rebuilt(tmp_path, caplog, damage):
     build_data(cfg)
     (entry,) = _entries(tmp_path / "cache")
     damage(entry)
-    with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         rebuilt = build_data(cfg)
     assert f"encoded cache entry {entry} is unusable" in caplog.text
     assert "miss (corrupt entry:" in caplog.text
     _assert_same(_uncached(cfg), rebuilt)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         build_data(cfg)
     assert "encoded cache hit" in caplog.text and _entries(tmp_path / "cache") == [entry]
 
@@ -244,7 +245,7 @@ def test_a_damaged_entry_is_logged_and_rebuilt(tmp_path, caplog, damage):
 def test_verify_catches_a_flipped_byte_that_sizes_cannot(tmp_path, caplog):
     cfg = _cfg(_write(tmp_path), tmp_path / "cache", verify=True)
     build_data({**cfg, "cache": {**cfg["cache"], "verify": False}})  # an entry without digests...
-    with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         build_data(cfg)  # ...is rebuilt once with them when verify is turned on
     assert "has no digest" in caplog.text
     caplog.clear()
@@ -253,7 +254,7 @@ def test_verify_catches_a_flipped_byte_that_sizes_cannot(tmp_path, caplog):
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         rebuilt = build_data(cfg)
     assert "does not match its BLAKE2b digest" in caplog.text
     _assert_same(_uncached(cfg), rebuilt)
@@ -268,7 +269,7 @@ def test_rows_dropped_as_future_with_no_end_date_are_never_reused(tmp_path, capl
     _customers().to_parquet(tmp_path / "customers.parquet")
     cfg = {**_cfg(path, tmp_path / "cache"), "end_date": None}
     build_data(cfg)
-    with caplog.at_level(logging.INFO, logger="churnwatch.data.cache"):
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         build_data(cfg)
     assert "end_date=null" in caplog.text and "encoded cache hit" not in caplog.text
 
@@ -389,7 +390,7 @@ def test_sampled_content_hash_reads_head_tail_and_spread_blocks(tmp_path):
 def test_datamodule_serves_the_same_batches_from_the_cache_in_spawned_workers(tmp_path):
     """Batches from memory-mapped arrays, in a worker that got the dataset pickled (spawn), equal the
     in-memory batches of an uncached build."""
-    from churnwatch.data.datamodule import ChurnDataModule
+    from churnwatch.pipeline.datamodule import ChurnDataModule
 
     cfg = {**_cfg(_write(tmp_path), tmp_path / "cache"), "use_aggregates": True}
     build_data(cfg)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from churnwatch.calibration import Calibrator, calibration_report, expected_calibration_error, logit
+from churnwatch.models.calibration import Calibrator, calibration_report, expected_calibration_error, logit
 
 
 def _truth(n: int = 20000, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

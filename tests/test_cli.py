@@ -13,7 +13,7 @@ import pytest
 
 from churnwatch.cli import COMMANDS
 from churnwatch.cli.app import command_help
-from churnwatch.configs import config_dir
+from churnwatch.config.compose import config_dir
 
 from .conftest import REPO
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from churnwatch.configs import compose
+from churnwatch.config.compose import compose
 from churnwatch.data.contract import EventSchema
-from churnwatch.data.dataset import build_data
 from churnwatch.data.snapshots import SnapshotPlan
+from churnwatch.pipeline.build import build_data
 
 from .conftest import make_events
 

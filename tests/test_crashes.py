@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
-from churnwatch.export import load_artifact
-from churnwatch.training import train
+from churnwatch.artifact.export import load_artifact
+from churnwatch.runs.train import train
 
 from .conftest import REPO
 from .test_config import compose

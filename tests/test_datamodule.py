@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from churnwatch.data.batch import EventBatch
-from churnwatch.data.datamodule import ChurnDataModule
+from churnwatch.pipeline.batch import EventBatch
+from churnwatch.pipeline.datamodule import ChurnDataModule
 
 from .conftest import make_events
 from .test_leakage import _cfg
@@ -38,7 +38,7 @@ def test_datamodule_loaders_yield_padded_batches(tmp_path):
 def test_recency_baseline_auroc_matches_sklearn(tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from churnwatch.evaluation import recency_auroc
+    from churnwatch.models.metrics import recency_auroc
 
     path = tmp_path / "events.parquet"
     make_events(n_customers=120, seed=8).to_parquet(path)

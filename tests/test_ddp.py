@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from churnwatch.export import load_artifact
+from churnwatch.artifact.export import load_artifact
 
 from .conftest import REPO
 

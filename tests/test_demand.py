@@ -9,7 +9,9 @@ import pytest
 
 from churnwatch.data.contract import EventSchema, load_events
 from churnwatch.data.snapshots import EventLog, Snapshots, build_snapshot
-from churnwatch.demand import (
+from churnwatch.features.aggregates import AggregateFeaturizer
+from churnwatch.models.btyd import GammaGamma, GammaGammaParams, purchase_histories
+from churnwatch.models.demand import (
     expected_purchases,
     expected_spend,
     fit_demand,
@@ -17,8 +19,6 @@ from churnwatch.demand import (
     realised_demand,
     spend_per_occasion,
 )
-from churnwatch.features.aggregates import AggregateFeaturizer
-from churnwatch.models.btyd import GammaGamma, GammaGammaParams, purchase_histories
 
 from .conftest import SCHEMA_CFG, make_events
 from .test_aggregates import SPEC

@@ -13,10 +13,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from churnwatch.data.datamodule import ChurnDataModule
-from churnwatch.data.dataset import build_data
 from churnwatch.features.encode import Z_LIMIT, slice_events
-from churnwatch.training import TIMING_KEYS, build_module, read_timings, refuse_finished_run, train
+from churnwatch.pipeline.build import build_data
+from churnwatch.pipeline.datamodule import ChurnDataModule
+from churnwatch.runs.record import TIMING_KEYS, read_timings, refuse_finished_run
+from churnwatch.runs.train import build_module, train
 
 from .test_config import compose
 from .test_end_to_end import TINY

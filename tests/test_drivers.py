@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from churnwatch.drivers import (
+from churnwatch.explain.drivers import (
     IndicatorCatalogue,
     event_positions,
     global_importance,
@@ -16,8 +16,8 @@ from churnwatch.drivers import (
     match_rate,
     top_drivers,
 )
+from churnwatch.explain.playbook import Playbook
 from churnwatch.models.encoders import ChurnNet
-from churnwatch.playbook import Playbook
 
 CATALOGUE = {
     "spend": {

@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.evaluation import METRIC_NAMES
-from churnwatch.export import load_artifact
-from churnwatch.hardware import forced
-from churnwatch.scoring import OUTPUT_COLUMNS, Scorer, score_file
-from churnwatch.training import train
+from churnwatch.artifact.export import load_artifact
+from churnwatch.models.metrics import METRIC_NAMES
+from churnwatch.runs.train import train
+from churnwatch.runtime.hardware import forced
+from churnwatch.scoring.scorer import OUTPUT_COLUMNS, Scorer, score_file
 
 from .test_config import compose
 
@@ -237,7 +237,7 @@ def test_drivers_about_customer_attributes_read_unknown_when_scored_without_a_cu
 
 
 def test_report_is_a_self_contained_html_page(trained):
-    from churnwatch.report import write_report
+    from churnwatch.runs.report import write_report
 
     root, _ = trained
     path = write_report(root / "run")
@@ -253,7 +253,7 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
     import shutil
     import subprocess
 
-    from churnwatch.report import write_report
+    from churnwatch.runs.report import write_report
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -288,7 +288,7 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
 
 
 def test_shards_merge_into_exactly_the_single_run(trained, tmp_path):
-    from churnwatch.scoring import merge_shards, shard_of
+    from churnwatch.scoring.scorer import merge_shards, shard_of
 
     root, _ = trained
     model, events = root / "run" / "model.pt", root / "data" / "events.parquet"
@@ -307,7 +307,7 @@ def test_shards_merge_into_exactly_the_single_run(trained, tmp_path):
     import sys
 
     code = (
-        "import numpy as np; from churnwatch.scoring import shard_of; "
+        "import numpy as np; from churnwatch.scoring.scorer import shard_of; "
         "print(shard_of(np.array(['C1', 'C2', 'x']), 7))"
     )
     seen = {
@@ -363,7 +363,7 @@ def test_bf16_scoring_is_close_to_fp32_batch_invariant_or_falls_back_to_fp32(tra
     common = dict(as_of="2024-11-01", progress=False)
     fp32 = Scorer(root / "run" / "model.pt", device="cpu", drivers={"enabled": False})
     exact = fp32.score(events, customers, **common).set_index("customer_id")
-    with forced(bf16=supported), caplog.at_level(logging.WARNING, logger="churnwatch.hardware"):
+    with forced(bf16=supported), caplog.at_level(logging.WARNING, logger="churnwatch.runtime.hardware"):
         bf16 = Scorer(
             root / "run" / "model.pt",
             device="cpu",
@@ -374,7 +374,7 @@ def test_bf16_scoring_is_close_to_fp32_batch_invariant_or_falls_back_to_fp32(tra
         fast = bf16.score(events, customers, **common).set_index("customer_id")
         bf16.batch_size = 1000
         again = bf16.score(events, customers, chunk_customers=101, **common).set_index("customer_id")
-    [line] = [r.getMessage() for r in caplog.records if r.name == "churnwatch.hardware"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "churnwatch.runtime.hardware"]
     assert sorted(fast.index) == sorted(exact.index) == sorted(again.index)
     # batch sizes change matmul shapes: bf16 rounding may move a probability by a hair, no more
     np.testing.assert_allclose(

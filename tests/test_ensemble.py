@@ -8,12 +8,13 @@ import shutil
 import numpy as np
 import pytest
 
-from churnwatch.ensemble import fit_weights, train_ensemble
+from churnwatch.artifact.export import load_artifact
 from churnwatch.errors import ArtifactError
-from churnwatch.export import load_artifact
-from churnwatch.predictions import read_predictions
-from churnwatch.scoring import Scorer
-from churnwatch.training import read_timings, train
+from churnwatch.runs.ensemble import fit_weights, train_ensemble
+from churnwatch.runs.predictions import read_predictions
+from churnwatch.runs.record import read_timings
+from churnwatch.runs.train import train
+from churnwatch.scoring.scorer import Scorer
 
 from .test_config import compose
 from .test_end_to_end import TINY

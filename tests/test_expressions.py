@@ -1,5 +1,5 @@
-"""The restricted expression evaluator (churnwatch.expressions): the known escapes through pandas eval fail
-in one line and run nothing, also from a forged model file; every expression in conf/ gives what pandas
+"""The restricted expression evaluator (churnwatch.data.expressions): the known escapes through pandas eval
+fail in one line and run nothing, also from a forged model file; every expression in conf/ gives what pandas
 eval gave; any text either evaluates or fails with one ConfigError line; well-formed expressions agree with
 pandas eval."""
 
@@ -22,13 +22,13 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from churnwatch.artifact.export import CHECKSUM_FILE, META_FILE
 from churnwatch.data.contract import EventSchema
-from churnwatch.drivers import IndicatorCatalogue
+from churnwatch.data.expressions import Expression
 from churnwatch.errors import ArtifactError, ConfigError
-from churnwatch.export import CHECKSUM_FILE, META_FILE
-from churnwatch.expressions import Expression
+from churnwatch.explain.drivers import IndicatorCatalogue
 from churnwatch.features.aggregates import AggregateSpec
-from churnwatch.scoring import score_file
+from churnwatch.scoring.scorer import score_file
 
 from .conftest import REPO
 from .fuzz import BUDGETS, run

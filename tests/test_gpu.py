@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from churnwatch.scoring import score_file
-from churnwatch.training import train
+from churnwatch.runs.train import train
+from churnwatch.scoring.scorer import score_file
 
 from .test_bad_inputs import BAD, CASES
 from .test_config import compose

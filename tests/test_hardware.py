@@ -1,5 +1,5 @@
 """Capability probes and their fallbacks: every branch runs on every machine, by forcing the probe's answer
-(src/churnwatch/hardware.py)."""
+(src/churnwatch/runtime/hardware.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from churnwatch import hardware
 from churnwatch.data.contract import ConfigError
-from churnwatch.hardware import forced
-from churnwatch.training import train
+from churnwatch.runs.train import train
+from churnwatch.runtime import hardware
+from churnwatch.runtime.hardware import forced
 
 from .test_config import compose
 from .test_end_to_end import TINY
@@ -61,7 +61,7 @@ def test_the_onednn_probe_leaves_the_runs_random_state_alone():
 
 PROBE_UNDER_AVX2 = """
 import json, torch
-from churnwatch import hardware
+from churnwatch.runtime import hardware
 cpu = torch.device("cpu")
 precision = hardware.choose_precision("bf16", cpu)
 lstm = torch.nn.LSTM(8, 8, batch_first=True)
@@ -119,7 +119,8 @@ def test_cpu_quota_reads_cgroup_v2_and_v1(tmp_path, files, expected):
 
 def test_torch_gets_no_more_threads_than_the_process_may_use():
     code = (
-        "import torch; from churnwatch import hardware; torch.set_num_threads(hardware.usable_cpus() + 4); "
+        "import torch; from churnwatch.runtime import hardware; "
+        "torch.set_num_threads(hardware.usable_cpus() + 4); "
         "print(hardware.fit_threads(), hardware.usable_cpus())"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
@@ -155,7 +156,7 @@ def _train(data_dir: Path, run_dir: Path, *overrides: str) -> dict:
 def test_bf16_mixed_training_on_cpu_runs_or_falls_back_to_32_true(data_dir, tmp_path, supported, caplog):
     with forced(bf16=supported), caplog.at_level(logging.INFO):
         metrics = _train(data_dir, tmp_path, "trainer.precision=bf16-mixed", "export=false")
-    lines = [r.getMessage() for r in caplog.records if r.name == "churnwatch.hardware"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "churnwatch.runtime.hardware"]
     amp = any("bfloat16 Automatic Mixed Precision" in r.getMessage() for r in caplog.records)
     assert 0.5 < metrics["test"]["test/auroc"] <= 1
     if supported:
@@ -167,7 +168,7 @@ def test_bf16_mixed_training_on_cpu_runs_or_falls_back_to_32_true(data_dir, tmp_
 
 
 def test_compile_where_the_probe_says_no_trains_eagerly_and_says_why(data_dir, tmp_path, caplog):
-    with forced(compile=False), caplog.at_level(logging.WARNING, logger="churnwatch.hardware"):
+    with forced(compile=False), caplog.at_level(logging.WARNING, logger="churnwatch.runtime.hardware"):
         _train(data_dir, tmp_path, "model.compile=true")
     [line] = [r.getMessage() for r in caplog.records]
     assert line == "model.compile=true: compile off: forced by CHURNWATCH_FORCE or forced(); training eagerly"

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.curves import OWN_KEYS as CURVE_KEYS
-from churnwatch.curves import run_curve
-from churnwatch.data.dataset import DATA_REPORT
 from churnwatch.data.snapshots import SnapshotPlan
 from churnwatch.errors import ConfigError
-from churnwatch.leaderboard import OWN_KEYS, model_run, origin_overrides, passthrough, run_leaderboard
+from churnwatch.pipeline.dataset import DATA_REPORT
+from churnwatch.runs.curves import OWN_KEYS as CURVE_KEYS
+from churnwatch.runs.curves import run_curve
+from churnwatch.runs.leaderboard import OWN_KEYS, model_run, origin_overrides, passthrough, run_leaderboard
 
 from .test_config import compose
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.data.dataset import build_data
+from churnwatch.pipeline.build import build_data
 
 from .conftest import SCHEMA_CFG, make_events
 

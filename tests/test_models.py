@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from churnwatch.export import (
+from churnwatch.artifact.export import (
     CHECKSUM_FILE,
     FORMAT_VERSION,
     META_FILE,

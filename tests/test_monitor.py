@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churnwatch.artifact.export import export_checkpoint, load_artifact
 from churnwatch.data.contract import MISSING, ConfigError
-from churnwatch.export import export_checkpoint, load_artifact
 from churnwatch.features.encode import OOV, Vocabulary
-from churnwatch.monitor_job import LabelSource, MonitorError, run_monitor, write_report
-from churnwatch.monitoring import (
+from churnwatch.jobs.monitor import LabelSource, MonitorError, run_monitor, write_report
+from churnwatch.monitoring.drift import (
     backtest,
     bin_shares,
     distribution,
@@ -25,7 +25,7 @@ from churnwatch.monitoring import (
     shift,
     verdict,
 )
-from churnwatch.training import train
+from churnwatch.runs.train import train
 
 from .conftest import REPO
 from .test_config import compose

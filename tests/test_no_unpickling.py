@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from churnwatch.export import ArtifactError, load_artifact, load_checkpoint
+from churnwatch.artifact.export import ArtifactError, load_artifact, load_checkpoint
 
 
 class _Payload:

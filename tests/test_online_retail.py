@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from churnwatch.data.dataset import build_data
+from churnwatch.pipeline.build import build_data
 
 from .conftest import ONLINE_RETAIL
 from .test_config import compose

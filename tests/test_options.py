@@ -1,5 +1,5 @@
-"""Every numeric option of every command is checked up front against one table (churnwatch.options): a bad
-value fails in one line naming the key, the value and the rule, before any work and before a run dir, from
+"""Every numeric option of every command is checked up front against one table (churnwatch.config.options): a
+bad value fails in one line naming the key, the value and the rule, before any work and before a run dir, from
 the command line and from the Python API alike. The shipped configs all pass and every numeric key in them
 has a rule."""
 
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from churnwatch.configs import compose, config_dir
+from churnwatch.config.compose import compose, config_dir
+from churnwatch.config.options import check_config, check_values, problems, rule_of
 from churnwatch.errors import ConfigError
-from churnwatch.monitor_job import run_monitor
-from churnwatch.options import check_config, check_values, problems, rule_of
-from churnwatch.scoring import Scorer, merge_shards, score_file
+from churnwatch.jobs.monitor import run_monitor
+from churnwatch.scoring.scorer import Scorer, merge_shards, score_file
 
 NO_MODEL = Path("no_model.pt")  # never read: the option checks come first
 UNCHECKED = {"trainer.devices"}  # an int, a list or a string such as "0,1": Lightning's own rule

@@ -21,9 +21,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from churnwatch.atomic import atomic_path
 from churnwatch.errors import ConfigError
-from churnwatch.scoring import Scorer, merge_shards, report_path, score_file
+from churnwatch.io.atomic import atomic_path
+from churnwatch.scoring.scorer import Scorer, merge_shards, report_path, score_file
 
 from .conftest import REPO
 

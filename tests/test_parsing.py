@@ -25,7 +25,7 @@ from churnwatch.data.contract import (
     parse_timestamps,
 )
 from churnwatch.features.encode import OOV, PAD, Vocabulary
-from churnwatch.scoring import report_path, score_file
+from churnwatch.scoring.scorer import report_path, score_file
 
 from .conftest import REPO
 from .test_bad_inputs import BAD, CASES, SCORE

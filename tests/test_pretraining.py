@@ -33,8 +33,8 @@ def test_contrastive_loss_is_low_when_views_of_a_row_agree():
 
 
 def test_pretraining_reads_nothing_at_or_after_its_cutoff(tmp_path):
-    from churnwatch.data.dataset import build_data
-    from churnwatch.pretraining import pretraining_cutoff, pretraining_sequences
+    from churnwatch.pipeline.build import build_data
+    from churnwatch.runs.pretrain import pretraining_cutoff, pretraining_sequences
 
     from .conftest import make_events
     from .test_leakage import TEST_CUTOFF, _cfg, _tamper

@@ -29,8 +29,8 @@ from churnwatch.data.synthetic import (
     PLANS,
     REGIONS,
 )
-from churnwatch.scoring import OUTPUT_COLUMNS, merge_shards, score_file
-from churnwatch.training import train
+from churnwatch.runs.train import train
+from churnwatch.scoring.scorer import OUTPUT_COLUMNS, merge_shards, score_file
 
 from .test_config import compose
 from .test_end_to_end import TINY

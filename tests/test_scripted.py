@@ -10,16 +10,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from churnwatch.data.datamodule import ChurnDataModule
+from churnwatch.artifact.checks import check_meta
+from churnwatch.artifact.export import load_artifact
 from churnwatch.errors import ArtifactError
-from churnwatch.export import load_artifact
-from churnwatch.meta_checks import check_meta
+from churnwatch.jobs.monitor import run_monitor
 from churnwatch.models.scripted import NotScriptable, script_estimator
 from churnwatch.models.tabular import _fit, build_estimator
-from churnwatch.monitor_job import run_monitor
-from churnwatch.predictions import read_predictions
-from churnwatch.scoring import Scorer
-from churnwatch.training import train
+from churnwatch.pipeline.datamodule import ChurnDataModule
+from churnwatch.runs.predictions import read_predictions
+from churnwatch.runs.train import train
+from churnwatch.scoring.scorer import Scorer
 
 from .test_config import compose
 from .test_monitor import THRESHOLDS

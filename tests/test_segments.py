@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
+from churnwatch.explain.segments import RFM_SEGMENTS, BehaviourClusters, RFMSegmenter, segment_table
 from churnwatch.features.aggregates import AggregateTable
-from churnwatch.segments import RFM_SEGMENTS, BehaviourClusters, RFMSegmenter, segment_table
 
 
 @pytest.fixture(autouse=True)

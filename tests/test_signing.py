@@ -25,13 +25,13 @@ import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from churnwatch.ensemble import train_ensemble
+from churnwatch.artifact.export import CHECKSUM_FILE, META_FILE, export_checkpoint, load_artifact
 from churnwatch.errors import ArtifactError, ConfigError
-from churnwatch.export import CHECKSUM_FILE, META_FILE, export_checkpoint, load_artifact
-from churnwatch.monitor_job import run_monitor
-from churnwatch.scoring import Scorer
-from churnwatch.signing import SIGNATURE_ENTRY, Key, Verification, load_signing_key
-from churnwatch.training import train
+from churnwatch.io.signing import SIGNATURE_ENTRY, Key, Verification, load_signing_key
+from churnwatch.jobs.monitor import run_monitor
+from churnwatch.runs.ensemble import train_ensemble
+from churnwatch.runs.train import train
+from churnwatch.scoring.scorer import Scorer
 
 from .conftest import REPO, train_tiny
 from .test_config import compose
@@ -161,7 +161,7 @@ def _flip_weight(name: str, content: bytes) -> bytes:
 def _halve_probabilities(name: str, content: bytes) -> bytes:
     """The calibration's TorchScript code, edited to halve every probability: no range or metadata check
     can tell."""
-    if name == "code/__torch__/churnwatch/calibration.py":
+    if name == "code/__torch__/churnwatch/models/calibration.py":
         return content.replace(b"p = torch.sigmoid(_1)", b"p = torch.mul(torch.sigmoid(_1), 0.5)")
     return content
 
@@ -216,7 +216,7 @@ def test_a_removed_signature_is_refused_when_required_and_warned_about_otherwise
     unsigned = _rewrite(run["ed25519"], tmp_path / "unsigned.pt", _unsign)
     with pytest.raises(ArtifactError, match="signature check failed: the file is not signed"):
         load_artifact(unsigned, verify=_check(keys["verify"]))
-    with caplog.at_level(logging.WARNING, logger="churnwatch.signing"):
+    with caplog.at_level(logging.WARNING, logger="churnwatch.io.signing"):
         load_artifact(unsigned, verify=_check(keys["verify"], required=False))
     assert [r.getMessage() for r in caplog.records] == [
         f"{unsigned} is not signed: loaded without a signature check (require_signature=true refuses it)"
@@ -355,7 +355,7 @@ def test_a_base_rate_of_7_5_scored_7_5_and_is_now_refused(
     events = pd.read_parquet(run["events"])
     as_of = events.groupby("customer_id")["timestamp"].min().median()  # half the customers have no history
     with monkeypatch.context() as patched:
-        patched.setattr("churnwatch.export.check_meta", lambda *args: None)  # as before the check
+        patched.setattr("churnwatch.artifact.export.check_meta", lambda *args: None)  # as before the check
         assert _score(forged, run, None, as_of=as_of)["churn_probability"].max() == 7.5
     with pytest.raises(ArtifactError) as err:
         load_artifact(forged)

@@ -7,10 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from churnwatch.evaluation import METRIC_NAMES
-from churnwatch.export import load_artifact
+from churnwatch.artifact.export import load_artifact
+from churnwatch.models.metrics import METRIC_NAMES
 from churnwatch.models.tabular import ESTIMATORS
-from churnwatch.training import read_timings, train
+from churnwatch.runs.record import read_timings
+from churnwatch.runs.train import train
 
 from .test_config import compose
 
@@ -56,7 +57,7 @@ def test_baseline_trains_and_reports_the_common_metrics(estimator, data_dir, tmp
 
 
 def test_cross_validation_by_customer(data_dir, tmp_path):
-    from churnwatch.data.dataset import build_data
+    from churnwatch.pipeline.build import build_data
 
     overrides = ["model=logreg", f"data.data_dir={data_dir}", "data.generate.n_customers=1500"]
     cfg = compose("train", [*overrides, f"paths.output_dir={tmp_path}", "cv.folds=3"])
@@ -85,7 +86,7 @@ def test_row_weights_reach_the_estimator_as_repeated_rows_would(name):
     import numpy as np
 
     from churnwatch.features.aggregates import AggregateTable
-    from churnwatch.models.tabular import _fit, build_estimator
+    from churnwatch.models.tabular import build_estimator, fit_estimator
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 4))
@@ -94,10 +95,10 @@ def test_row_weights_reach_the_estimator_as_repeated_rows_would(name):
     table = AggregateTable(x, ["a", "b", "c", "d"], [])
     params = {"n_estimators": 20, "min_child_samples": 5, "n_jobs": 1} if name == "lightgbm" else {}
     weighted, repeated, plain = (build_estimator(name, params, table, 0) for _ in range(3))
-    _fit(weighted, name, x, y, table, weight)
+    fit_estimator(weighted, name, x, y, table, weight)
     rows = np.repeat(np.arange(300), weight.astype(int))
-    _fit(repeated, name, x[rows], y[rows], table)
-    _fit(plain, name, x, y, table)
+    fit_estimator(repeated, name, x[rows], y[rows], table)
+    fit_estimator(plain, name, x, y, table)
     p = [m.predict_proba(x)[:, 1] for m in (weighted, repeated, plain)]
     if name == "logreg":  # (its scaler sees the repeats, not the weights: close, not equal)
         assert np.allclose(p[0], p[1], atol=1e-3)

@@ -57,7 +57,7 @@ def test_bad_rule_is_rejected():
 
 
 def test_lift_and_capture_in_the_top_decile_by_hand():
-    from churnwatch.evaluation import top_fraction_metrics
+    from churnwatch.models.metrics import top_fraction_metrics
 
     probs = np.linspace(1, 0, 20)  # 20 customers, riskiest first
     labels = np.zeros(20)

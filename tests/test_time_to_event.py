@@ -176,8 +176,8 @@ def test_multi_task_training_on_visits_with_customer_weights_exports_and_scores(
     """The dense head trains next to the churn head on visits, with weekly cutoffs and per-customer
     weights; the exported file scores raw events (visits rebuilt from its metadata) with drivers, and its
     survival over several horizons falls with the horizon."""
-    from churnwatch.export import load_model
-    from churnwatch.scoring import Scorer
+    from churnwatch.artifact.export import load_model
+    from churnwatch.scoring.scorer import Scorer
 
     from .conftest import train_tiny
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from churnwatch.training import train
+from churnwatch.runs.train import train
 
 from .test_config import compose
 from .test_end_to_end import TINY
@@ -159,7 +159,7 @@ def _read_wandb_log(path: Path) -> list:
 
 def test_wandb_offline_records_config_metrics_and_artifact_in_the_run_dir(baseline, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
-    from churnwatch.trackers import instantiate_loggers, log_artifacts, log_run
+    from churnwatch.runs.trackers import instantiate_loggers, log_artifacts, log_run
 
     # W&B's own folders (cache, staging, settings) under tmp_path; no network
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):

@@ -52,7 +52,8 @@ def test_the_wheel_installs_into_a_clean_venv_and_runs_outside_the_checkout(tmp_
 
     work = tmp_path / "work"  # outside the checkout: nothing of it is importable or readable from here
     work.mkdir()
-    found = run([python, "-c", "from churnwatch.configs import config_dir; print(config_dir())"], cwd=work)
+    code = "from churnwatch.config.compose import config_dir; print(config_dir())"
+    found = run([python, "-c", code], cwd=work)
     assert Path(found.stdout.strip()).is_relative_to(venv)
     command = venv / "bin" / "churnwatch"
     assert "model_path: ???" in run([command, "score", "--help"], cwd=work).stdout

@@ -16,12 +16,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "Scorer": "churnwatch.scoring",
-    "load_model": "churnwatch.export",
-    "compose": "churnwatch.configs",
+    "Scorer": "churnwatch.scoring.scorer",
+    "load_model": "churnwatch.artifact.export",
+    "compose": "churnwatch.config.compose",
     "train": "churnwatch.api",
     "TrainedRun": "churnwatch.api",
-    "Artifact": "churnwatch.export",
+    "Artifact": "churnwatch.artifact.export",
 }
 __all__ = [*_API, "__version__"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from churnwatch import training
-from churnwatch.configs import compose
+from churnwatch.config.compose import compose
+from churnwatch.runs import train as training
 
 
 @dataclass(frozen=True)

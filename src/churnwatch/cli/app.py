@@ -17,9 +17,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from churnwatch.cli.errors import one_line, one_line_errors, user_error_exit
-from churnwatch.configs import config_dir
+from churnwatch.config.compose import config_dir
+from churnwatch.config.options import check_config
 from churnwatch.errors import ConfigError
-from churnwatch.options import check_config
 
 TaskFunction = Callable[[DictConfig], Any]
 HIDDEN_GROUPS = ("hydra", "paths")  # Hydra's own settings, and where files go (paths.* keys still work)
@@ -67,9 +67,9 @@ def command(config_name: str) -> Callable[[TaskFunction], Callable[..., Any]]:
 
 
 def checked(task: TaskFunction) -> TaskFunction:
-    """The task, after the config's numeric options are checked (`churnwatch.options`): what the run-start
-    callback (`RequireKeys`) cannot see, a composed config passed in or a sweep's own values, is refused
-    here in the same one line."""
+    """The task, after the config's numeric options are checked (`churnwatch.config.options`): what the
+    run-start callback (`RequireKeys`) cannot see, a composed config passed in or a sweep's own values, is
+    refused here in the same one line."""
 
     @functools.wraps(task)
     def run_checked(cfg: DictConfig) -> Any:
@@ -105,7 +105,7 @@ def _find(module: str) -> bool:
 
 class RequireKeys(Callback):
     """Hydra callback (conf/hydra/default.yaml): a required key (`???`) left unset, or a numeric option
-    that breaks its rule (`churnwatch.options`), ends the command with one line naming it, before Hydra
+    that breaks its rule (`churnwatch.config.options`), ends the command with one line naming it, before Hydra
     creates a run directory."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:

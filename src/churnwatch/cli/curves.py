@@ -15,8 +15,8 @@ from churnwatch.cli.app import command
 @command("curves")
 def main(cfg: DictConfig) -> None:
     """Learning curves (metric vs training customers) or validation curves (metric vs one setting)."""
-    from churnwatch.curves import OWN_KEYS, run_curve
-    from churnwatch.leaderboard import passthrough
+    from churnwatch.runs.curves import OWN_KEYS, run_curve
+    from churnwatch.runs.leaderboard import passthrough
 
     out_dir = Path(cfg.paths.output_dir)
     overrides = passthrough(HydraConfig.get().overrides.task, OWN_KEYS)

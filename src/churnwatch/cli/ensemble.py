@@ -13,9 +13,9 @@ from churnwatch.cli.app import command
 @command("ensemble")
 def main(cfg: DictConfig) -> float | None:
     """Ensemble finished runs: calibrated members, weights fitted on validation, judged on test."""
-    from churnwatch.ensemble import train_ensemble
-    from churnwatch.signing import load_signing_key
-    from churnwatch.training import print_metrics
+    from churnwatch.io.signing import load_signing_key
+    from churnwatch.runs.ensemble import train_ensemble
+    from churnwatch.runs.record import print_metrics
 
     out_dir = Path(cfg.paths.output_dir)
     metrics = train_ensemble(

@@ -10,15 +10,15 @@ from omegaconf import DictConfig
 
 from churnwatch.cli.app import command
 
-log = logging.getLogger("churnwatch.export")
+log = logging.getLogger("churnwatch.artifact.export")
 
 
 @command("export")
 def main(cfg: DictConfig) -> None:
     """Export a checkpoint as one self-contained TorchScript model.pt (what score and monitor load)."""
-    from churnwatch.atomic import check_output
-    from churnwatch.export import export_checkpoint
-    from churnwatch.signing import load_signing_key
+    from churnwatch.artifact.export import export_checkpoint
+    from churnwatch.io.atomic import check_output
+    from churnwatch.io.signing import load_signing_key
 
     signing_key = load_signing_key(cfg.signing_key)
     ckpt = Path(cfg.ckpt_path)

@@ -16,7 +16,7 @@ from churnwatch.cli.app import command
 @command("leaderboard")
 def main(cfg: DictConfig) -> None:
     """Train and rank models × seeds on one dataset: leaderboard.md, leaderboard.csv."""
-    from churnwatch.leaderboard import OWN_KEYS, passthrough, run_leaderboard
+    from churnwatch.runs.leaderboard import OWN_KEYS, passthrough, run_leaderboard
 
     out_dir = Path(cfg.paths.output_dir)
     overrides = passthrough(HydraConfig.get().overrides.task, OWN_KEYS)

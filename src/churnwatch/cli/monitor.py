@@ -14,9 +14,9 @@ from churnwatch.cli.app import command
 def main(cfg: DictConfig) -> None:
     """Compare today's data with the model's training reference: monitor.json and a verdict (ok / warn /
     retrain). Exit code 0 whatever the verdict; 2 for an input that cannot be read or used."""
-    from churnwatch.atomic import check_output
-    from churnwatch.monitor_job import MONITOR_FILE, LabelSource, render, run_monitor, write_report
-    from churnwatch.signing import Verification
+    from churnwatch.io.atomic import check_output
+    from churnwatch.io.signing import Verification
+    from churnwatch.jobs.monitor import MONITOR_FILE, LabelSource, render, run_monitor, write_report
 
     verify = Verification.from_config(cfg.verify_key, bool(cfg.require_signature))
     inputs = {k: cfg[k] for k in ("model_path", "events_path", "customers_path", "labels_path")}

@@ -18,7 +18,7 @@ log = logging.getLogger("churnwatch.prepare")
 def main(cfg: DictConfig) -> None:
     """Dry-run the data path: validate, build snapshots and splits, fit the encoders, encode, and write
     data_report.json into the run dir."""
-    from churnwatch.data.dataset import build_data
+    from churnwatch.pipeline.build import build_data
 
     run_dir = Path(cfg.paths.output_dir)
     log.info("run dir: %s", run_dir)

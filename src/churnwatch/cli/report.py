@@ -11,7 +11,7 @@ from churnwatch.cli.app import command
 @command("report")
 def main(cfg: DictConfig) -> None:
     """Write a training run's self-contained HTML report (report.html in the run dir)."""
-    from churnwatch.report import write_report
+    from churnwatch.runs.report import write_report
 
     Console().print(f"report → {write_report(cfg.run_dir)}")
 

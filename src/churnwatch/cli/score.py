@@ -11,14 +11,14 @@ from rich.table import Table
 from churnwatch.cli.app import command
 
 if TYPE_CHECKING:
-    from churnwatch.scoring import ScoringResult
+    from churnwatch.scoring.scorer import ScoringResult
 
 
 @command("score")
 def main(cfg: DictConfig) -> None:
     """Score customers with an exported model.pt: probability, tier, rank, drivers and action per customer."""
-    from churnwatch.scoring import score_file
-    from churnwatch.signing import Verification
+    from churnwatch.io.signing import Verification
+    from churnwatch.scoring.scorer import score_file
 
     verify = Verification.from_config(cfg.verify_key, bool(cfg.require_signature))
     result = score_file(

@@ -10,7 +10,7 @@ from churnwatch.cli.app import command
 @command("train")
 def main(cfg: DictConfig) -> float | None:
     """Train a model (a network or a baseline): fit, test, metrics.json, model.pt and report.html."""
-    from churnwatch.training import train
+    from churnwatch.runs.train import train
 
     metrics = train(cfg)
     return metrics["val"].get(cfg.optimized_metric)  # what a sweeper (Optuna) maximises

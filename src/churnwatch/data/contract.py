@@ -22,8 +22,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from churnwatch.data.expressions import Expression, check_expression
 from churnwatch.errors import ConfigError, DataValidationError
-from churnwatch.expressions import Expression, check_expression
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from churnwatch.atomic import atomic_path
+from churnwatch.io.atomic import atomic_path
 
 EVENT_TYPES = (
     "purchase",

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from churnwatch.data.contract import MISSING, OTHER_TOKEN, PAD_TOKEN, ConfigError, query_mask
+from churnwatch.data.expressions import check_expression
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
-from churnwatch.expressions import check_expression
 from churnwatch.features.encode import Vocabulary, history_mask, ranges
 from churnwatch.features.encode import signed_log1p as _signed_log1p
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from churnwatch.data.batch import EventBatch, pad_steps
 from churnwatch.features.encode import EncodedSequences
 from churnwatch.models.encoders import ChurnNet
+from churnwatch.pipeline.batch import EventBatch, pad_steps
 
 PRETRAINED_PARTS = ("events.", "sequence.", "pool.")
 """What pretraining trains and fine-tuning takes over: the layers that read the sequence."""

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
-from churnwatch.calibration import Calibrator, expected_calibration_error
-from churnwatch.data.batch import EventBatch
 from churnwatch.data.contract import some_of
-from churnwatch.evaluation import evaluate, ranking_metrics
+from churnwatch.models.calibration import Calibrator, expected_calibration_error
 from churnwatch.models.encoders import ChurnNet
+from churnwatch.models.metrics import evaluate, ranking_metrics
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
+from churnwatch.pipeline.batch import EventBatch
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")

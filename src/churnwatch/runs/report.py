@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from churnwatch.calibration import reliability_curve  # noqa: E402
-from churnwatch.predictions import read_predictions  # noqa: E402
+from churnwatch.models.calibration import reliability_curve  # noqa: E402
+from churnwatch.runs.predictions import read_predictions  # noqa: E402
 
 REPORT_FILE = "report.html"
 STYLE = """

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from churnwatch.data.dataset import Split
 from churnwatch.data.snapshots import EventLog
+from churnwatch.pipeline.dataset import Split
 
 PREDICTIONS_FILE = "predictions.parquet"
 KEY = ["split", "customer_id", "cutoff"]

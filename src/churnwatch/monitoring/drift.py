@@ -20,11 +20,11 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from churnwatch.data.contract import MISSING, ConfigError
-from churnwatch.data.dataset import ChurnData, Split
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.features.encode import OOV, ranges
 from churnwatch.models.thresholds import TIERS, Operating, assign_tiers
+from churnwatch.pipeline.dataset import ChurnData, Split
 
 PROFILE_VERSION = 1
 BINS = 10

@@ -203,22 +203,6 @@ def _generate(out_dir: Path, params: Mapping[str, Any]) -> None:
     synthetic.write(synthetic.generate(**params), out_dir)
 
 
-def build_data(cfg: Mapping[str, Any] | DictConfig) -> ChurnData:
-    """Run the whole data path for a `data` config (see conf/data/synthetic.yaml for the keys).
-
-    With `cache.enabled`, the result comes from (or goes to) the encoded-snapshot cache
-    (churnwatch.data.cache): re-runs and sweep trials with the same inputs and config skip all of it.
-    """
-    cfg = as_dict(cfg)
-    ensure_events(cfg)
-    from churnwatch.data.cache import EncodedCache  # the cache stores this module's types: import late
-
-    cache = EncodedCache.from_config(cfg)
-    if cache is None:
-        return encode_data(cfg)
-    return cache.get_or_build(lambda alloc_for: encode_data(cfg, alloc_for))
-
-
 def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | None = None) -> ChurnData:
     """The data path itself, uncached; `alloc_for(split)` places each split's per-event arrays (the cache
     passes memory-mapped files)."""

@@ -23,16 +23,16 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor, nn
 
-from churnwatch.atomic import check_output
-from churnwatch.calibration import Calibrator, log_loss
-from churnwatch.data.cache import LOADER_KEYS, NOT_ENCODING_KEYS
-from churnwatch.evaluation import evaluate
-from churnwatch.export import load_artifact, write_artifact
+from churnwatch.artifact.export import load_artifact, write_artifact
 from churnwatch.features.aggregates import AggregateFeaturizer
+from churnwatch.io.atomic import check_output
+from churnwatch.io.signing import Key
+from churnwatch.models.calibration import Calibrator, log_loss
+from churnwatch.models.metrics import evaluate
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
-from churnwatch.predictions import KEY, PREDICTIONS_FILE, read_predictions
-from churnwatch.signing import Key
-from churnwatch.training import read_timings, write_timings
+from churnwatch.pipeline.cache import LOADER_KEYS, NOT_ENCODING_KEYS
+from churnwatch.runs.predictions import KEY, PREDICTIONS_FILE, read_predictions
+from churnwatch.runs.record import read_timings, write_timings
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 
 from churnwatch.data.contract import ConfigError, query_mask
-from churnwatch.expressions import Expression, check_expression
+from churnwatch.data.expressions import Expression, check_expression
+from churnwatch.pipeline.batch import pad_batch
 
 GROUPS = (
     "purchase_behaviour",
@@ -358,7 +359,6 @@ def explain_sequences(
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """(n, K) indicator attributions for encoded sequences (`event_owner` has one row per flat event)."""
-    from churnwatch.data.batch import pad_batch
 
     n = len(seqs)
     out = np.zeros((n, n_indicators), dtype=np.float64)

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from churnwatch.atomic import atomic_path, scratch_dir
 from churnwatch.data.contract import CUSTOMER_ID
+from churnwatch.io.atomic import atomic_path, scratch_dir
 
 RANK_KEYS = (CUSTOMER_ID, "churn_probability", "value_at_risk", "no_history", "lapsed")
 POSITION = "__rank_position__"

@@ -16,7 +16,7 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from churnwatch.atomic import atomic_path
+from churnwatch.io.atomic import atomic_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -45,12 +45,12 @@ import pyarrow as pa
 import pyarrow.feather as feather
 
 from churnwatch import __version__
-from churnwatch.atomic import fsync, process_alive
 from churnwatch.data.contract import CUSTOMER_ID, ConfigError, CustomerSchema, EventSchema, ValidationReport
-from churnwatch.data.dataset import ChurnData, Split
 from churnwatch.data.snapshots import EventLog, SnapshotPlan, Snapshots
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateTable
 from churnwatch.features.encode import Allocator, EncodedSequences, SequenceEncoder
+from churnwatch.io.atomic import fsync, process_alive
+from churnwatch.pipeline.dataset import ChurnData, Split
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ INPUTS = (("events", "events_path"), ("customers", "customers_path"), ("labels",
 CODE_MODULES = (
     "churnwatch.data.contract",
     "churnwatch.data.snapshots",
-    "churnwatch.data.dataset",
-    "churnwatch.data.cache",
+    "churnwatch.pipeline.dataset",
+    "churnwatch.pipeline.cache",
     "churnwatch.features.encode",
     "churnwatch.features.aggregates",
     "churnwatch.features.time_to_event",

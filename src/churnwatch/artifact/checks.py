@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from churnwatch.calibration import METHODS, Calibrator
 from churnwatch.data.contract import CustomerSchema, EventSchema
 from churnwatch.errors import ArtifactError
 from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.features.encode import OOV_TOKEN, PAD_TOKEN, SequenceEncoder
+from churnwatch.models.calibration import METHODS, Calibrator
 from churnwatch.models.scripted import SCRIPTABLE
 
 NOBODY = 1e-6

@@ -5,7 +5,7 @@ scripted by models/scripted.py, on the raw aggregates), both with their calibrat
 Loading needs only torch (`torch.jit.load`): no churnwatch model classes, no pickle. The metadata is
 JSON with a format version and a SHA-256 checksum, checked on load with the metadata's meaning
 (`check_meta`). With a signing key the file is also signed, and loading can demand that signature
-(churnwatch.signing); it is checked on the bytes that are then loaded, before torch reads them.
+(churnwatch.io.signing); it is checked on the bytes that are then loaded, before torch reads them.
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import churnwatch
-from churnwatch.atomic import atomic_path
-from churnwatch.calibration import EPS, CalibrationLayer, Calibrator
-from churnwatch.data.dataset import ChurnData
+from churnwatch.artifact.checks import check_meta
 from churnwatch.errors import ArtifactError
-from churnwatch.insights import Segments
-from churnwatch.meta_checks import check_meta
+from churnwatch.explain.insights import Segments
+from churnwatch.io.atomic import atomic_path
+from churnwatch.io.signing import Key, Verification, sign_file
+from churnwatch.models.calibration import EPS, CalibrationLayer, Calibrator
 from churnwatch.models.module import ChurnModule
 from churnwatch.models.scripted import Scripted
 from churnwatch.models.thresholds import Operating
-from churnwatch.monitoring import training_reference
-from churnwatch.signing import Key, Verification, sign_file
+from churnwatch.monitoring.drift import training_reference
+from churnwatch.pipeline.dataset import ChurnData
 
 FORMAT_VERSION = 1
 META_FILE = "churnwatch/metadata.json"

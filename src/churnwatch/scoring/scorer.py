@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from churnwatch.atomic import atomic_path, check_output, scratch_dir
-from churnwatch.data.batch import EventBatch, pad_batch
+from churnwatch.artifact.export import Artifact, load_model, tabular_attribution
+from churnwatch.config.options import check_values
 from churnwatch.data.contract import (
     CUSTOMER_ID,
     TIMESTAMP,
@@ -49,17 +49,18 @@ from churnwatch.data.contract import (
 )
 from churnwatch.data.partition import by_category, read_part, split_file
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots, build_snapshot
-from churnwatch.drivers import IndicatorCatalogue, explain_sequences, sum_by_owner, top_drivers
-from churnwatch.export import Artifact, load_model, tabular_attribution
+from churnwatch.explain.drivers import IndicatorCatalogue, explain_sequences, sum_by_owner, top_drivers
+from churnwatch.explain.insights import Segments, context_frame, owners
+from churnwatch.explain.playbook import Playbook
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateTable
 from churnwatch.features.encode import EncodedSequences, SequenceEncoder
-from churnwatch.hardware import autocast, choose_precision, fit_threads, resolve_device
-from churnwatch.insights import Segments, context_frame, owners
-from churnwatch.memory import release_free_memory
+from churnwatch.io.atomic import atomic_path, check_output, scratch_dir
+from churnwatch.io.signing import Verification
 from churnwatch.models.thresholds import Operating, tiers_at
-from churnwatch.options import check_values
-from churnwatch.playbook import Playbook
-from churnwatch.score_output import (
+from churnwatch.pipeline.batch import EventBatch, pad_batch
+from churnwatch.runtime.hardware import autocast, choose_precision, fit_threads, resolve_device
+from churnwatch.runtime.memory import release_free_memory
+from churnwatch.scoring.output import (
     RANK_KEYS,
     atomic_output,
     check_suffix,
@@ -67,7 +68,6 @@ from churnwatch.score_output import (
     read_rank_keys,
     write_ranked,
 )
-from churnwatch.signing import Verification
 
 log = logging.getLogger(__name__)
 OUTPUT_COLUMNS = (

@@ -17,13 +17,13 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from churnwatch.atomic import atomic_path
+from churnwatch.config.options import check_values
 from churnwatch.data.contract import normalise_ids, read_table
 from churnwatch.data.snapshots import build_snapshot, label_event_mask
-from churnwatch.monitoring import Population, backtest, compare, verdict, volume_stats
-from churnwatch.options import check_values
-from churnwatch.scoring import Scorer, ScoringInput, default_as_of
-from churnwatch.signing import Verification
+from churnwatch.io.atomic import atomic_path
+from churnwatch.io.signing import Verification
+from churnwatch.monitoring.drift import Population, backtest, compare, verdict, volume_stats
+from churnwatch.scoring.scorer import Scorer, ScoringInput, default_as_of
 
 COLOURS = {"ok": "green", "warn": "yellow", "retrain": "red"}
 MONITOR_FILE = "monitor.json"

@@ -24,15 +24,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from churnwatch.atomic import atomic_path
-from churnwatch.data.batch import LengthBucketBatchSampler
-from churnwatch.data.cache import LOADER_KEYS, NOT_ENCODING_KEYS
-from churnwatch.data.dataset import ChurnData
 from churnwatch.data.snapshots import build_snapshot
 from churnwatch.features.encode import EncodedSequences
-from churnwatch.hardware import accelerator_device
+from churnwatch.io.atomic import atomic_path
 from churnwatch.models.coles import ColesModule, SliceViews, load_pretrained, pretrained_state
 from churnwatch.models.encoders import ChurnNet
+from churnwatch.pipeline.batch import LengthBucketBatchSampler
+from churnwatch.pipeline.cache import LOADER_KEYS, NOT_ENCODING_KEYS
+from churnwatch.pipeline.dataset import ChurnData
+from churnwatch.runtime.hardware import accelerator_device
 
 log = logging.getLogger(__name__)
 SEED_KEYS = frozenset({"seed", "fold", "folds", "val_fraction", "train_fraction", "sample_weight"})

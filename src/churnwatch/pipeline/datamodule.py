@@ -11,11 +11,12 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from churnwatch.compat import lightning_leaf_spec, quiet_litlogger_tip
-from churnwatch.data.batch import LengthBucketBatchSampler, SequenceDataset
-from churnwatch.data.dataset import ChurnData, Split, as_dict, build_data
-from churnwatch.data.device_batches import DeviceSequenceDataset, device_bytes
 from churnwatch.features.encode import TIME_NUMERIC
+from churnwatch.pipeline.batch import LengthBucketBatchSampler, SequenceDataset
+from churnwatch.pipeline.build import build_data
+from churnwatch.pipeline.dataset import ChurnData, Split, as_dict
+from churnwatch.pipeline.device_batches import DeviceSequenceDataset, device_bytes
+from churnwatch.runtime.compat import lightning_leaf_spec, quiet_litlogger_tip
 
 TIME_FEATURES = tuple(f.name for f in TIME_NUMERIC)
 lightning_leaf_spec()  # Lightning wraps these loaders with a call torch deprecates (see compat.py)

@@ -19,16 +19,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from churnwatch.data.dataset import ChurnData, Split  # noqa: E402
 from churnwatch.data.snapshots import EventLog, Snapshots  # noqa: E402
-from churnwatch.drivers import (  # noqa: E402
+from churnwatch.explain.drivers import (  # noqa: E402
     IndicatorCatalogue,
     global_importance,
     match_rate,
     top_drivers,
 )
+from churnwatch.explain.segments import BehaviourClusters, RFMSegmenter, segment_table  # noqa: E402
 from churnwatch.features.aggregates import AggregateTable  # noqa: E402
-from churnwatch.segments import BehaviourClusters, RFMSegmenter, segment_table  # noqa: E402
+from churnwatch.pipeline.dataset import ChurnData, Split  # noqa: E402
 
 log = logging.getLogger(__name__)
 DRIVERS_FILE = "drivers.parquet"

@@ -24,9 +24,10 @@ import pandas as pd
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from churnwatch.ensemble import train_ensemble
 from churnwatch.errors import ConfigError
-from churnwatch.training import read_timings, train
+from churnwatch.runs.ensemble import train_ensemble
+from churnwatch.runs.record import read_timings
+from churnwatch.runs.train import train
 
 log = logging.getLogger(__name__)
 ComposeTrain = Callable[[list[str]], DictConfig]

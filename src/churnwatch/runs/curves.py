@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from churnwatch.leaderboard import ComposeTrain, train_run
+from churnwatch.runs.leaderboard import ComposeTrain, train_run
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from churnwatch.data.batch import EventBatch
 from churnwatch.features.encode import EncodedSequences
+from churnwatch.pipeline.batch import EventBatch
 
 
 def device_bytes(seqs: EncodedSequences, aggregates: np.ndarray | None = None) -> int:
