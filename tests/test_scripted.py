@@ -15,7 +15,7 @@ from churnwatch.artifact.export import load_artifact
 from churnwatch.errors import ArtifactError
 from churnwatch.jobs.monitor import run_monitor
 from churnwatch.models.scripted import NotScriptable, script_estimator
-from churnwatch.models.tabular import _fit, build_estimator
+from churnwatch.models.tabular import build_estimator, fit_estimator
 from churnwatch.pipeline.datamodule import ChurnDataModule
 from churnwatch.runs.predictions import read_predictions
 from churnwatch.runs.train import train
@@ -63,7 +63,7 @@ def _fitted(name: str, tables, nan: bool):
     if nan:  # missing values in training (LightGBM's missing_type NaN) and at scoring
         x_train, x_test = _holes(x_train, cat, 0.1, 0), _holes(x_test, cat, 0.2, 1)
     x_test[:4, cat[0]] = [-1.0, 0.5, 99.0, 1e6]  # categories never seen: negative, fractional, unknown
-    _fit(estimator, name, x_train, labels, train_table)
+    fit_estimator(estimator, name, x_train, labels, train_table)
     return estimator, x_test
 
 
@@ -83,7 +83,7 @@ def test_lightgbm_categorical_and_zero_as_missing_splits(tables):
     dump = str(estimator.booster_.dump_model())
     assert "'decision_type': '=='" in dump and "'missing_type': 'NaN'" in dump
     estimator.set_params(zero_as_missing=True)
-    _fit(estimator, "lightgbm", tables[0].values, tables[2], tables[0])
+    fit_estimator(estimator, "lightgbm", tables[0].values, tables[2], tables[0])
     assert "'missing_type': 'Zero'" in str(estimator.booster_.dump_model())
     scripted = script_estimator(estimator, "lightgbm", tables[0].names)
     x[:50, :20] = 0.0
