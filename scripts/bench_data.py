@@ -76,23 +76,22 @@ def phase_generate(args: argparse.Namespace) -> dict:
 
 def phase_encode(args: argparse.Namespace) -> dict:
     import pandas as pd
-    from hydra import compose, initialize_config_dir
 
-    from churnwatch.data.contract import CustomerSchema, EventSchema, load_customers, load_events
+    from churnwatch.config.compose import compose
+    from churnwatch.data.loaders import load_customers, load_events
+    from churnwatch.data.schema import CustomerSchema, EventSchema
     from churnwatch.data.snapshots import EventLog, SnapshotPlan, build_snapshots
     from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec
     from churnwatch.features.encode import SequenceEncoder
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose("prepare", overrides=[f"data.data_dir={args.work_dir}", "paths.output_dir=."])
+    cfg = compose("prepare", overrides=[f"data.data_dir={args.work_dir}", "paths.output_dir=."])
     cfg = cfg.data
     out: dict = {}
     t = time.perf_counter()
     schema = EventSchema.from_config(cfg)
     loaded = load_events(cfg.events_path, schema, end_date=cfg.end_date)
     customers, _ = load_customers(
-        cfg.customers_path, schema.customer_id, CustomerSchema.from_config(cfg.customers)
+        cfg.customers_path, CustomerSchema.from_config(cfg.customers), id_column=schema.customer_id
     )
     out["load_validate_s"] = time.perf_counter() - t
     out["events"] = len(loaded.frame)
@@ -135,21 +134,18 @@ def phase_encode(args: argparse.Namespace) -> dict:
 
 def phase_cache(args: argparse.Namespace) -> dict:
     """One build_data through the cache (or without it, phase "uncached"), then touch what training reads."""
-    from hydra import compose, initialize_config_dir
-
+    from churnwatch.config.compose import compose
     from churnwatch.pipeline.build import build_data
-    from churnwatch.pipeline.cache import content_digest
+    from churnwatch.pipeline.cache_key import content_digest
     from churnwatch.pipeline.dataset import as_dict
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
     overrides = [
         f"data.data_dir={args.work_dir}",
         "paths.output_dir=.",
         f"data.cache.dir={args.work_dir / 'cache'}",
         f"data.cache.enabled={args.phase != 'uncached'}",
     ]
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = as_dict(compose("prepare", overrides=overrides).data)
+    cfg = as_dict(compose("prepare", overrides=overrides).data)
     out: dict = {"phase": args.phase}
     with PeakRSS() as mem:
         t = time.perf_counter()

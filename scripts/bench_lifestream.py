@@ -43,10 +43,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 from torchmetrics.functional.classification import binary_auroc
 
+from churnwatch.config.compose import compose
 from churnwatch.models.encoders import embedding_dim
 from churnwatch.pipeline.build import build_data
 from churnwatch.pipeline.dataset import ChurnData, Split
@@ -379,8 +379,7 @@ def compose_config(args: argparse.Namespace, data_dir: str) -> DictConfig:
         # no encoded-snapshot cache (where the checkout has one): build in memory, write nothing into the repo
         "++data.cache.enabled=false",
     ]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+    cfg = compose("train", overrides=overrides)
     with open_dict(cfg):
         cfg.insights.enabled = False
     return cfg

@@ -34,11 +34,12 @@ def _score_once(model: str, data: Path, out: Path, drivers: bool, args: argparse
     code = f"""
 import json, time, torch
 torch.set_num_threads({args.threads})
-from churnwatch.scoring.scorer import score_file
-r = score_file({model!r}, {str(data / "events.parquet")!r}, {str(out)!r},
+from churnwatch.jobs.score import ScoreJob, score_file
+job = ScoreJob(model_path={model!r}, events_path={str(data / "events.parquet")!r}, output_path={str(out)!r},
                customers_path={str(data / "customers.parquet")!r}, device="cpu", chunk_customers={args.chunk},
-               overwrite=True, progress=False, drivers={{"enabled": {drivers}}}, as_of={args.as_of!r},
+               overwrite=True, drivers={{"enabled": {drivers}}}, as_of={args.as_of!r},
                part_events={args.part_events}, batch_size={args.batch_size}, precision={args.precision!r})
+r = score_file(job, progress=False)
 print(json.dumps({{"seconds": r.seconds, "customers": r.customers, "phases": r.phases, "parts": r.parts,
                    "ranked": sum(r.tiers.get(t, 0) for t in ("high", "medium", "low"))}}))
 """
@@ -80,7 +81,7 @@ def _forward_sweep(args: argparse.Namespace) -> None:
     from churnwatch.scoring.scorer import Scorer
 
     torch.set_num_threads(args.threads)
-    scorer = Scorer(args.model, "cpu", drivers={"enabled": False})
+    scorer = Scorer(args.model, device="cpu", drivers={"enabled": False})
     customers = Path(args.events).with_name("customers.parquet")
     inp = scorer.load(args.events, customers if customers.exists() else None, args.as_of)
     seqs = scorer.encoder.transform(inp.log, inp.snaps, inp.customers)

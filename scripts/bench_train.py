@@ -17,11 +17,10 @@ import argparse
 import itertools
 import platform
 import time
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
+from churnwatch.config.compose import compose
 from churnwatch.models.module import ChurnModule
 from churnwatch.pipeline.datamodule import ChurnDataModule
 
@@ -131,9 +130,7 @@ def main() -> None:
         f"data.num_workers={args.num_workers}",
         f"data.pin_memory={device.type == 'cuda'}",
     ]
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        dm = ChurnDataModule(compose("train", overrides=overrides).data)
+    dm = ChurnDataModule(compose("train", overrides=overrides).data)
     dm.setup("fit")
     rows = [bench(m, dm, args, device) for m in args.models]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()

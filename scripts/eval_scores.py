@@ -12,25 +12,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
-from churnwatch.data.contract import CUSTOMER_ID, EventSchema, load_events
+from churnwatch.config.compose import compose
+from churnwatch.data.loaders import load_events
+from churnwatch.data.schema import CUSTOMER_ID, EventSchema
 from churnwatch.data.snapshots import EventLog, build_snapshot, label_event_mask
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from churnwatch.data.validation import DEFAULT_POLICY
 
 
 def protocol_labels(data: str, events: str | None, as_of: str, horizon_days: int) -> pd.Series:
     """Churn label (0/1) per customer of the `as_of` snapshot, indexed by customer id."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("prepare", overrides=[f"data={data}"])
+    cfg = compose("prepare", overrides=[f"data={data}"])
     dcfg = OmegaConf.to_container(cfg.data, resolve=True)
     loaded = load_events(
         events or dcfg["events_path"],
         EventSchema.from_config(dcfg),
-        policy=dcfg.get("policy", "drop"),
+        policy=dcfg.get("policy", DEFAULT_POLICY),
         end_date=dcfg.get("end_date"),
         row_filter=dcfg.get("filter"),
         derived=dcfg.get("derived"),
@@ -40,7 +39,7 @@ def protocol_labels(data: str, events: str | None, as_of: str, horizon_days: int
         log,
         pd.Timestamp(as_of).normalize(),
         horizon_days,
-        dcfg.get("lookback_days"),
+        lookback_days=dcfg.get("lookback_days"),
         label_events=label_event_mask(log.frame, dcfg.get("label_events")),
         data_end=loaded.data_end,
     )

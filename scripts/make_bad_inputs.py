@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from churnwatch.data.synthetic import AGE_BANDS, CATEGORIES, CHANNELS, INCOME_BANDS, PLANS, REGIONS
+from churnwatch.data.synthetic.columns import AGE_BANDS, CATEGORIES, CHANNELS, INCOME_BANDS, PLANS, REGIONS
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "bad"
 START = pd.Timestamp("2024-06-01 10:00:00")

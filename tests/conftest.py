@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.data.contract import EventSchema, load_events
+from churnwatch.data.loaders import load_events
+from churnwatch.data.schema import EventSchema
 
 REPO = Path(__file__).resolve().parents[1]
 ONLINE_RETAIL = REPO.parent / "shared" / "data" / "online_retail" / "online_retail.parquet"

@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.data.contract import ConfigError, EventSchema, load_events
+from churnwatch.data.loaders import load_events
+from churnwatch.data.schema import EventSchema
 from churnwatch.data.snapshots import EventLog, build_snapshot
+from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec
 
 from .conftest import SCHEMA_CFG

@@ -20,14 +20,20 @@ import pytest
 import torch
 
 from churnwatch.artifact.export import CHECKSUM_FILE, META_FILE
-from churnwatch.data.contract import DataValidationError, JoinReport, load_customers, load_events
-from churnwatch.scoring.scorer import Scorer, merge_shards, report_path, score_file, shard_of
+from churnwatch.data.loaders import load_customers, load_events
+from churnwatch.data.validation import JoinReport
+from churnwatch.errors import DataValidationError
+from churnwatch.jobs.score import ScoreJob, score_file
+from churnwatch.scoring.output import report_path
+from churnwatch.scoring.scorer import Scorer
+from churnwatch.scoring.shards import merge_shards, shard_of
 
 from .conftest import REPO
 
 BAD = REPO / "tests" / "data" / "bad"
 CASES: dict[str, dict[str, Any]] = json.loads((BAD / "cases.json").read_text())
-SCORE = dict(device="cpu", progress=False, drivers={"steps": 2})
+SCORE = dict(device="cpu", drivers={"steps": 2})
+"""The tests' ScoreJob options (score_file runs with progress=False)."""
 
 
 def _script() -> Any:
@@ -40,7 +46,7 @@ def _script() -> Any:
 @pytest.fixture(scope="session")
 def scorer(model: Path) -> Scorer:
     """The model's contract: the schemas and the policy (drop) scoring validates with."""
-    return Scorer(model, "cpu", drivers={"enabled": False})
+    return Scorer(model, device="cpu", drivers={"enabled": False})
 
 
 def _paths(case: dict[str, Any]) -> tuple[Path, Path | None]:
@@ -54,7 +60,11 @@ def _load(scorer: Scorer, case: dict[str, Any], policy: str) -> tuple[Any, pd.Da
     if customers is None:
         return loaded, None, None
     frame, report = load_customers(
-        customers, scorer.schema.customer_id, scorer.customer_schema, scorer.schema.timezone, policy
+        customers,
+        scorer.customer_schema,
+        id_column=scorer.schema.customer_id,
+        timezone=scorer.schema.timezone,
+        policy=policy,
     )
     JoinReport.of(loaded.input_ids, frame.index).check(customers)
     return loaded, frame, report
@@ -128,13 +138,21 @@ def test_scoring_scores_every_customer_once_and_reports_drops(model: Path, name:
     out = tmp_path / "scores.parquet"
     if case["outcome"] == "fails":
         with pytest.raises(DataValidationError) as err:
-            score_file(model, events, out, customers, **SCORE)
+            score_file(
+                ScoreJob(
+                    model_path=model, events_path=events, output_path=out, customers_path=customers, **SCORE
+                ),
+                progress=False,
+            )
         _assert_one_line(
             str(err.value), _failing_file(case), case["match"], case["column"], case["example_row"]
         )
         assert not out.exists() and not report_path(out).exists()
         return
-    result = score_file(model, events, out, customers, **SCORE)
+    result = score_file(
+        ScoreJob(model_path=model, events_path=events, output_path=out, customers_path=customers, **SCORE),
+        progress=False,
+    )
     scores = pd.read_parquet(out)
     assert sorted(scores["customer_id"]) == case["ids"] and scores["customer_id"].is_unique
     assert scores["churn_probability"].between(0, 1).all()  # NaN is not between: none slipped through
@@ -160,7 +178,9 @@ def test_one_customer_with_a_million_events_is_scored_once_on_its_last_max_len(
 ) -> None:
     case = _script().million_events(tmp_path / "big")
     out = tmp_path / "scores.parquet"
-    score_file(model, case["events"], out, **SCORE)
+    score_file(
+        ScoreJob(model_path=model, events_path=case["events"], output_path=out, **SCORE), progress=False
+    )
     scores = pd.read_parquet(out).set_index("customer_id")
     assert sorted(scores.index) == case["ids"]
     assert scores.loc[case["big"], "n_events"] == case["big_events"]
@@ -220,7 +240,10 @@ def test_a_model_whose_weights_went_nan_fails_naming_customers_and_writes_nothin
     case = CASES["single_event_customers"]
     out = tmp_path / "scores.parquet"
     with pytest.raises(FloatingPointError) as err:
-        score_file(broken, BAD / case["events"], out, **SCORE)
+        score_file(
+            ScoreJob(model_path=broken, events_path=BAD / case["events"], output_path=out, **SCORE),
+            progress=False,
+        )
     message = str(err.value)
     assert "\n" not in message and message.startswith(
         f"{broken}: the model gave a non-finite churn probability"
@@ -247,11 +270,15 @@ def test_a_shard_whose_rows_are_all_invalid_scores_its_customers_like_the_unshar
     frame.loc[frame["customer_id"].isin(broken), "timestamp"] = "not a date"
     events = tmp_path / "events.csv"
     events.write_bytes(script.csv(frame))
-    common = {**SCORE, "as_of": "2024-11-01"}
-    single = pd.read_parquet(score_file(model, events, tmp_path / "single.parquet", **common).output_path)
+    common = {**SCORE, "model_path": model, "events_path": events, "as_of": "2024-11-01"}
+    single = pd.read_parquet(
+        score_file(ScoreJob(output_path=tmp_path / "single.parquet", **common), progress=False).output_path
+    )
     assert set(single.loc[single["no_history"], "customer_id"]) == set(broken)
     parts = [
-        score_file(model, events, tmp_path / f"part-{i}.parquet", shard=(2, i), **common).output_path
+        score_file(
+            ScoreJob(output_path=tmp_path / f"part-{i}.parquet", shard=(2, i), **common), progress=False
+        ).output_path
         for i in range(2)
     ]
     merge_shards(model, parts, tmp_path / "merged.parquet")
@@ -260,9 +287,11 @@ def test_a_shard_whose_rows_are_all_invalid_scores_its_customers_like_the_unshar
     frame["timestamp"] = "not a date"
     events.write_bytes(script.csv(frame))
     with pytest.raises(DataValidationError, match="no valid events left"):
-        score_file(model, events, tmp_path / "none.parquet", **common)
+        score_file(ScoreJob(output_path=tmp_path / "none.parquet", **common), progress=False)
     parts = [
-        score_file(model, events, tmp_path / f"none-{i}.parquet", shard=(2, i), **common).output_path
+        score_file(
+            ScoreJob(output_path=tmp_path / f"none-{i}.parquet", shard=(2, i), **common), progress=False
+        ).output_path
         for i in range(2)
     ]
     with pytest.raises(DataValidationError, match="merge: no shard kept a valid event row"):

@@ -12,7 +12,8 @@ from scipy.integrate import quad
 from scipy.optimize import approx_fprime
 from scipy.special import gammaln, hyp2f1
 
-from churnwatch.data.contract import EventSchema, load_events
+from churnwatch.data.loaders import load_events
+from churnwatch.data.schema import EventSchema
 from churnwatch.data.snapshots import EventLog, build_snapshot
 from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.models.btyd import (

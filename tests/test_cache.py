@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import multiprocessing
@@ -16,13 +17,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from churnwatch.data import cache as cache_mod
+import churnwatch
 from churnwatch.data.snapshots import build_snapshots
 from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.features.encode import EncodedSequences, SequenceEncoder
+from churnwatch.pipeline import cache as cache_mod
+from churnwatch.pipeline import cache_key
 from churnwatch.pipeline.batch import SequenceDataset
 from churnwatch.pipeline.build import build_data
-from churnwatch.pipeline.cache import EncodedCache, content_digest
+from churnwatch.pipeline.cache import EncodedCache
+from churnwatch.pipeline.cache_key import CODE_MODULES, content_digest
 from churnwatch.pipeline.dataset import ChurnData, encode_data
 
 from .conftest import make_events
@@ -195,7 +199,7 @@ def test_a_changed_encoding_key_is_a_miss_but_loader_keys_are_not(tmp_path, capl
 def test_another_format_version_is_a_miss(tmp_path, monkeypatch, caplog):
     cfg = _cfg(_write(tmp_path), tmp_path / "cache")
     build_data(cfg)
-    monkeypatch.setattr(cache_mod, "FORMAT_VERSION", cache_mod.FORMAT_VERSION + 1)
+    monkeypatch.setattr(cache_key, "FORMAT_VERSION", cache_key.FORMAT_VERSION + 1)
     with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         build_data(cfg)
     assert "miss (cache format or churnwatch version changed)" in caplog.text
@@ -378,7 +382,7 @@ def test_sampled_content_hash_reads_head_tail_and_spread_blocks(tmp_path):
     data = bytearray(np.random.default_rng(0).bytes(20 << 20))
     path.write_bytes(bytes(data))
     full, sampled = content_digest(path, "full"), content_digest(path, "sampled")
-    head, tail, first_spread, between = 10, len(data) - 10, cache_mod.BLOCK + 100, 9 << 20
+    head, tail, first_spread, between = 10, len(data) - 10, cache_key.BLOCK + 100, 9 << 20
     for pos, sampled_sees_it in ((head, True), (tail, True), (first_spread, True), (between, False)):
         changed = bytearray(data)
         changed[pos] ^= 0xFF
@@ -407,3 +411,40 @@ def test_datamodule_serves_the_same_batches_from_the_cache_in_spawned_workers(tm
     for a, b in zip(batches, expected, strict=True):
         for field in ("cat", "num", "lengths", "static_cat", "static_num", "aggregates", "label", "index"):
             assert np.array_equal(getattr(a, field).numpy(), getattr(b, field).numpy()), field
+
+
+def _module_file(name: str) -> Path | None:
+    rel = Path(*name.split(".")[1:])
+    root = Path(churnwatch.__file__).parent
+    return next((f for f in (root / rel.with_suffix(".py"), root / rel / "__init__.py") if f.is_file()), None)
+
+
+def _imported_at_load(name: str) -> set[str]:
+    """The churnwatch modules `name` imports at module level (`from a import b` is a.b when b is a module)."""
+    found = set()
+    for node in ast.parse(_module_file(name).read_text()).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("churnwatch"):
+            found.update(
+                f"{node.module}.{a.name}" if _module_file(f"{node.module}.{a.name}") else node.module
+                for a in node.names
+            )
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("churnwatch"))
+    return found
+
+
+DATA_PATH_PACKAGES = ("churnwatch.data.", "churnwatch.features.", "churnwatch.pipeline.")
+
+
+def test_code_modules_cover_the_data_path():
+    """Every data, features and pipeline module that the build and the entry reader import is in
+    CODE_MODULES (a module split off without being listed would let its edits reuse stale entries), and
+    every listed module exists (a stale name would silently drop out of the fingerprint)."""
+    todo, reached = ["churnwatch.pipeline.dataset", "churnwatch.pipeline.cache_entry"], set()
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo.extend(m for m in _imported_at_load(name) if m.startswith(DATA_PATH_PACKAGES))
+    assert reached - set(CODE_MODULES) == set()
+    assert [m for m in CODE_MODULES if _module_file(m) is None] == []

@@ -9,11 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from churnwatch.cli import COMMANDS
 from churnwatch.cli.app import command_help
+from churnwatch.cli.errors import is_user_error, one_line_errors
 from churnwatch.config.compose import config_dir
+from churnwatch.errors import ArtifactError, ConfigError, DataValidationError, MonitorError
+from churnwatch.models.calibration import Calibrator
 
 from .conftest import REPO
 
@@ -105,3 +109,29 @@ def test_an_option_whose_package_is_not_installed_names_the_extra(tmp_path):
     ]
     assert not list(tmp_path.iterdir())
 
+
+
+def test_a_bug_keeps_its_traceback_while_a_refused_config_value_is_one_line(capsys, monkeypatch):
+    """Only churnwatch's own user-error types are shortened: a ValueError that a built-in raises inside
+    churnwatch code (here float() of a malformed calibration state) is a bug, and keeps its traceback."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    @one_line_errors("churnwatch test")
+    def calibrate(method: str, state: dict) -> Calibrator:
+        Calibrator.fit(method, np.array([0.2, 0.4, 0.7, 0.9]), np.array([0, 1, 0, 1]))
+        return Calibrator.from_state(state)
+
+    with pytest.raises(ValueError, match="could not convert string to float") as bug:
+        calibrate("platt", {"method": "platt", "slope": "steep"})
+    tb = bug.value.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    assert tb.tb_frame.f_globals["__name__"] == "churnwatch.models.calibration"  # raised in our code
+    assert not is_user_error(bug.value)
+    with pytest.raises(SystemExit) as exited:
+        calibrate("magic", {})
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("churnwatch test: calibration must be one of") and line.endswith("got 'magic'")
+    for error in (ConfigError("x"), DataValidationError("x"), ArtifactError("x"), MonitorError("x")):
+        assert is_user_error(error)

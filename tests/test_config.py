@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from churnwatch.config.compose import compose
-from churnwatch.data.contract import EventSchema
+from churnwatch.data.schema import EventSchema
 from churnwatch.data.snapshots import SnapshotPlan
 from churnwatch.pipeline.build import build_data
 

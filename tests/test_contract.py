@@ -9,20 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.data.contract import (
-    CUSTOMER_ID,
-    MISSING,
-    TIMESTAMP,
-    ConfigError,
-    CustomerSchema,
-    DataValidationError,
-    EventSchema,
-    load_customers,
-    load_events,
-    load_labels,
-    normalise_ids,
-    parse_timestamps,
-)
+from churnwatch.data.loaders import load_customers, load_events, load_labels
+from churnwatch.data.parsing import normalise_ids, parse_timestamps
+from churnwatch.data.schema import CUSTOMER_ID, MISSING, TIMESTAMP, CustomerSchema, EventSchema
+from churnwatch.errors import ConfigError, DataValidationError
 
 from .conftest import SCHEMA_CFG
 
@@ -204,7 +194,9 @@ def test_customers_table_validation(tmp_path: Path):
             "signup": ["2023-01-01", "2023-01-01", "bad", "2023-02-01"],
         }
     ).to_csv(path, index=False)
-    table, report = load_customers(path, "cid", CustomerSchema(categorical=("region",), dates=("signup",)))
+    table, report = load_customers(
+        path, CustomerSchema(categorical=("region",), dates=("signup",)), id_column="cid"
+    )
     assert report.dropped == {"null_id": 1, "duplicate_id": 1, "bad_date": 1}
     assert table.index.tolist() == ["a"]
     assert table.loc["a", "signup"] == pd.Timestamp("2023-01-01")

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.data.contract import EventSchema, load_events
+from churnwatch.data.loaders import load_events
+from churnwatch.data.schema import EventSchema
 from churnwatch.data.snapshots import EventLog, Snapshots, build_snapshot
 from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.models.btyd import GammaGamma, GammaGammaParams, purchase_histories

@@ -13,7 +13,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from churnwatch.features.encode import Z_LIMIT, slice_events
+from churnwatch.features.encode import slice_events
+from churnwatch.features.stats import Z_LIMIT
 from churnwatch.pipeline.build import build_data
 from churnwatch.pipeline.datamodule import ChurnDataModule
 from churnwatch.runs.record import TIMING_KEYS, read_timings, refuse_finished_run
@@ -79,7 +80,7 @@ def test_values_that_overflow_float32_reach_the_network_clipped_and_train(data_d
     events.loc[late, "price_delta"] = 1e299
     events.to_parquet(bad_dir / "events.parquet")
     cfg = config(bad_dir, tmp_path / "run")
-    with caplog.at_level(logging.WARNING, logger="churnwatch.features.encode"):
+    with caplog.at_level(logging.WARNING, logger="churnwatch.features.stats"):
         data = build_data(cfg.data)
     assert any("clipped to ±10000 standard deviations" in r.getMessage() for r in caplog.records)
     column = data.encoder.num_names.index("price_delta")

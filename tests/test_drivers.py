@@ -74,7 +74,7 @@ def test_first_matching_indicator_owns_each_event_field(catalogue):
 
 
 def test_unknown_group_or_key_is_a_config_error():
-    from churnwatch.data.contract import ConfigError
+    from churnwatch.errors import ConfigError
 
     with pytest.raises(ConfigError, match="group"):
         IndicatorCatalogue.from_config({"x": {"group": "vibes"}})
@@ -188,7 +188,7 @@ def test_playbook_takes_the_first_matching_rule():
         }
     )
     assert book.assign(frame).tolist() == ["call", "reward", "win_back", "none", "call"]
-    from churnwatch.data.contract import ConfigError
+    from churnwatch.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown conditions"):
         Playbook.from_config({"rules": [{"tiers": ["high"], "action": "x"}]})

@@ -8,17 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.data.contract import EventSchema, load_events
+from churnwatch.data.loaders import load_events
+from churnwatch.data.schema import TIMESTAMP, EventSchema
 from churnwatch.data.snapshots import EventLog, build_snapshot
-from churnwatch.features.encode import (
-    OOV,
-    PAD,
-    NumericStats,
-    SequenceEncoder,
-    VisitSpec,
-    Vocabulary,
-    ranges,
-)
+from churnwatch.explain.insights import owners
+from churnwatch.features.encode import SequenceEncoder
+from churnwatch.features.stats import OOV, PAD, NumericStats, Vocabulary
+from churnwatch.features.window import VisitSpec, kept_steps, ranges
 
 from .conftest import SCHEMA_CFG
 
@@ -153,11 +149,11 @@ def test_visits_turn_order_lines_into_one_step_each_by_hand():
     seqs = enc.transform(log, snap)
     assert enc.num_names == ["amount", "visit_lines", "gap_days", "age_days"]
     assert seqs.lengths.tolist() == [4, 1]  # a has 5 visits before the cutoff, keeps its last 4
-    steps = enc.steps(log, snap)
+    steps = kept_steps(log, snap, enc.window)
     assert (steps.stop - steps.first).tolist() == [1, 1, 1, 1, 1]  # o2, o3, o4 (Thursday), o4 (Friday), p1
-    raw = enc.steps(log, snap)
+    raw = kept_steps(log, snap, enc.window)
     everything = SequenceEncoder(EventSchema.from_config(VISIT_CFG), max_len=10, visits=spec).fit(log, snap)
-    full = everything.steps(log, snap)
+    full = kept_steps(log, snap, everything.window)
     assert (full.stop - full.first).tolist()[:2] == [3, 1]  # o1's three lines, then o2's one
     values = everything._reduced(log, full.first, full.stop)
     assert values[0].tolist()[:3] == [16.0, 2.0, 4.0] and values[1].tolist()[:3] == [3.0, 1.0, 1.0]
@@ -183,3 +179,47 @@ def test_max_span_days_keeps_only_recent_steps_and_at_least_the_last():
     state = json.loads(json.dumps(enc.state()))
     again = SequenceEncoder.from_state(state, EventSchema.from_config(SCHEMA_CFG))
     assert again.max_span_days == 30 and again.transform(log, snap).lengths.tolist() == [2, 1]
+
+
+class _ShowFrame:
+    """An indicator catalogue stand-in: `owners` hands back the event rows it was shown."""
+
+    def event_owner(self, frame: pd.DataFrame, fields: list[str]) -> pd.DataFrame:
+        return frame
+
+    def name_owner(self, names: list[str], kind: str) -> list[str]:
+        return names
+
+
+@pytest.mark.parametrize(
+    ("max_len", "max_span_days", "orders"),
+    [(2, None, ["o4", "o4", "p1"]), (10, 3, ["o3", "o4", "o4", "p1"])],
+)
+def test_insights_owners_read_the_events_the_encoder_keeps(max_len, max_span_days, orders):
+    """Driver owners (explain/insights.py) and the encoder follow one history-window rule: with visits on,
+    for a customer with more visits than max_len, or a span that cuts them, owner row k is encoded step k."""
+    log = _order_log(
+        [
+            ("a", "2024-01-01 09:00", "o1", "purchase", "x", 10.0),
+            ("a", "2024-01-01 09:00", "o1", "purchase", "y", 5.0),
+            ("a", "2024-01-01 09:00", "o2", "purchase", "x", 2.0),
+            ("a", "2024-01-03 10:00", "o3", "purchase", "x", 4.0),
+            ("a", "2024-01-04 23:59", "o4", "purchase", "z", 3.0),
+            ("a", "2024-01-05 00:01", "o4", "purchase", "z", 3.0),
+            ("a", "2024-01-07 08:00", "o5", "purchase", "z", 1.0),  # after the cutoff: never kept
+            ("b", "2024-01-02 12:00", "p1", "purchase", "x", 7.0),  # outside any span: kept as the last
+        ]
+    )
+    snap = build_snapshot(log, "2024-01-06", horizon_days=30)
+    spec = VisitSpec.from_config(VISIT_CFG["visits"])
+    enc = SequenceEncoder(
+        EventSchema.from_config(VISIT_CFG), max_len=max_len, visits=spec, max_span_days=max_span_days
+    ).fit(log, snap)
+    seqs = enc.transform(log, snap)
+    frame, _, _ = owners(_ShowFrame(), log, snap, enc, [])
+    assert len(frame) == int(seqs.offsets[-1]) == len(orders)
+    assert frame["order"].astype(str).tolist() == orders
+    when = pd.DatetimeIndex(frame[TIMESTAMP])
+    day_of_week, hour = (seqs.cat[:, enc.cat_names.index(name)] for name in ("day_of_week", "hour"))
+    assert day_of_week.tolist() == (when.day_of_week + 1).tolist()  # Monday = 1
+    assert hour.tolist() == (when.hour + 1).tolist()

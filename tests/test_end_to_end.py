@@ -11,10 +11,12 @@ import pandas as pd
 import pytest
 
 from churnwatch.artifact.export import load_artifact
+from churnwatch.jobs.score import ScoreJob, score_file
 from churnwatch.models.metrics import METRIC_NAMES
 from churnwatch.runs.train import train
 from churnwatch.runtime.hardware import forced
-from churnwatch.scoring.scorer import OUTPUT_COLUMNS, Scorer, score_file
+from churnwatch.scoring.output import OUTPUT_COLUMNS
+from churnwatch.scoring.scorer import Scorer
 
 from .test_config import compose
 
@@ -75,14 +77,14 @@ def test_scoring_returns_every_input_customer_exactly_once(trained, tmp_path):
     )
     path = tmp_path / "events.csv"
     mixed.to_csv(path, index=False)
-    result = score_file(
-        root / "run" / "model.pt",
-        path,
-        tmp_path / "scores.csv",
+    job = ScoreJob(
+        model_path=root / "run" / "model.pt",
+        events_path=path,
+        output_path=tmp_path / "scores.csv",
         customers_path=root / "data" / "customers.parquet",
         as_of="2024-11-01",
-        progress=False,
     )
+    result = score_file(job, progress=False)
     out = pd.read_csv(tmp_path / "scores.csv")
     assert list(out.columns) == list(OUTPUT_COLUMNS)
     assert sorted(out["customer_id"]) == sorted(mixed["customer_id"].unique())
@@ -96,7 +98,9 @@ def test_scoring_returns_every_input_customer_exactly_once(trained, tmp_path):
     assert set(out["risk_tier"]) <= {"high", "medium", "low", "lapsed", "unknown"}
     assert result.customers == len(out)
     with pytest.raises(FileExistsError):
-        score_file(root / "run" / "model.pt", path, tmp_path / "scores.csv", progress=False)
+        score_file(
+            ScoreJob(model_path=job.model_path, events_path=path, output_path=job.output_path), progress=False
+        )
 
 
 def test_scores_do_not_depend_on_chunk_size_or_later_events(trained):
@@ -187,14 +191,15 @@ def test_calibration_tiers_and_insights_are_recorded_and_exported(trained):
 
 def test_scoring_output_has_drivers_value_segments_and_actions(trained, tmp_path):
     root, _ = trained
-    common = dict(customers_path=root / "data" / "customers.parquet", as_of="2024-11-01", progress=False)
+    common = dict(
+        model_path=root / "run" / "model.pt",
+        events_path=root / "data" / "events.parquet",
+        customers_path=root / "data" / "customers.parquet",
+        as_of="2024-11-01",
+    )
     playbook = {"rules": [{"tier": ["high"], "action": "call"}, {"action": "no_action"}]}
     by_prob = score_file(
-        root / "run" / "model.pt",
-        root / "data" / "events.parquet",
-        tmp_path / "a.parquet",
-        playbook=playbook,
-        **common,
+        ScoreJob(output_path=tmp_path / "a.parquet", playbook=playbook, **common), progress=False
     ).output_path
     by_prob = pd.read_parquet(by_prob)
     active = by_prob[by_prob["risk_tier"].isin(["high", "medium", "low"])]
@@ -205,14 +210,10 @@ def test_scoring_output_has_drivers_value_segments_and_actions(trained, tmp_path
     assert active["rfm_segment"].ne("").all() and active["behaviour_cluster"].notna().all()
     np.testing.assert_allclose(active["value_at_risk"], active["churn_probability"] * active["recent_spend"])
     assert (by_prob["action"] == "call").sum() == (by_prob["risk_tier"] == "high").sum()
-    by_value = score_file(
-        root / "run" / "model.pt",
-        root / "data" / "events.parquet",
-        tmp_path / "b.parquet",
-        rank_by="value_at_risk",
-        drivers={"enabled": False},
-        **common,
-    ).output_path
+    job = ScoreJob(
+        output_path=tmp_path / "b.parquet", rank_by="value_at_risk", drivers={"enabled": False}, **common
+    )
+    by_value = score_file(job, progress=False).output_path
     by_value = pd.read_parquet(by_value)
     ranked = by_value.dropna(subset=["risk_rank"]).sort_values("risk_rank")
     assert ranked["value_at_risk"].is_monotonic_decreasing
@@ -228,7 +229,7 @@ def test_drivers_about_customer_attributes_read_unknown_when_scored_without_a_cu
     moving its reference point (the attributions are measured against it)."""
     root, _ = trained
     scorer = Scorer(root / "run" / "model.pt", device="cpu", drivers={"steps": 2})
-    assert scorer.uses_customers
+    assert scorer.reader.uses_customers
     scorer.center[scorer.catalogue.names.index("profile")] -= 1e6
     scores = scorer.score(root / "data" / "events.parquet", None, as_of="2024-11-01", progress=False)
     ranked = scores[scores["risk_rank"].notna()]
@@ -288,14 +289,23 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
 
 
 def test_shards_merge_into_exactly_the_single_run(trained, tmp_path):
-    from churnwatch.scoring.scorer import merge_shards, shard_of
+    from churnwatch.scoring.shards import merge_shards, shard_of
 
     root, _ = trained
     model, events = root / "run" / "model.pt", root / "data" / "events.parquet"
-    common = dict(customers_path=root / "data" / "customers.parquet", as_of="2024-11-01", progress=False)
-    single = pd.read_parquet(score_file(model, events, tmp_path / "single.parquet", **common).output_path)
+    common = dict(
+        model_path=model,
+        events_path=events,
+        customers_path=root / "data" / "customers.parquet",
+        as_of="2024-11-01",
+    )
+    single = pd.read_parquet(
+        score_file(ScoreJob(output_path=tmp_path / "single.parquet", **common), progress=False).output_path
+    )
     parts = [
-        score_file(model, events, tmp_path / f"part-{i}.parquet", shard=(3, i), **common).output_path
+        score_file(
+            ScoreJob(output_path=tmp_path / f"part-{i}.parquet", shard=(3, i), **common), progress=False
+        ).output_path
         for i in range(3)
     ]
     sizes = [len(pd.read_parquet(p)) for p in parts]
@@ -307,7 +317,7 @@ def test_shards_merge_into_exactly_the_single_run(trained, tmp_path):
     import sys
 
     code = (
-        "import numpy as np; from churnwatch.scoring.scorer import shard_of; "
+        "import numpy as np; from churnwatch.scoring.shards import shard_of; "
         "print(shard_of(np.array(['C1', 'C2', 'x']), 7))"
     )
     seen = {
@@ -341,16 +351,26 @@ def test_streamed_scoring_equals_in_memory_for_any_part_block_chunk_size_and_row
         (shuffled, dict(part_events=5_000, block_rows=1_000_000, chunk_customers=100_000)),
     ):
         out = tmp_path / f"{source.stem}.parquet"
-        result = score_file(
-            model, source, out, customers, device="cpu", progress=False, drivers={"steps": 2}, **sizes
+        job = ScoreJob(
+            model_path=model,
+            events_path=source,
+            output_path=out,
+            customers_path=customers,
+            device="cpu",
+            drivers={"steps": 2},
+            **sizes,
         )
+        result = score_file(job, progress=False)
         assert result.parts > 3
         pd.testing.assert_frame_equal(pd.read_parquet(out), expected)
         assert result.customers == len(expected) and sum(result.tiers.values()) == len(expected)
         pd.testing.assert_frame_equal(result.top, expected.head(len(result.top)))
     assert not list(tmp_path.glob(".*"))  # the parts on disk are gone
     with pytest.raises(ValueError, match="explicit as_of"):
-        score_file(model, events, tmp_path / "part.parquet", shard=(2, 0), progress=False)
+        job = ScoreJob(
+            model_path=model, events_path=events, output_path=tmp_path / "part.parquet", shard=(2, 0)
+        )
+        score_file(job, progress=False)
 
 
 @pytest.mark.parametrize("supported", [True, False], ids=["probe-says-bf16", "probe-says-no-bf16"])

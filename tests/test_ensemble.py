@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -157,3 +158,22 @@ def test_a_member_model_file_that_fails_its_checks_is_an_error_not_a_skipped_exp
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
     with pytest.raises(ArtifactError, match=r"lstm/model\.pt: not a readable churnwatch model"):
         train_ensemble(members, tmp_path / "ensemble", export=True)
+
+
+def test_the_ensemble_records_calibration_per_stage_and_its_report_shows_it(runs, tmp_path):
+    """Like every run: metrics.json's calibration holds each stage's figures before and after calibration
+    (beside each member's Platt slope and intercept), and report.html's calibration table shows them."""
+    root, _ = runs
+    metrics = train_ensemble([root / "lstm", root / "logreg"], tmp_path, export=False)
+    calibration = json.loads((tmp_path / "metrics.json").read_text())["calibration"]
+    assert calibration == metrics["calibration"] and set(calibration["members"]) == {"lstm", "logreg"}
+    for stage in ("val", "test"):
+        assert set(calibration[stage]) == {"ece_raw", "ece_calibrated", "log_loss_raw", "log_loss_calibrated"}
+    assert metrics["report"] == str(tmp_path / "report.html")
+    report = (tmp_path / "report.html").read_text()
+    table = report.split("<h2>Calibration (platt)</h2>")[1].split("</table>")[0]
+    rows = re.findall(r"<tr><td>(\w+)</td>((?:<td>[^<]*</td>)+)</tr>", table)
+    assert [split for split, _ in rows] == ["val", "test"]
+    for _, cells in rows:  # ECE and log loss before and after, every cell filled
+        values = [float(v) for v in re.findall(r"<td>([^<]*)</td>", cells)]
+        assert len(values) == 4 and all(0 <= v < 2 for v in values)

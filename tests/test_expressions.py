@@ -23,12 +23,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from churnwatch.artifact.export import CHECKSUM_FILE, META_FILE
-from churnwatch.data.contract import EventSchema
 from churnwatch.data.expressions import Expression
+from churnwatch.data.schema import EventSchema
 from churnwatch.errors import ArtifactError, ConfigError
 from churnwatch.explain.drivers import IndicatorCatalogue
 from churnwatch.features.aggregates import AggregateSpec
-from churnwatch.scoring.scorer import score_file
+from churnwatch.jobs.score import ScoreJob, score_file
 
 from .conftest import REPO
 from .fuzz import BUDGETS, run
@@ -215,7 +215,8 @@ def test_a_model_file_with_a_forged_expression_fails_in_one_line_and_unpickles_n
     )
     out = tmp_path / "scores.parquet"
     with pytest.raises((ConfigError, ArtifactError)) as err:  # the metadata checks name the file too
-        score_file(forged, BAD / CASES["single_event_customers"]["events"], out, **SCORE)
+        events = BAD / CASES["single_event_customers"]["events"]
+        score_file(ScoreJob(model_path=forged, events_path=events, output_path=out, **SCORE), progress=False)
     message = str(err.value)
     assert "\n" not in message and f"{forged_text!r}: @ references are not allowed" in message, message
     assert not marker.exists() and not out.exists()

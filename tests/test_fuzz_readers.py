@@ -15,15 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from churnwatch.data.contract import (
-    CUSTOMER_ID,
-    TIMESTAMP,
-    ConfigError,
-    DataValidationError,
-    EventSchema,
-    LoadedEvents,
-    load_events,
-)
+from churnwatch.data.loaders import LoadedEvents, load_events
+from churnwatch.data.schema import CUSTOMER_ID, TIMESTAMP, EventSchema
+from churnwatch.errors import ConfigError, DataValidationError
 
 from .fuzz import BUDGETS, run
 

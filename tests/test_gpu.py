@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
+from churnwatch.jobs.score import ScoreJob, score_file
 from churnwatch.runs.train import train
-from churnwatch.scoring.scorer import score_file
 
 from .test_bad_inputs import BAD, CASES
 from .test_config import compose
@@ -60,10 +60,11 @@ def test_cuda_scoring_of_the_corpus_matches_the_cpu(gpu_model: Path, name: str, 
     scored = {}
     for device, precision in (("cpu", "fp32"), ("cuda", "fp32"), ("cuda", "bf16")):
         out = tmp_path / f"{device}-{precision}.parquet"
-        score_file(
-            gpu_model, events, out, customers, device=device, precision=precision, progress=False,
-            drivers={"steps": 2},
+        job = ScoreJob(
+            model_path=gpu_model, events_path=events, output_path=out, customers_path=customers,
+            device=device, precision=precision, drivers={"steps": 2},
         )  # fmt: skip
+        score_file(job, progress=False)
         frame = pd.read_parquet(out).set_index("customer_id")
         assert sorted(frame.index) == case["ids"] and frame.index.is_unique
         scored[(device, precision)] = frame["churn_probability"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from churnwatch.data.contract import ConfigError
+from churnwatch.errors import ConfigError
 from churnwatch.runs.train import train
 from churnwatch.runtime import hardware
 from churnwatch.runtime.hardware import forced

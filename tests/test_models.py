@@ -9,13 +9,13 @@ import torch
 
 from churnwatch.artifact.export import (
     CHECKSUM_FILE,
-    FORMAT_VERSION,
     META_FILE,
     ArtifactError,
     ProbabilityModel,
     load_artifact,
     write_artifact,
 )
+from churnwatch.artifact.metadata import FORMAT_VERSION
 from churnwatch.models.encoders import ChurnNet
 
 CARDS = [9, 12, 8, 25]
@@ -30,7 +30,7 @@ def _net(encoder: str, pooling: str, n_agg: int = 0) -> ChurnNet:
         [3, 4],
         [5, 4],
         1,
-        n_agg,
+        n_aggregates=n_agg,
         encoder=encoder,
         d_model=16,
         hidden=16,

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 
 from churnwatch.artifact.export import export_checkpoint, load_artifact
-from churnwatch.data.contract import MISSING, ConfigError
-from churnwatch.features.encode import OOV, Vocabulary
-from churnwatch.jobs.monitor import LabelSource, MonitorError, run_monitor, write_report
+from churnwatch.data.schema import MISSING
+from churnwatch.errors import ConfigError, MonitorError
+from churnwatch.features.stats import OOV, Vocabulary
+from churnwatch.jobs.monitor import LabelSource, run_monitor, write_report
 from churnwatch.monitoring.drift import (
     backtest,
     bin_shares,

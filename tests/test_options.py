@@ -20,7 +20,9 @@ from churnwatch.config.compose import compose, config_dir
 from churnwatch.config.options import check_config, check_values, problems, rule_of
 from churnwatch.errors import ConfigError
 from churnwatch.jobs.monitor import run_monitor
-from churnwatch.scoring.scorer import Scorer, merge_shards, score_file
+from churnwatch.jobs.score import ScoreJob, ScoringResult, score_file
+from churnwatch.scoring.scorer import Scorer
+from churnwatch.scoring.shards import merge_shards
 
 NO_MODEL = Path("no_model.pt")  # never read: the option checks come first
 UNCHECKED = {"trainer.devices"}  # an int, a list or a string such as "0,1": Lightning's own rule
@@ -94,7 +96,7 @@ CASES = [
     ("train", "data.aggregates.windows=[7,0]", "data.aggregates.windows[1]=0: must be an integer ≥ 1"),
     ("train", "model.net.hidden=0", "model.net.hidden=0: must be an integer ≥ 1"),
     ("train", "model.net.dropout=1.0", "model.net.dropout=1.0: must be a number in [0, 1)"),
-    ("train", "model.optimizer.lr=0", "model.optimizer.lr=0: must be a number > 0"),
+    ("train", "model.optimizer.lr=0", "model.optimizer.lr=0.0: must be a number > 0"),  # a typed float
     ("train", "model.loss.pos_weight=-1", "model.loss.pos_weight=-1: must be 'auto' or a number > 0"),
     (
         "train",
@@ -103,7 +105,7 @@ CASES = [
     ),
     ("train", "seed=-1", "seed=-1: must be an integer in [0, 4294967295]"),
     ("train", "cv.folds=1", "cv.folds=1: must be null or an integer ≥ 2"),
-    ("train", "thresholds.top_fraction=0", "thresholds.top_fraction=0: must be a number in (0, 1]"),
+    ("train", "thresholds.top_fraction=0", "thresholds.top_fraction=0.0: must be a number in (0, 1]"),
     ("prepare", "data.batch_size=0", "data.batch_size=0: must be an integer ≥ 1"),
     ("ensemble", "thresholds.high_k=0", "thresholds.high_k=0: must be an integer ≥ 1"),
     ("curves", "fractions=[0.5,0]", "fractions[1]=0: must be a number in (0, 1]"),
@@ -152,13 +154,17 @@ def test_the_python_api_refuses_the_same_values_in_the_same_line_before_loading_
 ) -> None:
     out = tmp_path / "scores.parquet"
     events = tmp_path / "events.csv"
+
+    def score(**options: Any) -> ScoringResult:
+        return score_file(ScoreJob(model_path=NO_MODEL, events_path=events, output_path=out, **options))
+
     calls = [
-        (lambda: score_file(NO_MODEL, events, out, chunk_customers=0), "chunk_customers=0: must be"),
-        (lambda: score_file(NO_MODEL, events, out, block_rows=0), "block_rows=0: must be"),
-        (lambda: score_file(NO_MODEL, events, out, part_events=-5), "part_events=-5: must be"),
-        (lambda: score_file(NO_MODEL, events, out, batch_size=-1), "batch_size=-1: must be null or"),
-        (lambda: score_file(NO_MODEL, events, out, shard=(0, 0), as_of="2024-07-01"), "num_shards=0: must"),
-        (lambda: score_file(NO_MODEL, events, out, drivers={"steps": 0}), "drivers.steps=0: must be"),
+        (lambda: score(chunk_customers=0), "chunk_customers=0: must be"),
+        (lambda: score(block_rows=0), "block_rows=0: must be"),
+        (lambda: score(part_events=-5), "part_events=-5: must be"),
+        (lambda: score(batch_size=-1), "batch_size=-1: must be null or"),
+        (lambda: score(shard=(0, 0), as_of="2024-07-01"), "num_shards=0: must"),
+        (lambda: score(drivers={"steps": 0}), "drivers.steps=0: must be"),
         (lambda: Scorer(NO_MODEL, batch_size=0), "batch_size=0: must be null or an integer ≥ 1"),
         (lambda: Scorer(NO_MODEL, value_days=-90), "value_days=-90: must be an integer ≥ 1"),
         (lambda: merge_shards(NO_MODEL, [tmp_path / "p.parquet"], out, block_rows=0), "block_rows=0: must"),

@@ -23,13 +23,17 @@ import pytest
 
 from churnwatch.errors import ConfigError
 from churnwatch.io.atomic import atomic_path
-from churnwatch.scoring.scorer import Scorer, merge_shards, report_path, score_file
+from churnwatch.jobs.score import ScoreJob, score_file
+from churnwatch.scoring.output import report_path
+from churnwatch.scoring.scorer import Scorer
+from churnwatch.scoring.shards import merge_shards
 
 from .conftest import REPO
 
 EVENTS = REPO / "tests" / "data" / "bad" / "single_event_customers" / "events.csv"
 NO_MODEL = Path("no_model.pt")  # never read: the output checks come first
-SCORE: dict[str, Any] = dict(device="cpu", progress=False, drivers={"steps": 2})
+SCORE: dict[str, Any] = dict(device="cpu", drivers={"steps": 2})
+"""The tests' ScoreJob options (score_file runs with progress=False)."""
 
 
 def race(target: Path, writers: int) -> list[BaseException | None]:
@@ -109,7 +113,10 @@ def test_two_concurrent_scoring_runs_without_overwrite_one_wins_with_its_own_sid
     def run(i: int) -> None:
         barrier.wait()
         try:
-            score_file(model, inputs[i], out, as_of="2024-07-01", **SCORE)
+            job = ScoreJob(
+                model_path=model, events_path=inputs[i], output_path=out, as_of="2024-07-01", **SCORE
+            )
+            score_file(job, progress=False)
         except FileExistsError as exc:
             ended[i] = exc
 
@@ -151,7 +158,15 @@ def test_an_output_that_is_an_input_is_refused_whatever_overwrite_says(tmp_path:
             os.link(source, out)
         for overwrite in (True, False):
             with pytest.raises(ConfigError) as err:
-                score_file(model, events, out, customers_path=customers, overwrite=overwrite, **SCORE)
+                job = ScoreJob(
+                    model_path=model,
+                    events_path=events,
+                    output_path=out,
+                    customers_path=customers,
+                    overwrite=overwrite,
+                    **SCORE,
+                )
+                score_file(job, progress=False)
             assert str(err.value) == (
                 f"output_path={out} is {name}={source} (the same file): writing it would destroy the input, "
                 "overwrite or not"
@@ -214,7 +229,8 @@ def test_an_output_that_cannot_be_written_fails_before_the_work_in_one_line(
     elif "loop" in case:
         made_path.symlink_to(made_path.name)
     with pytest.raises(ValueError) as err:  # before the model is even read: NO_MODEL does not exist
-        score_file(NO_MODEL, EVENTS, out_path, overwrite=True, **SCORE)
+        job = ScoreJob(model_path=NO_MODEL, events_path=EVENTS, output_path=out_path, overwrite=True, **SCORE)
+        score_file(job, progress=False)
     assert str(err.value) == line.format(out=out_path, made=made_path)
 
 
@@ -241,7 +257,9 @@ def test_a_read_only_output_dir_fails_before_the_work(
     out = folder / "new" / "scores.parquet"
     try:
         with pytest.raises(ConfigError) as err:
-            score_file(NO_MODEL, EVENTS, out, **SCORE)
+            score_file(
+                ScoreJob(model_path=NO_MODEL, events_path=EVENTS, output_path=out, **SCORE), progress=False
+            )
         assert str(err.value) == f"output_path={out}: cannot write in {folder} (Permission denied)"
     finally:
         folder.chmod(0o755)
@@ -252,7 +270,10 @@ def test_an_input_in_a_symlink_loop_is_named_as_one(tmp_path: Path) -> None:
     loop = tmp_path / "events.csv"
     loop.symlink_to(loop.name)
     with pytest.raises(ConfigError, match=rf"^events_path={loop}: symlink loop$"):
-        score_file(NO_MODEL, loop, tmp_path / "scores.parquet", **SCORE)
+        job = ScoreJob(
+            model_path=NO_MODEL, events_path=loop, output_path=tmp_path / "scores.parquet", **SCORE
+        )
+        score_file(job, progress=False)
 
 
 def test_the_cli_says_an_unwritable_output_in_one_line(tmp_path: Path) -> None:
@@ -266,8 +287,8 @@ def test_the_cli_says_an_unwritable_output_in_one_line(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def scored(model: Path) -> tuple[Scorer, pd.DataFrame]:
-    """The model and the unranked scores of the corpus's events (one run, before `write_ranked`)."""
-    scorer = Scorer(model, "cpu", drivers={"enabled": False})
+    """The model and the unranked scores of the corpus's events (one run, before `Ranker.write_ranked`)."""
+    scorer = Scorer(model, device="cpu", drivers={"enabled": False})
     return scorer, scorer.score_input(scorer.load(EVENTS, as_of="2024-07-01"), progress=False)
 
 
@@ -290,7 +311,7 @@ def test_a_score_output_is_renamed_into_place_only_when_every_row_is_sound(
     change(frame).to_parquet(run, index=False)
     out = tmp_path / "scores.parquet"
     with pytest.raises(error, match=match):
-        scorer.write_ranked([run], out)
+        scorer.ranker.write_ranked([run], out)
     assert sorted(tmp_path.iterdir()) == [run]  # no output, no temp file
 
 
@@ -300,6 +321,6 @@ def test_the_unchanged_run_writes_and_a_zero_chunk_is_refused(
     scorer, frame = scored
     run = tmp_path / "run.parquet"
     frame.to_parquet(run, index=False)
-    assert scorer.write_ranked([run], tmp_path / "scores.parquet") == len(frame)
+    assert scorer.ranker.write_ranked([run], tmp_path / "scores.parquet") == len(frame)
     with pytest.raises(ConfigError, match="^chunk_customers=0: must be an integer ≥ 1$"):
         scorer.score(EVENTS, as_of="2024-07-01", chunk_customers=0, progress=False)

@@ -14,18 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.data.contract import (
-    INTERNAL_TOKENS,
-    MISSING,
-    ConfigError,
-    DataValidationError,
-    EventSchema,
-    load_events,
-    parse_day,
-    parse_timestamps,
-)
-from churnwatch.features.encode import OOV, PAD, Vocabulary
-from churnwatch.scoring.scorer import report_path, score_file
+from churnwatch.data.loaders import load_events
+from churnwatch.data.parsing import parse_day, parse_timestamps
+from churnwatch.data.schema import INTERNAL_TOKENS, MISSING, EventSchema
+from churnwatch.errors import ConfigError, DataValidationError
+from churnwatch.features.stats import OOV, PAD, Vocabulary
+from churnwatch.jobs.score import ScoreJob, score_file
+from churnwatch.scoring.output import report_path
 
 from .conftest import REPO
 from .test_bad_inputs import BAD, CASES, SCORE
@@ -154,7 +149,14 @@ def test_an_as_of_that_is_not_a_usable_date_is_one_config_error(value: str, matc
 def test_scoring_with_a_bad_as_of_fails_before_reading_anything(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "scores.parquet"
     with pytest.raises(ConfigError, match="as_of='2024-13-45'"):
-        score_file(model, tmp_path / "no_such_events.csv", out, as_of="2024-13-45", **SCORE)
+        job = ScoreJob(
+            model_path=model,
+            events_path=tmp_path / "no_such_events.csv",
+            output_path=out,
+            as_of="2024-13-45",
+            **SCORE,
+        )
+        score_file(job, progress=False)
     assert not out.exists()
 
 
@@ -177,7 +179,14 @@ def test_an_as_of_before_every_event_is_said_in_the_log(
 ) -> None:
     events = BAD / CASES["single_event_customers"]["events"]
     with caplog.at_level(logging.WARNING):
-        score_file(model, events, tmp_path / "s.parquet", as_of="2000-01-01", **SCORE)
+        job = ScoreJob(
+            model_path=model,
+            events_path=events,
+            output_path=tmp_path / "s.parquet",
+            as_of="2000-01-01",
+            **SCORE,
+        )
+        score_file(job, progress=False)
     assert any("as_of 2000-01-01 is before every event" in r.getMessage() for r in caplog.records)
     assert (pd.read_parquet(tmp_path / "s.parquet")["risk_tier"] == "unknown").all()
 
@@ -186,7 +195,14 @@ def test_the_sidecar_reports_how_the_customers_file_joined(model: Path, tmp_path
     """Customers-only ids are counted (not scored: no events), and the join rate is there to alert on."""
     case = CASES["customers_only_ids"]
     out = tmp_path / "scores.parquet"
-    score_file(model, BAD / case["events"], out, BAD / case["customers"], **SCORE)
+    job = ScoreJob(
+        model_path=model,
+        events_path=BAD / case["events"],
+        output_path=out,
+        customers_path=BAD / case["customers"],
+        **SCORE,
+    )
+    score_file(job, progress=False)
     join = json.loads(report_path(out).read_text())["customers_join"]
     assert join == {
         "event_customers": 4,
@@ -205,7 +221,11 @@ def test_a_day_first_file_scores_like_its_iso_twin(model: Path, tmp_path: Path) 
     stamps = pd.to_datetime(frame["timestamp"], format="%d/%m/%Y %H:%M")
     frame["timestamp"] = stamps.dt.strftime("%Y-%m-%d %H:%M")
     frame.to_csv(iso, index=False)
-    a = score_file(model, BAD / case["events"], tmp_path / "a.parquet", as_of="2024-08-01", **SCORE)
-    b = score_file(model, iso, tmp_path / "b.parquet", as_of="2024-08-01", **SCORE)
+    common = dict(model_path=model, as_of="2024-08-01", **SCORE)
+    a = score_file(
+        ScoreJob(events_path=BAD / case["events"], output_path=tmp_path / "a.parquet", **common),
+        progress=False,
+    )
+    b = score_file(ScoreJob(events_path=iso, output_path=tmp_path / "b.parquet", **common), progress=False)
     pd.testing.assert_frame_equal(pd.read_parquet(a.output_path), pd.read_parquet(b.output_path))
     assert np.isfinite(pd.read_parquet(a.output_path)["churn_probability"]).all()

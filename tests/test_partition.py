@@ -6,8 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.data.contract import DataValidationError, EventSchema, load_events, read_table
+from churnwatch.data.loaders import load_events
 from churnwatch.data.partition import read_part, split_file
+from churnwatch.data.readers import read_table
+from churnwatch.data.schema import EventSchema
+from churnwatch.errors import DataValidationError
 
 
 def _events(n: int = 600) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
-from churnwatch.data.synthetic import (
+from churnwatch.data.synthetic.columns import (
     AGE_BANDS,
     CATEGORIES,
     CHANNELS,
@@ -29,8 +30,10 @@ from churnwatch.data.synthetic import (
     PLANS,
     REGIONS,
 )
+from churnwatch.jobs.score import ScoreJob, score_file
 from churnwatch.runs.train import train
-from churnwatch.scoring.scorer import OUTPUT_COLUMNS, merge_shards, score_file
+from churnwatch.scoring.output import OUTPUT_COLUMNS
+from churnwatch.scoring.shards import merge_shards
 
 from .test_config import compose
 from .test_end_to_end import TINY
@@ -39,8 +42,8 @@ AS_OF = pd.Timestamp("2024-11-01")
 HISTORY_DAYS = 400  # events up to this long before as_of: past the 90-day lookback, so some are lapsed
 LATE_DAYS = 60  # events after as_of (ignored by scoring) up to this long after it
 PADS = ("", " ", "  ", "\t", "\u00a0")  # whitespace around an id that normalisation strips
-SCORE = dict(device="cpu", progress=False, drivers={"steps": 2})
-NO_DRIVERS = dict(device="cpu", progress=False, drivers={"enabled": False})  # where drivers prove nothing
+SCORE = dict(device="cpu", drivers={"steps": 2})  # ScoreJob options; score_file runs with progress=False
+NO_DRIVERS = dict(device="cpu", drivers={"enabled": False})  # where drivers prove nothing
 # derandomized: CI runs the same examples every time, and no example database is written. Each score_file
 # call costs ~0.3-1 s (TorchScript re-profiles a fresh model's first calls), so the example counts below
 # (15 + 6 + 10 + 6 examples, about 75 score_file and merge calls) keep the file near 60 s on 2 cores, the
@@ -184,8 +187,10 @@ def _write(table: Table, directory: Path, events: pd.DataFrame | None = None) ->
     return paths
 
 
-def _score(model: Path, events: Path, customers: Path, out: Path, **kwargs) -> pd.DataFrame:
-    score_file(model, events, out, customers, **{**SCORE, **kwargs})
+def _score(model: Path, events: Path, customers: Path, out: Path, **options: Any) -> pd.DataFrame:
+    options = {**SCORE, **options}
+    job = ScoreJob(model_path=model, events_path=events, output_path=out, customers_path=customers, **options)
+    score_file(job, progress=False)
     return pd.read_parquet(out)
 
 
@@ -299,9 +304,16 @@ def test_part_block_chunk_and_batch_sizes_do_not_change_the_output(
         small = dict(
             part_events=part_events, block_rows=block_rows, chunk_customers=chunk_customers, as_of=as_of
         )
-        result = score_file(
-            model, events, tmp / "b.parquet", customers, batch_size=batch_size, **NO_DRIVERS, **small
+        job = ScoreJob(
+            model_path=model,
+            events_path=events,
+            output_path=tmp / "b.parquet",
+            customers_path=customers,
+            batch_size=batch_size,
+            **NO_DRIVERS,
+            **small,
         )
+        result = score_file(job, progress=False)
         note(f"parts: {result.parts}")
         got = pd.read_parquet(tmp / "b.parquet")
     pd.testing.assert_frame_equal(got, expected)
@@ -323,13 +335,16 @@ def test_shards_merge_into_the_single_run(
         expected = _score(model, events, customers, tmp / "single.parquet", as_of=as_of, **NO_DRIVERS)
         parts = [
             score_file(
-                model,
-                events,
-                tmp / f"part-{i}.parquet",
-                customers,
-                as_of=as_of,
-                shard=(num_shards, i),
-                **NO_DRIVERS,
+                ScoreJob(
+                    model_path=model,
+                    events_path=events,
+                    output_path=tmp / f"part-{i}.parquet",
+                    customers_path=customers,
+                    as_of=as_of,
+                    shard=(num_shards, i),
+                    **NO_DRIVERS,
+                ),
+                progress=False,
             ).output_path
             for i in range(num_shards)
         ]

@@ -4,7 +4,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from churnwatch.scoring.scorer import check_each_once
+from churnwatch.scoring.ranking import check_each_once
 
 
 def _frame(ids: list[str]) -> pd.DataFrame:

@@ -120,7 +120,7 @@ def _forge_meta(src: Path, dst: Path, change: Callable[[dict[str, Any]], None]) 
 
 
 def _score(model: Path, run: dict[str, Path], verify: Verification | None, **kw: Any) -> pd.DataFrame:
-    scorer = Scorer(model, "cpu", drivers={"enabled": False}, verify=verify)
+    scorer = Scorer(model, device="cpu", drivers={"enabled": False}, verify=verify)
     return scorer.score(run["events"], run["customers"], progress=False, **kw)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.data.contract import ConfigError, EventSchema, load_events
+from churnwatch.data.loaders import load_events
+from churnwatch.data.schema import EventSchema
 from churnwatch.data.snapshots import (
     EventLog,
     SnapshotPlan,
@@ -16,6 +17,7 @@ from churnwatch.data.snapshots import (
     kfold_splits,
     label_event_mask,
 )
+from churnwatch.errors import ConfigError
 
 from .conftest import SCHEMA_CFG
 

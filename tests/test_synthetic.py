@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.data.synthetic import (
+from churnwatch.data.synthetic import generate, write
+from churnwatch.data.synthetic.columns import (
     AGE_BANDS,
     CATEGORIES,
     CHANNELS,
@@ -22,10 +23,8 @@ from churnwatch.data.synthetic import (
     OUTCOMES,
     PLANS,
     REGIONS,
-    SyntheticData,
-    generate,
-    write,
 )
+from churnwatch.data.synthetic.generator import SyntheticData
 
 START, END = pd.Timestamp("2023-01-01"), pd.Timestamp("2024-12-31")
 DAY = np.timedelta64(1, "D")

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from churnwatch.data.contract import EventSchema, load_events
+from churnwatch.data.loaders import load_events
+from churnwatch.data.schema import EventSchema
 from churnwatch.data.snapshots import EventLog, build_snapshot
 from churnwatch.features.encode import SequenceEncoder
 from churnwatch.features.time_to_event import fill_time_to_event
@@ -80,7 +81,7 @@ def _net(encoder: str, only: bool = False) -> ChurnNet:
         [1, 2],
         [4],
         1,
-        0,
+        n_aggregates=0,
         encoder=encoder,
         d_model=16,
         hidden=16,

@@ -13,3 +13,7 @@ class ConfigError(ValueError):
 
 class ArtifactError(ValueError):
     """A model file that cannot be used: unreadable, tampered with, or of an unknown format version."""
+
+
+class MonitorError(ValueError):
+    """An input monitoring cannot use: a model without a reference, an unusable labels file."""

@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from churnwatch.data.contract import CustomerSchema, EventSchema
+from churnwatch.data.schema import OOV_TOKEN, PAD_TOKEN, CustomerSchema, EventSchema
 from churnwatch.errors import ArtifactError
 from churnwatch.features.aggregates import AggregateFeaturizer
-from churnwatch.features.encode import OOV_TOKEN, PAD_TOKEN, SequenceEncoder
+from churnwatch.features.encode import SequenceEncoder
 from churnwatch.models.calibration import METHODS, Calibrator
 from churnwatch.models.scripted import SCRIPTABLE
 

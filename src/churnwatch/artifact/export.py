@@ -13,34 +13,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import platform
 import warnings
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-import churnwatch
 from churnwatch.artifact.checks import check_meta
+from churnwatch.artifact.metadata import FORMAT_VERSION, ModelMeta, RunFacts
 from churnwatch.errors import ArtifactError
-from churnwatch.explain.insights import Segments
 from churnwatch.io.atomic import atomic_path
 from churnwatch.io.signing import Key, Verification, sign_file
 from churnwatch.models.calibration import EPS, CalibrationLayer, Calibrator
 from churnwatch.models.module import ChurnModule
 from churnwatch.models.scripted import Scripted
 from churnwatch.models.thresholds import Operating
-from churnwatch.monitoring.drift import training_reference
-from churnwatch.pipeline.dataset import ChurnData
 
-FORMAT_VERSION = 1
 META_FILE = "churnwatch/metadata.json"
 CHECKSUM_FILE = "churnwatch/metadata.sha256"
 
@@ -170,18 +163,6 @@ def tabular_attribution(
     return out
 
 
-def _versions() -> dict[str, str]:
-    out = {
-        "churnwatch": churnwatch.__version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    for pkg in ("lightning", "numpy", "pandas", "pyarrow"):
-        with suppress(importlib_metadata.PackageNotFoundError):
-            out[pkg] = importlib_metadata.version(pkg)
-    return out
-
-
 def load_checkpoint(ckpt_path: str | Path) -> dict[str, Any]:
     """A Lightning checkpoint, loaded without unpickling arbitrary objects."""
     return torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -195,83 +176,18 @@ def module_from_checkpoint(ckpt: dict[str, Any]) -> ChurnModule:
     return module.eval()
 
 
-def run_record(
-    cfg: DictConfig,
-    data: ChurnData,
-    metrics: dict[str, Any],
-    op: Operating,
-    predictions: dict[str, np.ndarray],
-    segments: Segments,
-    center: list[float] | None,
-) -> dict[str, Any]:
-    """What a training run's model.pt carries beside the model, networks and baselines alike: test metrics,
-    config, the tiers expected from validation, segments, the monitoring reference (from the calibrated
-    `predictions` per stage) and the drivers' centre (`center`, per indicator)."""
-    return {
-        "test_metrics": metrics.get("test"),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-        "expected_tiers": metrics["tiers"].get("val"),
-        "segments": segments.state(),
-        "reference": training_reference(data, predictions, (op.high_cut, op.medium_cut)),
-        "drivers": {"center": center, "indicators": list(cfg.data.get("indicators") or {})},
-    }
-
-
-def _meta(
-    data: dict[str, Any],
-    data_state: dict[str, Any],
-    op: Operating,
-    calibrator: Calibrator,
-    test_metrics: dict[str, float] | None = None,
-    config: dict[str, Any] | None = None,
-    expected_tiers: list[dict[str, Any]] | None = None,
-    segments: dict[str, Any] | None = None,
-    reference: dict[str, Any] | None = None,
-    drivers: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The metadata every model file carries: the data contract and fitted encoders scoring rebuilds, the
-    operating point, calibration and what the run measured."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "data": data,
-        "encoder": data_state["encoder"],
-        "featurizer": data_state["featurizer"],
-        "train_positive_rate": data_state["train_positive_rate"],
-        "threshold": float(op.threshold),
-        "tiers": {
-            "high": float(op.high_cut),
-            "medium": float(op.medium_cut),
-            "rule": dict(op.rule or {}),
-            "expected": expected_tiers or [],
-        },
-        "calibration": calibrator.state(),
-        "segments": segments or {},
-        "drivers": drivers or {},
-        "reference": reference,
-        "test_metrics": test_metrics or {},
-        "config": config or {},
-        "versions": _versions(),
-    }
-
-
 def export_checkpoint(
     ckpt_path: str | Path,
     out_path: str | Path,
-    test_metrics: dict[str, float] | None = None,
-    config: dict[str, Any] | None = None,
-    expected_tiers: list[dict[str, Any]] | None = None,
-    segments: dict[str, Any] | None = None,
-    reference: dict[str, Any] | None = None,
-    drivers: dict[str, Any] | None = None,
+    facts: RunFacts | None = None,
+    *,
     overwrite: bool = True,
     signing_key: Key | None = None,
 ) -> Path:
     """Script the checkpoint's network and calibration and write them with their metadata, atomically, to
-    `out_path`. `expected_tiers`: each tier's validation precision and recall, shown to the scoring job.
-    `reference`: the monitoring profile of the reference population (monitoring.training_reference).
-    `overwrite=False`: an `out_path` another run wrote meanwhile is kept (FileExistsError).
-    `signing_key` (signing.load_signing_key) signs the file."""
+    `out_path`. `facts`: what the run measured (test metrics, expected tiers, the monitoring reference,
+    ...; see RunFacts), as far as it is known. `overwrite=False`: an `out_path` another run wrote meanwhile
+    is kept (FileExistsError). `signing_key` (signing.load_signing_key) signs the file."""
     ckpt = load_checkpoint(ckpt_path)
     module = module_from_checkpoint(ckpt)
     data_state = ckpt.get("ChurnDataModule")
@@ -279,52 +195,47 @@ def export_checkpoint(
         raise ArtifactError(f"{ckpt_path}: checkpoint has no fitted encoders (ChurnDataModule state)")
     hp = ckpt["hyper_parameters"]
     high, medium = map(float, module.tier_cuts.tolist())
-    op = Operating(float(module.threshold), high, medium, dict(hp.get("thresholds") or {}))
-    meta = {
-        **_meta(
-            ckpt["datamodule_hyper_parameters"]["data"],
-            data_state,
-            op,
-            module.calibrator,
-            test_metrics=test_metrics,
-            config=config,
-            expected_tiers=expected_tiers,
-            segments=segments,
-            reference=reference,
-            drivers=drivers,
-        ),
-        "source_checkpoint": str(ckpt_path),
-        "features": hp["features"],
-        "net": hp["net"],
-    }
-    return write_artifact(
-        ProbabilityModel(module.net, module.calibrator.layer()), meta, out_path, overwrite, signing_key
+    meta = ModelMeta.of_run(
+        data=ckpt["datamodule_hyper_parameters"]["data"],
+        data_state=data_state,
+        op=Operating(float(module.threshold), high, medium, dict(hp.get("thresholds") or {})),
+        calibrator=module.calibrator,
+        features=hp["features"],
+        facts=facts,
+        source_checkpoint=str(ckpt_path),
+        net=hp["net"],
     )
+    model = ProbabilityModel(module.net, module.calibrator.layer())
+    return write_artifact(model, meta.to_dict(), out_path, overwrite, signing_key)
 
 
 def export_tabular(
     model: TabularProbabilityModel,
+    out_path: str | Path,
+    *,
     estimator: str,
-    data: dict[str, Any],
-    data_state: dict[str, Any],
+    data: Mapping[str, Any],
+    data_state: Mapping[str, Any],
     op: Operating,
     calibrator: Calibrator,
-    out_path: str | Path,
+    facts: RunFacts | None = None,
     overwrite: bool = True,
     signing_key: Key | None = None,
-    **record: Any,
 ) -> Path:
     """A tabular baseline's model.pt: `model` with the metadata a network's carries (`data` and
     `data_state`: the data config and the datamodule's fitted encoders, ChurnDataModule.state_dict), plus
     `kind: tabular`, the estimator's name and `features.raw_aggregates`: scoring hands it the filled,
-    unscaled aggregate table. `record`: what `run_record` gives, the keywords of `export_checkpoint`."""
-    meta = {
-        **_meta(data, data_state, op, calibrator, **record),
-        "kind": "tabular",
-        "estimator": estimator,
-        "features": {"n_aggregates": int(model.aggregate_mean.shape[0]), "raw_aggregates": True},
-    }
-    return write_artifact(model, meta, out_path, overwrite, signing_key)
+    unscaled aggregate table."""
+    meta = ModelMeta.of_run(
+        data=data,
+        data_state=data_state,
+        op=op,
+        calibrator=calibrator,
+        features={"n_aggregates": int(model.aggregate_mean.shape[0]), "raw_aggregates": True},
+        facts=facts,
+        estimator=estimator,
+    )
+    return write_artifact(model, meta.to_dict(), out_path, overwrite, signing_key)
 
 
 def write_artifact(
@@ -334,6 +245,8 @@ def write_artifact(
     overwrite: bool = True,
     signing_key: Key | None = None,
 ) -> Path:
+    """`model` scripted, with `meta` (ModelMeta.to_dict, the serialised metadata) and its checksum inside,
+    written atomically to `out_path` (see export_checkpoint for `overwrite` and `signing_key`)."""
     out_path = Path(out_path)
     with _quiet_jit():
         scripted = torch.jit.script(model.eval())

@@ -21,10 +21,11 @@ def main(cfg: DictConfig) -> float | None:
     metrics = train_ensemble(
         list(cfg.members),
         out_dir,
-        OmegaConf.to_container(cfg.thresholds, resolve=True),
-        bool(cfg.calibrate),
-        bool(cfg.export),
-        load_signing_key(cfg.signing_key if cfg.export else None),
+        thresholds=OmegaConf.to_container(cfg.thresholds, resolve=True),
+        calibrate=bool(cfg.calibrate),
+        export=bool(cfg.export),
+        report=bool(cfg.get("report", True)),
+        signing_key=load_signing_key(cfg.signing_key if cfg.export else None),
     )
     print_metrics(metrics, out_dir)
     console = Console()

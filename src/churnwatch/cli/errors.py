@@ -2,11 +2,12 @@
 
 Hydra prints a traceback for anything a task function raises, so each command wraps its task function in
 `one_line_errors` (inside `@hydra.main`, see `churnwatch.cli.app.command`). Only what a user can fix is
-shortened: bad data (DataValidationError), an unusable model file (ArtifactError), an output that exists or
-an input that does not, a non-finite training loss or scored probability (FloatingPointError, naming the
-customers), and the ValueErrors churnwatch raises itself for a config value it refuses. A ValueError from
-inside a library, like any other exception, is a bug and keeps its traceback (so does every error with
-HYDRA_FULL_ERROR=1, Hydra's switch for full tracebacks).
+shortened, and churnwatch says so by the error's type (`churnwatch.errors`): bad data
+(DataValidationError), a config value it refuses (ConfigError), an unusable model file (ArtifactError), an
+input monitoring cannot use (MonitorError); and an output that exists or an input that does not, a
+non-finite training loss or scored probability (FloatingPointError, naming the customers). Any other
+exception, a ValueError too (from a library, or a check of churnwatch's own invariants), is a bug and keeps
+its traceback (so does every error with HYDRA_FULL_ERROR=1, Hydra's switch for full tracebacks).
 """
 
 from __future__ import annotations
@@ -17,38 +18,25 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from churnwatch.errors import ArtifactError, ConfigError, DataValidationError
+from churnwatch.errors import ArtifactError, ConfigError, DataValidationError, MonitorError
 
 EXIT_USER_ERROR = 2
 USER_ERRORS = (
     DataValidationError,
     ConfigError,
     ArtifactError,
+    MonitorError,
     FileExistsError,
     FileNotFoundError,
     FloatingPointError,  # a non-finite training loss or churn probability: the message names the customers
 )
-_PACKAGE = __name__.split(".")[0]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def is_user_error(exc: BaseException) -> bool:
     """An error the user can fix from its message alone (see the module docstring)."""
-    if isinstance(exc, USER_ERRORS):
-        return True
-    return isinstance(exc, ValueError) and _raised_by_us(exc)
-
-
-def _raised_by_us(exc: BaseException) -> bool:
-    """Whether the innermost frame of `exc` is churnwatch's code or an entry point's."""
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    module = str(tb.tb_frame.f_globals.get("__name__", ""))
-    return module == "__main__" or module.split(".")[0] == _PACKAGE
+    return isinstance(exc, USER_ERRORS)
 
 
 def one_line(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ log = logging.getLogger("churnwatch.artifact.export")
 def main(cfg: DictConfig) -> None:
     """Export a checkpoint as one self-contained TorchScript model.pt (what score and monitor load)."""
     from churnwatch.artifact.export import export_checkpoint
+    from churnwatch.artifact.metadata import RunFacts
     from churnwatch.io.atomic import check_output
     from churnwatch.io.signing import load_signing_key
 
@@ -27,9 +28,8 @@ def main(cfg: DictConfig) -> None:
     check_output(out, bool(cfg.overwrite), {"ckpt_path": ckpt})
     metrics_file = run_dir / "metrics.json"  # the run's test metrics travel with the model when present
     test = json.loads(metrics_file.read_text()).get("test") if metrics_file.exists() else None
-    written = export_checkpoint(
-        ckpt, out, test_metrics=test, overwrite=bool(cfg.overwrite), signing_key=signing_key
-    )
+    facts = RunFacts(test_metrics=test or {})
+    written = export_checkpoint(ckpt, out, facts, overwrite=bool(cfg.overwrite), signing_key=signing_key)
     log.info("exported %s → %s", ckpt, written)
 
 

@@ -14,7 +14,7 @@ from churnwatch.cli.app import command
 def main(cfg: DictConfig) -> None:
     """Rank the union of shard parts (churnwatch score num_shards=N shard_index=i) as one run."""
     from churnwatch.io.signing import Verification
-    from churnwatch.scoring.scorer import merge_shards
+    from churnwatch.scoring.shards import merge_shards
 
     verify = Verification.from_config(cfg.verify_key, bool(cfg.require_signature))
     parts = cfg.parts if not isinstance(cfg.parts, str) else sorted(glob.glob(cfg.parts))

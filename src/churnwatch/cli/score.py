@@ -11,20 +11,20 @@ from rich.table import Table
 from churnwatch.cli.app import command
 
 if TYPE_CHECKING:
-    from churnwatch.scoring.scorer import ScoringResult
+    from churnwatch.jobs.score import ScoringResult
 
 
 @command("score")
 def main(cfg: DictConfig) -> None:
     """Score customers with an exported model.pt: probability, tier, rank, drivers and action per customer."""
     from churnwatch.io.signing import Verification
-    from churnwatch.scoring.scorer import score_file
+    from churnwatch.jobs.score import ScoreJob, score_file
 
     verify = Verification.from_config(cfg.verify_key, bool(cfg.require_signature))
-    result = score_file(
-        cfg.model_path,
-        cfg.events_path,
-        cfg.output_path,
+    job = ScoreJob(
+        model_path=cfg.model_path,
+        events_path=cfg.events_path,
+        output_path=cfg.output_path,
         customers_path=cfg.customers_path,
         as_of=cfg.as_of,
         device=cfg.device,
@@ -42,6 +42,7 @@ def main(cfg: DictConfig) -> None:
         precision=str(cfg.precision),
         verify=verify,
     )
+    result = score_file(job)
     console = Console(width=max(Console().width, 100))
     if cfg.num_shards:
         console.print(

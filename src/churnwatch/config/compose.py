@@ -14,9 +14,11 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from churnwatch.config.schema import register
 from churnwatch.errors import ConfigError
 
 _PACKAGE = Path(__file__).resolve().parents[1]
+register()  # the typed schemas the YAML files build on (config/schema.py)
 
 
 def config_dir() -> Path:

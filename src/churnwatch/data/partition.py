@@ -19,7 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
-from churnwatch.data.contract import DataValidationError, iter_batches, normalise_ids
+from churnwatch.data.parsing import normalise_ids
+from churnwatch.data.readers import iter_batches
+from churnwatch.errors import DataValidationError
 
 FILE_ROW = "__churnwatch_file_row__"
 

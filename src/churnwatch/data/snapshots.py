@@ -15,7 +15,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from churnwatch.data.contract import CUSTOMER_ID, TIMESTAMP, ConfigError, query_mask
+from churnwatch.data.expressions import query_mask
+from churnwatch.data.schema import CUSTOMER_ID, TIMESTAMP
+from churnwatch.errors import ConfigError
 
 DAY_NS = 86_400 * 10**9
 
@@ -189,6 +191,7 @@ def build_snapshot(
     log: EventLog,
     cutoff: str | pd.Timestamp,
     horizon_days: int | None,
+    *,
     lookback_days: int | None = None,
     labels: pd.DataFrame | None = None,
     label_events: np.ndarray | None = None,
@@ -252,7 +255,15 @@ def build_snapshots(
 ) -> Snapshots:
     """Several cutoffs stacked; a customer appears once per cutoff whose population includes them."""
     parts = [
-        build_snapshot(log, c, plan.horizon_days, plan.lookback_days, labels, label_events, data_end)
+        build_snapshot(
+            log,
+            c,
+            plan.horizon_days,
+            lookback_days=plan.lookback_days,
+            labels=labels,
+            label_events=label_events,
+            data_end=data_end,
+        )
         for c in cutoffs
     ]
     for c, part in zip(cutoffs, parts, strict=True):

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from churnwatch.data.contract import ConfigError, query_mask
-from churnwatch.data.expressions import Expression, check_expression
+from churnwatch.data.expressions import Expression, check_expression, query_mask
+from churnwatch.errors import ConfigError
 from churnwatch.pipeline.batch import pad_batch
 
 GROUPS = (

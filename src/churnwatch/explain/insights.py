@@ -28,6 +28,8 @@ from churnwatch.explain.drivers import (  # noqa: E402
 )
 from churnwatch.explain.segments import BehaviourClusters, RFMSegmenter, segment_table  # noqa: E402
 from churnwatch.features.aggregates import AggregateTable  # noqa: E402
+from churnwatch.features.encode import SequenceEncoder  # noqa: E402
+from churnwatch.features.window import kept_steps  # noqa: E402
 from churnwatch.pipeline.dataset import ChurnData, Split  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -83,12 +85,15 @@ def owners(
     catalogue: IndicatorCatalogue,
     log_: EventLog,
     snaps: Snapshots,
-    encoder: Any,
+    encoder: SequenceEncoder,
     aggregate_names: list[str],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Which indicator owns each (flat event, field), static field and aggregate input of a network."""
+    """Which indicator owns each (flat event, field), static field and aggregate input of a network.
+
+    The flat events are the encoder's steps for `snaps` (`kept_steps`, the rule its transform follows), so
+    owner row k belongs to encoded step k."""
     # a visit's fields are its representative (mode) values; its first line stands for it here
-    frame = log_.frame.iloc[encoder.steps(log_, snaps).first].reset_index(drop=True)
+    frame = log_.frame.iloc[kept_steps(log_, snaps, encoder.window).first].reset_index(drop=True)
     return (
         catalogue.event_owner(frame, [*encoder.cat_names, *encoder.num_names]),
         catalogue.name_owner([*encoder.static_cat_names, *encoder.static_num_names], "static"),

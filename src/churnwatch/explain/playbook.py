@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnwatch.data.contract import ConfigError
+from churnwatch.errors import ConfigError
 
 CONDITIONS = {"tier": "risk_tier", "driver": "main_driver", "segment": "rfm_segment"}
 

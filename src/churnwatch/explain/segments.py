@@ -18,8 +18,9 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
+from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateTable
-from churnwatch.features.encode import signed_log1p
+from churnwatch.features.stats import signed_log1p
 
 QUINTILES = (0.2, 0.4, 0.6, 0.8)
 
@@ -143,7 +144,7 @@ class BehaviourClusters:
         sample: int = 5000,
     ):
         if not 2 <= k_range[0] <= k_range[1] or (k is not None and k < 2):
-            raise ValueError(f"need 2 <= k_range[0] <= k_range[1] and k >= 2, got k_range={k_range}, k={k}")
+            raise ConfigError(f"need 2 <= k_range[0] <= k_range[1] and k >= 2, got k_range={k_range}, k={k}")
         self.features = list(features)
         self.k_range = (int(k_range[0]), int(k_range[1]))
         self.k = k
@@ -160,7 +161,7 @@ class BehaviourClusters:
     def fit(self, table: AggregateTable) -> BehaviourClusters:
         self.used = [f for f in self.features if f in table.names]
         if not self.used:
-            raise ValueError(
+            raise ConfigError(
                 f"none of the behaviour features {self.features} is in the aggregate table "
                 f"(columns: {table.names})"
             )
@@ -171,7 +172,7 @@ class BehaviourClusters:
         z = (raw - self.mean) / self.std
         ks = sorted({*range(self.k_range[0], self.k_range[1] + 1), *([self.k] if self.k else [])})
         if len(z) <= ks[-1]:
-            raise ValueError(f"{len(z)} training rows are too few for k up to {ks[-1]}")
+            raise ConfigError(f"{len(z)} training rows are too few for k up to {ks[-1]}")
         rng = np.random.default_rng(self.seed)
         rows = np.sort(rng.choice(len(z), self.sample, replace=False)) if len(z) > self.sample else None
         zs = z if rows is None else z[rows]

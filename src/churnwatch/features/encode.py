@@ -1,146 +1,25 @@
 """Sequence encoding: raw event fields → integer ids and standardised numbers in flat arrays.
 
-Fit on the training snapshots' histories only (vocabularies, numeric statistics), transform anywhere.
-Training and scoring call the same `SequenceEncoder.transform`; its state is plain JSON so an exported
-model can carry it.
+Fit on the training snapshots' histories only (vocabularies, numeric statistics: features/stats.py),
+transform anywhere. Which events each row keeps, one step per event or per visit, is features/window.py's
+rule. Training and scoring call the same `SequenceEncoder.transform`; its state is plain JSON so an
+exported model can carry it.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from churnwatch.data.contract import (
-    OOV_TOKEN,
-    PAD_TOKEN,
-    ConfigError,
-    CustomerSchema,
-    EventSchema,
-    NumericField,
-)
+from churnwatch.data.schema import CustomerSchema, EventSchema, NumericField
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
-
-log = logging.getLogger(__name__)
-PAD, OOV = 0, 1
-Z_LIMIT = 1e4
-"""Standardised inputs are clipped to ±Z_LIMIT: far beyond any real measurement, far within float32 and
-bf16, and small enough that weights times inputs cannot overflow a network."""
-
-
-def signed_log1p(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.log1p(np.abs(x))
-
-
-@dataclass
-class Vocabulary:
-    """Category → id, with 0 = padding and 1 = out-of-vocabulary (unseen or too rare)."""
-
-    tokens: list[str]
-
-    @classmethod
-    def fit(cls, values: pd.Series, min_count: int = 1, max_size: int | None = None) -> Vocabulary:
-        cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
-        counts = cat.value_counts(sort=False)  # per category: cheap even for 10M events
-        counts = counts.groupby(counts.index.astype(str)).sum()
-        counts = counts[counts >= min_count]
-        # Most frequent first, ties broken by the token itself, so the vocabulary is deterministic.
-        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        if max_size is not None:
-            ranked = ranked[: max(0, max_size - 2)]
-        return cls([PAD_TOKEN, OOV_TOKEN, *(k for k, _ in ranked)])
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def table(self, values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-        """(ids per category of `values`, category codes): ids = table[codes]; unseen and null → OOV."""
-        index = {t: i for i, t in enumerate(self.tokens)}
-        cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
-        table = np.array([index.get(str(c), OOV) for c in cat.cat.categories] + [OOV], dtype=np.int32)
-        codes = cat.cat.codes.to_numpy()
-        return table, np.where(codes < 0, len(table) - 1, codes)
-
-    def lookup(self, values: pd.Series) -> np.ndarray:
-        """int32 ids; unseen values (and nulls) map to OOV."""
-        table, codes = self.table(values)
-        return table[codes]
-
-
-@dataclass
-class NumericStats:
-    """Fill, optional signed log1p, then standardise with statistics fitted on training events."""
-
-    fields: list[NumericField]
-    mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    std: np.ndarray = field(default_factory=lambda: np.ones(0))
-
-    def _raw(self, columns: Sequence[np.ndarray], n_rows: int | None = None) -> np.ndarray:
-        n_rows = len(columns[0]) if columns else (n_rows or 0)
-        out = np.empty((n_rows, len(self.fields)), dtype=np.float64)
-        for j, (spec, col) in enumerate(zip(self.fields, columns, strict=True)):
-            x = np.asarray(col, dtype=np.float64)
-            if spec.fill is not None:
-                x = np.where(np.isnan(x), spec.fill, x)
-            out[:, j] = signed_log1p(x) if spec.transform == "log1p" else x
-        return out
-
-    def fit(self, columns: Sequence[np.ndarray]) -> NumericStats:
-        raw = self._raw(columns)
-        if not len(raw):
-            self.mean, self.std = np.zeros(len(self.fields)), np.ones(len(self.fields))
-            return self
-        # On values divided by their largest magnitude: squares of raw values up to 1e300 (what
-        # validation lets through) would overflow float64 and leave no usable spread.
-        with np.errstate(all="ignore"):
-            scale = np.fmax.reduce(np.abs(raw), axis=0)  # ignores NaN
-            scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-            self.mean = np.nan_to_num(np.nanmean(raw / scale, axis=0) * scale)
-            std = np.nanstd(raw / scale, axis=0) * scale
-        self.std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
-        return self
-
-    def transform(self, columns: Sequence[np.ndarray], n_rows: int | None = None) -> np.ndarray:
-        """float32 (n, n_fields); any value still missing becomes 0 (the training mean), never NaN, and
-        values beyond ±Z_LIMIT standard deviations are clipped there (counted in a warning), so a raw
-        value that passes validation never becomes an infinite network input.
-
-        `n_rows` gives the row count when there are no fields (columns is empty)."""
-        with np.errstate(over="ignore"):
-            z = (self._raw(columns, n_rows) - self.mean) / self.std
-        z = np.where(np.isnan(z), 0.0, z)
-        beyond = np.abs(z) > Z_LIMIT
-        if beyond.any():
-            counts = beyond.sum(axis=0)
-            log.warning(
-                "clipped to ±%g standard deviations: %s",
-                Z_LIMIT,
-                ", ".join(
-                    f"{int(n)} value(s) of {f.name}" for f, n in zip(self.fields, counts, strict=True) if n
-                ),
-            )
-            np.clip(z, -Z_LIMIT, Z_LIMIT, out=z)
-        return z.astype(np.float32)
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "fields": [vars(f) for f in self.fields],
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> NumericStats:
-        return cls(
-            [NumericField(**f) for f in state["fields"]],
-            np.asarray(state["mean"], dtype=np.float64),
-            np.asarray(state["std"], dtype=np.float64),
-        )
-
+from churnwatch.errors import ConfigError
+from churnwatch.features.stats import NumericStats, Vocabulary
+from churnwatch.features.window import HistoryWindow, Steps, VisitSpec, history_mask, kept_steps, ranges
 
 Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
 """(name, shape, dtype) → an uninitialised array to encode into (numpy memory, or a memory-mapped file)."""
@@ -154,65 +33,6 @@ TIME_NUMERIC = (NumericField("gap_days", transform="log1p"), NumericField("age_d
 TIME_CATEGORICAL = {"day_of_week": 7, "hour": 24}
 VISIT_LINES = NumericField("visit_lines", transform="log1p")
 """With visits, each step also carries how many lines (basket items, page views) the visit had."""
-
-
-@dataclass(frozen=True)
-class VisitSpec:
-    """How event lines group into visits (`data.visits`): a new visit starts at a new customer, a new
-    calendar day, a change of `key` (an order or session id) and, with `gap_minutes`, after a pause longer
-    than that. Neither set: every event is its own step. A visit never spans midnight, so a cutoff (a day)
-    never splits one."""
-
-    key: str | None = None
-    gap_minutes: float | None = None
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.key) or self.gap_minutes is not None
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> VisitSpec:
-        cfg = dict(cfg or {})
-        unknown = set(cfg) - {"key", "gap_minutes"}
-        if unknown:
-            raise ConfigError(f"data.visits: unknown keys {sorted(unknown)} (known: key, gap_minutes)")
-        gap = cfg.get("gap_minutes")
-        if gap is not None and not float(gap) > 0:
-            raise ConfigError(f"data.visits.gap_minutes must be positive, got {gap}")
-        return cls(cfg.get("key") or None, float(gap) if gap is not None else None)
-
-    def state(self) -> dict[str, Any]:
-        return {"key": self.key, "gap_minutes": self.gap_minutes}
-
-    def starts(self, log: EventLog) -> np.ndarray:
-        """bool per log event: it opens a visit."""
-        start = np.ones(len(log), dtype=bool)
-        if len(log) > 1:
-            day = log.ts // DAY_NS
-            new = (log.customer[1:] != log.customer[:-1]) | (day[1:] != day[:-1])
-            if self.key:
-                codes = log.frame[self.key].cat.codes.to_numpy()
-                new |= codes[1:] != codes[:-1]
-            if self.gap_minutes is not None:
-                new |= np.diff(log.ts) > self.gap_minutes * 60 * 10**9
-            start[1:] = new
-        return start
-
-
-@dataclass(frozen=True)
-class Steps:
-    """What a row's sequence is made of: step j covers log events [first[j], stop[j]) (one event, or one
-    visit's lines), and row i's steps are [offsets[i], offsets[i + 1])."""
-
-    offsets: np.ndarray
-    first: np.ndarray
-    stop: np.ndarray
-    gap_days: np.ndarray
-    """Days since the customer's previous step (0 for their first)."""
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
 
 
 @dataclass
@@ -272,16 +92,6 @@ def slice_events(offsets: np.ndarray, rows: np.ndarray, max_len: int | None = No
     return ranges(starts, ends)
 
 
-def ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, e) for each pair, without a Python loop."""
-    lengths = (ends - starts).astype(np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    row_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    return np.repeat(starts.astype(np.int64) - row_start, lengths) + np.arange(total, dtype=np.int64)
-
-
 class SequenceEncoder:
     """Fits vocabularies and numeric statistics on training histories; encodes any snapshots the same way."""
 
@@ -289,6 +99,7 @@ class SequenceEncoder:
         self,
         schema: EventSchema,
         customer_schema: CustomerSchema | None = None,
+        *,
         max_len: int = 256,
         min_count: int = 1,
         max_vocab: int | None = None,
@@ -297,21 +108,30 @@ class SequenceEncoder:
     ):
         self.schema = schema
         self.customer_schema = customer_schema or CustomerSchema()
-        self.max_len = int(max_len)
-        """Steps (events, or visits) kept per row: the most recent ones."""
         self.min_count = int(min_count)
         self.max_vocab = max_vocab
-        self.visits = visits or VisitSpec()
-        if self.visits.key and self.visits.key != schema.visit_key:
-            raise ConfigError(f"data.visits.key {self.visits.key!r} is not the schema's visit key")
-        if max_span_days is not None and not float(max_span_days) > 0:
-            raise ConfigError(f"data.max_span_days must be positive, got {max_span_days}")
-        self.max_span_days = float(max_span_days) if max_span_days is not None else None
-        """With it, a row also keeps only the steps of its last `max_span_days` days (at least one)."""
+        visits = visits or VisitSpec()
+        if visits.key and visits.key != schema.visit_key:
+            raise ConfigError(f"data.visits.key {visits.key!r} is not the schema's visit key")
+        self.window = HistoryWindow(max_len=max_len, max_span_days=max_span_days, visits=visits)
+        """Which events of each row's history its sequence keeps (features/window.py)."""
         self.vocabs: dict[str, Vocabulary] = {}
         self.static_vocabs: dict[str, Vocabulary] = {}
         self.numeric: NumericStats | None = None
         self.static_numeric: NumericStats | None = None
+
+    # -- the history window -------------------------------------------------------------------------------
+    @property
+    def max_len(self) -> int:
+        return self.window.max_len
+
+    @property
+    def max_span_days(self) -> float | None:
+        return self.window.max_span_days
+
+    @property
+    def visits(self) -> VisitSpec:
+        return self.window.visits
 
     # -- names and sizes the models need ----------------------------------------------------------------
     @property
@@ -361,7 +181,7 @@ class SequenceEncoder:
         frame = log.frame
         for name in self.schema.categorical:
             self.vocabs[name] = Vocabulary.fit(frame[name][fit_events], self.min_count, self.max_vocab)
-        steps = self.steps(log, snaps)
+        steps = kept_steps(log, snaps, self.window)
         age = self._age(log, snaps, steps)
         if self.visits.enabled:  # visit values are fitted on the distinct visits the rows see
             _, distinct = np.unique(steps.first, return_index=True)
@@ -385,36 +205,6 @@ class SequenceEncoder:
             [static[n].to_numpy(dtype=np.float64) for n in self.static_num_names]
         )
         return self
-
-    def steps(self, log: EventLog, snaps: Snapshots) -> Steps:
-        """Each row's steps: its last `max_len` events (or visits) before the cutoff, within
-        `max_span_days` of it when set."""
-        start, end = snaps.start, snaps.end
-        if self.max_span_days is not None:
-            since = snaps.cutoff.view(np.int64) - np.int64(round(self.max_span_days * DAY_NS))
-            start = np.minimum(np.maximum(start, _first_at_or_after(log, snaps, since)), end - 1)
-        if not self.visits.enabled:
-            start = np.maximum(start, end - self.max_len)
-            rows = ranges(start, end)
-            offsets = np.concatenate([[0], np.cumsum(end - start)]).astype(np.int64)
-            return Steps(offsets, rows, rows + 1, log.gap_days[rows])
-        opens = self.visits.starts(log)
-        visit_of = np.cumsum(opens) - 1
-        visit_at = np.flatnonzero(opens)
-        visit_end = np.append(visit_at[1:], len(log))
-        v1 = visit_of[end - 1] + 1
-        v0 = np.maximum(visit_of[start], v1 - self.max_len)
-        visits = ranges(v0, v1)
-        counts = v1 - v0
-        first = np.maximum(visit_at[visits], np.repeat(start, counts))
-        stop = np.minimum(visit_end[visits], np.repeat(end, counts))
-        # days since the customer's previous visit (the first line of each)
-        visit_gap = np.zeros(len(visit_at))
-        if len(visit_at) > 1:
-            visit_gap[1:] = np.diff(log.ts[visit_at]) / DAY_NS
-            visit_gap[1:][log.customer[visit_at[1:]] != log.customer[visit_at[:-1]]] = 0.0
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return Steps(offsets, first, stop, visit_gap[visits])
 
     def _reduced(self, log: EventLog, first: np.ndarray, stop: np.ndarray) -> list[np.ndarray]:
         """Raw numeric values per step: each field over the step's lines as its `visit` rule says (filled
@@ -452,7 +242,8 @@ class SequenceEncoder:
         chunk_events: int = 1_000_000,
         alloc: Allocator | None = None,
     ) -> EncodedSequences:
-        """Encode each snapshot row's steps (`steps`): its last `max_len` events or visits before its cutoff.
+        """Encode each snapshot row's steps (`kept_steps`): its last `max_len` events or visits before its
+        cutoff.
 
         Works through the rows in chunks of about `chunk_events` steps, writing into preallocated
         outputs, so temporary memory stays bounded however large the log is. `alloc(name, shape, dtype)`
@@ -462,7 +253,7 @@ class SequenceEncoder:
         """
         if not self.is_fitted:
             raise RuntimeError("SequenceEncoder.transform called before fit")
-        steps = self.steps(log, snaps)
+        steps = kept_steps(log, snaps, self.window)
         offsets = steps.offsets
         total = int(offsets[-1])
         frame = log.frame
@@ -563,11 +354,11 @@ class SequenceEncoder:
         enc = cls(
             schema,
             customer_schema,
-            state["max_len"],
-            state["min_count"],
-            state["max_vocab"],
-            VisitSpec.from_config(state.get("visits")),
-            state.get("max_span_days"),
+            max_len=state["max_len"],
+            min_count=state["min_count"],
+            max_vocab=state["max_vocab"],
+            visits=VisitSpec.from_config(state.get("visits")),
+            max_span_days=state.get("max_span_days"),
         )
         enc.vocabs = {k: Vocabulary(list(v)) for k, v in state["vocabs"].items()}
         enc.static_vocabs = {k: Vocabulary(list(v)) for k, v in state["static_vocabs"].items()}
@@ -576,28 +367,10 @@ class SequenceEncoder:
         return enc
 
 
-def history_mask(n_events: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Boolean mask of events inside any [start, end) range (the distinct events of a set of histories)."""
-    marks = np.zeros(n_events + 1, dtype=np.int64)
-    np.add.at(marks, starts, 1)
-    np.add.at(marks, ends, -1)
-    return np.cumsum(marks[:-1]) > 0
-
-
 def _zeros(alloc: Allocator, name: str, n: int, dtype: type) -> np.ndarray:
     out = alloc(name, (n,), np.dtype(dtype))
     out[:] = 0
     return out
-
-
-def _first_at_or_after(log: EventLog, snaps: Snapshots, when_ns: np.ndarray) -> np.ndarray:
-    """Per row, the first log index of its customer with a time at or after `when_ns` (its end if none):
-    one binary search over (customer, time), which the log is sorted by."""
-    base = np.int64(log.ts.min()) if len(log) else np.int64(0)
-    key = log.customer.astype(np.int64) * (1 << 32) + (log.ts - base) // 10**9
-    seconds = np.maximum((when_ns - base + 10**9 - 1) // 10**9, 0)  # rounded up: at or after
-    wanted = snaps.customer.astype(np.int64) * (1 << 32) + seconds
-    return np.searchsorted(key, wanted, side="left")
 
 
 def _mode(ids: np.ndarray, counts: np.ndarray) -> np.ndarray:

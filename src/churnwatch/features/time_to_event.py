@@ -15,6 +15,7 @@ import numpy as np
 
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 from churnwatch.features.encode import EncodedSequences, SequenceEncoder
+from churnwatch.features.window import kept_steps
 
 
 def fill_time_to_event(
@@ -29,7 +30,7 @@ def fill_time_to_event(
 
     `activity`: which log events count as activity (data.label_events; None: all).
     """
-    steps = encoder.steps(log, snaps)
+    steps = kept_steps(log, snaps, encoder.window)
     if len(steps.first) != len(seqs.tte):
         raise ValueError(f"{len(steps.first)} steps for {len(seqs.tte)} encoded events: another encoder?")
     acts = np.flatnonzero(activity) if activity is not None else np.arange(len(log))

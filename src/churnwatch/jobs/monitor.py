@@ -18,19 +18,18 @@ from rich.console import Console
 from rich.table import Table
 
 from churnwatch.config.options import check_values
-from churnwatch.data.contract import normalise_ids, read_table
+from churnwatch.data.parsing import normalise_ids
+from churnwatch.data.readers import read_table
 from churnwatch.data.snapshots import build_snapshot, label_event_mask
+from churnwatch.errors import MonitorError
 from churnwatch.io.atomic import atomic_path
 from churnwatch.io.signing import Verification
 from churnwatch.monitoring.drift import Population, backtest, compare, verdict, volume_stats
-from churnwatch.scoring.scorer import Scorer, ScoringInput, default_as_of
+from churnwatch.scoring.inputs import ScoringInput, default_as_of
+from churnwatch.scoring.scorer import Scorer
 
 COLOURS = {"ok": "green", "warn": "yellow", "retrain": "red"}
 MONITOR_FILE = "monitor.json"
-
-
-class MonitorError(ValueError):
-    """An input monitoring cannot use: a model without a reference, an unusable labels file."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ def run_monitor(
     levels = {k: v for k, v in thresholds.items() if isinstance(v, Mapping)}
     check_values({f"thresholds.{k}.{lv}": x for k, v in levels.items() for lv, x in v.items()})
     # drift needs scores, not explanations
-    scorer = Scorer(model_path, device, drivers={"enabled": False}, verify=verify)
+    scorer = Scorer(model_path, device=device, drivers={"enabled": False}, verify=verify)
     reference = scorer.meta.get("reference")
     if not reference:
         raise MonitorError(
@@ -153,7 +152,7 @@ def realised_labels(scorer: Scorer, inp: ScoringInput, source: LabelSource) -> t
         inp.log,
         inp.as_of,
         horizon,
-        data.get("lookback_days"),
+        lookback_days=data.get("lookback_days"),
         label_events=label_event_mask(inp.log.frame, data.get("label_events")),
         data_end=last_day,
     )

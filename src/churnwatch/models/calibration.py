@@ -20,6 +20,8 @@ from sklearn.isotonic import IsotonicRegression
 from torch import Tensor, nn
 from torchmetrics.functional.classification import binary_calibration_error
 
+from churnwatch.errors import ConfigError
+
 METHODS = ("none", "temperature", "platt", "isotonic")
 EPS = 1e-6
 
@@ -60,7 +62,7 @@ class Calibrator:
         """Fit on validation probabilities; `prior_shift` is the log-odds a class weight added (temperature
         scaling removes it before fitting the temperature)."""
         if method not in METHODS:
-            raise ValueError(f"calibration must be one of {METHODS}, got {method!r}")
+            raise ConfigError(f"calibration must be one of {METHODS}, got {method!r}")
         y = np.asarray(labels, dtype=np.float64)
         z = logit(probs)
         if method == "none" or len(z) == 0 or y.min(initial=0) == y.max(initial=0):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from churnwatch.errors import ConfigError
 from churnwatch.features.encode import EncodedSequences
 from churnwatch.models.encoders import ChurnNet
 from churnwatch.pipeline.batch import EventBatch, pad_steps
@@ -36,9 +37,9 @@ class SliceViews(Dataset):
         self, seqs: EncodedSequences, views: int, min_share: float, max_share: float, seed: int = 0
     ):
         if views < 2:
-            raise ValueError(f"pretrain.views must be at least 2, got {views}")
+            raise ConfigError(f"pretrain.views must be at least 2, got {views}")
         if not 0 < min_share <= max_share <= 1:
-            raise ValueError(f"pretrain needs 0 < min_share <= max_share <= 1, got {min_share}, {max_share}")
+            raise ConfigError(f"pretrain needs 0 < min_share <= max_share <= 1, got {min_share}, {max_share}")
         self.seqs, self.views = seqs, views
         self.min_share, self.max_share = min_share, max_share
         self.rng = np.random.default_rng(seed)
@@ -130,7 +131,7 @@ def load_pretrained(
             remapped[to] = state[key][frm]
             state[key] = remapped
     if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
-        raise ValueError(
+        raise ConfigError(
             "the pretrained encoder does not fit this network (other net settings or features); pretrain "
             "again for these settings (pretrain.checkpoint=null)"
         )

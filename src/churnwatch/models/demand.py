@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from churnwatch.data.contract import query_mask
+from churnwatch.data.expressions import query_mask
 from churnwatch.data.snapshots import EventLog, Snapshots
+from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateSpec, _previous_gap_days
 from churnwatch.models.btyd import OCCASIONS, BTYDModel, GammaGamma, make_model, purchase_histories
 
@@ -33,7 +34,7 @@ SPEND_TOTAL = "spend_total"
 def spend_per_occasion(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(n purchase occasions, mean spend per occasion) per row; the mean is 0 for rows without a purchase."""
     if SPEND_TOTAL not in frame.columns:
-        raise ValueError(f"demand forecasts need the aggregate column {SPEND_TOTAL!r}")
+        raise ConfigError(f"demand forecasts need the aggregate column {SPEND_TOTAL!r}")
     n = frame[OCCASIONS].to_numpy(dtype=np.float64)
     return n, frame[SPEND_TOTAL].to_numpy(dtype=np.float64) / np.maximum(n, 1.0)
 

@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from churnwatch.config.schema import NetConfig
+from churnwatch.errors import ConfigError
+
 
 def embedding_dim(cardinality: int, cap: int = 32) -> int:
     """A common rule of thumb: grow with the vocabulary, but slowly, and never past `cap`."""
@@ -142,7 +145,7 @@ class Pooling(nn.Module):
     def __init__(self, kind: str, dim: int):
         super().__init__()
         if kind not in ("last", "mean", "attention"):
-            raise ValueError(f"pooling must be last, mean or attention, got {kind!r}")
+            raise ConfigError(f"pooling must be last, mean or attention, got {kind!r}")
         self.kind = kind
         # Only attention has parameters (DDP rejects parameters that never receive a gradient).
         self.score = nn.Linear(dim, 1) if kind == "attention" else nn.Identity()
@@ -166,7 +169,7 @@ class HazardHead(nn.Module):
     def __init__(self, dim: int, edges: list[float]):
         super().__init__()
         if len(edges) < 2 or edges[0] != 0 or any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
-            raise ValueError(f"tte.bins must start at 0 and increase, got {edges}")
+            raise ConfigError(f"tte.bins must start at 0 and increase, got {edges}")
         self.proj = nn.Linear(dim, len(edges))
         nn.init.zeros_(self.proj.weight)
         nn.init.constant_(self.proj.bias, math.log(math.expm1(1.0 / 30)))  # about one activity a month
@@ -237,15 +240,16 @@ class ChurnNet(nn.Module):
         time_index: list[int],
         static_cat_cardinalities: list[int],
         n_static_num: int,
+        *,
         n_aggregates: int = 0,
-        encoder: str = "lstm",
-        d_model: int = 64,
-        hidden: int = 64,
-        num_layers: int = 1,
-        n_heads: int = 4,
-        dropout: float = 0.1,
-        pooling: str = "last",
-        head_hidden: int = 64,
+        encoder: str = NetConfig.encoder,
+        d_model: int = NetConfig.d_model,
+        hidden: int = NetConfig.hidden,
+        num_layers: int = NetConfig.num_layers,
+        n_heads: int = NetConfig.n_heads,
+        dropout: float = NetConfig.dropout,
+        pooling: str = NetConfig.pooling,
+        head_hidden: int = NetConfig.head_hidden,
         max_len: int = 4096,
         tte_bins: list[float] | None = None,
         tte_only: bool = False,
@@ -255,11 +259,11 @@ class ChurnNet(nn.Module):
         super().__init__()
         self.has_hazard = tte_bins is not None
         if tte_only and not self.has_hazard:
-            raise ValueError("tte_only needs tte_bins")
+            raise ConfigError("tte_only needs tte_bins")
         if tte_only and not horizon_days > 0:
-            raise ValueError(f"tte_only needs a positive horizon_days, got {horizon_days}")
+            raise ConfigError(f"tte_only needs a positive horizon_days, got {horizon_days}")
         if tte_only and n_aggregates:
-            raise ValueError(
+            raise ConfigError(
                 "model.tte.only reads the event sequence alone: with aggregate features (the hybrid) use "
                 "model.tte.weight > 0 instead"
             )
@@ -272,7 +276,7 @@ class ChurnNet(nn.Module):
                 d_model, len(time_index), num_layers, n_heads, 4, dropout, max_len, causal=self.has_hazard
             )
         else:
-            raise ValueError(f"encoder must be lstm, gru or transformer, got {encoder!r}")
+            raise ConfigError(f"encoder must be lstm, gru or transformer, got {encoder!r}")
         self.pool = Pooling(pooling, self.sequence.out_dim)
         self.static_embeddings = nn.ModuleList(
             [nn.Embedding(c, embedding_dim(c, 16)) for c in static_cat_cardinalities]

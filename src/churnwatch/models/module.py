@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -20,7 +21,17 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import CatMetric, MeanMetric
 
-from churnwatch.data.contract import some_of
+from churnwatch.config.schema import (
+    LossConfig,
+    NetConfig,
+    NonfiniteConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TTEConfig,
+    typed,
+)
+from churnwatch.data.validation import some_of
+from churnwatch.errors import ConfigError
 from churnwatch.models.calibration import Calibrator, expected_calibration_error
 from churnwatch.models.encoders import ChurnNet
 from churnwatch.models.metrics import evaluate, ranking_metrics
@@ -29,8 +40,6 @@ from churnwatch.pipeline.batch import EventBatch
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
-NONFINITE = {"action": "fail", "max_skipped_fraction": 0.01}
-TTE = {"weight": 0.0, "only": False, "bins": [0, 1, 3, 7, 14, 21, 30, 45, 60, 90, 120, 180, 270, 365]}
 """The time-to-event head: off (weight 0, not only), multi-task (weight > 0) or alone (only)."""
 
 
@@ -64,9 +73,9 @@ class ChurnModule(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.tte = {**TTE, **dict(tte or {})}
+        self.tte = asdict(typed(TTEConfig, tte, "model.tte"))
         if float(self.tte["weight"]) < 0:
-            raise ValueError(f"model.tte.weight must be >= 0, got {self.tte['weight']}")
+            raise ConfigError(f"model.tte.weight must be >= 0, got {self.tte['weight']}")
         dense = float(self.tte["weight"]) > 0 or bool(self.tte["only"])
         self.net = ChurnNet(
             cat_cardinalities=list(features["cat_cardinalities"]),
@@ -80,32 +89,21 @@ class ChurnModule(L.LightningModule):
             tte_only=bool(self.tte["only"]),
             horizon_days=float(features.get("horizon_days", 0.0)),
             age_scale=tuple(features.get("age_scale", (0.0, 1.0))),
-            **dict(net),
+            **asdict(typed(NetConfig, net, "model.net")),
         )
-        self.loss_cfg = {
-            "kind": "bce",
-            "pos_weight": "auto",
-            "focal_gamma": 2.0,
-            "focal_alpha": 0.25,
-            **dict(loss or {}),
-        }
-        self.opt_cfg = {"lr": 2e-3, "weight_decay": 1e-4, **dict(optimizer or {})}
-        self.sched_cfg = {
-            "kind": "warmup_cosine",
-            "warmup_steps": 50,
-            "patience": 2,
-            "factor": 0.5,
-            **dict(scheduler or {}),
-        }
+        self.loss_cfg = asdict(typed(LossConfig, loss, "model.loss"))
+        self.opt_cfg = asdict(typed(OptimizerConfig, optimizer, "model.optimizer"))
+        self.sched_cfg = asdict(typed(SchedulerConfig, scheduler, "model.scheduler"))
         self.rule = ThresholdRule.from_config(thresholds)
         if calibration not in ("none", "temperature", "platt"):
-            raise ValueError(
+            raise ConfigError(
                 f"calibration for a network must be none, temperature or platt, got {calibration!r}"
             )
         self.calibration_method = calibration
-        self.nonfinite = {**NONFINITE, **dict(nonfinite or {})}
+        self.nonfinite = asdict(typed(NonfiniteConfig, nonfinite, "model.nonfinite"))
         if self.nonfinite["action"] not in ("fail", "skip"):
-            raise ValueError(f"model.nonfinite.action must be fail or skip, got {self.nonfinite['action']!r}")
+            action = self.nonfinite["action"]
+            raise ConfigError(f"model.nonfinite.action must be fail or skip, got {action!r}")
         self.skipped_batches = 0
         """Training batches skipped for a non-finite loss over the whole run (kept in checkpoints)."""
         self._skipped_in_epoch = 0
@@ -253,7 +251,7 @@ class ChurnModule(L.LightningModule):
 
     def on_fit_start(self) -> None:
         if self.nonfinite["action"] == "skip" and self.trainer.world_size > 1:
-            raise ValueError(
+            raise ConfigError(
                 "model.nonfinite.action=skip needs a single process (a rank that skips a batch would leave "
                 "the others waiting in the gradient all-reduce); use fail with DDP"
             )
@@ -358,7 +356,7 @@ class ChurnModule(L.LightningModule):
             )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/auroc"}}
         if kind != "warmup_cosine":
-            raise ValueError(f"model.scheduler.kind must be warmup_cosine, plateau or none, got {kind!r}")
+            raise ConfigError(f"model.scheduler.kind must be warmup_cosine, plateau or none, got {kind!r}")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = min(int(self.sched_cfg["warmup_steps"]), total // 2)
 

@@ -30,8 +30,9 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 from sklearn.svm import LinearSVC
 from sklearn.tree import DecisionTreeClassifier
 
+from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateTable
-from churnwatch.features.encode import signed_log1p
+from churnwatch.features.stats import signed_log1p
 from churnwatch.models.btyd import BTYDClassifier
 from churnwatch.models.calibration import logit
 
@@ -78,7 +79,7 @@ def build_estimator(name: str, params: Mapping[str, Any], table: AggregateTable,
         return lightgbm.LGBMClassifier(random_state=seed, verbose=-1, **params)
     if name == "btyd":
         return BTYDClassifier(feature_names=table.names, **params)
-    raise ValueError(f"model.estimator must be one of {ESTIMATORS}, got {name!r}")
+    raise ConfigError(f"model.estimator must be one of {ESTIMATORS}, got {name!r}")
 
 
 def fit_estimator(

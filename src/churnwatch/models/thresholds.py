@@ -8,6 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from churnwatch.config.schema import ThresholdsConfig, typed
+from churnwatch.errors import ConfigError
+
 TIERS = ("high", "medium", "low")
 
 
@@ -16,51 +19,20 @@ TIER_RULES = ("top_fraction", "top_k", "target_precision", "fixed")
 CAPACITY = ("top_fraction", "top_k")
 
 
-@dataclass(frozen=True)
-class ThresholdRule:
-    """How to pick the operating threshold and the alert tiers (high / medium / low).
-
-    threshold: `max_f1` (default), `target_precision` (the lowest threshold whose validation precision
-    reaches `target_precision`), `top_fraction` / `top_k` (flag the riskiest share / number of customers),
-    or `fixed` (`probability`).
-    tiers: capacity rules, `top_fraction` (high = the riskiest `high_fraction`, medium = the next
-    `medium_fraction`) or `top_k` (`high_k`, then `medium_k` customers), fill the tiers by rank in every
-    scoring run, so the tiers match the team's capacity; `target_precision` (the lowest thresholds reaching
-    `high_precision` / `medium_precision` on validation) and `fixed` (`high_probability`,
-    `medium_probability`) are probability cut-offs, so tier sizes move with the risk.
-    population: customers in a scoring run, to read `top_k` as a share of validation (null: validation's
-    own size).
-    """
-
-    threshold: str = "max_f1"
-    target_precision: float = 0.6
-    top_fraction: float = 0.1
-    top_k: int = 1000
-    probability: float = 0.5
-    tiers: str = "top_fraction"
-    high_fraction: float = 0.1
-    medium_fraction: float = 0.2
-    high_k: int = 500
-    medium_k: int = 1000
-    high_precision: float = 0.7
-    medium_precision: float = 0.5
-    high_probability: float = 0.6
-    medium_probability: float = 0.35
-    population: int | None = None
+@dataclass
+class ThresholdRule(ThresholdsConfig):
+    """The alert rule's settings (config/schema.py ThresholdsConfig: the keys, their meaning and defaults)
+    with what they decide: the tier sizes of a capacity rule."""
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> ThresholdRule:
-        cfg = dict(cfg or {})
-        unknown = set(cfg) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"thresholds: unknown keys {sorted(unknown)}")
-        rule = cls(**cfg)
+        rule = typed(cls, cfg, "thresholds")
         if rule.threshold not in THRESHOLDS:
-            raise ValueError(f"thresholds.threshold must be one of {THRESHOLDS}, got {rule.threshold!r}")
+            raise ConfigError(f"thresholds.threshold must be one of {THRESHOLDS}, got {rule.threshold!r}")
         if rule.tiers not in TIER_RULES:
-            raise ValueError(f"thresholds.tiers must be one of {TIER_RULES}, got {rule.tiers!r}")
+            raise ConfigError(f"thresholds.tiers must be one of {TIER_RULES}, got {rule.tiers!r}")
         if rule.tiers == "fixed" and rule.high_probability < rule.medium_probability:
-            raise ValueError("thresholds: high_probability must be >= medium_probability")
+            raise ConfigError("thresholds: high_probability must be >= medium_probability")
         return rule
 
     def capacity(self, n: int) -> tuple[int, int]:

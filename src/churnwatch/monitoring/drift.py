@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from churnwatch.data.contract import MISSING, ConfigError
+from churnwatch.data.schema import MISSING
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
+from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateTable
-from churnwatch.features.encode import OOV, ranges
+from churnwatch.features.stats import OOV
+from churnwatch.features.window import ranges
 from churnwatch.models.thresholds import TIERS, Operating, assign_tiers
 from churnwatch.pipeline.dataset import ChurnData, Split
 

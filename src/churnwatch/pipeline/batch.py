@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from churnwatch.features.encode import EncodedSequences, ranges
+from churnwatch.errors import ConfigError
+from churnwatch.features.encode import EncodedSequences
+from churnwatch.features.window import ranges
 
 
 @dataclass
@@ -173,6 +175,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         self,
         lengths: np.ndarray,
         batch_size: int,
+        *,
         shuffle: bool = True,
         bucket: bool = True,
         pool_batches: int = 50,
@@ -182,7 +185,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         rank: int = 0,
     ):
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
         self.lengths = np.asarray(lengths)
         self.batch_size, self.shuffle, self.bucket = batch_size, shuffle, bucket
         self.pool = batch_size * pool_batches

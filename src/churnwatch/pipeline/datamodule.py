@@ -11,6 +11,8 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from churnwatch.config.schema import DataConfig
+from churnwatch.errors import ConfigError
 from churnwatch.features.encode import TIME_NUMERIC
 from churnwatch.pipeline.batch import LengthBucketBatchSampler, SequenceDataset
 from churnwatch.pipeline.build import build_data
@@ -82,7 +84,7 @@ class ChurnDataModule(L.LightningDataModule):
     def _gather_device(self, split: Split, agg: np.ndarray | None) -> torch.device | None:
         """Where batches are gathered: `data.device_gather` true → the trainer's device; auto → a CUDA
         device when the split takes under `device_gather_fraction` of its free memory; else None (host)."""
-        mode = str(self.cfg.get("device_gather", "auto")).lower()
+        mode = str(self.cfg.get("device_gather", DataConfig.device_gather)).lower()
         trainer = self.trainer
         device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
         if mode in ("false", "off", "none"):
@@ -92,16 +94,21 @@ class ChurnDataModule(L.LightningDataModule):
         if device.type != "cuda":
             return None
         free, _ = torch.cuda.mem_get_info(device)
-        fits = device_bytes(split.seqs, agg) < float(self.cfg.get("device_gather_fraction", 0.25)) * free
+        share = float(self.cfg.get("device_gather_fraction", DataConfig.device_gather_fraction))
+        fits = device_bytes(split.seqs, agg) < share * free
         return device if fits else None
 
     def _sampler(self, split: Split, train: bool, num_replicas: int, rank: int) -> LengthBucketBatchSampler:
         cfg = self.cfg
         return LengthBucketBatchSampler(
             split.seqs.lengths,
-            int(cfg.get("batch_size", 256) if train else cfg.get("eval_batch_size", 1024)),
+            int(
+                cfg.get("batch_size", DataConfig.batch_size)
+                if train
+                else cfg.get("eval_batch_size", DataConfig.eval_batch_size)
+            ),
             shuffle=train,
-            bucket=bool(cfg.get("bucket_by_length", True)),
+            bucket=bool(cfg.get("bucket_by_length", DataConfig.bucket_by_length)),
             seed=int(cfg.get("seed") or 0),
             num_replicas=num_replicas,
             rank=rank,
@@ -120,13 +127,13 @@ class ChurnDataModule(L.LightningDataModule):
         )
         dataset = self._dataset(split)
         on_device = isinstance(dataset, DeviceSequenceDataset)  # nothing to load in workers or pin
-        workers = 0 if on_device else int(cfg.get("num_workers", 0))
+        workers = 0 if on_device else int(cfg.get("num_workers", DataConfig.num_workers))
         return DataLoader(
             dataset,
             sampler=sampler,
             batch_size=None,
             num_workers=workers,
-            pin_memory=bool(cfg.get("pin_memory", False)) and not on_device,
+            pin_memory=bool(cfg.get("pin_memory", DataConfig.pin_memory)) and not on_device,
             persistent_workers=workers > 0,
             # worker base seeds from the loader's own generator: starting an epoch's iterator leaves the
             # global RNG (dropout) alone, so a run resumed from a checkpoint draws what the first run drew
@@ -141,5 +148,5 @@ class ChurnDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if self.data.test is None:
-            raise ValueError("no test split: set data.test_cutoff")
+            raise ConfigError("no test split: set data.test_cutoff")
         return self._loader(self.data.test, train=False)

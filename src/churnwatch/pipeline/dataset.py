@@ -17,17 +17,9 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from churnwatch.data.contract import (
-    ConfigError,
-    CustomerSchema,
-    EventSchema,
-    JoinReport,
-    LoadedEvents,
-    ValidationReport,
-    load_customers,
-    load_events,
-    load_labels,
-)
+from churnwatch.config.schema import DataConfig
+from churnwatch.data.loaders import LoadedEvents, load_customers, load_events, load_labels
+from churnwatch.data.schema import CustomerSchema, EventSchema
 from churnwatch.data.snapshots import (
     EventLog,
     SnapshotPlan,
@@ -39,9 +31,12 @@ from churnwatch.data.snapshots import (
     kfold_splits,
     label_event_mask,
 )
+from churnwatch.data.validation import DEFAULT_POLICY, JoinReport, ValidationReport
+from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec, AggregateTable
-from churnwatch.features.encode import Allocator, EncodedSequences, SequenceEncoder, VisitSpec
+from churnwatch.features.encode import Allocator, EncodedSequences, SequenceEncoder
 from churnwatch.features.time_to_event import fill_time_to_event
+from churnwatch.features.window import VisitSpec
 
 log = logging.getLogger(__name__)
 DATA_REPORT = "data_report.json"
@@ -158,7 +153,7 @@ def load_sources(
     events = load_events(
         events_path,
         schema,
-        policy=cfg.get("policy", "drop"),
+        policy=cfg.get("policy", DEFAULT_POLICY),
         end_date=cfg.get("end_date"),
         row_filter=cfg.get("filter"),
         derived=cfg.get("derived"),
@@ -168,10 +163,10 @@ def load_sources(
     if cfg.get("customers_path"):
         customers, report = load_customers(
             cfg["customers_path"],
-            schema.customer_id,
             CustomerSchema.from_config(cfg.get("customers")),
-            schema.timezone,
-            cfg.get("policy", "drop"),
+            id_column=schema.customer_id,
+            timezone=schema.timezone,
+            policy=cfg.get("policy", DEFAULT_POLICY),
             end_date=cfg.get("end_date"),
         )
         reports.append(report)
@@ -215,7 +210,8 @@ def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | 
     if cfg.get("fold") is not None:
         train_idx, val_idx = kfold_splits(train_all, int(cfg["folds"]), seed)[int(cfg["fold"])]
     else:
-        train_idx, val_idx = holdout_split(train_all, float(cfg.get("val_fraction", 0.2)), seed)
+        val_fraction = float(cfg.get("val_fraction", DataConfig.val_fraction))
+        train_idx, val_idx = holdout_split(train_all, val_fraction, seed)
     if cfg.get("train_fraction") is not None:  # learning curves: fewer training customers, same validation
         train_idx = train_idx[
             customer_subsample(train_all.subset(train_idx), float(cfg["train_fraction"]), seed)
@@ -235,11 +231,11 @@ def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | 
     encoder = SequenceEncoder(
         events.schema,
         customer_schema,
-        int(cfg.get("max_len", 256)),
-        int(vocab.get("min_count", 1)),
-        vocab.get("max_size"),
-        VisitSpec.from_config(cfg.get("visits")),
-        cfg.get("max_span_days"),
+        max_len=int(cfg.get("max_len", DataConfig.max_len)),
+        min_count=int(vocab.get("min_count", 1)),
+        max_vocab=vocab.get("max_size"),
+        visits=VisitSpec.from_config(cfg.get("visits")),
+        max_span_days=cfg.get("max_span_days"),
     )
     encoder.fit(event_log, train_snaps, customers)
     featurizer = AggregateFeaturizer(

@@ -22,12 +22,7 @@ from rich.progress import (
 )
 from sklearn.base import BaseEstimator
 
-from churnwatch.artifact.export import (
-    TabularProbabilityModel,
-    export_tabular,
-    run_record,
-    tabular_attribution,
-)
+from churnwatch.artifact.export import TabularProbabilityModel, export_tabular, tabular_attribution
 from churnwatch.explain.drivers import IndicatorCatalogue, sum_by_owner
 from churnwatch.explain.importance import importance_table, plot_importance
 from churnwatch.explain.insights import Segments, write_insights
@@ -39,8 +34,15 @@ from churnwatch.models.scripted import NotScriptable, script_estimator
 from churnwatch.models.tabular import build_estimator, contributions, fit_estimator
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.pipeline.datamodule import ChurnDataModule
-from churnwatch.runs.predictions import write_predictions
-from churnwatch.runs.record import calibration_method, record_run, threshold_config, write_run_summary
+from churnwatch.runs.predictions import prediction_table
+from churnwatch.runs.record import (
+    RunRecord,
+    calibration_method,
+    model_facts,
+    record_run,
+    threshold_config,
+    write_run,
+)
 from churnwatch.runs.trackers import instantiate_loggers, log_artifacts, log_run
 
 log = logging.getLogger(__name__)
@@ -80,17 +82,17 @@ def _exported_form(
     name: str,
     train: AggregateTable,
     calibrator: Calibrator,
-    metrics: dict[str, Any],
+    record: RunRecord,
 ) -> TabularProbabilityModel | None:
     """What model.pt runs (`export: true`): the estimator scripted, its calibration, and the training means
-    the drivers occlude the aggregates to; None, and why in `metrics["export_skipped"]`, for an estimator
+    the drivers occlude the aggregates to; None, and why in `record.export_skipped`, for an estimator
     setting without a TorchScript form (BTYD fitted on the scored rows)."""
     if not cfg.get("export"):
         return None
     try:
         scripted = script_estimator(estimator, name, train.names)
     except NotScriptable as exc:
-        metrics["export_skipped"] = str(exc)
+        record.export_skipped = str(exc)
         log.warning("no model.pt: %s", exc)
         return None
     return TabularProbabilityModel(scripted, calibrator, train.values.mean(axis=0, dtype=np.float64))
@@ -138,8 +140,8 @@ def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, An
         metrics[stage][f"{stage}/calibration_error_raw"] = expected_calibration_error(
             raw, getattr(data, stage).snaps.label
         )
-    record_run(cfg, data, metrics, op, calibrator, predictions)
-    model = _exported_form(cfg, estimator, name, train, calibrator, metrics)
+    record = record_run(cfg, data, metrics, op, calibrator, predictions)
+    model = _exported_form(cfg, estimator, name, train, calibrator, record)
     segments = Segments.fit(train, int(cfg.seed))
     center = None
     step("insights")
@@ -151,7 +153,7 @@ def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, An
         scores = sum_by_owner(
             contributions(estimator, name, split.aggregates.values, train.values), owner, len(catalogue.names)
         )
-        metrics["insights"] = write_insights(
+        record.insights = write_insights(
             run_dir, data, cfg.data, stage, predictions[stage][1], scores, catalogue, segments
         )
         if model is not None:  # scoring's drivers are the model's occlusion, centred on this split's mean
@@ -164,24 +166,24 @@ def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, An
     importance.to_csv(run_dir / "feature_importance.csv", index=False)
     plot_importance(importance, run_dir / "feature_importance.png", f"{name}: permutation importance")
     step("write the run")
-    metrics["n_features"] = len(train.names)
+    record.n_features = len(train.names)
     if model is not None:
         calibrated = {stage: probs for stage, (_, probs) in predictions.items()}
-        metrics["model_path"] = str(
-            export_tabular(
-                model,
-                name,
-                dm.hparams["data"],
-                dm.state_dict(),
-                op,
-                calibrator,
-                run_dir / "model.pt",
-                signing_key=signing_key,
-                **run_record(cfg, data, metrics, op, calibrated, segments, center),
-            )
+        exported = export_tabular(
+            model,
+            run_dir / "model.pt",
+            estimator=name,
+            data=dm.hparams["data"],
+            data_state=dm.state_dict(),
+            op=op,
+            calibrator=calibrator,
+            facts=model_facts(cfg, data, record, calibrated, segments, center),
+            signing_key=signing_key,
         )
-    write_predictions(run_dir, {stage: getattr(data, stage) for stage in predictions}, predictions, data.log)
-    write_run_summary(cfg, metrics, timings)
+        record.model_path = str(exported)
+    table = prediction_table({stage: getattr(data, stage) for stage in predictions}, predictions, data.log)
+    write_run(run_dir, record, timings, table, report=bool(cfg.get("report", True)))
+    metrics = record.to_json()
     log_run(loggers, cfg, metrics)
     log_artifacts(loggers, run_dir)
     return metrics

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
+from churnwatch.errors import ConfigError
 from churnwatch.runs.leaderboard import ComposeTrain, train_run
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,10 @@ def run_curve(
         param, values = "data.train_fraction", list(cfg.fractions)
     elif kind == "validation":
         if not cfg.get("param") or not cfg.get("values"):
-            raise ValueError("a validation curve needs param=<config key> and values=[...]")
+            raise ConfigError("a validation curve needs param=<config key> and values=[...]")
         param, values = str(cfg.param), list(cfg["values"])
     else:
-        raise ValueError(f"kind must be learning or validation, got {kind!r}")
+        raise ConfigError(f"kind must be learning or validation, got {kind!r}")
     rows = []
     for seed in cfg.seeds:
         for value in values:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,15 +24,24 @@ from scipy.optimize import minimize
 from torch import Tensor, nn
 
 from churnwatch.artifact.export import load_artifact, write_artifact
+from churnwatch.artifact.metadata import ModelMeta
+from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.io.atomic import check_output
 from churnwatch.io.signing import Key
 from churnwatch.models.calibration import Calibrator, log_loss
 from churnwatch.models.metrics import evaluate
-from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
-from churnwatch.pipeline.cache import LOADER_KEYS, NOT_ENCODING_KEYS
+from churnwatch.models.thresholds import Operating, ThresholdRule, choose_operating_point
+from churnwatch.pipeline.cache_key import LOADER_KEYS, NOT_ENCODING_KEYS
 from churnwatch.runs.predictions import KEY, PREDICTIONS_FILE, read_predictions
-from churnwatch.runs.record import read_timings, write_timings
+from churnwatch.runs.record import (
+    METRICS_FILE,
+    RunRecord,
+    read_timings,
+    stage_calibration,
+    stage_tiers,
+    write_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,10 @@ class FittedEnsemble:
         calibrated = np.column_stack([c(member_probs[:, j]) for j, c in enumerate(self.calibrators)])
         return calibrated @ self.weights
 
+    def member_calibration(self) -> list[list[float]]:
+        """Each member's Platt [slope, intercept] (1 and 0 uncalibrated)."""
+        return [[c.slope, c.intercept] for c in self.calibrators]
+
 
 def aligned_predictions(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, list[str]]:
     """One frame keyed by (split, customer_id, cutoff) with a probability column per member; refuses members
@@ -80,23 +93,23 @@ def aligned_predictions(run_dirs: Sequence[str | Path]) -> tuple[pd.DataFrame, l
             continue
         joined = merged.merge(frame, on=KEY, how="inner", suffixes=("", "_other"))
         if len(joined) != len(merged) or len(joined) != len(frame):
-            raise ValueError(
+            raise ConfigError(
                 f"ensemble members cover different rows: {run_dirs[0]} has {len(merged)} "
                 f"predictions, {run_dir} has {len(frame)}, {len(joined)} in common; train every member "
                 "with the same data config and seed"
             )
         if not np.array_equal(joined["label"].to_numpy(), joined["label_other"].to_numpy()):
-            raise ValueError(f"{run_dir}: labels differ from {run_dirs[0]} for the same rows")
+            raise ConfigError(f"{run_dir}: labels differ from {run_dirs[0]} for the same rows")
         merged = joined.drop(columns="label_other")
     if merged is None:
-        raise ValueError("an ensemble needs at least one member run dir")
+        raise ConfigError("an ensemble needs at least one member run dir")
     return merged, names
 
 
 def _member_names(run_dirs: Sequence[str | Path]) -> list[str]:
     names = []
     for run_dir in run_dirs:
-        path = Path(run_dir) / "metrics.json"
+        path = Path(run_dir) / METRICS_FILE
         model = json.loads(path.read_text()).get("model", "") if path.exists() else ""
         name = model or Path(run_dir).name
         names.append(name if name not in names else f"{name}_{len(names)}")
@@ -168,16 +181,6 @@ class EnsembleProbabilityModel(nn.Module):
 SEQUENCE_KEYS = frozenset({"vocab", "max_len", "max_span_days", "visits"})
 """Data keys only the sequence encoder reads: a tabular member, which reads the aggregates alone, may
 differ from the networks there."""
-MEMBER_META = (
-    "net",
-    "kind",
-    "estimator",
-    "created_at",
-    "source_checkpoint",
-    "calibration",
-    "drivers",
-    "reference",
-)
 
 
 def _comparable(state: Any) -> Any:
@@ -215,14 +218,16 @@ class NotExportable(ValueError):
 def export_ensemble(
     run_dirs: Sequence[str | Path],
     fitted: FittedEnsemble,
-    operating: dict[str, Any],
+    op: Operating,
     out_path: str | Path,
-    test_metrics: dict[str, float] | None = None,
+    *,
+    test_metrics: Mapping[str, float] | None = None,
     signing_key: Key | None = None,
 ) -> Path:
     """One TorchScript file from the members' model.pt files (networks and tabular baselines), signed with
     `signing_key` when given; NotExportable says why this ensemble has no such form (a member file that
-    fails its checks is an ArtifactError: an error, not a reason to skip)."""
+    fails its checks is an ArtifactError: an error, not a reason to skip). `op.rule` is the alert rule as
+    configured (what scoring reads)."""
     artifacts = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "model.pt"
@@ -251,36 +256,37 @@ def export_ensemble(
     features = artifacts[best][1]["features"]
     if any(raw):  # scoring passes the raw aggregates; the networks' scaled form is computed inside
         features = {"n_aggregates": len(featurizer.scale_mean), "raw_aggregates": True}
-    meta = {
-        # member-specific keys stay out: the model, its calibration, driver centre and score reference
-        **{k: v for k, v in first.items() if k not in MEMBER_META},
-        "features": features,
-        "threshold": operating["threshold"],
-        "tiers": operating["tiers"],
-        "test_metrics": test_metrics or {},
-        "ensemble": {
+    meta = ModelMeta.of_ensemble(
+        first,
+        op=op,
+        features=features,
+        test_metrics=test_metrics,
+        ensemble={
             "members": [str(d) for d in run_dirs],
             "names": fitted.names,
             "weights": fitted.weights.tolist(),
-            "calibration": [[c.slope, c.intercept] for c in fitted.calibrators],
+            "calibration": fitted.member_calibration(),
             # a network's config, or a tabular member's estimator
             "nets": [m.get("net") or {"estimator": m.get("estimator")} for _, m in artifacts],
         },
-    }
-    return write_artifact(model, meta, out_path, signing_key=signing_key)
+    )
+    return write_artifact(model, meta.to_dict(), out_path, signing_key=signing_key)
 
 
 def train_ensemble(
     run_dirs: Sequence[str | Path],
     out_dir: str | Path,
-    thresholds: dict[str, Any] | None = None,
+    *,
+    thresholds: Mapping[str, Any] | None = None,
     calibrate: bool = True,
     export: bool = True,
+    report: bool = True,
     signing_key: Key | None = None,
 ) -> dict[str, Any]:
-    """Fit the ensemble on the members' validation predictions, evaluate on test, write metrics.json,
-    predictions.parquet and (when every member has one) model.pt into out_dir, which must not be a member's
-    (it would overwrite the files the ensemble is fitted on)."""
+    """Fit the ensemble on the members' validation predictions, evaluate on test, and write its run into
+    out_dir as every run does (write_run: timings, predictions, `report` report.html, metrics.json last),
+    with model.pt when every member has one. out_dir must not be a member's (it would overwrite the files
+    the ensemble is fitted on)."""
     out_dir = Path(out_dir)
     run_dirs = [str(d) for d in run_dirs]
     members = {f"members[{i}]/{PREDICTIONS_FILE}": Path(d) / PREDICTIONS_FILE for i, d in enumerate(run_dirs)}
@@ -288,48 +294,64 @@ def train_ensemble(
     out_dir.mkdir(parents=True, exist_ok=True)
     frame, names = aligned_predictions(run_dirs)
     fitted = fit_ensemble(frame, names, calibrate)
-    frame["probability"] = fitted.predict(frame[names].to_numpy())
+    member_probs = frame[names].to_numpy()
+    frame["probability"] = fitted.predict(member_probs)
+    # before calibration: the members' own probabilities, weighted alike
+    frame["probability_raw"] = member_probs @ fitted.weights
     val = frame[frame["split"] == "val"]
     op = choose_operating_point(
         val["probability"].to_numpy(), val["label"].to_numpy(), ThresholdRule.from_config(thresholds)
     )
-    metrics: dict[str, Any] = {}
-    for stage in ("val", "test"):
-        part = frame[frame["split"] == stage]
-        if len(part):
-            metrics[stage] = evaluate(
-                part["probability"].to_numpy(), part["label"].to_numpy(), op.threshold, stage
+    stages = [stage for stage in ("val", "test") if (frame["split"] == stage).any()]
+    parts = {stage: frame[frame["split"] == stage] for stage in stages}
+    predictions = {
+        s: (p["probability_raw"].to_numpy(), p["probability"].to_numpy()) for s, p in parts.items()
+    }
+    labels = {stage: part["label"].to_numpy() for stage, part in parts.items()}
+    scores = {stage: evaluate(predictions[stage][1], labels[stage], op.threshold, stage) for stage in stages}
+    record = RunRecord(
+        val=scores["val"],
+        test=scores.get("test"),
+        threshold=float(op.threshold),
+        tier_cuts={"high": float(op.high_cut), "medium": float(op.medium_cut)},
+        alert_rule=op.rule,
+        calibration={
+            "method": "platt" if calibrate else "none",
+            "members": dict(zip(names, fitted.member_calibration(), strict=True)),
+            **stage_calibration(predictions, labels),
+        },
+        tiers=stage_tiers(predictions, labels, op),
+        model="ensemble(" + "+".join(names) + ")",
+        members=run_dirs,
+        weights=dict(zip(names, fitted.weights.tolist(), strict=True)),
+        run_dir=str(out_dir),
+    )
+    if export:
+        configured = Operating(op.threshold, op.high_cut, op.medium_cut, dict(thresholds or {}))
+        try:
+            exported = export_ensemble(
+                run_dirs,
+                fitted,
+                configured,
+                out_dir / "model.pt",
+                test_metrics=record.test,
+                signing_key=signing_key,
             )
+            record.model_path = str(exported)
+        except NotExportable as exc:
+            record.export_skipped = str(exc)
+            log.info("ensemble not exported: %s", exc)
+    table = frame[[*KEY, "label", "probability", "probability_raw"]]
+    write_run(out_dir, record, _timings(run_dirs), table, report=report)
+    return record.to_json()
+
+
+def _timings(run_dirs: Sequence[str | Path]) -> dict[str, float]:
+    """The members' training time, summed; their scoring rates, combined: they score one after another,
+    so the ensemble's time per customer is the sum of theirs."""
     members = [read_timings(d) for d in run_dirs]
     timings = {"train_seconds": float(sum(m.get("train_seconds", 0.0) for m in members))}
     rates = [m.get("scoring_customers_per_s") for m in members]
     if all(rates):
-        # members score one after another: the ensemble's time per customer is the sum of theirs
         timings["scoring_customers_per_s"] = 1.0 / sum(1.0 / r for r in rates)
-    metrics["threshold"] = op.threshold
-    metrics["tier_cuts"] = {"high": op.high_cut, "medium": op.medium_cut}
-    metrics["model"] = "ensemble(" + "+".join(names) + ")"
-    metrics["members"] = run_dirs
-    metrics["weights"] = dict(zip(names, fitted.weights.tolist(), strict=True))
-    metrics["calibration"] = {
-        n: [c.slope, c.intercept] for n, c in zip(names, fitted.calibrators, strict=True)
-    }
-    metrics["run_dir"] = str(out_dir)
-    if export:
-        operating = {
-            "threshold": op.threshold,
-            "tiers": {"high": op.high_cut, "medium": op.medium_cut, "rule": dict(thresholds or {})},
-        }
-        try:
-            metrics["model_path"] = str(
-                export_ensemble(
-                    run_dirs, fitted, operating, out_dir / "model.pt", metrics.get("test"), signing_key
-                )
-            )
-        except NotExportable as exc:
-            metrics["export_skipped"] = str(exc)
-            log.info("ensemble not exported: %s", exc)
-    frame[[*KEY, "label", "probability"]].to_parquet(out_dir / PREDICTIONS_FILE, index=False)
-    write_timings(out_dir, timings)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return timings

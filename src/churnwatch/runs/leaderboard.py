@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from churnwatch.errors import ConfigError
 from churnwatch.runs.ensemble import train_ensemble
-from churnwatch.runs.record import read_timings
+from churnwatch.runs.record import METRICS_FILE, read_timings
 from churnwatch.runs.train import train
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def run_metrics(metrics: Mapping[str, Any], timings: Mapping[str, float]) -> dic
 
 def train_run(compose_train: ComposeTrain, overrides: Sequence[str], run_dir: Path) -> dict[str, float]:
     """Train one configuration into run_dir, or read its metrics.json when it is already there."""
-    done = run_dir / "metrics.json"
+    done = run_dir / METRICS_FILE
     if not done.exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg = compose_train([*overrides, f"paths.output_dir='{run_dir}'"])
@@ -165,13 +165,14 @@ def run_leaderboard(
                 name = f"ensemble({joined})"
                 # run dir without parentheses, which Hydra overrides (model_path=...) would need quoted
                 run_dir = out_dir / f"ensemble_{joined}" / sub / f"seed_{seed}"
-                if not (run_dir / "metrics.json").exists():
+                if not (run_dir / METRICS_FILE).exists():
                     train_ensemble(
                         [out_dir / str(m) / sub / f"seed_{seed}" for m in members],
                         run_dir,
-                        OmegaConf.to_container(cfg.thresholds, resolve=True),
+                        thresholds=OmegaConf.to_container(cfg.thresholds, resolve=True),
+                        report=bool(cfg.get("report", True)),
                     )
-                metrics = json.loads((run_dir / "metrics.json").read_text())
+                metrics = json.loads((run_dir / METRICS_FILE).read_text())
                 rows.append(
                     {"model": name, **where, "seed": seed, **run_metrics(metrics, read_timings(run_dir))}
                 )

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from churnwatch.data.snapshots import EventLog
+from churnwatch.io.atomic import atomic_path
 from churnwatch.pipeline.dataset import Split
 
 PREDICTIONS_FILE = "predictions.parquet"
@@ -37,22 +38,27 @@ def prediction_frame(
     )
 
 
-def write_predictions(
-    run_dir: str | Path,
+def prediction_table(
     splits: Mapping[str, Split],
     predictions: Mapping[str, tuple[np.ndarray, np.ndarray]],
     log: EventLog,
-) -> Path:
-    """`predictions` maps a stage to its (raw, calibrated) probabilities in split order."""
-    frame = pd.concat(
+) -> pd.DataFrame:
+    """Every stage's rows; `predictions` maps a stage to its (raw, calibrated) probabilities in split
+    order."""
+    return pd.concat(
         [
             prediction_frame(stage, splits[stage], calibrated, log, raw)
             for stage, (raw, calibrated) in predictions.items()
         ],
         ignore_index=True,
     )
+
+
+def write_predictions(run_dir: str | Path, frame: pd.DataFrame) -> Path:
+    """<run_dir>/predictions.parquet, replaced whole (a reader never sees part of it)."""
     path = Path(run_dir) / PREDICTIONS_FILE
-    frame.to_parquet(path, index=False)
+    with atomic_path(path, suffix=".parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
     return path
 
 

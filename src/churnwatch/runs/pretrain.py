@@ -25,12 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from churnwatch.data.snapshots import build_snapshot
+from churnwatch.errors import ConfigError
 from churnwatch.features.encode import EncodedSequences
 from churnwatch.io.atomic import atomic_path
 from churnwatch.models.coles import ColesModule, SliceViews, load_pretrained, pretrained_state
 from churnwatch.models.encoders import ChurnNet
 from churnwatch.pipeline.batch import LengthBucketBatchSampler
-from churnwatch.pipeline.cache import LOADER_KEYS, NOT_ENCODING_KEYS
+from churnwatch.pipeline.cache_key import LOADER_KEYS, NOT_ENCODING_KEYS
 from churnwatch.pipeline.dataset import ChurnData
 from churnwatch.runtime.hardware import accelerator_device
 
@@ -114,7 +115,7 @@ def net_spec(net: ChurnNet) -> dict[str, Any]:
 def _pretrain(cfg: DictConfig, data: ChurnData, net: ChurnNet, path: Path) -> None:
     p = cfg.pretrain
     if p.objective != "coles":
-        raise ValueError(f"pretrain.objective must be coles or none, got {p.objective!r}")
+        raise ConfigError(f"pretrain.objective must be coles or none, got {p.objective!r}")
     seqs = pretraining_sequences(data)
     log.info(
         "pretraining (%s) on %d customers' histories before %s",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from churnwatch.io.atomic import atomic_path  # noqa: E402
 from churnwatch.models.calibration import reliability_curve  # noqa: E402
 from churnwatch.runs.predictions import read_predictions  # noqa: E402
 
@@ -118,10 +120,12 @@ def _segments_plot(frame: pd.DataFrame, title: str, path: Path) -> str:
     return _png(fig, path)
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write <run_dir>/report.html (and its PNGs under <run_dir>/report/)."""
+def write_report(run_dir: str | Path, metrics: Mapping[str, Any] | None = None) -> Path:
+    """Write <run_dir>/report.html (and its PNGs under <run_dir>/report/) from `metrics` (what the run
+    is about to write as metrics.json), or the run dir's metrics.json."""
     run_dir = Path(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if metrics is None:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     pred = read_predictions(run_dir)
@@ -139,7 +143,7 @@ def write_report(run_dir: str | Path) -> Path:
     ]
     cal = metrics.get("calibration") or {}
     if cal:
-        cal_rows = [
+        cal_rows = [  # the per-stage figures beside the calibration's state
             [
                 s,
                 v.get("ece_raw"),
@@ -148,7 +152,7 @@ def write_report(run_dir: str | Path) -> Path:
                 v.get("log_loss_calibrated"),
             ]
             for s, v in cal.items()
-            if isinstance(v, dict)
+            if s in ("train", "val", "test") and isinstance(v, Mapping)
         ]
         parts += [
             f"<h2>Calibration ({html.escape(str(cal.get('method')))})</h2>",
@@ -202,5 +206,6 @@ def write_report(run_dir: str | Path) -> Path:
         f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"
     )
     path = run_dir / REPORT_FILE
-    path.write_text(doc, encoding="utf-8")
+    with atomic_path(path) as tmp:
+        tmp.write_text(doc, encoding="utf-8")
     return path

@@ -10,7 +10,6 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 
-from churnwatch.artifact.export import export_checkpoint, run_record
+from churnwatch.artifact.export import export_checkpoint
 from churnwatch.explain.drivers import IndicatorCatalogue, explain_sequences
 from churnwatch.explain.insights import Segments, owners, write_insights
 from churnwatch.io.signing import load_signing_key
@@ -31,15 +30,17 @@ from churnwatch.models.module import ChurnModule
 from churnwatch.models.thresholds import Operating
 from churnwatch.pipeline.datamodule import ChurnDataModule
 from churnwatch.runs.baseline import train_tabular
-from churnwatch.runs.predictions import write_predictions
+from churnwatch.runs.predictions import prediction_table
 from churnwatch.runs.pretrain import pretrain_encoder
 from churnwatch.runs.record import (
+    Predictions,
     calibration_method,
+    model_facts,
     print_metrics,
     record_run,
     refuse_finished_run,
     threshold_config,
-    write_run_summary,
+    write_run,
 )
 from churnwatch.runs.trackers import instantiate_all, instantiate_loggers, log_artifacts
 from churnwatch.runtime.hardware import (
@@ -151,35 +152,34 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for stage in ("val", "test")
         if stage in model.predictions
     }
-    record_run(cfg, dm.data, metrics, op, model.calibrator, predictions)
-    metrics["best_checkpoint"] = best_path
-    if pretrained:
-        metrics["pretrained_encoder"] = pretrained
+    record = record_run(cfg, dm.data, metrics, op, model.calibrator, predictions)
+    record.best_checkpoint = best_path
+    record.pretrained_encoder = pretrained
     if trainer.is_global_zero:
-        splits = {stage: getattr(dm.data, stage) for stage in predictions}
-        write_predictions(run_dir, splits, predictions, dm.data.log)
         segments = Segments.fit(dm.data.train.aggregates, int(cfg.seed))
+        center = None
         if cfg.get("insights", {}).get("enabled", True):
-            metrics["insights"], timings["explain_customers_per_s"] = network_insights(
+            record.insights, timings["explain_customers_per_s"] = network_insights(
                 cfg, dm, model, predictions, segments
             )
+            center = record.insights.get("center")
         if cfg.get("export") and best_path:
-            center = metrics.get("insights", {}).get("center")
-            record = run_record(cfg, dm.data, metrics, op, model.predictions, segments, center)
-            metrics["model_path"] = str(
-                export_checkpoint(best_path, run_dir / "model.pt", signing_key=signing_key, **record)
-            )
-        write_run_summary(cfg, metrics, timings)
+            facts = model_facts(cfg, dm.data, record, model.predictions, segments, center)
+            exported = export_checkpoint(best_path, run_dir / "model.pt", facts, signing_key=signing_key)
+            record.model_path = str(exported)
+        splits = {stage: getattr(dm.data, stage) for stage in predictions}
+        table = prediction_table(splits, predictions, dm.data.log)
+        write_run(run_dir, record, timings, table, report=bool(cfg.get("report", True)))
         log_artifacts(trainer.loggers, run_dir)
-        print_metrics(metrics, run_dir)
-    return metrics
+        print_metrics(record.to_json(), run_dir)
+    return record.to_json()
 
 
 def network_insights(
     cfg: DictConfig,
     dm: ChurnDataModule,
     model: ChurnModule,
-    predictions: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    predictions: Predictions,
     segments: Segments,
 ) -> tuple[dict[str, Any], float]:
     """Drivers (integrated gradients), importance, match rate and segments on the test split, and the
@@ -244,5 +244,3 @@ def train_cv(cfg: DictConfig) -> dict[str, Any]:
         "test": {k: v["mean"] for k, v in summary["test"].items()},
         "cv": summary,
     }
-
-

@@ -58,7 +58,7 @@ def forced_answers() -> dict[str, bool]:
         name, _, value = item.partition("=")
         name, value = name.strip(), value.strip().lower()
         if name not in FEATURES or value not in ("0", "1", "true", "false", "yes", "no"):
-            raise ValueError(
+            raise ConfigError(
                 f"{FORCE_ENV}={os.environ[FORCE_ENV]!r}: expected comma-separated <feature>=0|1 with "
                 f"features {', '.join(FEATURES)}, got {item!r}"
             )
@@ -212,7 +212,7 @@ def choose_precision(requested: str, device: torch.device) -> str:
     """Scoring's `requested` precision (fp32 | bf16 | auto) as this device can run it: bf16 or fp32, with
     one log line when bf16 was asked for and the probe says no."""
     if requested not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+        raise ConfigError(f"precision must be one of {PRECISIONS}, got {requested!r}")
     if requested == "fp32":
         return "fp32"
     usable = use_bf16(f"precision={requested}", device, "scoring in fp32", quiet=requested == "auto")

@@ -19,9 +19,34 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from churnwatch.data.contract import CUSTOMER_ID
+from churnwatch.data.schema import CUSTOMER_ID
+from churnwatch.errors import ConfigError
 from churnwatch.io.atomic import atomic_path, scratch_dir
 
+OUTPUT_COLUMNS = (
+    "customer_id",
+    "churn_probability",
+    "risk_tier",
+    "risk_rank",
+    "percentile",
+    "n_events",
+    "last_event_at",
+    "as_of",
+    "no_history",
+    "lapsed",
+    "recent_spend",
+    "expected_purchases",
+    "expected_spend",
+    "value_at_risk",
+    "rfm_segment",
+    "behaviour_cluster",
+    "main_driver",
+    "driver_1",
+    "driver_2",
+    "driver_3",
+    "action",
+)
+"""A score file's columns, in order."""
 RANK_KEYS = (CUSTOMER_ID, "churn_probability", "value_at_risk", "no_history", "lapsed")
 POSITION = "__rank_position__"
 BlockRanker = Callable[[pd.DataFrame, int], pd.DataFrame]
@@ -97,11 +122,17 @@ def atomic_output(
             parquet.close()
 
 
+def report_path(output_path: str | Path) -> Path:
+    """The sidecar of a scoring output: `<output_path>.report.json`."""
+    output_path = Path(output_path)
+    return output_path.with_name(f"{output_path.name}.report.json")
+
+
 def check_suffix(path: Path) -> str:
     """The output's format, by its extension: .parquet or .csv, else a one-line error."""
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv"):
-        raise ValueError(f"{path}: output must end in .parquet or .csv")
+        raise ConfigError(f"{path}: output must end in .parquet or .csv")
     return suffix
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from churnwatch.errors import ConfigError
 from churnwatch.models.btyd.base import BTYDModel
 from churnwatch.models.btyd.bgnbd import BGNBD
 from churnwatch.models.btyd.pareto_nbd import ParetoNBD
@@ -42,7 +43,7 @@ def purchase_histories(
     names = list(names)
     missing = [c for c in (OCCASIONS, RECENCY, FIRST_PURCHASE) if c not in names]
     if missing:
-        raise ValueError(f"BTYD: feature columns {missing} are missing")
+        raise ConfigError(f"BTYD: feature columns {missing} are missing")
     values = np.asarray(X, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != len(names):
         raise ValueError(f"expected a 2-d matrix with {len(names)} columns, got shape {values.shape}")
@@ -56,7 +57,7 @@ def purchase_histories(
 def make_model(name: str, penalizer: float = 0.0) -> BTYDModel:
     """An unfitted purchase-count model by config name (`model.params.model`)."""
     if name not in MODELS:
-        raise ValueError(f"BTYD model must be one of {sorted(MODELS)}, got {name!r}")
+        raise ConfigError(f"BTYD model must be one of {sorted(MODELS)}, got {name!r}")
     return MODELS[name](penalizer=penalizer)
 
 
@@ -94,7 +95,7 @@ class BTYDClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: np.ndarray | pd.DataFrame, y: np.ndarray | None = None) -> BTYDClassifier:
         """Fit the model on the rows' purchase histories (labels are not used)."""
         if self.fit_on not in FIT_ON:
-            raise ValueError(f"BTYD fit_on must be one of {FIT_ON}, got {self.fit_on!r}")
+            raise ConfigError(f"BTYD fit_on must be one of {FIT_ON}, got {self.fit_on!r}")
         self.model_ = make_model(self.model, float(self.penalizer)).fit(
             *purchase_histories(X, self.feature_names)
         )

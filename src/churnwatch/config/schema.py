@@ -1,0 +1,265 @@
+"""Typed configs: the one copy of each default of the network model and alert-threshold blocks.
+
+Hydra's ConfigStore holds them as schemas (`register`), and the YAML files build on them
+(`defaults: [network_schema, _self_]` in conf/model/lstm.yaml, `thresholds_schema` in
+conf/thresholds/default.yaml), so a YAML file keeps only what it changes, a misspelt key fails when the
+config is composed, and a value of the wrong type fails there too. The code reads the same dataclasses
+(`typed`) for its defaults, so a model built from a partial mapping (a test, an old checkpoint) gets the
+values a composed config would.
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from hydra.core.config_store import ConfigStore
+
+from churnwatch.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class NetConfig:
+    """The network: per-event encoder → sequence encoder → pooling → head (models/encoders.py ChurnNet)."""
+
+    encoder: str = "lstm"  # lstm | gru | transformer
+    d_model: int = 64  # per-event vector size
+    hidden: int = 128  # RNN hidden size
+    num_layers: int = 1
+    n_heads: int = 4  # transformer only
+    dropout: float = 0.1
+    pooling: str = "last"  # last (last *real* step) | mean | attention
+    head_hidden: int = 64
+
+
+@dataclass
+class LossConfig:
+    kind: str = "bce"  # bce | focal
+    pos_weight: Any = "auto"  # auto = negatives / positives in training data; or a number; 1 = unweighted
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW."""
+
+    lr: float = 0.002
+    weight_decay: float = 0.0001
+
+
+@dataclass
+class SchedulerConfig:
+    kind: str = "warmup_cosine"  # warmup_cosine | plateau (on val/auroc) | none
+    warmup_steps: int = 50
+    patience: int = 2  # plateau
+    factor: float = 0.5  # plateau
+
+
+def _tte_bins() -> list[float]:
+    return [0, 1, 3, 7, 14, 21, 30, 45, 60, 90, 120, 180, 270, 365]
+
+
+@dataclass
+class TTEConfig:
+    """The dense time-to-event head (models/encoders.py HazardHead): at every step, the hazard of the
+    customer's next activity (features/time_to_event.py), censored at the label window."""
+
+    weight: float = 0.0  # 0: off; > 0: multi-task, loss = churn loss + weight * hazard NLL per step
+    only: bool = False  # true: the hazard alone; churn = P(no activity within data.horizon_days) from it
+    bins: list[float] = field(default_factory=_tte_bins)  # day bins of the piecewise-constant hazard
+
+
+@dataclass
+class NonfiniteConfig:
+    """A non-finite training loss: `fail` stops, naming the step and the batch's customers; `skip` takes no
+    optimizer step (counted in metrics.json train/skipped_batches) until more than `max_skipped_fraction`
+    of an epoch's batches are skipped."""
+
+    action: str = "fail"  # fail | skip
+    max_skipped_fraction: float = 0.01
+
+
+@dataclass
+class NetworkModelConfig:
+    """`model=lstm|gru|transformer|hybrid`: a sequence network trained with Lightning."""
+
+    name: str = "lstm"  # what metrics.json, ensembles and leaderboards call this model
+    kind: str = "network"
+    use_aggregates: bool = False  # also feed the aggregate features to the head (hybrid)
+    compile: bool = False  # torch.compile the network for training
+    net: NetConfig = field(default_factory=NetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    tte: TTEConfig = field(default_factory=TTEConfig)
+    nonfinite: NonfiniteConfig = field(default_factory=NonfiniteConfig)
+
+
+@dataclass
+class ThresholdsConfig:
+    """How to pick the operating threshold and the alert tiers (high / medium / low), on (calibrated)
+    validation predictions; the choice is stored with the model.
+
+    threshold: `max_f1`, `target_precision` (the lowest threshold whose validation precision reaches
+    `target_precision`), `top_fraction` / `top_k` (flag the riskiest share / number of customers), or
+    `fixed` (`probability`).
+    tiers: capacity rules, `top_fraction` (high = the riskiest `high_fraction`, medium = the next
+    `medium_fraction`) or `top_k` (`high_k`, then `medium_k` customers), fill the tiers by rank in every
+    scoring run, so the tiers match the team's capacity; `target_precision` (the lowest thresholds reaching
+    `high_precision` / `medium_precision` on validation) and `fixed` (`high_probability`,
+    `medium_probability`) are probability cut-offs, so tier sizes move with the risk.
+    population: customers in a scoring run, to read `top_k` as a share of validation (null: validation's
+    own size).
+    """
+
+    threshold: str = "max_f1"
+    target_precision: float = 0.6
+    top_fraction: float = 0.1
+    top_k: int = 1000
+    probability: float = 0.5
+    tiers: str = "top_fraction"
+    high_fraction: float = 0.1
+    medium_fraction: float = 0.2
+    high_k: int = 500
+    medium_k: int = 1000
+    high_precision: float = 0.7
+    medium_precision: float = 0.5
+    high_probability: float = 0.6
+    medium_probability: float = 0.35
+    population: int | None = None
+
+
+# --- data -------------------------------------------------------------------------------------------------
+# Each key of the data block says which concern it belongs to (`concern` in its metadata). The encoded-
+# snapshot cache and pretraining key an encoding on what the contract, validation, snapshot and encoding
+# keys say, and on nothing else: keys_of(...) derives those sets from here rather than from hand-kept lists.
+
+CONTRACT, VALIDATION, SNAPSHOTS, ENCODING = "contract", "validation", "snapshots", "encoding"
+INPUTS, CACHE, LOADING, DRIVERS = "inputs", "cache", "loading", "drivers"
+ENCODES = (CONTRACT, VALIDATION, SNAPSHOTS, ENCODING)
+"""The concerns whose keys decide what an encoding holds."""
+
+
+def _key(concern: str, default: Any = None, factory: Any = None) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata={"concern": concern})
+    return field(default=default, metadata={"concern": concern})
+
+
+@dataclass
+class VisitsConfig:
+    """Group event lines into visits, one step each (features/window.py VisitSpec)."""
+
+    key: str | None = None  # a column whose change starts a new visit (order or session id)
+    gap_minutes: float | None = None  # and/or a pause longer than this; never across midnight
+
+
+@dataclass
+class VocabConfig:
+    min_count: int = 1  # categories seen fewer times in training become the unknown token
+    max_size: int | None = None  # keep at most this many per field (null: all)
+
+
+@dataclass
+class CacheConfig:
+    """The encoded-snapshot cache (pipeline/cache.py; docs/DATA.md "Encoded-snapshot cache")."""
+
+    enabled: bool = True
+    dir: str | None = "${paths.cache_dir}/encoded"
+    content_hash: str = "full"  # full: BLAKE2b of every input byte | sampled: head, tail and 16 spread blocks
+    verify: bool = False  # true: store and check every cached file's BLAKE2b digest (reads the entry on hits)
+    max_entries: int | None = 20  # least recently used entries beyond this go (null: keep all)
+
+
+@dataclass
+class DataConfig:
+    """The `data` block: where the events are, how to read them (the data contract), how to validate them,
+    which snapshots to build, how to encode them, the cache, how batches are served and the drivers'
+    indicators. docs/DATA.md says what each key means; conf/data/<name>.yaml sets a data set's values."""
+
+    # inputs: paths (their files' identities key the cache, not the paths)
+    data_dir: str | None = _key(INPUTS)
+    events_path: str = _key(INPUTS, "${.data_dir}/events.parquet")
+    customers_path: str | None = _key(INPUTS)
+    labels_path: str | None = _key(INPUTS)
+    generate: dict[str, Any] | None = _key(INPUTS)  # synthetic data when events_path is missing
+    # the data contract: column mapping
+    customer_id: str = _key(CONTRACT, "customer_id")
+    timestamp: str = _key(CONTRACT, "timestamp")
+    timezone: str = _key(CONTRACT, "UTC")  # naive timestamps are in this zone; aware ones are converted to it
+    timestamp_format: str | None = _key(CONTRACT)  # null: ISO 8601, then a flexible parser
+    categorical: list[str] = _key(CONTRACT, factory=list)
+    numeric: list[Any] = _key(CONTRACT, factory=list)  # {name, min, max, fill, transform, visit}
+    customers: dict[str, Any] = _key(CONTRACT, factory=dict)  # {categorical, numeric, dates}
+    labels: dict[str, str] = _key(CONTRACT, factory=lambda: {"cutoff": "cutoff", "label": "churned"})
+    filter: str | None = _key(CONTRACT)  # which rows are events at all (docs/EXPRESSIONS.md)
+    derived: dict[str, str] = _key(CONTRACT, factory=dict)  # new columns from expressions
+    # validation
+    policy: str = _key(VALIDATION, "drop")  # drop (and report counts per reason) | fail (one clear line)
+    end_date: str | None = _key(VALIDATION)  # the data's end; later events are "future"
+    # snapshots and splits
+    horizon_days: int = _key(SNAPSHOTS, 60)  # churn at cutoff c = no event in [c, c + horizon_days)
+    label_events: str | None = _key(SNAPSHOTS)  # which events count as activity for the label
+    lookback_days: int | None = _key(SNAPSHOTS)  # population: active in the N days before c (null: ever)
+    test_cutoff: str | None = _key(SNAPSHOTS)
+    train_cutoffs: list[str] | None = _key(SNAPSHOTS)  # explicit dates, or:
+    n_snapshots: int = _key(SNAPSHOTS, 1)  # ... this many cutoffs,
+    snapshot_every_days: int = _key(SNAPSHOTS, 30)  # ... this far apart,
+    last_train_cutoff: str | None = _key(SNAPSHOTS)  # ... ending here (null: test - horizon)
+    first_train_cutoff: str | None = _key(SNAPSHOTS)  # or every snapshot_every_days from here
+    sample_weight: str = _key(SNAPSHOTS, "none")  # none | customer: a row weighs 1 / (its customer's rows)
+    val_fraction: float = _key(SNAPSHOTS, 0.2)  # stratified holdout of training customers
+    folds: int | None = _key(SNAPSHOTS)  # k for k-fold CV by customer, with `fold`
+    fold: int | None = _key(SNAPSHOTS)
+    train_fraction: float | None = _key(SNAPSHOTS)  # keep this share of training customers
+    seed: int = _key(SNAPSHOTS, "${seed}")
+    # encoding
+    max_len: int = _key(ENCODING, 256)  # each customer's last max_len steps (events, or visits)
+    max_span_days: float | None = _key(ENCODING)  # and only those of the last N days
+    visits: VisitsConfig = _key(ENCODING, factory=VisitsConfig)
+    vocab: VocabConfig = _key(ENCODING, factory=VocabConfig)
+    aggregates: dict[str, Any] = _key(ENCODING, factory=dict)  # features/aggregates.py AggregateSpec
+    # the encoded-snapshot cache
+    cache: CacheConfig = _key(CACHE, factory=CacheConfig)
+    # serving batches
+    batch_size: int = _key(LOADING, 256)
+    eval_batch_size: int = _key(LOADING, 1024)
+    num_workers: int = _key(LOADING, 0)
+    pin_memory: bool = _key(LOADING, False)
+    device_gather: Any = _key(LOADING, "auto")  # batches gathered on the GPU: auto (CUDA, if they fit) | bool
+    device_gather_fraction: float = _key(LOADING, 0.25)  # auto: only under this share of free GPU memory
+    bucket_by_length: bool = _key(LOADING, True)
+    use_aggregates: bool = _key(LOADING, "${oc.select:model.use_aggregates,false}")
+    # drivers: business indicators (conf/data/indicators/) and the synthetic ground truth
+    indicators: Any = _key(DRIVERS)
+    truth_path: str | None = _key(DRIVERS)
+
+
+def keys_of(*concerns: str) -> frozenset[str]:
+    """The data block's keys of these concerns."""
+    return frozenset(f.name for f in fields(DataConfig) if f.metadata["concern"] in concerns)
+
+
+SCHEMAS = {
+    ("model", "network_schema"): NetworkModelConfig,
+    ("thresholds", "thresholds_schema"): ThresholdsConfig,
+    ("data", "data_schema"): DataConfig,
+}
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore, where the YAML files' defaults lists find them."""
+    store = ConfigStore.instance()
+    for (group, name), node in SCHEMAS.items():
+        store.store(group=group, name=name, node=node)
+
+
+def typed(cls: type[T], values: Any, where: str) -> T:
+    """`cls` from a (partial) mapping, the rest from its defaults; an unknown key is a ConfigError."""
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    return cls(**values)

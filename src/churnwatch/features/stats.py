@@ -1,0 +1,134 @@
+"""What the sequence encoder fits on training events: category vocabularies and numeric statistics.
+
+Both are fitted once on the training snapshots' histories and carried as plain JSON (inside the encoder's
+state, and so inside an exported model); aggregates and the drift monitor reuse them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from churnwatch.data.schema import OOV_TOKEN, PAD_TOKEN, NumericField
+
+log = logging.getLogger(__name__)
+PAD, OOV = 0, 1
+Z_LIMIT = 1e4
+"""Standardised inputs are clipped to ±Z_LIMIT: far beyond any real measurement, far within float32 and
+bf16, and small enough that weights times inputs cannot overflow a network."""
+
+
+def signed_log1p(x: np.ndarray) -> np.ndarray:
+    """A log scale for heavy-tailed values of either sign (refunds are negative amounts): 0 stays 0."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
+@dataclass
+class Vocabulary:
+    """Category → id, with 0 = padding and 1 = out-of-vocabulary (unseen or too rare)."""
+
+    tokens: list[str]
+
+    @classmethod
+    def fit(cls, values: pd.Series, min_count: int = 1, max_size: int | None = None) -> Vocabulary:
+        cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
+        counts = cat.value_counts(sort=False)  # per category: cheap even for 10M events
+        counts = counts.groupby(counts.index.astype(str)).sum()
+        counts = counts[counts >= min_count]
+        # Most frequent first, ties broken by the token itself, so the vocabulary is deterministic.
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        if max_size is not None:
+            ranked = ranked[: max(0, max_size - 2)]
+        return cls([PAD_TOKEN, OOV_TOKEN, *(k for k, _ in ranked)])
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def table(self, values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """(ids per category of `values`, category codes): ids = table[codes]; unseen and null → OOV."""
+        index = {t: i for i, t in enumerate(self.tokens)}
+        cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
+        table = np.array([index.get(str(c), OOV) for c in cat.cat.categories] + [OOV], dtype=np.int32)
+        codes = cat.cat.codes.to_numpy()
+        return table, np.where(codes < 0, len(table) - 1, codes)
+
+    def lookup(self, values: pd.Series) -> np.ndarray:
+        """int32 ids; unseen values (and nulls) map to OOV."""
+        table, codes = self.table(values)
+        return table[codes]
+
+
+@dataclass
+class NumericStats:
+    """Fill, optional signed log1p, then standardise with statistics fitted on training events."""
+
+    fields: list[NumericField]
+    mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    std: np.ndarray = field(default_factory=lambda: np.ones(0))
+
+    def _raw(self, columns: Sequence[np.ndarray], n_rows: int | None = None) -> np.ndarray:
+        n_rows = len(columns[0]) if columns else (n_rows or 0)
+        out = np.empty((n_rows, len(self.fields)), dtype=np.float64)
+        for j, (spec, col) in enumerate(zip(self.fields, columns, strict=True)):
+            x = np.asarray(col, dtype=np.float64)
+            if spec.fill is not None:
+                x = np.where(np.isnan(x), spec.fill, x)
+            out[:, j] = signed_log1p(x) if spec.transform == "log1p" else x
+        return out
+
+    def fit(self, columns: Sequence[np.ndarray]) -> NumericStats:
+        raw = self._raw(columns)
+        if not len(raw):
+            self.mean, self.std = np.zeros(len(self.fields)), np.ones(len(self.fields))
+            return self
+        # On values divided by their largest magnitude: squares of raw values up to 1e300 (what
+        # validation lets through) would overflow float64 and leave no usable spread.
+        with np.errstate(all="ignore"):
+            scale = np.fmax.reduce(np.abs(raw), axis=0)  # ignores NaN
+            scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+            self.mean = np.nan_to_num(np.nanmean(raw / scale, axis=0) * scale)
+            std = np.nanstd(raw / scale, axis=0) * scale
+        self.std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+        return self
+
+    def transform(self, columns: Sequence[np.ndarray], n_rows: int | None = None) -> np.ndarray:
+        """float32 (n, n_fields); any value still missing becomes 0 (the training mean), never NaN, and
+        values beyond ±Z_LIMIT standard deviations are clipped there (counted in a warning), so a raw
+        value that passes validation never becomes an infinite network input.
+
+        `n_rows` gives the row count when there are no fields (columns is empty)."""
+        with np.errstate(over="ignore"):
+            z = (self._raw(columns, n_rows) - self.mean) / self.std
+        z = np.where(np.isnan(z), 0.0, z)
+        beyond = np.abs(z) > Z_LIMIT
+        if beyond.any():
+            counts = beyond.sum(axis=0)
+            log.warning(
+                "clipped to ±%g standard deviations: %s",
+                Z_LIMIT,
+                ", ".join(
+                    f"{int(n)} value(s) of {f.name}" for f, n in zip(self.fields, counts, strict=True) if n
+                ),
+            )
+            np.clip(z, -Z_LIMIT, Z_LIMIT, out=z)
+        return z.astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "fields": [vars(f) for f in self.fields],
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> NumericStats:
+        return cls(
+            [NumericField(**f) for f in state["fields"]],
+            np.asarray(state["mean"], dtype=np.float64),
+            np.asarray(state["std"], dtype=np.float64),
+        )

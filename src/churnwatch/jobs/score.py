@@ -1,0 +1,286 @@
+"""The scoring job: an events file (and a customers file) in, a ranked score file and its sidecar out.
+
+`score_file` streams inputs of any size in bounded memory: split into customer-disjoint parts on disk,
+scored part by part with a `Scorer`, then ranked block by block. With a shard it writes one unranked part
+that `churnwatch.scoring.shards.merge_shards` ranks with the others. What the job does is one `ScoreJob`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from churnwatch.config.options import check_values
+from churnwatch.data.partition import read_part
+from churnwatch.data.validation import JoinReport, ValidationReport, no_event_rows, no_valid_events
+from churnwatch.errors import ConfigError, DataValidationError
+from churnwatch.io.atomic import atomic_path, check_output, scratch_dir
+from churnwatch.io.signing import Verification
+from churnwatch.runtime.memory import release_free_memory
+from churnwatch.scoring.inputs import default_as_of
+from churnwatch.scoring.output import atomic_output, check_suffix, report_path
+from churnwatch.scoring.scorer import Scorer
+from churnwatch.scoring.shards import check_shard, shard_footer
+
+log = logging.getLogger(__name__)
+TOP_ROWS = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreJob:
+    """One scoring run of files: what to score with which model, where to write it, and how (the options
+    of `churnwatch score`, conf/score.yaml)."""
+
+    model_path: str | Path
+    events_path: str | Path
+    output_path: str | Path
+    customers_path: str | Path | None = None
+    as_of: str | None = None
+    """Events at or after it are ignored (default: the day after the last valid event)."""
+    shard: tuple[int, int] | None = None
+    """(num_shards, shard_index): score only that shard's customers into an unranked part."""
+    overwrite: bool = False
+    # the model and its forward
+    device: str = "auto"
+    batch_size: int | None = None
+    precision: str = "fp32"
+    verify: Verification | None = None
+    """The model file's signature check."""
+    # what each row says
+    drivers: Mapping[str, Any] | None = None
+    playbook: Mapping[str, Any] | None = None
+    rank_by: str = "probability"
+    value_days: int = 90
+    # memory: none of these changes the output
+    chunk_customers: int = 100_000
+    part_events: int = 2_000_000
+    block_rows: int = 250_000
+    spill_dir: str | Path | None = None
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    output_path: Path
+    customers: int
+    scored: int
+    no_history: int
+    seconds: float
+    top: pd.DataFrame
+    """The output's first rows: the riskiest customers (a shard part's first rows, unranked)."""
+    tiers: dict[str, int]
+    """Customers per risk tier (empty for a shard part: tiers need the whole population)."""
+    parts: int
+    """Customer-disjoint parts the input was streamed in (1: it fitted in one)."""
+    phases: dict[str, float]
+    """Wall seconds per phase: read (and validate), encode, forward, segments, drivers, rank, write."""
+
+
+def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
+    """Score a file (or one shard of its customers) and write the result atomically, in memory bounded
+    by `part_events`, not by the input: inputs with more rows are split into customer-disjoint parts on
+    disk (`spill_dir`, default: next to the output), scored part by part, then ranked block by block.
+    The output is the same for any part, block and chunk size."""
+    t0 = time.perf_counter()
+    events_path, customers_path, shard = job.events_path, job.customers_path, job.shard
+    # a bad date fails before the work
+    as_of = default_as_of(job.as_of, pd.NaT) if job.as_of is not None else None
+    check_values(
+        {"chunk_customers": job.chunk_customers, "part_events": job.part_events, "block_rows": job.block_rows}
+    )
+    inputs = {"events_path": events_path, "customers_path": customers_path, "model_path": job.model_path}
+    output_path = check_output(job.output_path, job.overwrite, inputs)
+    check_suffix(output_path)
+    if shard is not None:
+        check_shard(shard)
+        if output_path.suffix.lower() != ".parquet":
+            raise ConfigError(
+                f"{output_path}: a shard part must be .parquet (churnwatch merge-scores reads it)"
+            )
+        if as_of is None:
+            raise ConfigError("sharded scoring needs an explicit as_of: every shard must score the same date")
+    scorer = Scorer(
+        job.model_path,
+        device=job.device,
+        batch_size=job.batch_size,
+        drivers=job.drivers,
+        playbook=job.playbook,
+        rank_by=job.rank_by,
+        value_days=job.value_days,
+        precision=job.precision,
+        verify=job.verify,
+    )
+    reader = scorer.reader
+    reader.warn_without_customers(customers_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    spill = scratch_dir(output_path, "spill", job.spill_dir)
+    try:
+        with scorer.timed("read"):
+            parts = reader.split_input(events_path, customers_path, shard, job.part_events, spill)
+        if as_of is None and len(parts) > 1:  # the data's end is a property of the whole file
+            with scorer.timed("read"):
+                ends = [reader.read_events(events_path, read_part(ev)).data_end for ev, _ in parts]
+            valid = [e for e in ends if not pd.isna(e)]
+            if not valid:
+                raise DataValidationError(f"{events_path}: no valid events left after validation")
+            as_of = default_as_of(None, max(valid))
+        stats = _Stats()
+        run = spill / "scored.parquet"
+        with (
+            atomic_output(
+                output_path if shard else run,
+                job.overwrite or not shard,
+                shard_footer(shard, default_as_of(as_of, pd.NaT)) if shard else None,
+            ) as append,
+            Progress(
+                TextColumn("scoring"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("parts"),
+                TimeElapsedColumn(),
+                disable=not progress,
+            ) as bar,
+        ):
+            task = bar.add_task("score", total=len(parts))
+            for events_part, customers_part in parts:
+                with scorer.timed("read"):
+                    loaded, customers, customer_report = reader.read_part(
+                        events_path, customers_path, events_part, customers_part
+                    )
+                stats.add(loaded.report, customer_report)
+                if len(parts) == 1:  # the whole file: its checks can run now
+                    stats.check(events_path, shard)
+                inp = reader.prepare(loaded, customers, default_as_of(as_of, loaded.data_end))
+                stats.as_of = inp.as_of
+                stats.add_join(inp.join)
+                scored = scorer.score_input(inp, job.chunk_customers, progress=False)
+                if shard is not None:
+                    scored = scored.assign(num_shards=shard[0], shard_index=shard[1])
+                with scorer.timed("write"):
+                    append(scored)
+                stats.count(scored)
+                if shard is not None:  # a part is unranked: its first rows are the top
+                    stats.keep_top(scored)
+                del loaded, customers, inp, scored
+                release_free_memory()
+                bar.advance(task)
+            stats.check(events_path, shard)
+            stats.check_join(customers_path)
+            stats.log()
+        if shard is None:
+            with scorer.timed("rank"):
+                scorer.ranker.write_ranked(
+                    [run],
+                    output_path,
+                    overwrite=job.overwrite,
+                    block_rows=job.block_rows,
+                    on_block=stats.block,
+                )
+        stats.write(report_path(output_path), len(parts))
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    return ScoringResult(
+        output_path,
+        stats.customers,
+        stats.customers - stats.no_history,
+        stats.no_history,
+        time.perf_counter() - t0,
+        stats.top,
+        stats.tiers,
+        len(parts),
+        dict(scorer.seconds),
+    )
+
+
+@dataclass
+class _Stats:
+    """What a streamed scoring run adds up over its parts and blocks."""
+
+    customers: int = 0
+    no_history: int = 0
+    events: ValidationReport | None = None
+    customer_report: ValidationReport | None = None
+    join: JoinReport | None = None
+    as_of: pd.Timestamp | None = None
+    tiers: dict[str, int] = field(default_factory=dict)
+    top: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def add(self, events: ValidationReport, customers: ValidationReport | None) -> None:
+        for name, report in (("events", events), ("customer_report", customers)):
+            if report is None:
+                continue
+            if getattr(self, name) is None:
+                setattr(self, name, ValidationReport(report.path))
+            getattr(self, name).add(report)
+
+    def add_join(self, join: JoinReport | None) -> None:
+        if join is not None:
+            self.join = self.join or JoinReport()
+            self.join.add(join)
+
+    def check_join(self, customers_path: str | Path | None) -> None:
+        if self.join is not None:
+            self.join.check(customers_path)
+
+    def count(self, scored: pd.DataFrame) -> None:
+        self.customers += len(scored)
+        self.no_history += int(scored["no_history"].sum())
+
+    def check(self, events_path: str | Path, shard: tuple[int, int] | None = None) -> None:
+        """The whole file's checks, once all its parts are validated (or the one part that is all). A shard
+        sees only its customers' rows: none at all, or none valid, still leaves the other shards' (split_file
+        saw that the file has rows), so its customers are scored without history, as the unsharded run
+        would, and `merge_shards` fails if no shard kept any row."""
+        report = self.events
+        if shard is not None:
+            if report.rows_read and not report.rows_kept:
+                log.warning(
+                    "shard %d of %d kept no valid event row: %s", shard[1], shard[0], report.summary()
+                )
+            return
+        if report.rows_read == report.rows_filtered:
+            raise no_event_rows(events_path)
+        if report.rows_kept == 0:
+            raise no_valid_events(report)
+
+    def log(self) -> None:
+        for r in (self.events, self.customer_report):
+            if r is not None:
+                (log.warning if r.dropped else log.info)("%s", r.summary())
+
+    def write(self, path: Path, parts: int) -> None:
+        """The sidecar next to the output: rows dropped per table and reason with an example row each, and
+        who was scored, so no input row or customer goes missing unaccounted. Written atomically."""
+        report = {
+            "as_of": str(self.as_of.date()) if self.as_of is not None else None,
+            "parts": parts,
+            "customers": self.customers,
+            "scored": self.customers - self.no_history,
+            "no_history": self.no_history,
+            "validation": {
+                "events": self.events.as_dict() if self.events is not None else None,
+                "customers": self.customer_report.as_dict() if self.customer_report is not None else None,
+            },
+            "customers_join": self.join.as_dict() if self.join is not None else None,
+        }
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        log.info("validation report: %s", path)
+
+    def block(self, block: pd.DataFrame) -> None:
+        for tier, n in block["risk_tier"].value_counts().items():
+            self.tiers[str(tier)] = self.tiers.get(str(tier), 0) + int(n)
+        self.keep_top(block)
+
+    def keep_top(self, rows: pd.DataFrame) -> None:
+        """The output's first TOP_ROWS rows, from the frames written in order."""
+        if len(self.top) < TOP_ROWS:
+            self.top = pd.concat([self.top, rows.head(TOP_ROWS - len(self.top))], ignore_index=True)
