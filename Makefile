@@ -30,7 +30,7 @@ test-slow: venv
 
 # The CUDA checks (tests marked gpu; they skip without a device). Install a CUDA torch via TORCH_SPEC/TORCH_INDEX.
 test-gpu: venv
-	$(BIN)/python -m pytest -q -m gpu tests/test_gpu.py
+	$(BIN)/python -m pytest -q -m gpu tests/runtime/test_gpu.py
 
 lint: venv
 	$(BIN)/ruff check src scripts tests

@@ -118,8 +118,8 @@ def main() -> None:
             args.model,
             data / "events.parquet",
             thresholds,
-            data / "customers.parquet",
-            args.as_of,
+            customers_path=data / "customers.parquet",
+            as_of=args.as_of,
             device="cpu",
         )
         seconds = time.perf_counter() - t0

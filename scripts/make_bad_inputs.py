@@ -3,7 +3,7 @@
 python scripts/make_bad_inputs.py [OUT_DIR]        (default: tests/data/bad)
 
 Each case is a small events file (some with a customers file) in the synthetic data's schema
-(conf/data/synthetic.yaml: the schema of the model tests/test_bad_inputs.py scores with), damaged in one
+(conf/data/synthetic.yaml: the schema of the model tests/data/test_bad_inputs.py scores with), damaged in one
 way. Its expectation is written here from what the case is, never from running churnwatch on it:
   passes: {"dropped": {table: {reason: rows}}, "columns": [...], "ids": [...], "joined": [...]}: the
           rows dropped per reason under data.policy=drop (policy=fail stops at one of `columns` instead

@@ -1,4 +1,5 @@
-"""Shared fixtures: small hand-made event logs whose every number can be checked by hand."""
+"""Shared fixtures: small hand-made event logs whose every number can be checked by hand, and the tiny model.
+The helpers behind them (and everything else test files share) are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -6,60 +7,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from churnwatch.data.loaders import load_events
 from churnwatch.data.schema import EventSchema
-
-REPO = Path(__file__).resolve().parents[1]
-ONLINE_RETAIL = REPO.parent / "shared" / "data" / "online_retail" / "online_retail.parquet"
-
-SCHEMA_CFG = {
-    "customer_id": "cid",
-    "timestamp": "ts",
-    "categorical": ["kind", "cat"],
-    "numeric": [{"name": "amount", "min": 0, "fill": 0.0}],
-}
-
-
-def make_events(
-    n_customers: int = 40, seed: int = 0, start: str = "2024-01-01", days: int = 200
-) -> pd.DataFrame:
-    """Random raw events in the SCHEMA_CFG mapping: purchases and complaints over `days` days."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for c in range(n_customers):
-        n = int(rng.integers(1, 30))
-        offsets = np.sort(rng.uniform(0, days, n))
-        for off in offsets:
-            kind = "complaint" if rng.random() < 0.1 else "purchase"
-            rows.append(
-                {
-                    "cid": f"u{c:03d}",
-                    "ts": pd.Timestamp(start) + pd.Timedelta(days=float(off)),
-                    "kind": kind,
-                    "cat": rng.choice(["a", "b", "c", "d"]) if kind == "purchase" else None,
-                    "amount": float(rng.gamma(2, 20)) if kind == "purchase" else np.nan,
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def train_tiny(root: Path, *overrides: str) -> dict:
-    """Train and export the smallest model (300 synthetic customers, one epoch) into `root`/run; its
-    metrics (best_checkpoint among them)."""
-    from churnwatch.config.compose import compose
-    from churnwatch.runs.train import train
-
-    from .test_end_to_end import TINY
-
-    sizes = [o for o in TINY if not o.startswith("data.generate.n_customers")]
-    extra = [*sizes, "data.generate.n_customers=300", "report=false", "insights.enabled=false", *overrides]
-    cfg = compose("train", [f"data.data_dir={root / 'data'}", f"paths.output_dir={root / 'run'}", *extra])
-    (root / "run").mkdir()
-    return train(cfg)
+from tests.helpers import SCHEMA_CFG, make_events, train_tiny
 
 
 @pytest.fixture(scope="session")

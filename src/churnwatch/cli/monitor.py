@@ -25,12 +25,12 @@ def main(cfg: DictConfig) -> None:
         cfg.model_path,
         cfg.events_path,
         OmegaConf.to_container(cfg.thresholds, resolve=True),
-        cfg.customers_path,
-        cfg.as_of,
-        list(cfg.features) if cfg.features else None,
-        LabelSource(cfg.labels_path, cfg.labels.customer_id, cfg.labels.label, cfg.labels.cutoff),
-        cfg.device,
-        verify,
+        customers_path=cfg.customers_path,
+        as_of=cfg.as_of,
+        features=list(cfg.features) if cfg.features else None,
+        labels=LabelSource(cfg.labels_path, cfg.labels.customer_id, cfg.labels.label, cfg.labels.cutoff),
+        device=cfg.device,
+        verify=verify,
     )
     console = Console(width=max(Console().width, 120))
     render(report, console)

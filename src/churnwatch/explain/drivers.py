@@ -168,6 +168,17 @@ class IndicatorCatalogue:
         return out
 
 
+@dataclass(frozen=True)
+class IndicatorOwners:
+    """Which indicator owns each input of a network: every (flat event, field), static field and aggregate
+    (-1: none), out of `n_indicators` (explain/insights.py `owners` builds it for a split)."""
+
+    event: np.ndarray
+    static: np.ndarray
+    aggregates: np.ndarray
+    n_indicators: int
+
+
 def integrated_gradients(
     model: Any,
     cat: torch.Tensor,
@@ -176,6 +187,7 @@ def integrated_gradients(
     static_cat: torch.Tensor,
     static_num: torch.Tensor,
     aggregates: torch.Tensor,
+    *,
     steps: int = 16,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Attributions of the logit (B,): per event field (B, L, n_cat + n_num), per static field
@@ -233,27 +245,24 @@ def integrated_gradients(
 
 
 def indicator_scores(
-    owner_event: np.ndarray,
+    owners: IndicatorOwners,
     event_attr: np.ndarray,
     positions: np.ndarray,
-    owner_static: np.ndarray,
     static_attr: np.ndarray,
-    owner_agg: np.ndarray,
     agg_attr: np.ndarray,
-    n_indicators: int,
 ) -> np.ndarray:
     """(B, K): each customer's attribution summed per indicator. `positions` (B, L) holds the row of
-    `owner_event` for each padded step, -1 at padding."""
-    b = event_attr.shape[0]
-    out = np.zeros((b, n_indicators), dtype=np.float64)
+    `owners.event` for each padded step, -1 at padding."""
+    k = owners.n_indicators
+    out = np.zeros((event_attr.shape[0], k), dtype=np.float64)
     real = positions >= 0
     if real.any():
         rows, steps = np.nonzero(real)
-        owners = owner_event[positions[rows, steps]]  # (n_real, F)
-        flat = rows[:, None] * n_indicators + owners
+        owner = owners.event[positions[rows, steps]]  # (n_real, F)
+        flat = rows[:, None] * k + owner
         np.add.at(out.reshape(-1), flat.ravel(), event_attr[rows, steps].ravel())
-    for attr, owner in ((static_attr, owner_static), (agg_attr, owner_agg)):
-        out += sum_by_owner(attr, owner, n_indicators)
+    for attr, owner in ((static_attr, owners.static), (agg_attr, owners.aggregates)):
+        out += sum_by_owner(attr, owner, k)
     return out
 
 
@@ -349,11 +358,9 @@ def event_positions(offsets: np.ndarray, rows: np.ndarray, width: int) -> np.nda
 def explain_sequences(
     model: Any,
     seqs: Any,
-    event_owner: np.ndarray,
-    static_owner: np.ndarray,
-    aggregate_owner: np.ndarray,
+    owners: IndicatorOwners,
     aggregates: np.ndarray | None,
-    n_indicators: int,
+    *,
     batch_size: int = 256,
     steps: int = 16,
     device: torch.device | str = "cpu",
@@ -361,16 +368,14 @@ def explain_sequences(
     """(n, K) indicator attributions for encoded sequences (`event_owner` has one row per flat event)."""
 
     n = len(seqs)
-    out = np.zeros((n, n_indicators), dtype=np.float64)
+    out = np.zeros((n, owners.n_indicators), dtype=np.float64)
     order = np.argsort(-seqs.lengths, kind="stable")
     for i in range(0, n, batch_size):
         rows = order[i : i + batch_size]
         b = pad_batch(seqs, rows, aggregates).to(device)
         ev, st, ag = integrated_gradients(
-            model, b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates, steps
+            model, b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates, steps=steps
         )
         positions = event_positions(seqs.offsets, rows, b.cat.shape[1])
-        out[rows] = indicator_scores(
-            event_owner, ev, positions, static_owner, st, aggregate_owner, ag, n_indicators
-        )
+        out[rows] = indicator_scores(owners, ev, positions, st, ag)
     return out

@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from churnwatch.data.snapshots import EventLog, Snapshots  # noqa: E402
 from churnwatch.explain.drivers import (  # noqa: E402
     IndicatorCatalogue,
+    IndicatorOwners,
     global_importance,
     match_rate,
     top_drivers,
@@ -87,17 +88,18 @@ def owners(
     snaps: Snapshots,
     encoder: SequenceEncoder,
     aggregate_names: list[str],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> IndicatorOwners:
     """Which indicator owns each (flat event, field), static field and aggregate input of a network.
 
     The flat events are the encoder's steps for `snaps` (`kept_steps`, the rule its transform follows), so
     owner row k belongs to encoded step k."""
     # a visit's fields are its representative (mode) values; its first line stands for it here
     frame = log_.frame.iloc[kept_steps(log_, snaps, encoder.window).first].reset_index(drop=True)
-    return (
-        catalogue.event_owner(frame, [*encoder.cat_names, *encoder.num_names]),
-        catalogue.name_owner([*encoder.static_cat_names, *encoder.static_num_names], "static"),
-        catalogue.name_owner(aggregate_names, "aggregates"),
+    return IndicatorOwners(
+        event=catalogue.event_owner(frame, [*encoder.cat_names, *encoder.num_names]),
+        static=catalogue.name_owner([*encoder.static_cat_names, *encoder.static_num_names], "static"),
+        aggregates=catalogue.name_owner(aggregate_names, "aggregates"),
+        n_indicators=len(catalogue.names),
     )
 
 
@@ -115,6 +117,7 @@ def truth_drivers(truth_path: str | Path, split: Split, log_: EventLog, horizon_
 def write_insights(
     run_dir: str | Path,
     data: ChurnData,
+    *,
     data_cfg: Mapping[str, Any],
     stage: str,
     probs: np.ndarray,

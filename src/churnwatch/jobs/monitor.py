@@ -48,6 +48,7 @@ def run_monitor(
     model_path: str | Path,
     events_path: str | Path,
     thresholds: Mapping[str, Any],
+    *,
     customers_path: str | Path | None = None,
     as_of: str | None = None,
     features: Sequence[str] | None = None,

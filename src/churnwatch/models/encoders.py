@@ -110,6 +110,7 @@ class TransformerEncoder(nn.Module):
         self,
         d_model: int,
         n_time: int,
+        *,
         num_layers: int = 2,
         n_heads: int = 4,
         ff_mult: int = 4,
@@ -273,7 +274,13 @@ class ChurnNet(nn.Module):
             self.sequence = RNNEncoder(encoder, d_model, hidden, num_layers, dropout)
         elif encoder == "transformer":
             self.sequence = TransformerEncoder(
-                d_model, len(time_index), num_layers, n_heads, 4, dropout, max_len, causal=self.has_hazard
+                d_model,
+                len(time_index),
+                num_layers=num_layers,
+                n_heads=n_heads,
+                dropout=dropout,
+                max_len=max_len,
+                causal=self.has_hazard,
             )
         else:
             raise ConfigError(f"encoder must be lstm, gru or transformer, got {encoder!r}")

@@ -62,6 +62,7 @@ class ChurnModule(L.LightningModule):
         self,
         features: Mapping[str, Any],
         net: Mapping[str, Any],
+        *,
         loss: Mapping[str, Any] | None = None,
         optimizer: Mapping[str, Any] | None = None,
         scheduler: Mapping[str, Any] | None = None,

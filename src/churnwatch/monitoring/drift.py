@@ -159,6 +159,7 @@ def key_features(available: Sequence[str], wanted: Sequence[str] | None = None) 
 # -- reference, comparison, verdict -------------------------------------------------------------------------
 def reference_profile(
     pop: Population,
+    *,
     vocabs: Mapping[str, Sequence[str]],
     fields: Sequence[str],
     cuts: tuple[float, float],
@@ -343,4 +344,6 @@ def training_reference(
         rows = np.flatnonzero(data.val.snaps.cutoff == data.val.snaps.cutoff.max())
         earlier = population(data.val, predictions["val"], rows)
     vocabs = {name: vocab.tokens for name, vocab in data.encoder.vocabs.items()}
-    return reference_profile(pop, vocabs, fields, cuts, stage, split.snaps.label, earlier)
+    return reference_profile(
+        pop, vocabs=vocabs, fields=fields, cuts=cuts, split=stage, labels=split.snaps.label, earlier=earlier
+    )

@@ -51,8 +51,8 @@ CODE_MODULES = (
     "churnwatch.pipeline.dataset",
 )
 """The source files whose code decides what an entry holds: editing any of them invalidates entries.
-tests/test_cache.py checks that every data, features and pipeline module the build and the entry reader
-import is listed."""
+tests/pipeline/test_cache.py checks that every data, features and pipeline module the build and the entry
+reader import is listed."""
 BLOCK = 8 << 20
 SAMPLES = 16
 SAMPLE_BYTES = 64 << 10

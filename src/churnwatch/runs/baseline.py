@@ -154,7 +154,14 @@ def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, An
             contributions(estimator, name, split.aggregates.values, train.values), owner, len(catalogue.names)
         )
         record.insights = write_insights(
-            run_dir, data, cfg.data, stage, predictions[stage][1], scores, catalogue, segments
+            run_dir,
+            data,
+            data_cfg=cfg.data,
+            stage=stage,
+            probs=predictions[stage][1],
+            scores=scores,
+            catalogue=catalogue,
+            segments=segments,
         )
         if model is not None:  # scoring's drivers are the model's occlusion, centred on this split's mean
             occluded = tabular_attribution(model, split.aggregates.values)

@@ -50,12 +50,13 @@ def run_curve(
     runs.to_csv(out_dir / "curve.csv", index=False)
     x = "train_customers" if kind == "learning" else "value"
     title = f"{kind} curve: {cfg.get('title') or ' '.join(overrides)}"
-    plot_curve(runs, x, str(cfg.metric), out_dir / "curve.png", title, param)
+    plot_curve(runs, x=x, metric=str(cfg.metric), path=out_dir / "curve.png", title=title, param=param)
     return runs
 
 
 def plot_curve(
     runs: pd.DataFrame,
+    *,
     x: str,
     metric: str,
     path: Path,

@@ -4,7 +4,7 @@ learn from every history before the test cutoff, labelled or not, then fine-tuni
 Inputs only: the pretraining population is everyone with an event before the test cutoff (or, without a
 test cutoff, before the last training cutoff's label window ends), their histories cut there by the same
 snapshot code as training, encoded by the encoder fitted on the training split. No label and no event at or
-after that cutoff is read (tests/test_pretraining.py proves it). The pretrained state is a file keyed by
+after that cutoff is read (tests/runs/test_pretraining.py proves it). The pretrained state is a file keyed by
 everything that shapes it, under <cache_dir>/pretrain/, so runs with other seeds, heads or losses reuse it;
 `pretrain.checkpoint` names a file to start from instead.
 """

@@ -188,24 +188,28 @@ def network_insights(
     data, split = dm.data, getattr(dm.data, stage)
     catalogue = IndicatorCatalogue.from_config(cfg.data.get("indicators"))
     agg_names = split.aggregates.names if dm.cfg.get("use_aggregates") else []
-    event_owner, static_owner, agg_owner = owners(catalogue, data.log, split.snaps, data.encoder, agg_names)
+    owner = owners(catalogue, data.log, split.snaps, data.encoder, agg_names)
     net = model.net.eval()
     t0 = time.perf_counter()
     scores = explain_sequences(
         net,
         split.seqs,
-        event_owner,
-        static_owner,
-        agg_owner,
+        owner,
         data.featurizer.scale(split.aggregates) if agg_names else None,
-        len(catalogue.names),
-        int(cfg.insights.batch_size),
-        int(cfg.insights.steps),
-        next(net.parameters()).device,
+        batch_size=int(cfg.insights.batch_size),
+        steps=int(cfg.insights.steps),
+        device=next(net.parameters()).device,
     )
     seconds = time.perf_counter() - t0
     out = write_insights(
-        cfg.paths.output_dir, data, cfg.data, stage, predictions[stage][1], scores, catalogue, segments
+        cfg.paths.output_dir,
+        data,
+        data_cfg=cfg.data,
+        stage=stage,
+        probs=predictions[stage][1],
+        scores=scores,
+        catalogue=catalogue,
+        segments=segments,
     )
     return out, len(split) / max(seconds, 1e-9)
 

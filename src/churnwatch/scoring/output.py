@@ -158,6 +158,7 @@ def read_rank_keys(runs: Sequence[str | Path]) -> pa.Table:
 def write_ranked(
     runs: Sequence[str | Path],
     output_path: str | Path,
+    *,
     position: np.ndarray,
     finish: BlockRanker,
     block_rows: int = 250_000,

@@ -136,7 +136,15 @@ class Ranker:
                 on_block(out)
             return out
 
-        return write_ranked(runs, output_path, position, finish, block_rows, overwrite, drop)
+        return write_ranked(
+            runs,
+            output_path,
+            position=position,
+            finish=finish,
+            block_rows=block_rows,
+            overwrite=overwrite,
+            drop=drop,
+        )
 
 
 def check_each_once(frame: pd.DataFrame, ids: pa.Array) -> None:

@@ -164,20 +164,17 @@ class Scorer:
                 n_indicators,
             )
         else:
-            event_owner, static_owner, agg_owner = owners(
+            owner = owners(
                 self.catalogue, log_, sub, self.encoder, table.names if self.use_aggregates else []
             )
             scores = explain_sequences(
                 self.model,
                 seqs.subset(rows),
-                event_owner,
-                static_owner,
-                agg_owner,
+                owner,
                 agg[rows] if agg is not None else None,
-                n_indicators,
-                batch_size,
-                int(self.drivers["steps"]),
-                self.device,
+                batch_size=batch_size,
+                steps=int(self.drivers["steps"]),
+                device=self.device,
             )
         sub_table = AggregateTable(table.values[rows], table.names, table.categorical)
         context = context_frame(sub_table, customers, sub.customer_ids(log_), self.customer_schema.columns)

@@ -1,0 +1,109 @@
+"""Aggregate features checked by hand on a tiny log."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnwatch.data.loaders import load_events
+from churnwatch.data.schema import EventSchema
+from churnwatch.data.snapshots import EventLog, build_snapshot
+from churnwatch.errors import ConfigError
+from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec
+from tests.helpers import AGGREGATE_ROWS, AGGREGATE_SPEC, SCHEMA_CFG, aggregate_table
+
+
+def test_rfm_windows_gaps_and_counts_by_hand():
+    t, _ = aggregate_table(AGGREGATE_ROWS)
+    a, b = t.loc["a"], t.loc["b"]
+    assert a["recency_days"] == pytest.approx(5)
+    assert a["n_purchases"] == 4 and a["n_purchase_occasions"] == 3
+    assert a["spend_total"] == pytest.approx(50) and a["spend_mean"] == pytest.approx(12.5)
+    assert a["tenure_days"] == pytest.approx(60)
+    assert a["days_since_last_event"] == pytest.approx(2)
+    assert a["n_purchases_7d"] == 2 and a["spend_7d"] == pytest.approx(10)
+    assert a["n_purchases_30d"] == 3 and a["spend_30d"] == pytest.approx(40)
+    assert a["n_events_7d"] == 3
+    assert a["gap_mean_days"] == pytest.approx((40 + 15) / 2)  # occasions, not invoice lines
+    assert a["gap_max_days"] == pytest.approx(40) and a["gap_last_days"] == pytest.approx(15)
+    assert a["n_kind_complaint"] == 1 and a["days_since_kind_complaint"] == pytest.approx(2)
+    # b never bought twice: gap statistics fall back to the tenure, explicitly
+    assert b["gap_mean_days"] == pytest.approx(b["tenure_days"]) == pytest.approx(181)
+    assert b["n_kind_complaint"] == 0
+
+
+def test_category_mix_and_shift():
+    t, feat = aggregate_table(AGGREGATE_ROWS)
+    a = t.loc["a"]
+    assert feat.mix_categories == ["x", "y"]  # top-2 by purchases; z falls into 'other'
+    assert a["mix_cat_x"] == pytest.approx(0.5) and a["mix_cat_other"] == pytest.approx(0.25)
+    assert a["mix_cat_x_recent"] == pytest.approx(1 / 3)
+    # before the last 30 days: all x; recent: x, y, z a third each → total variation 2/3
+    assert a["mix_shift_cat"] == pytest.approx(2 / 3)
+
+
+def test_numeric_summaries_and_no_nan_anywhere():
+    t, _ = aggregate_table(AGGREGATE_ROWS)
+    assert t.loc["a", "amount_last"] == pytest.approx(5)
+    assert t.loc["a", "amount_min"] == pytest.approx(5)
+    assert t.loc["a", "amount_mean"] == pytest.approx(12.5)
+    assert np.isfinite(t.to_numpy()).all()
+
+
+def test_static_attributes_become_features():
+    customers = pd.DataFrame(
+        {"region": ["n", "s"], "signup": pd.to_datetime(["2024-03-01", "2023-01-01"])},
+        index=pd.Index(["a", "b"], name="customer_id"),
+    )
+    frame = pd.DataFrame(AGGREGATE_ROWS, columns=["cid", "ts", "kind", "cat", "amount"])
+    loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
+    log = EventLog.from_frame(loaded.frame)
+    snap = build_snapshot(log, "2024-04-01", horizon_days=None)
+    feat = AggregateFeaturizer(AGGREGATE_SPEC, static_categorical=["region"], static_dates=["signup"])
+    table = feat.fit(log, snap, customers).transform(log, snap, customers)
+    frame = table.to_frame()
+    assert frame["static_signup_days"].tolist() == [31.0, 456.0]
+    assert table.categorical == ["static_region"]
+    assert sorted(frame["static_region"].tolist()) == [2.0, 3.0]
+
+
+def test_unknown_field_is_a_config_error():
+    with pytest.raises(ConfigError, match="not an event field"):
+        aggregate_table(AGGREGATE_ROWS, featurizer=AggregateFeaturizer(AggregateSpec(mix_field="nope")))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        AggregateSpec.from_config({"windowz": [1]})
+    with pytest.raises(ConfigError, match="field:value"):
+        AggregateSpec.from_config({"count_values": ["complaint"]})
+    with pytest.raises(ConfigError, match="purchase_when"):
+        aggregate_table(
+            AGGREGATE_ROWS, featurizer=AggregateFeaturizer(AggregateSpec(purchase_when="nope == 1"))
+        )
+
+
+def _fitted_on_rows():
+    frame = pd.DataFrame(AGGREGATE_ROWS, columns=["cid", "ts", "kind", "cat", "amount"])
+    loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
+    log = EventLog.from_frame(loaded.frame)
+    snap = build_snapshot(log, "2024-04-01", horizon_days=None)
+    return log, snap, AggregateFeaturizer(AGGREGATE_SPEC).fit(log, snap)
+
+
+def test_featurizer_state_round_trips_through_json():
+    import json
+
+    log, snap, feat = _fitted_on_rows()
+    again = AggregateFeaturizer.from_state(json.loads(json.dumps(feat.state())))
+    assert again.spec == feat.spec
+    a, b = feat.transform(log, snap), again.transform(log, snap)
+    assert np.array_equal(a.values, b.values)
+    assert np.array_equal(feat.scale(a), again.scale(b))
+
+
+def test_a_row_does_not_depend_on_the_rows_transformed_with_it():
+    """Scoring transforms customers in chunks: every feature must be a function of the row alone."""
+    log, snap, feat = _fitted_on_rows()
+    both = feat.transform(log, snap).values
+    for row in range(len(snap)):
+        alone = feat.transform(log, snap.subset(np.array([row]))).values
+        assert np.array_equal(alone[0], both[row]), feat.transform(log, snap).names

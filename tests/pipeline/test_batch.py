@@ -1,0 +1,76 @@
+"""EventBatch: padded slices of the flat arrays, last real step, and the length-bucketing sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from churnwatch.pipeline.batch import LengthBucketBatchSampler, SequenceDataset, pad_batch
+from tests.helpers import encoded_sequences
+
+
+def test_pad_batch_places_each_row_left_aligned_with_lengths():
+    seqs = encoded_sequences([3, 1, 2])
+    batch = pad_batch(seqs, np.array([2, 0, 1]))
+    assert batch.cat.shape == (3, 3, 2) and batch.cat.dtype == torch.int64
+    assert batch.lengths.tolist() == [2, 3, 1]
+    assert batch.cat[0, :, 0].tolist() == [5, 6, 0]  # row 2's events are 5, 6 (1-based ids), then padding
+    assert batch.cat[2, :, 0].tolist() == [4, 0, 0]
+    last = batch.cat[torch.arange(3), batch.lengths - 1, 0]
+    assert last.tolist() == [6, 3, 4]  # the last REAL event of each row
+    assert batch.mask.tolist() == [[True, True, False], [True, True, True], [True, False, False]]
+    assert (batch.num[~batch.mask] == 0).all()
+    assert batch.tte[0].tolist() == [5, 6, 0] and batch.tte_observed[0].tolist() == [1, 0, 0]
+    assert batch.index.tolist() == [2, 0, 1]
+    assert batch.aggregates.shape == (3, 0)
+
+
+def test_dataset_returns_a_batch_for_a_list_of_rows_with_aggregates():
+    seqs = encoded_sequences([1, 2])
+    ds = SequenceDataset(seqs, aggregates=np.array([[1.0, 2.0], [3.0, 4.0]], np.float32))
+    batch = ds[[1]]
+    assert batch.aggregates.tolist() == [[3.0, 4.0]]
+    assert batch.label.tolist() == [1.0]
+
+
+def test_bucket_sampler_covers_every_row_once_and_groups_similar_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, size=1000)
+    sampler = LengthBucketBatchSampler(lengths, batch_size=32, seed=1, pool_batches=8)
+    batches = list(sampler)
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(1000))
+    assert len(batches) == len(sampler)
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    random_spread = np.mean([np.ptp(lengths[rng.permutation(1000)[:32]]) for _ in range(20)])
+    assert spread < random_spread / 3
+    assert [b for b in LengthBucketBatchSampler(lengths, 32, seed=1, pool_batches=8)] == batches
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # a new order each epoch
+
+
+def test_bucket_sampler_splits_batches_across_ranks():
+    lengths = np.arange(1, 101)
+    ranks = [list(LengthBucketBatchSampler(lengths, 16, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 4  # 7 batches padded to 8, four each
+    seen = {i for r in ranks for b in r for i in b}
+    assert seen == set(range(100))
+
+
+def test_unshuffled_sampler_keeps_order_without_bucketing():
+    batches = list(LengthBucketBatchSampler(np.ones(5), 2, shuffle=False, bucket=False))
+    assert batches == [[0, 1], [2, 3], [4]]
+
+
+def test_device_gathered_batches_equal_host_padded_batches():
+    """DeviceSequenceDataset (the GPU path; here on the CPU device) builds the very tensors pad_batch does."""
+    from churnwatch.pipeline.device_batches import DeviceSequenceDataset
+
+    seqs = encoded_sequences([4, 1, 7, 2, 5])
+    agg = np.random.default_rng(0).normal(size=(len(seqs), 3)).astype(np.float32)
+    rows = np.array([3, 0, len(seqs) - 1, 1, 3])
+    host = pad_batch(seqs, rows, agg)
+    device = DeviceSequenceDataset(seqs, agg, "cpu")[rows]
+    for name in ("cat", "num", "lengths", "static_cat", "static_num", "aggregates", "label", "index"):
+        a, b = getattr(host, name), getattr(device, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
