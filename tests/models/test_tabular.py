@@ -55,6 +55,7 @@ def test_baseline_trains_and_reports_the_common_metrics(estimator, data_dir, tmp
     assert (meta["kind"], meta["estimator"]) == ("tabular", estimator)
 
 
+@pytest.mark.slow  # 15-35 s; `make test-slow` runs it
 def test_cross_validation_by_customer(data_dir, tmp_path):
     from churnwatch.pipeline.build import build_data
 

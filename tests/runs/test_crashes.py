@@ -126,6 +126,7 @@ def test_export_killed_before_its_rename_leaves_no_output_and_a_rerun_completes(
     load_artifact(out)
 
 
+@pytest.mark.slow  # 15-35 s; `make test-slow` runs it
 def test_training_killed_while_saving_a_checkpoint_keeps_the_last_one_whole(tmp_path):
     """Killed just before the second epoch's last.ckpt is renamed into place: the file a resume reads is
     still the first epoch's, whole, and the new one waits complete under a temp name *beside* it (Lightning

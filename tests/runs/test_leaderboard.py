@@ -129,6 +129,7 @@ def test_rolling_origin_leaderboard_trains_each_origin_and_reports_each(data_ove
     assert done.stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # 15-35 s; `make test-slow` runs it
 def test_learning_curve_grows_the_training_set_and_plots(data_overrides, tmp_path):
     cfg = compose("curves", ["model=logreg", "kind=learning", "fractions=[0.3,1.0]"])
     runs = run_curve(cfg, lambda o: compose("train", o), tmp_path, ["model=logreg", *data_overrides])
@@ -140,6 +141,7 @@ def test_learning_curve_grows_the_training_set_and_plots(data_overrides, tmp_pat
     assert len(pd.read_csv(tmp_path / "curve.csv")) == 2
 
 
+@pytest.mark.slow  # 15-35 s; `make test-slow` runs it
 def test_validation_curve_sets_the_parameter(data_overrides, tmp_path):
     cfg = compose(
         "curves", ["model=decision_tree", "kind=validation", "param=model.params.max_depth", "values=[1,6]"]
