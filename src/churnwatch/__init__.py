@@ -17,11 +17,11 @@ __version__ = "0.1.0"
 
 _API = {
     "Scorer": "churnwatch.scoring.scorer",
-    "load_model": "churnwatch.artifact.export",
+    "load_model": "churnwatch.artifact.model_file",
     "compose": "churnwatch.config.compose",
     "train": "churnwatch.api",
     "TrainedRun": "churnwatch.api",
-    "Artifact": "churnwatch.artifact.export",
+    "Artifact": "churnwatch.artifact.model_file",
 }
 __all__ = [*_API, "__version__"]
 

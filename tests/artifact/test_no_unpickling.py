@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from churnwatch.artifact.export import ArtifactError, load_artifact, load_checkpoint
+from churnwatch.artifact.export import load_checkpoint
+from churnwatch.artifact.model_file import load_artifact
+from churnwatch.errors import ArtifactError
 
 
 class _Payload:

@@ -25,7 +25,8 @@ import torch
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from churnwatch.artifact.export import CHECKSUM_FILE, META_FILE, export_checkpoint, load_artifact
+from churnwatch.artifact.export import export_checkpoint
+from churnwatch.artifact.model_file import CHECKSUM_FILE, META_FILE, load_artifact
 from churnwatch.config.compose import compose
 from churnwatch.errors import ArtifactError, ConfigError
 from churnwatch.io.signing import SIGNATURE_ENTRY, Key, Verification, load_signing_key
@@ -353,7 +354,7 @@ def test_a_base_rate_of_7_5_scored_7_5_and_is_now_refused(
     events = pd.read_parquet(run["events"])
     as_of = events.groupby("customer_id")["timestamp"].min().median()  # half the customers have no history
     with monkeypatch.context() as patched:
-        patched.setattr("churnwatch.artifact.export.check_meta", lambda *args: None)  # as before the check
+        patched.setattr("churnwatch.artifact.model_file.check_meta", lambda *args: None)  # before the check
         assert _score(forged, run, None, as_of=as_of)["churn_probability"].max() == 7.5
     with pytest.raises(ArtifactError) as err:
         load_artifact(forged)

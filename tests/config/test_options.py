@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from churnwatch.cli.errors import composition_error
 from churnwatch.config.compose import compose, config_dir
 from churnwatch.config.options import check_config, check_values, problems, rule_of
 from churnwatch.errors import ConfigError
@@ -72,10 +74,6 @@ CASES = [
     ("score", "drivers.top_n=0", "drivers.top_n=0: must be an integer ≥ 1"),
     ("score", "drivers.steps=0", "drivers.steps=0: must be an integer ≥ 1"),
     ("score", "drivers.batch_size=0", "drivers.batch_size=0: must be an integer ≥ 1"),
-    ("score", "chunk_customers=1.5", "chunk_customers=1.5: must be an integer ≥ 1"),
-    ("score", "chunk_customers=true", "chunk_customers=true: must be an integer ≥ 1"),
-    ("score", "chunk_customers=nan", "chunk_customers=nan: must be an integer ≥ 1"),
-    ("score", "chunk_customers=lots", "chunk_customers=lots: must be an integer ≥ 1"),
     ("merge_scores", "block_rows=0", "block_rows=0: must be an integer ≥ 1"),
     ("monitor", "thresholds.psi.warn=-0.1", "thresholds.psi.warn=-0.1: must be null or a number ≥ 0"),
     (
@@ -182,6 +180,17 @@ def test_the_python_api_refuses_the_same_values_in_the_same_line_before_loading_
         check_values({"chunk_customers": 0})
 
 
+@pytest.mark.parametrize("value", ["1.5", "true", "nan", "lots"])
+def test_a_typed_key_refuses_a_value_of_another_type_when_composed(value: str) -> None:
+    """The typed scoring block (ScoreConfig) refuses what no rule needs to see; the command says it in one
+    line (the CLI cases below)."""
+    with pytest.raises(ConfigCompositionException) as refused:
+        compose("score", [f"chunk_customers={value}"])
+    line = composition_error(refused.value)
+    assert line is not None and line.startswith(f"Error merging override chunk_customers={value}: ")
+    assert "\n" not in line
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     cmd = [sys.executable, "-m", "churnwatch", *args]
@@ -199,6 +208,14 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
           "thresholds.psi.retrain=0.2"],
          "churnwatch monitor: thresholds.psi.warn=0.5: must be ≤ thresholds.psi.retrain=0.2"),
         (["train", "trainer.max_epochs=0"], "churnwatch train: trainer.max_epochs=0: must be an integer ≥ 1"),
+        # refused by the typed configs when composed, before any rule runs
+        (["score", "model_path=m.pt", "events_path=e.csv", "output_path=o.parquet", "chunk_customers=1.5"],
+         "churnwatch score: Error merging override chunk_customers=1.5: Value '1.5' of type 'float' could "
+         "not be converted to Integer (churnwatch score --help lists every key)"),
+        (["train", "data.max_lenn=3"], "churnwatch train: Could not override 'data.max_lenn': Key 'max_lenn' "
+         "not in 'DataConfig' (churnwatch train --help lists every key)"),
+        (["score", "playbook=nope"], "churnwatch score: In 'score': Could not find 'playbook/nope'; options: "
+         "default (churnwatch score --help lists every key)"),
     ],
 )  # fmt: skip
 def test_the_cli_says_one_line_exits_2_and_leaves_no_run_dir(

@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from churnwatch.config.compose import compose
-from churnwatch.config.schema import NetworkModelConfig, ThresholdsConfig, typed
+from churnwatch.config.schema import DriversConfig, NetworkModelConfig, ThresholdsConfig, typed
 from churnwatch.errors import ConfigError
 from churnwatch.models.module import ChurnModule
 from churnwatch.models.thresholds import ThresholdRule
@@ -94,3 +94,42 @@ def test_the_cache_key_covers_exactly_the_encoding_concerns():
     assert set(encoding_config(data)) == keys_of(*ENCODES)
     assert keys_of(*ENCODES) >= {"max_len", "policy", "horizon_days", "categorical", "visits"}
     assert not keys_of(*ENCODES) & {"batch_size", "cache", "events_path", "indicators", "truth_path"}
+
+
+def test_the_score_block_is_typed_and_its_yaml_sets_only_groups():
+    """conf/score.yaml builds on ScoreConfig: a misspelt or mistyped key fails when composed, the file sets
+    no key of its own, and the Python job's defaults are the composed command's."""
+    from dataclasses import fields
+
+    from churnwatch.jobs.score import ScoreJob
+
+    assert set(yaml.safe_load((REPO / "conf" / "score.yaml").read_text())) == {"defaults"}
+    for bad in ("drivers.topn=3", "value_days=ninety", "chunk_customer=10"):
+        with pytest.raises(ConfigCompositionException):
+            compose("score", ["model_path=m.pt", bad])
+    required = dict(model_path="m.pt", events_path="e.parquet", output_path="o.parquet")
+    composed = ScoreJob.from_config(compose("score", [f"{k}={v}" for k, v in required.items()]))
+    by_hand = ScoreJob(**required)
+    differ = [f.name for f in fields(ScoreJob) if getattr(composed, f.name) != getattr(by_hand, f.name)]
+    assert differ == ["playbook"]  # the command adds the default playbook group; Python's default is none
+    assert composed.drivers == by_hand.drivers == DriversConfig()
+    assert ScoreJob.from_config(
+        compose(
+            "score",
+            [*(f"{k}={v}" for k, v in required.items()), "num_shards=4", "shard_index=2", "drivers.top_n=2"],
+        )
+    ).shard == (4, 2)
+
+
+def test_a_partial_cache_block_takes_the_schema_defaults_and_no_block_is_off(tmp_path):
+    from churnwatch.config.schema import CacheConfig
+    from churnwatch.pipeline.cache import CacheSettings
+
+    partial = CacheSettings.from_config({"dir": str(tmp_path)})
+    assert partial.enabled is CacheConfig.enabled and partial.max_entries == CacheConfig.max_entries
+    assert partial.dir == tmp_path.resolve() and partial.content_hash == CacheConfig.content_hash
+    assert not CacheSettings.from_config(None).enabled
+    with pytest.raises(ConfigError, match=r"data.cache: unknown keys \['enabeld'\]"):
+        CacheSettings.from_config({"enabeld": True})
+    with pytest.raises(ConfigError, match="data.cache.enabled is true but data.cache.dir is not set"):
+        CacheSettings.from_config({"enabled": True})  # the default dir needs paths.cache_dir resolved

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from churnwatch.artifact.export import CHECKSUM_FILE, META_FILE
+from churnwatch.artifact.model_file import CHECKSUM_FILE, META_FILE
 from churnwatch.data.loaders import load_customers, load_events
 from churnwatch.data.validation import JoinReport
 from churnwatch.errors import DataValidationError

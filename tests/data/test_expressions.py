@@ -22,7 +22,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from churnwatch.artifact.export import CHECKSUM_FILE, META_FILE
+from churnwatch.artifact.model_file import CHECKSUM_FILE, META_FILE
 from churnwatch.data.expressions import Expression
 from churnwatch.data.schema import EventSchema
 from churnwatch.errors import ArtifactError, ConfigError

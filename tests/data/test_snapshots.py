@@ -13,10 +13,9 @@ from churnwatch.data.snapshots import (
     SnapshotPlan,
     build_snapshot,
     build_snapshots,
-    holdout_split,
-    kfold_splits,
     label_event_mask,
 )
+from churnwatch.data.splits import holdout_split, kfold_splits
 from churnwatch.errors import ConfigError
 from tests.helpers import SCHEMA_CFG
 

@@ -11,7 +11,7 @@ import pytest
 from churnwatch.data.loaders import load_events
 from churnwatch.data.schema import TIMESTAMP, EventSchema
 from churnwatch.data.snapshots import EventLog, build_snapshot
-from churnwatch.explain.insights import owners
+from churnwatch.explain.drivers import owners
 from churnwatch.features.encode import SequenceEncoder
 from churnwatch.features.stats import OOV, PAD, NumericStats, Vocabulary
 from churnwatch.features.window import VisitSpec, kept_steps, ranges

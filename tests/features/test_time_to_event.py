@@ -16,7 +16,8 @@ from churnwatch.data.schema import EventSchema
 from churnwatch.data.snapshots import EventLog, build_snapshot
 from churnwatch.features.encode import SequenceEncoder
 from churnwatch.features.time_to_event import fill_time_to_event
-from churnwatch.models.encoders import ChurnNet, HazardHead
+from churnwatch.models.encoders import ChurnNet
+from churnwatch.models.hazard import HazardHead
 from tests.helpers import SCHEMA_CFG, train_tiny
 
 BINS = [0.0, 1.0, 7.0, 30.0, 90.0]
@@ -176,7 +177,7 @@ def test_multi_task_training_on_visits_with_customer_weights_exports_and_scores(
     """The dense head trains next to the churn head on visits, with weekly cutoffs and per-customer
     weights; the exported file scores raw events (visits rebuilt from its metadata) with drivers, and its
     survival over several horizons falls with the horizon."""
-    from churnwatch.artifact.export import load_model
+    from churnwatch.artifact.model_file import load_model
     from churnwatch.scoring.scorer import Scorer
 
     metrics = train_tiny(

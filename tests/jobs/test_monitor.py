@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.artifact.export import export_checkpoint, load_artifact
+from churnwatch.artifact.export import export_checkpoint
+from churnwatch.artifact.model_file import load_artifact
 from churnwatch.config.compose import compose
 from churnwatch.data.schema import MISSING
 from churnwatch.errors import ConfigError, MonitorError

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-from churnwatch.artifact.export import (
+from churnwatch.artifact.metadata import FORMAT_VERSION
+from churnwatch.artifact.model_file import (
     CHECKSUM_FILE,
     META_FILE,
-    ArtifactError,
     ProbabilityModel,
     load_artifact,
     write_artifact,
 )
-from churnwatch.artifact.metadata import FORMAT_VERSION
+from churnwatch.errors import ArtifactError
 from churnwatch.models.encoders import ChurnNet
 
 CARDS = [9, 12, 8, 25]

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from churnwatch.artifact.checks import check_meta
-from churnwatch.artifact.export import load_artifact
+from churnwatch.artifact.model_file import load_artifact
 from churnwatch.config.compose import compose
 from churnwatch.errors import ArtifactError
 from churnwatch.jobs.monitor import run_monitor

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from churnwatch.artifact.export import load_artifact
+from churnwatch.artifact.model_file import load_artifact
 from churnwatch.config.compose import compose
 from churnwatch.models.metrics import METRIC_NAMES
 from churnwatch.models.tabular import ESTIMATORS

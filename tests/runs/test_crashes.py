@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from churnwatch.artifact.export import load_artifact
+from churnwatch.artifact.model_file import load_artifact
 from churnwatch.config.compose import compose
 from churnwatch.runs.train import train
 from tests.helpers import REPO, TINY, hidden_names, run_in_repo, run_killed_at_rename, script_command

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from churnwatch.artifact.export import load_artifact
+from churnwatch.artifact.model_file import load_artifact
 from tests.helpers import REPO
 
 

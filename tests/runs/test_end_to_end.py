@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churnwatch.artifact.export import load_artifact
+from churnwatch.artifact.model_file import load_artifact
 from churnwatch.config.compose import compose
 from churnwatch.jobs.score import ScoreJob, score_file
 from churnwatch.models.metrics import METRIC_NAMES

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 
-from churnwatch.artifact.export import load_artifact
+from churnwatch.artifact.model_file import load_artifact
 from churnwatch.config.compose import compose
 from churnwatch.errors import ArtifactError
 from churnwatch.runs.ensemble import fit_weights, train_ensemble

@@ -5,20 +5,24 @@ or any other user error.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import sys
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
 import hydra
 import yaml
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from churnwatch.cli.errors import one_line, one_line_errors, user_error_exit
-from churnwatch.config.compose import config_dir
+from churnwatch.cli.errors import composition_error, one_line, one_line_errors, user_error_exit
+from churnwatch.config.compose import compose, config_dir
 from churnwatch.config.options import check_config
+from churnwatch.config.schema import PRIMARY, default_of, help_of, primary_schema
 from churnwatch.errors import ConfigError
 
 TaskFunction = Callable[[DictConfig], Any]
@@ -59,6 +63,7 @@ def command(config_name: str) -> Callable[[TaskFunction], Callable[..., Any]]:
                 print(command_help(config_name, task.__doc__))
                 return None
             check_optional(name, args)
+            check_overrides(config_name, name, args)
             return run()
 
         return main
@@ -93,6 +98,21 @@ def check_optional(name: str, args: list[str]) -> None:
                     f"{arg} needs the optional package(s) {' or '.join(modules)}: pip install "
                     f"'churnwatch[{extra}]'",
                 )
+
+
+def check_overrides(config_name: str, name: str, args: list[str]) -> None:
+    """Compose the command line's config once before Hydra does, so that an override the typed configs
+    refuse (`data.max_lenn=3`, `block_rows=1.5`, `model=lstmm`) ends in one line naming it instead of
+    Hydra's multi-line report. Sweeps (-m) are left to Hydra."""
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    if not overrides or {"-m", "--multirun"} & set(args) or any(a.startswith("-c") for a in args):
+        return
+    try:
+        compose(config_name, overrides)
+    except HydraException as exc:
+        line = composition_error(exc)
+        if line is not None:
+            user_error_exit(name, f"{line} ({name} --help lists every key)")
 
 
 def _find(module: str) -> bool:
@@ -160,12 +180,21 @@ def command_help(config_name: str, doc: str | None = None) -> str:
     out = [f"usage: {usage[0]}", *(f"       {u}" for u in usage[1:]), ""]
     if doc:
         out += [doc.strip().splitlines()[0], ""]
+    loaded = yaml.safe_load(text) or {}
+    defaults = loaded.get("defaults") or []
     keys = _keys_section(lines[start:])
+    schema = primary_schema(defaults)
+    if schema is not None:  # the keys, defaults and help of the config's schema, with the file's values
+        grouped = {
+            str(next(iter(d))).removeprefix("override ").strip("/") for d in defaults if isinstance(d, dict)
+        }
+        keys = _schema_keys(schema, loaded, skip=grouped)
     out += [f"keys ({conf / (config_name + '.yaml')}; ??? = required; set any with key=value):", *keys]
-    defaults = (yaml.safe_load(text) or {}).get("defaults") or []
+    if schema is not None:
+        out += [f"  (defaults and meanings: {schema.__name__} in churnwatch/config/schema.py)"]
     groups, parents = [], []
     for entry in defaults:
-        if isinstance(entry, str) and entry != "_self_":
+        if isinstance(entry, str) and entry != "_self_" and entry not in PRIMARY:
             parents.append(entry)
         elif isinstance(entry, dict):
             group, option = next(iter(entry.items()))
@@ -183,6 +212,44 @@ def command_help(config_name: str, doc: str | None = None) -> str:
         "own options.",
     ]
     return "\n".join(out)
+
+
+HELP_COLUMN, HELP_WIDTH = 28, 110
+
+
+def _schema_keys(schema: type, values: dict[str, Any], skip: set[str], indent: str = "  ") -> list[str]:
+    """`key: value  # help` for each key of a schema, nested schemas indented, the file's values first."""
+    out = []
+    for f in dataclasses.fields(schema):
+        if f.name in skip:
+            continue
+        value = values.get(f.name, default_of(schema, f.name))
+        nested = dataclasses.is_dataclass(value)
+        head = f"{indent}{f.name}:" + ("" if nested else f" {_yaml_value(value)}")
+        first, *rest = _comment(head, help_of(schema, f.name))
+        out += [head + first, *rest]
+        if nested:
+            out += _schema_keys(type(value), dataclasses.asdict(value), set(), indent + "  ")
+    return out
+
+
+def _yaml_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | dict):
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip()
+    return str(value)
+
+
+def _comment(head: str, text: str | None) -> list[str]:
+    """The help text as a comment after `head`, wrapped onto aligned comment lines."""
+    if not text:
+        return [""]
+    pad = max(HELP_COLUMN - len(head), 1)
+    lines = textwrap.wrap(text, HELP_WIDTH - max(HELP_COLUMN, len(head) + 1) - 2)
+    return [" " * pad + "# " + lines[0], *(" " * HELP_COLUMN + "# " + ln for ln in lines[1:])]
 
 
 def _keys_section(lines: list[str]) -> list[str]:

@@ -18,6 +18,9 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
+
 from churnwatch.errors import ArtifactError, ConfigError, DataValidationError, MonitorError
 
 EXIT_USER_ERROR = 2
@@ -43,6 +46,24 @@ def one_line(exc: BaseException) -> str:
     """The message on one line (newlines shown as \\n), or the error's type when it has none."""
     text = str(exc).strip() or type(exc).__name__
     return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def composition_error(exc: BaseException) -> str | None:
+    """One line for Hydra's refusal of a command line's override that the typed configs decide (an unknown
+    key, a value of the wrong type, a config group option that does not exist); None for anything else
+    (a sweep value without --multirun, ...), which Hydra reports itself."""
+    first = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, MissingConfigException):
+        text = str(exc)
+        options = [ln.strip() for ln in text.split("Available options", 1)[-1].splitlines()[1:]]
+        options = [o for o in options if o and not o.startswith("Config search path")]
+        listed = options[: options.index("") if "" in options else None]
+        shown = [o for o in listed if not o.endswith("_schema") and "=" not in o]
+        return f"{first}; options: {', '.join(shown)}" if shown and "Available options" in text else first
+    cause = exc.__cause__
+    if isinstance(exc, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):
+        return f"{first}: {str(cause).strip().splitlines()[0]}"
+    return None
 
 
 def user_error_exit(name: str, message: str) -> None:

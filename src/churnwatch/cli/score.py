@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -17,31 +17,9 @@ if TYPE_CHECKING:
 @command("score")
 def main(cfg: DictConfig) -> None:
     """Score customers with an exported model.pt: probability, tier, rank, drivers and action per customer."""
-    from churnwatch.io.signing import Verification
     from churnwatch.jobs.score import ScoreJob, score_file
 
-    verify = Verification.from_config(cfg.verify_key, bool(cfg.require_signature))
-    job = ScoreJob(
-        model_path=cfg.model_path,
-        events_path=cfg.events_path,
-        output_path=cfg.output_path,
-        customers_path=cfg.customers_path,
-        as_of=cfg.as_of,
-        device=cfg.device,
-        batch_size=int(cfg.batch_size) if cfg.batch_size else None,
-        chunk_customers=int(cfg.chunk_customers),
-        overwrite=bool(cfg.overwrite),
-        drivers=OmegaConf.to_container(cfg.drivers, resolve=True),
-        playbook=OmegaConf.to_container(cfg.playbook, resolve=True),
-        rank_by=str(cfg.rank_by),
-        value_days=int(cfg.value_days),
-        shard=(int(cfg.num_shards), int(cfg.shard_index)) if cfg.num_shards else None,
-        part_events=int(cfg.part_events),
-        block_rows=int(cfg.block_rows),
-        spill_dir=cfg.spill_dir,
-        precision=str(cfg.precision),
-        verify=verify,
-    )
+    job = ScoreJob.from_config(cfg)
     result = score_file(job)
     console = Console(width=max(Console().width, 100))
     if cfg.num_shards:

@@ -1,17 +1,21 @@
-"""Typed configs: the one copy of each default of the network model and alert-threshold blocks.
+"""Typed configs: the one copy of each default of the network model, alert-threshold, data and scoring
+blocks.
 
 Hydra's ConfigStore holds them as schemas (`register`), and the YAML files build on them
 (`defaults: [network_schema, _self_]` in conf/model/lstm.yaml, `thresholds_schema` in
-conf/thresholds/default.yaml), so a YAML file keeps only what it changes, a misspelt key fails when the
-config is composed, and a value of the wrong type fails there too. The code reads the same dataclasses
-(`typed`) for its defaults, so a model built from a partial mapping (a test, an old checkpoint) gets the
-values a composed config would.
+conf/thresholds/default.yaml, `data_schema` in conf/data/*.yaml, `score_schema` in conf/score.yaml), so a
+YAML file keeps only what it changes, a misspelt key fails when the config is composed, and a value of the
+wrong type fails there too. The code reads the same dataclasses (`typed`) for its defaults, so a model
+built from a partial mapping (a test, an old checkpoint) gets the values a composed config would. The
+scoring commands' keys carry their help text (`help` in the field's metadata), which `--help` prints.
 """
 
+from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from churnwatch.errors import ConfigError
 
@@ -62,7 +66,7 @@ def _tte_bins() -> list[float]:
 
 @dataclass
 class TTEConfig:
-    """The dense time-to-event head (models/encoders.py HazardHead): at every step, the hazard of the
+    """The dense time-to-event head (models/hazard.py HazardHead): at every step, the hazard of the
     customer's next activity (features/time_to_event.py), censored at the label window."""
 
     weight: float = 0.0  # 0: off; > 0: multi-task, loss = churn loss + weight * hazard NLL per step
@@ -167,8 +171,12 @@ class CacheConfig:
 
     enabled: bool = True
     dir: str | None = "${paths.cache_dir}/encoded"
-    content_hash: str = "full"  # full: BLAKE2b of every input byte | sampled: head, tail and 16 spread blocks
-    verify: bool = False  # true: store and check every cached file's BLAKE2b digest (reads the entry on hits)
+    # full: BLAKE2b of every input byte | sampled: head and tail 8 MiB plus 16 spread 64 KiB blocks (multi-GB
+    # inputs; size and mtime_ns still catch ordinary writes)
+    content_hash: str = "full"
+    # true: store each cached file's BLAKE2b digest and check it on every hit (reads the whole entry, about
+    # 1.7 s per GB); sizes and array shapes are always checked
+    verify: bool = False
     max_entries: int | None = 20  # least recently used entries beyond this go (null: keep all)
 
 
@@ -241,11 +249,117 @@ def keys_of(*concerns: str) -> frozenset[str]:
     return frozenset(f.name for f in fields(DataConfig) if f.metadata["concern"] in concerns)
 
 
+# --- scoring commands -------------------------------------------------------------------------------------
+# Each key's `help` is what `churnwatch <command> --help` prints next to it (cli/app.py command_help).
+
+
+def _opt(default: Any, help: str, factory: Any = None) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DriversConfig:
+    """Top drivers per scored customer: integrated gradients for a network, occlusion of each aggregate
+    for a tabular model (explain/drivers.py)."""
+
+    enabled: bool = _opt(True, "top drivers per customer (needs a single-network or tabular model)")
+    top_n: int = _opt(3, "driver_1..driver_<top_n> columns")
+    steps: int = _opt(4, "integrated-gradients steps (Gauss-Legendre), as in training (insights.steps)")
+    batch_size: int = _opt(256, "customers explained at a time")
+
+
+@dataclass
+class ModelFileConfig:
+    """The model file a command loads, and its signature check (docs/RELIABILITY.md)."""
+
+    task_name: str = _opt("churnwatch", "names the run dir")
+    model_path: str = _opt(MISSING, "the exported model.pt")
+    verify_key: str | None = _opt(
+        "${oc.env:CHURNWATCH_VERIFY_KEY,null}",
+        "model_path's signature is checked before loading it, with this public key (Ed25519 PEM) or HMAC "
+        "secret file",
+    )
+    require_signature: bool = _opt(False, "true: refuse a model file that verify_key's key did not sign")
+
+
+@dataclass
+class ScoreConfig(ModelFileConfig):
+    """`churnwatch score`: the inputs, the output, and how the job runs (jobs/score.py ScoreJob)."""
+
+    task_name: str = _opt("score", "names the run dir")
+    events_path: str = _opt(MISSING, "the event log (parquet or CSV) in the model's data contract")
+    output_path: str = _opt(MISSING, "the score file (parquet or CSV by extension), written atomically")
+    customers_path: str | None = _opt(None, "customer attributes, if the model was trained with them")
+    as_of: str | None = _opt(
+        None,
+        "events at or after it are ignored (default: the day after the last event; required with num_shards)",
+    )
+    overwrite: bool = _opt(False, "replace an existing output_path")
+    device: str = _opt("auto", "auto | cpu | cuda")
+    batch_size: int | None = _opt(
+        None, "forward batch; null: 256 on CPU (cache-sized: fastest there), 4096 on GPU"
+    )
+    precision: str = _opt(
+        "fp32", "fp32 (training's probabilities) | bf16 (autocast, where the device has bf16 units) | auto"
+    )
+    rank_by: str = _opt("probability", "probability | value_at_risk (probability x spend in value_days)")
+    value_days: int = _opt(90, "spend window of value_at_risk: one of data.aggregates.windows")
+    drivers: DriversConfig = _opt(None, "the driver columns", factory=DriversConfig)
+    show_top: int = _opt(10, "print the riskiest N customers")
+    # bounded memory: none of these changes the output
+    chunk_customers: int = _opt(100_000, "customers encoded and scored at a time (memory)")
+    part_events: int = _opt(
+        2_000_000,
+        "an input with more rows is split into customer-disjoint parts on disk, scored part by part (memory)",
+    )
+    block_rows: int = _opt(250_000, "output rows ranked and written at a time (memory)")
+    spill_dir: str | None = _opt(None, "where the parts go (default: next to the output)")
+    num_shards: int | None = _opt(
+        None, "N: score only the customers whose id hashes (BLAKE2b) to shard_index, into an unranked part"
+    )
+    shard_index: int = _opt(0, "this job's shard; churnwatch merge-scores ranks the union of the parts")
+    playbook: Any = _opt(None, "the retention playbook (group playbook=)", factory=dict)
+    paths: Any = _opt(None, "where files go (group paths=)", factory=dict)
+
+
+@dataclass
+class MergeScoresConfig(ModelFileConfig):
+    """`churnwatch merge-scores`: rank shard parts as one unsharded run would (scoring/shards.py)."""
+
+    task_name: str = _opt("merge_scores", "names the run dir")
+    parts: Any = _opt(MISSING, "a list of part files, or a glob pattern")
+    output_path: str = _opt(MISSING, "the ranked score file")
+    rank_by: str = _opt(ScoreConfig.rank_by, "must match the parts' run: probability | value_at_risk")
+    overwrite: bool = _opt(False, "replace an existing output_path")
+    block_rows: int = _opt(ScoreConfig.block_rows, "output rows ranked and written at a time (memory)")
+    playbook: Any = _opt(
+        None, "the retention playbook (group playbook=): must match the parts' run", factory=dict
+    )
+    paths: Any = _opt(None, "where files go (group paths=)", factory=dict)
+
+
+def help_of(cls: type, name: str) -> str | None:
+    """A key's help text, for `--help`."""
+    found = {f.name: f for f in fields(cls)}.get(name)
+    return found.metadata.get("help") if found is not None else None
+
+
+def default_of(cls: type, name: str) -> Any:
+    """A key's default as the YAML would write it (a nested schema: its own defaults)."""
+    f = {f.name: f for f in fields(cls)}[name]
+    return f.default_factory() if f.default_factory is not NO_DEFAULT else f.default
+
+
 SCHEMAS = {
     ("model", "network_schema"): NetworkModelConfig,
     ("thresholds", "thresholds_schema"): ThresholdsConfig,
     ("data", "data_schema"): DataConfig,
+    (None, "score_schema"): ScoreConfig,
+    (None, "merge_scores_schema"): MergeScoresConfig,
 }
+"""(group, name) → schema; a group of None: a command's whole (primary) config."""
 
 
 def register() -> None:
@@ -253,6 +367,15 @@ def register() -> None:
     store = ConfigStore.instance()
     for (group, name), node in SCHEMAS.items():
         store.store(group=group, name=name, node=node)
+
+
+PRIMARY = {name: node for (group, name), node in SCHEMAS.items() if group is None}
+"""The schemas a command's whole config builds on, by name."""
+
+
+def primary_schema(defaults: list[Any]) -> type | None:
+    """The schema a command's config builds on (`- score_schema` in its defaults list), if any."""
+    return next((PRIMARY[d] for d in defaults if isinstance(d, str) and d in PRIMARY), None)
 
 
 def typed(cls: type[T], values: Any, where: str) -> T:

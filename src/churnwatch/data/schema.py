@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from churnwatch.config.schema import DataConfig
 from churnwatch.data.expressions import check_expression
 from churnwatch.errors import ConfigError
 
@@ -91,7 +92,7 @@ class EventSchema:
                 NumericField.parse(dict(s) if isinstance(s, Mapping) else s)
                 for s in (cfg.get("numeric") or ())
             ),
-            timezone=str(cfg.get("timezone") or "UTC"),
+            timezone=str(cfg.get("timezone") or DataConfig.timezone),
             timestamp_format=cfg.get("timestamp_format"),
             visit_key=(cfg.get("visits") or {}).get("key"),
         )

@@ -23,7 +23,11 @@ import pandas as pd
 import torch
 
 from churnwatch.data.expressions import Expression, check_expression, query_mask
+from churnwatch.data.snapshots import EventLog, Snapshots
 from churnwatch.errors import ConfigError
+from churnwatch.features.aggregates import AggregateTable
+from churnwatch.features.encode import SequenceEncoder
+from churnwatch.features.window import kept_steps
 from churnwatch.pipeline.batch import pad_batch
 
 GROUPS = (
@@ -171,7 +175,7 @@ class IndicatorCatalogue:
 @dataclass(frozen=True)
 class IndicatorOwners:
     """Which indicator owns each input of a network: every (flat event, field), static field and aggregate
-    (-1: none), out of `n_indicators` (explain/insights.py `owners` builds it for a split)."""
+    (-1: none), out of `n_indicators` (`owners` below builds it for a split)."""
 
     event: np.ndarray
     static: np.ndarray
@@ -379,3 +383,45 @@ def explain_sequences(
         positions = event_positions(seqs.offsets, rows, b.cat.shape[1])
         out[rows] = indicator_scores(owners, ev, positions, st, ag)
     return out
+
+
+def context_frame(
+    table: AggregateTable,
+    customers: pd.DataFrame | None,
+    ids: np.ndarray,
+    attributes: Sequence[str] = (),
+) -> pd.DataFrame:
+    """A row per customer with the aggregates and the customer attributes, for the driver texts. An
+    attribute the customer has no value for reads "unknown", also when there is no customers table at all
+    (`attributes` names those the model was trained with)."""
+    frame = table.to_frame().astype(np.float64)
+    if customers is not None:
+        attrs = customers.reindex(np.asarray(ids)).reset_index(drop=True)
+        for col in attrs.columns:
+            if col not in frame:
+                frame[col] = attrs[col].astype(object).where(attrs[col].notna(), "unknown").astype(str)
+    for col in attributes:
+        if col not in frame:
+            frame[col] = "unknown"
+    return frame
+
+
+def owners(
+    catalogue: IndicatorCatalogue,
+    log_: EventLog,
+    snaps: Snapshots,
+    encoder: SequenceEncoder,
+    aggregate_names: list[str],
+) -> IndicatorOwners:
+    """Which indicator owns each (flat event, field), static field and aggregate input of a network.
+
+    The flat events are the encoder's steps for `snaps` (`kept_steps`, the rule its transform follows), so
+    owner row k belongs to encoded step k."""
+    # a visit's fields are its representative (mode) values; its first line stands for it here
+    frame = log_.frame.iloc[kept_steps(log_, snaps, encoder.window).first].reset_index(drop=True)
+    return IndicatorOwners(
+        event=catalogue.event_owner(frame, [*encoder.cat_names, *encoder.num_names]),
+        static=catalogue.name_owner([*encoder.static_cat_names, *encoder.static_num_names], "static"),
+        aggregates=catalogue.name_owner(aggregate_names, "aggregates"),
+        n_indicators=len(catalogue.names),
+    )

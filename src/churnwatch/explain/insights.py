@@ -8,7 +8,7 @@ the same files: drivers.parquet, driver_importance.csv/.png, segments.csv, segme
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,88 +19,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from churnwatch.data.snapshots import EventLog, Snapshots  # noqa: E402
+from churnwatch.data.snapshots import EventLog  # noqa: E402
 from churnwatch.explain.drivers import (  # noqa: E402
     IndicatorCatalogue,
-    IndicatorOwners,
+    context_frame,
     global_importance,
     match_rate,
     top_drivers,
 )
-from churnwatch.explain.segments import BehaviourClusters, RFMSegmenter, segment_table  # noqa: E402
-from churnwatch.features.aggregates import AggregateTable  # noqa: E402
-from churnwatch.features.encode import SequenceEncoder  # noqa: E402
-from churnwatch.features.window import kept_steps  # noqa: E402
+from churnwatch.explain.segments import Segments, segment_table  # noqa: E402
 from churnwatch.pipeline.dataset import ChurnData, Split  # noqa: E402
 
 log = logging.getLogger(__name__)
 DRIVERS_FILE = "drivers.parquet"
-
-
-class Segments:
-    """RFM segments and behaviour clusters, fitted on training rows, carried by the exported model."""
-
-    def __init__(self, rfm: RFMSegmenter, clusters: BehaviourClusters):
-        self.rfm = rfm
-        self.clusters = clusters
-
-    @classmethod
-    def fit(cls, table: AggregateTable, seed: int = 0) -> Segments:
-        return cls(RFMSegmenter().fit(table), BehaviourClusters(seed=seed).fit(table))
-
-    def assign(self, table: AggregateTable) -> pd.DataFrame:
-        out = self.rfm.transform(table)[["rfm_segment"]].copy()
-        out["behaviour_cluster"] = self.clusters.transform(table)
-        return out
-
-    def state(self) -> dict[str, Any]:
-        return {"rfm": self.rfm.state(), "clusters": self.clusters.state()}
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> Segments:
-        return cls(RFMSegmenter.from_state(state["rfm"]), BehaviourClusters.from_state(state["clusters"]))
-
-
-def context_frame(
-    table: AggregateTable,
-    customers: pd.DataFrame | None,
-    ids: np.ndarray,
-    attributes: Sequence[str] = (),
-) -> pd.DataFrame:
-    """A row per customer with the aggregates and the customer attributes, for the driver texts. An
-    attribute the customer has no value for reads "unknown", also when there is no customers table at all
-    (`attributes` names those the model was trained with)."""
-    frame = table.to_frame().astype(np.float64)
-    if customers is not None:
-        attrs = customers.reindex(np.asarray(ids)).reset_index(drop=True)
-        for col in attrs.columns:
-            if col not in frame:
-                frame[col] = attrs[col].astype(object).where(attrs[col].notna(), "unknown").astype(str)
-    for col in attributes:
-        if col not in frame:
-            frame[col] = "unknown"
-    return frame
-
-
-def owners(
-    catalogue: IndicatorCatalogue,
-    log_: EventLog,
-    snaps: Snapshots,
-    encoder: SequenceEncoder,
-    aggregate_names: list[str],
-) -> IndicatorOwners:
-    """Which indicator owns each (flat event, field), static field and aggregate input of a network.
-
-    The flat events are the encoder's steps for `snaps` (`kept_steps`, the rule its transform follows), so
-    owner row k belongs to encoded step k."""
-    # a visit's fields are its representative (mode) values; its first line stands for it here
-    frame = log_.frame.iloc[kept_steps(log_, snaps, encoder.window).first].reset_index(drop=True)
-    return IndicatorOwners(
-        event=catalogue.event_owner(frame, [*encoder.cat_names, *encoder.num_names]),
-        static=catalogue.name_owner([*encoder.static_cat_names, *encoder.static_num_names], "static"),
-        aggregates=catalogue.name_owner(aggregate_names, "aggregates"),
-        n_indicators=len(catalogue.names),
-    )
 
 
 def truth_drivers(truth_path: str | Path, split: Split, log_: EventLog, horizon_days: int) -> pd.Series:

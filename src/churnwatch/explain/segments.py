@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
-from sklearn.metrics import silhouette_score
 from threadpoolctl import threadpool_limits
 
 from churnwatch.errors import ConfigError
@@ -159,6 +157,9 @@ class BehaviourClusters:
         self._selection = pd.DataFrame(columns=["k", "inertia", "silhouette", "chosen"])
 
     def fit(self, table: AggregateTable) -> BehaviourClusters:
+        from sklearn.cluster import KMeans  # (fitting only: scoring loads fitted centers without sklearn)
+        from sklearn.metrics import silhouette_score
+
         self.used = [f for f in self.features if f in table.names]
         if not self.used:
             raise ConfigError(
@@ -309,3 +310,27 @@ def segment_table(segments: pd.Series | np.ndarray, labels: np.ndarray | None = 
     keys = ["customers"] if labels is None else ["churn_rate", "customers"]
     out = out.sort_values(keys, ascending=False, kind="stable")
     return out.rename_axis("segment").reset_index()
+
+
+class Segments:
+    """RFM segments and behaviour clusters, fitted on training rows, carried by the exported model."""
+
+    def __init__(self, rfm: RFMSegmenter, clusters: BehaviourClusters):
+        self.rfm = rfm
+        self.clusters = clusters
+
+    @classmethod
+    def fit(cls, table: AggregateTable, seed: int = 0) -> Segments:
+        return cls(RFMSegmenter().fit(table), BehaviourClusters(seed=seed).fit(table))
+
+    def assign(self, table: AggregateTable) -> pd.DataFrame:
+        out = self.rfm.transform(table)[["rfm_segment"]].copy()
+        out["behaviour_cluster"] = self.clusters.transform(table)
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"rfm": self.rfm.state(), "clusters": self.clusters.state()}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Segments:
+        return cls(RFMSegmenter.from_state(state["rfm"]), BehaviourClusters.from_state(state["clusters"]))

@@ -3,7 +3,7 @@
 A row's history is its customer's events strictly before its cutoff, log indices [snaps.start, snaps.end)
 (data/snapshots.py). Its sequence keeps the most recent part of that history (`HistoryWindow`), one step
 per event or per visit. Everything that needs to know which events a row's sequence holds (the encoder's
-fit and transform, the time-to-event targets, the driver owners of explain/insights.py) asks `kept_steps`,
+fit and transform, the time-to-event targets, the driver owners of explain/drivers.py) asks `kept_steps`,
 so none of them can disagree with the encoded arrays.
 """
 

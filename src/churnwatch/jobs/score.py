@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from churnwatch.config.options import check_values
+from churnwatch.config.schema import DriversConfig, ScoreConfig
 from churnwatch.data.partition import read_part
 from churnwatch.data.validation import JoinReport, ValidationReport, no_event_rows, no_valid_events
 from churnwatch.errors import ConfigError, DataValidationError
@@ -38,33 +40,60 @@ TOP_ROWS = 100
 @dataclass(frozen=True, kw_only=True)
 class ScoreJob:
     """One scoring run of files: what to score with which model, where to write it, and how (the options
-    of `churnwatch score`, conf/score.yaml)."""
+    of `churnwatch score`; each default and its meaning: `ScoreConfig` in config/schema.py)."""
 
     model_path: str | Path
     events_path: str | Path
     output_path: str | Path
-    customers_path: str | Path | None = None
-    as_of: str | None = None
+    customers_path: str | Path | None = ScoreConfig.customers_path
+    as_of: str | None = ScoreConfig.as_of
     """Events at or after it are ignored (default: the day after the last valid event)."""
     shard: tuple[int, int] | None = None
     """(num_shards, shard_index): score only that shard's customers into an unranked part."""
-    overwrite: bool = False
+    overwrite: bool = ScoreConfig.overwrite
     # the model and its forward
-    device: str = "auto"
-    batch_size: int | None = None
-    precision: str = "fp32"
+    device: str = ScoreConfig.device
+    batch_size: int | None = ScoreConfig.batch_size
+    precision: str = ScoreConfig.precision
     verify: Verification | None = None
     """The model file's signature check."""
     # what each row says
-    drivers: Mapping[str, Any] | None = None
+    drivers: DriversConfig | Mapping[str, Any] = field(default_factory=DriversConfig)
+    """A `DriversConfig`, or a partial mapping of one."""
     playbook: Mapping[str, Any] | None = None
-    rank_by: str = "probability"
-    value_days: int = 90
+    rank_by: str = ScoreConfig.rank_by
+    value_days: int = ScoreConfig.value_days
     # memory: none of these changes the output
-    chunk_customers: int = 100_000
-    part_events: int = 2_000_000
-    block_rows: int = 250_000
-    spill_dir: str | Path | None = None
+    chunk_customers: int = ScoreConfig.chunk_customers
+    part_events: int = ScoreConfig.part_events
+    block_rows: int = ScoreConfig.block_rows
+    spill_dir: str | Path | None = ScoreConfig.spill_dir
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | ScoreConfig) -> ScoreJob:
+        """The job a composed `churnwatch score` config describes (conf/score.yaml on `ScoreConfig`)."""
+        c = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+        return cls(
+            model_path=c.model_path,
+            events_path=c.events_path,
+            output_path=c.output_path,
+            customers_path=c.customers_path,
+            as_of=c.as_of,
+            shard=(c.num_shards, c.shard_index) if c.num_shards else None,
+            overwrite=c.overwrite,
+            device=c.device,
+            batch_size=c.batch_size,
+            precision=c.precision,
+            verify=Verification.from_config(c.verify_key, c.require_signature),
+            drivers=c.drivers,
+            playbook=c.playbook,
+            rank_by=c.rank_by,
+            value_days=c.value_days,
+            chunk_customers=c.chunk_customers,
+            part_events=c.part_events,
+            block_rows=c.block_rows,
+            spill_dir=c.spill_dir,
+        )
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@ temperature scaling first removes that known shift, then fits one temperature. P
 and an intercept on the logit; isotonic regression fits a monotone step map (baselines, where the ranking
 may tie). Every calibrator maps probabilities, round-trips through JSON, and scripts to TorchScript
 (`CalibrationLayer`) so the exported model applies the same map.
+
+The fitting libraries (scipy, scikit-learn, torchmetrics) are imported where they fit: loading a model file
+reads a calibrator's state and builds its layer, and scoring should not pay seconds of imports for fits it
+never runs.
 """
 
 from __future__ import annotations
@@ -15,10 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.optimize import minimize, minimize_scalar
-from sklearn.isotonic import IsotonicRegression
 from torch import Tensor, nn
-from torchmetrics.functional.classification import binary_calibration_error
 
 from churnwatch.errors import ConfigError
 
@@ -61,6 +62,9 @@ class Calibrator:
     ) -> Calibrator:
         """Fit on validation probabilities; `prior_shift` is the log-odds a class weight added (temperature
         scaling removes it before fitting the temperature)."""
+        from scipy.optimize import minimize, minimize_scalar
+        from sklearn.isotonic import IsotonicRegression
+
         if method not in METHODS:
             raise ConfigError(f"calibration must be one of {METHODS}, got {method!r}")
         y = np.asarray(labels, dtype=np.float64)
@@ -168,6 +172,8 @@ def calibration_report(
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
     """The same ECE as every run's `calibration_error` metric (torchmetrics, equal-width bins, L1)."""
+    from torchmetrics.functional.classification import binary_calibration_error
+
     p = torch.tensor(np.asarray(probs, dtype=np.float64)).clamp(0, 1)  # a copy: inputs may be read-only
     y = torch.tensor(np.asarray(labels)).long()
     if len(p) == 0:

@@ -13,20 +13,21 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from churnwatch.data.schema import MISSING
-from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
+from churnwatch.data.snapshots import EventLog, Snapshots
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.features.stats import OOV
-from churnwatch.features.window import ranges
+from churnwatch.features.window import FlatHistories
 from churnwatch.models.thresholds import TIERS, Operating, assign_tiers
-from churnwatch.pipeline.dataset import ChurnData, Split
+
+if TYPE_CHECKING:  # the training-time reference only reads them; a monitor run never builds one
+    from churnwatch.pipeline.dataset import ChurnData, Split
 
 PROFILE_VERSION = 1
 BINS = 10
@@ -123,10 +124,8 @@ def oov_shares(cat: np.ndarray, vocabs: Mapping[str, Sequence[str]], fields: Seq
 def volume_stats(log: EventLog, snaps: Snapshots, window_days: int = VOLUME_WINDOW_DAYS) -> dict[str, float]:
     """Population size and event activity in the `window_days` before each row's cutoff."""
     n = len(snaps)
-    rows = ranges(snaps.start, snaps.end)
-    seg = np.repeat(np.arange(n), snaps.end - snaps.start)
-    since = snaps.cutoff.view(np.int64) - window_days * DAY_NS
-    recent = np.bincount(seg, weights=log.ts[rows] >= since[seg], minlength=n)
+    history = FlatHistories.of(log, snaps)
+    recent = history.total(history.age <= window_days)
     return {
         "customers": float(n),
         f"events_per_customer_{window_days}d": float(recent.mean()) if n else 0.0,
@@ -296,6 +295,8 @@ def verdict(report: Mapping[str, Any], thresholds: Mapping[str, Any]) -> tuple[s
 def backtest(probs: np.ndarray, labels: np.ndarray, tiers: np.ndarray) -> dict[str, Any]:
     """Realised ranking quality and, per tier as alerted, precision (churn rate) and recall (share of all
     churners): what the scores of a past date turned out to be worth."""
+    from sklearn.metrics import average_precision_score, roc_auc_score  # (a monitor run starts lean)
+
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
     tiers = np.asarray(tiers).astype(str)

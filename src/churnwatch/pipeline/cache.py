@@ -24,10 +24,11 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from churnwatch.config.schema import CacheConfig, typed
 from churnwatch.errors import ConfigError
 from churnwatch.features.encode import Allocator
 from churnwatch.io.atomic import fsync, process_alive
@@ -43,31 +44,28 @@ PRUNE_GRACE_S = 3600
 
 @dataclass(frozen=True)
 class CacheSettings:
-    """The data config's `cache` block."""
+    """The data config's `cache` block (`CacheConfig` in config/schema.py: its keys, defaults and meanings),
+    checked, with `dir` resolved. A data config with no `cache` block (one built by hand, not composed) has
+    the cache off."""
 
-    enabled: bool = False
-    dir: Path | None = None
-    content_hash: str = "full"
-    """full: BLAKE2b of every byte of each input; sampled: head and tail 8 MiB plus 16 spread 64 KiB blocks
-    (for multi-GB inputs; size and mtime_ns still catch ordinary writes)."""
-    verify: bool = False
-    """Store each file's BLAKE2b digest when writing and check it on each hit (reads the whole entry; about
-    1.7 s per GB here). Sizes and array shapes are always checked."""
-    max_entries: int | None = 20
-    """Keep at most this many entries in `dir`, dropping the least recently used (null: no limit)."""
+    enabled: bool
+    dir: Path | None
+    content_hash: str
+    verify: bool
+    max_entries: int | None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> CacheSettings:
-        cfg = dict(cfg or {})
-        unknown = set(cfg) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ConfigError(f"data.cache: unknown keys {sorted(unknown)}")
+        if cfg is None:
+            cfg = {"enabled": False, "dir": None}
+        c = typed(CacheConfig, cfg, "data.cache")
+        given = c.dir and "${" not in str(c.dir)  # an interpolation nothing resolved is no directory
         settings = cls(
-            enabled=bool(cfg.get("enabled", False)),
-            dir=Path(cfg["dir"]).expanduser().resolve() if cfg.get("dir") else None,
-            content_hash=str(cfg.get("content_hash") or "full"),
-            verify=bool(cfg.get("verify", False)),
-            max_entries=int(cfg["max_entries"]) if cfg.get("max_entries") is not None else None,
+            enabled=bool(c.enabled),
+            dir=Path(c.dir).expanduser().resolve() if given else None,
+            content_hash=str(c.content_hash),
+            verify=bool(c.verify),
+            max_entries=int(c.max_entries) if c.max_entries is not None else None,
         )
         if settings.content_hash not in ("full", "sampled"):
             raise ConfigError(

@@ -39,6 +39,7 @@ CODE_MODULES = (
     "churnwatch.data.readers",
     "churnwatch.data.schema",
     "churnwatch.data.snapshots",
+    "churnwatch.data.splits",
     "churnwatch.data.validation",
     "churnwatch.features.aggregates",
     "churnwatch.features.encode",

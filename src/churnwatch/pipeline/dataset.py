@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from churnwatch.config.schema import DataConfig
+from churnwatch.config.schema import DataConfig, VocabConfig, default_of
 from churnwatch.data.loaders import LoadedEvents, load_customers, load_events, load_labels
 from churnwatch.data.schema import CustomerSchema, EventSchema
 from churnwatch.data.snapshots import (
@@ -25,12 +25,10 @@ from churnwatch.data.snapshots import (
     SnapshotPlan,
     Snapshots,
     build_snapshots,
-    customer_subsample,
     customer_weights,
-    holdout_split,
-    kfold_splits,
     label_event_mask,
 )
+from churnwatch.data.splits import customer_subsample, holdout_split, kfold_splits
 from churnwatch.data.validation import DEFAULT_POLICY, JoinReport, ValidationReport
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec, AggregateTable
@@ -173,13 +171,8 @@ def load_sources(
         JoinReport.of(events.input_ids, customers.index).check(cfg["customers_path"])
     labels = None
     if cfg.get("labels_path"):
-        names = cfg.get("labels") or {}
-        labels = load_labels(
-            cfg["labels_path"],
-            schema.customer_id,
-            names.get("cutoff", "cutoff"),
-            names.get("label", "churned"),
-        )
+        names = {**default_of(DataConfig, "labels"), **(cfg.get("labels") or {})}
+        labels = load_labels(cfg["labels_path"], schema.customer_id, names["cutoff"], names["label"])
     return events, customers, labels, reports
 
 
@@ -221,7 +214,7 @@ def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | 
     if plan.test_cutoff is not None:
         test_snaps = build_snapshots(event_log, [plan.test_cutoff], plan, labels, label_mask, events.data_end)
 
-    weighting = str(cfg.get("sample_weight") or "none")
+    weighting = str(cfg.get("sample_weight") or DataConfig.sample_weight)
     if weighting not in ("none", "customer"):
         raise ConfigError(f"data.sample_weight must be none or customer, got {weighting!r}")
     vocab = cfg.get("vocab") or {}
@@ -232,7 +225,7 @@ def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | 
         events.schema,
         customer_schema,
         max_len=int(cfg.get("max_len", DataConfig.max_len)),
-        min_count=int(vocab.get("min_count", 1)),
+        min_count=int(vocab.get("min_count", VocabConfig.min_count)),
         max_vocab=vocab.get("max_size"),
         visits=VisitSpec.from_config(cfg.get("visits")),
         max_span_days=cfg.get("max_span_days"),

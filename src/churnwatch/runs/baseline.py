@@ -22,10 +22,12 @@ from rich.progress import (
 )
 from sklearn.base import BaseEstimator
 
-from churnwatch.artifact.export import TabularProbabilityModel, export_tabular, tabular_attribution
+from churnwatch.artifact.export import export_tabular
+from churnwatch.artifact.model_file import TabularProbabilityModel, tabular_attribution
 from churnwatch.explain.drivers import IndicatorCatalogue, sum_by_owner
 from churnwatch.explain.importance import importance_table, plot_importance
-from churnwatch.explain.insights import Segments, write_insights
+from churnwatch.explain.insights import write_insights
+from churnwatch.explain.segments import Segments
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.io.signing import load_signing_key
 from churnwatch.models.calibration import Calibrator, expected_calibration_error

@@ -23,8 +23,8 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor, nn
 
-from churnwatch.artifact.export import load_artifact, write_artifact
 from churnwatch.artifact.metadata import ModelMeta
+from churnwatch.artifact.model_file import load_artifact, write_artifact
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.io.atomic import check_output

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from churnwatch.artifact.metadata import RunFacts
-from churnwatch.explain.insights import Segments
+from churnwatch.explain.segments import Segments
 from churnwatch.io.atomic import atomic_path
 from churnwatch.models.calibration import Calibrator, calibration_report
 from churnwatch.models.metrics import AT_THRESHOLD, recency_auroc

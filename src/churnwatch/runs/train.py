@@ -23,8 +23,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 
 from churnwatch.artifact.export import export_checkpoint
-from churnwatch.explain.drivers import IndicatorCatalogue, explain_sequences
-from churnwatch.explain.insights import Segments, owners, write_insights
+from churnwatch.explain.drivers import IndicatorCatalogue, explain_sequences, owners
+from churnwatch.explain.insights import write_insights
+from churnwatch.explain.segments import Segments
 from churnwatch.io.signing import load_signing_key
 from churnwatch.models.module import ChurnModule
 from churnwatch.models.thresholds import Operating

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from churnwatch.config.schema import ScoreConfig
 from churnwatch.data.schema import CUSTOMER_ID
 from churnwatch.errors import ConfigError
 from churnwatch.io.atomic import atomic_path, scratch_dir
@@ -161,7 +162,7 @@ def write_ranked(
     *,
     position: np.ndarray,
     finish: BlockRanker,
-    block_rows: int = 250_000,
+    block_rows: int = ScoreConfig.block_rows,
     overwrite: bool = False,
     drop: Sequence[str] = (),
     spill_dir: str | Path | None = None,

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from churnwatch.config.schema import ScoreConfig
 from churnwatch.data.schema import CUSTOMER_ID
 from churnwatch.data.validation import some_of
 from churnwatch.errors import ConfigError
@@ -36,7 +37,7 @@ class Ranker:
 
     operating: Operating
     playbook: Playbook
-    rank_by: str = "probability"
+    rank_by: str = ScoreConfig.rank_by
     model_path: Path | None = None
     """The model the rows came from, named when a probability is not a number."""
 
@@ -51,7 +52,7 @@ class Ranker:
         model_path: Path | None = None,
         *,
         playbook: Mapping[str, Any] | None = None,
-        rank_by: str = "probability",
+        rank_by: str = ScoreConfig.rank_by,
     ) -> Ranker:
         """The ranker of a model, from its artifact's metadata (threshold and tiers); without a playbook
         every customer's action is no_action."""
@@ -109,7 +110,7 @@ class Ranker:
         *,
         overwrite: bool = False,
         drop: tuple[str, ...] = (),
-        block_rows: int = 250_000,
+        block_rows: int = ScoreConfig.block_rows,
         on_block: Callable[[pd.DataFrame], None] | None = None,
     ) -> int:
         """Rank the rows of unranked runs (scored parts, shard parts) as one population and write them,

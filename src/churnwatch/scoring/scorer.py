@@ -22,13 +22,21 @@ import pyarrow.compute as pc
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from churnwatch.artifact.export import Artifact, load_model, tabular_attribution
+from churnwatch.artifact.model_file import Artifact, load_model, tabular_attribution
 from churnwatch.config.options import check_values
+from churnwatch.config.schema import DriversConfig, ScoreConfig, typed
 from churnwatch.data.schema import CUSTOMER_ID, CustomerSchema, EventSchema
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 from churnwatch.errors import ConfigError
-from churnwatch.explain.drivers import IndicatorCatalogue, explain_sequences, sum_by_owner, top_drivers
-from churnwatch.explain.insights import Segments, context_frame, owners
+from churnwatch.explain.drivers import (
+    IndicatorCatalogue,
+    context_frame,
+    explain_sequences,
+    owners,
+    sum_by_owner,
+    top_drivers,
+)
+from churnwatch.explain.segments import Segments
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateTable
 from churnwatch.features.encode import EncodedSequences, SequenceEncoder
 from churnwatch.io.signing import Verification
@@ -54,16 +62,20 @@ class Scorer:
         self,
         model: str | Path | Artifact,
         *,
-        device: str = "auto",
-        batch_size: int | None = None,
-        drivers: Mapping[str, Any] | None = None,
+        device: str = ScoreConfig.device,
+        batch_size: int | None = ScoreConfig.batch_size,
+        drivers: DriversConfig | Mapping[str, Any] | None = None,
         playbook: Mapping[str, Any] | None = None,
-        rank_by: str = "probability",
-        value_days: int = 90,
-        precision: str = "fp32",
+        rank_by: str = ScoreConfig.rank_by,
+        value_days: int = ScoreConfig.value_days,
+        precision: str = ScoreConfig.precision,
         verify: Verification | None = None,
     ):
-        drivers_values = {f"drivers.{k}": v for k, v in (drivers or {}).items()}
+        """`drivers`: a `DriversConfig` or a partial mapping of one (the rest from its defaults)."""
+        if not isinstance(drivers, DriversConfig):
+            drivers = typed(DriversConfig, drivers, "drivers")
+        self.drivers = drivers
+        drivers_values = {f"drivers.{f}": getattr(drivers, f) for f in ("top_n", "steps", "batch_size")}
         check_values({"batch_size": batch_size, "value_days": value_days, **drivers_values})
         self.device = resolve_device(device)
         fit_threads()
@@ -97,7 +109,6 @@ class Scorer:
         if int(value_days) not in windows:
             raise ConfigError(f"value_days={value_days} must be one of the aggregate windows {windows}")
         self.segments = Segments.from_state(self.meta["segments"]) if self.meta.get("segments") else None
-        self.drivers = {"enabled": True, "top_n": 3, "steps": 4, "batch_size": 256, **dict(drivers or {})}
         trained = self.meta.get("drivers") or {}
         self.catalogue = IndicatorCatalogue.from_config(data.get("indicators"), trained.get("indicators"))
         center = trained.get("center")
@@ -109,10 +120,10 @@ class Scorer:
         self.horizon_days = int(data.get("horizon_days") or 0)
         # networks: integrated gradients; tabular models: occlusion of each aggregate
         self.tabular = hasattr(self.model, "attribute")
-        self.explain = bool(self.drivers["enabled"]) and (
+        self.explain = bool(self.drivers.enabled) and (
             self.tabular or hasattr(self.model, "logit_from_embedded")
         )
-        if self.drivers["enabled"] and not self.explain:
+        if self.drivers.enabled and not self.explain:
             log.warning("%s has no attribution entry points: driver columns stay empty", self.model_path)
 
     def _batches(
@@ -156,7 +167,7 @@ class Scorer:
         """Top drivers of the customers in the model's population (lapsed customers get none)."""
         rows = np.flatnonzero(self.in_population(log_, snaps))
         sub = snaps.subset(rows)
-        batch_size, n_indicators = int(self.drivers["batch_size"]), len(self.catalogue.names)
+        batch_size, n_indicators = int(self.drivers.batch_size), len(self.catalogue.names)
         if self.tabular:
             scores = sum_by_owner(
                 tabular_attribution(self.model, agg[rows], batch_size, self.device),
@@ -173,12 +184,12 @@ class Scorer:
                 owner,
                 agg[rows] if agg is not None else None,
                 batch_size=batch_size,
-                steps=int(self.drivers["steps"]),
+                steps=int(self.drivers.steps),
                 device=self.device,
             )
         sub_table = AggregateTable(table.values[rows], table.names, table.categorical)
         context = context_frame(sub_table, customers, sub.customer_ids(log_), self.customer_schema.columns)
-        found = top_drivers(scores - self.center, self.catalogue, context, int(self.drivers["top_n"]))
+        found = top_drivers(scores - self.center, self.catalogue, context, int(self.drivers.top_n))
         out = pd.DataFrame("", index=range(len(snaps)), columns=found.columns)
         out.iloc[rows] = found.to_numpy()
         return out

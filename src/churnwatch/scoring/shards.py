@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from churnwatch.artifact.export import load_model
+from churnwatch.artifact.model_file import load_model
 from churnwatch.config.options import check_values
+from churnwatch.config.schema import ScoreConfig
 from churnwatch.data.partition import by_category
 from churnwatch.errors import ConfigError, DataValidationError
 from churnwatch.io.atomic import check_output
@@ -80,9 +81,9 @@ def merge_shards(
     output_path: str | Path,
     *,
     playbook: Mapping[str, Any] | None = None,
-    rank_by: str = "probability",
+    rank_by: str = ScoreConfig.rank_by,
     overwrite: bool = False,
-    block_rows: int = 250_000,
+    block_rows: int = ScoreConfig.block_rows,
     verify: Verification | None = None,
 ) -> int:
     """The union of shard parts, ranked and tiered as one run over the whole population (row for row the
