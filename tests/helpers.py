@@ -3,6 +3,7 @@ and the subprocess helpers of the crash tests. Fixtures live in tests/conftest.p
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 from churnwatch.data.loaders import load_events
@@ -261,6 +263,7 @@ MONITOR_THRESHOLDS = {
     "volume_ratio": {"warn": 1.25, "retrain": 1.5},
     "population_ratio": {"warn": 1.5, "retrain": None},
     "tier_share": {"warn": 0.05, "retrain": None},
+    "freshness": {"warn": 3, "retrain": None},
 }
 """Drift thresholds for the monitor tests (the shipped defaults' shape)."""
 
@@ -327,3 +330,31 @@ def run_killed_at_rename(target: Path, nth: int, cmd: list[str]) -> None:
     """Run a script (`cmd` from `script_command`) to be killed just before its `nth` rename onto `target`."""
     killed = run_in_repo([sys.executable, "-c", KILL_AT_RENAME, str(target), str(nth), *cmd[1:]])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+
+# -- edited copies of a model file ---------------------------------------------------------------------------
+def rewrite_model(
+    src: Path,
+    dst: Path,
+    *,
+    meta: Callable[[dict[str, Any]], None] | None = None,
+    module: Callable[[torch.jit.ScriptModule], None] | None = None,
+) -> Path:
+    """A copy of the model file `src` at `dst` whose metadata `meta` edited (its checksum recomputed) and
+    whose TorchScript module `module` edited; every other inside file as it was, no signature."""
+    from churnwatch.artifact.model_file import CHECKSUM_FILE, META_FILE, OFFERS_FILE
+
+    extra = {META_FILE: "", CHECKSUM_FILE: "", OFFERS_FILE: ""}
+    net = torch.jit.load(str(src), _extra_files=extra)
+    if module is not None:
+        with torch.no_grad():
+            module(net)
+    text = extra[META_FILE].decode() if isinstance(extra[META_FILE], bytes) else extra[META_FILE]
+    if meta is not None:
+        edited = json.loads(text)
+        meta(edited)
+        text = json.dumps(edited, indent=1, sort_keys=True)
+    files = {k: v for k, v in extra.items() if k == OFFERS_FILE and v}
+    files.update({META_FILE: text, CHECKSUM_FILE: hashlib.sha256(text.encode()).hexdigest()})
+    torch.jit.save(net, str(dst), _extra_files=files)
+    return dst

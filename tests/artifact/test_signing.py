@@ -34,7 +34,7 @@ from churnwatch.jobs.monitor import run_monitor
 from churnwatch.runs.ensemble import train_ensemble
 from churnwatch.runs.train import train
 from churnwatch.scoring.scorer import Scorer
-from tests.helpers import REPO, TINY, train_tiny
+from tests.helpers import REPO, TINY, rewrite_model, train_tiny
 
 
 def _pem_pair(root: Path, name: str) -> tuple[Path, Path]:
@@ -105,17 +105,7 @@ def _rewrite(src: Path, dst: Path, edit: Callable[[str, bytes], bytes | None]) -
 
 def _forge_meta(src: Path, dst: Path, change: Callable[[dict[str, Any]], None]) -> Path:
     """A copy of `src` whose metadata `change` edited, with its checksum recomputed (and no signature)."""
-    extra = {META_FILE: "", CHECKSUM_FILE: ""}
-    module = torch.jit.load(str(src), _extra_files=extra)
-    meta = json.loads(extra[META_FILE])
-    change(meta)
-    text = json.dumps(meta, indent=1, sort_keys=True)
-    torch.jit.save(
-        module,
-        str(dst),
-        _extra_files={META_FILE: text, CHECKSUM_FILE: hashlib.sha256(text.encode()).hexdigest()},
-    )
-    return dst
+    return rewrite_model(src, dst, meta=change)
 
 
 def _score(model: Path, run: dict[str, Path], verify: Verification | None, **kw: Any) -> pd.DataFrame:

@@ -17,9 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from churnwatch.artifact.model_file import CHECKSUM_FILE, META_FILE
 from churnwatch.data.loaders import load_customers, load_events
 from churnwatch.data.validation import JoinReport
 from churnwatch.errors import DataValidationError
@@ -27,7 +25,7 @@ from churnwatch.jobs.score import ScoreJob, score_file
 from churnwatch.scoring.output import report_path
 from churnwatch.scoring.scorer import Scorer
 from churnwatch.scoring.shards import merge_shards, shard_of
-from tests.helpers import BAD_INPUT_CASES, BAD_INPUTS, REPO, SCORE_OPTIONS
+from tests.helpers import BAD_INPUT_CASES, BAD_INPUTS, REPO, SCORE_OPTIONS, rewrite_model
 
 
 def _script() -> Any:
@@ -232,12 +230,9 @@ def test_a_model_whose_weights_went_nan_fails_naming_customers_and_writes_nothin
 ) -> None:
     """Inputs are finite by construction; a NaN probability can only come from the model. It would rank
     anywhere, so scoring stops instead, naming the customers."""
-    extra = {META_FILE: "", CHECKSUM_FILE: ""}
-    net = torch.jit.load(str(model), _extra_files=extra)
-    with torch.no_grad():
-        next(net.parameters()).fill_(float("nan"))
-    broken = tmp_path / "nan_weights.pt"
-    torch.jit.save(net, str(broken), _extra_files=extra)  # metadata and checksum intact
+    broken = rewrite_model(  # metadata and checksum intact
+        model, tmp_path / "nan_weights.pt", module=lambda net: next(net.parameters()).fill_(float("nan"))
+    )
     case = BAD_INPUT_CASES["single_event_customers"]
     out = tmp_path / "scores.parquet"
     with pytest.raises(FloatingPointError) as err:

@@ -5,8 +5,6 @@ pandas eval."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pickle
 import re
 import time
@@ -17,19 +15,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from churnwatch.artifact.model_file import CHECKSUM_FILE, META_FILE
 from churnwatch.data.expressions import Expression
 from churnwatch.data.schema import EventSchema
 from churnwatch.errors import ArtifactError, ConfigError
 from churnwatch.explain.drivers import IndicatorCatalogue
 from churnwatch.features.aggregates import AggregateSpec
 from churnwatch.jobs.score import ScoreJob, score_file
-from tests.helpers import BAD_INPUT_CASES, BAD_INPUTS, FUZZ_BUDGETS, REPO, SCORE_OPTIONS, run_fuzz
+from tests.helpers import (
+    BAD_INPUT_CASES,
+    BAD_INPUTS,
+    FUZZ_BUDGETS,
+    REPO,
+    SCORE_OPTIONS,
+    rewrite_model,
+    run_fuzz,
+)
 
 FRAME = pd.DataFrame(
     {
@@ -199,17 +203,7 @@ def test_a_model_file_with_a_forged_expression_fails_in_one_line_and_unpickles_n
     which pandas eval would have run at scoring time."""
     payload, marker = _payload(tmp_path)
     forged_text = f"@pd.read_pickle('{payload}')"
-    extra = {META_FILE: "", CHECKSUM_FILE: ""}
-    net = torch.jit.load(str(model), _extra_files=extra)
-    meta = json.loads(extra[META_FILE])
-    FORGERIES[where](meta, forged_text)
-    text = json.dumps(meta, indent=1, sort_keys=True)
-    forged = tmp_path / "forged.pt"
-    torch.jit.save(
-        net,
-        str(forged),
-        _extra_files={META_FILE: text, CHECKSUM_FILE: hashlib.sha256(text.encode()).hexdigest()},
-    )
+    forged = rewrite_model(model, tmp_path / "forged.pt", meta=lambda m: FORGERIES[where](m, forged_text))
     out = tmp_path / "scores.parquet"
     with pytest.raises((ConfigError, ArtifactError)) as err:  # the metadata checks name the file too
         events = BAD_INPUTS / BAD_INPUT_CASES["single_event_customers"]["events"]

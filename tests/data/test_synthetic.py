@@ -80,8 +80,8 @@ def _window_churn(v: _View, cutoff: str, lookback: int = 90, horizon: int = 60) 
 
 def test_same_seed_same_frames_different_seed_differs() -> None:
     a, b, c = generate(1500, seed=11), generate(1500, seed=11), generate(1500, seed=12)
-    for name in ("events", "customers", "truth"):
-        pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
+    for name in ("events", "customers", "truth", "items", "tastes"):  # .equals: dtypes and values, fast
+        assert getattr(a, name).equals(getattr(b, name)), name
     assert not a.events.equals(c.events)
     assert not a.truth["churn_at"].equals(c.truth["churn_at"])
 
@@ -111,6 +111,8 @@ def test_events_schema(data: SyntheticData) -> None:
         "amount",
         "satisfaction",
         "price_delta",
+        "item_id",
+        "item_name",
     ]
     assert isinstance(ev["customer_id"].dtype, pd.CategoricalDtype)
     assert ev["timestamp"].dtype == "datetime64[us]"
@@ -175,10 +177,10 @@ def test_customer_and_truth_schema(data: SyntheticData) -> None:
 def test_write_round_trips_exactly(tmp_path: Path) -> None:
     small = generate(2000, seed=5)
     paths = write(small, tmp_path / "out")
-    assert set(paths) == {"events", "customers", "truth"}
+    assert set(paths) == {"events", "customers", "truth", "items", "tastes"}
     for name, path in paths.items():
         assert path.name == f"{name}.parquet" and path.exists()
-        pd.testing.assert_frame_equal(pd.read_parquet(path), getattr(small, name))
+        assert pd.read_parquet(path).equals(getattr(small, name)), name  # dtypes and values, fast
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths.values())
 
 
@@ -378,7 +380,8 @@ def test_basket_lines_split_each_purchase_into_an_order(tmp_path: Path) -> None:
     assert ev["order_id"].dtype == np.int64 and ev["order_id"].is_monotonic_increasing
     # one row per order id is the one-line log, but for the purchase's amount (split across its lines)
     firsts = ev.drop_duplicates("order_id").drop(columns="order_id").reset_index(drop=True)
-    assert firsts.drop(columns="amount").equals(plain.events.drop(columns="amount"))
+    per_line = ["amount", "item_id", "item_name"]  # the items are drawn per line (test_synthetic_items.py)
+    assert firsts.drop(columns=per_line).equals(plain.events.drop(columns=per_line))
     orders = ev.groupby("order_id", sort=True)
     purchase = (plain.events["event_type"] == "purchase").to_numpy()
     sizes = orders.size().to_numpy()
@@ -423,7 +426,7 @@ def test_make_synthetic_script_writes_without_littering(tmp_path: Path, extra_li
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("events", "customers", "truth"):
+    for name in ("events", "customers", "truth", "items", "tastes"):
         assert (out / f"{name}.parquet").exists()
         assert name in result.stdout
     assert "churned" in result.stdout

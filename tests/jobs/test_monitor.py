@@ -15,6 +15,7 @@ from churnwatch.artifact.export import export_checkpoint
 from churnwatch.artifact.model_file import load_artifact
 from churnwatch.config.compose import compose
 from churnwatch.data.schema import MISSING
+from churnwatch.data.snapshots import EventLog, build_snapshot
 from churnwatch.errors import ConfigError, MonitorError
 from churnwatch.features.stats import OOV, Vocabulary
 from churnwatch.jobs.monitor import LabelSource, run_monitor, write_report
@@ -22,6 +23,7 @@ from churnwatch.monitoring.drift import (
     backtest,
     bin_shares,
     distribution,
+    freshness_stats,
     key_features,
     oov_shares,
     psi,
@@ -139,6 +141,37 @@ def test_verdict_lists_the_worst_reason_first():
     assert reasons[0]["limit"] == 0.05
 
 
+def test_freshness_counts_the_whole_days_without_any_event_before_the_cutoff(loaded):
+    log = EventLog.from_frame(loaded.frame)
+    newest = pd.Timestamp(log.ts.max())
+    for cutoff, silent in [
+        (newest + pd.Timedelta(hours=1), 0),
+        (newest.normalize() + pd.Timedelta(days=4), 3),
+    ]:
+        fresh = freshness_stats(log, build_snapshot(log, cutoff, None))
+        assert fresh == {"last_event": str(newest), "silent_days": float(silent)}
+    early = pd.Timestamp(log.ts.min()).normalize() + pd.Timedelta(days=30)
+    before = pd.Timestamp(log.ts[log.ts < early.value].max())  # the newest event before that cutoff
+    assert freshness_stats(log, build_snapshot(log, early, None)) == {
+        "last_event": str(before),
+        "silent_days": float((early - before).days),
+    }
+
+
+@pytest.mark.parametrize(("silent", "thresholds", "level"), [
+    (2.0, MONITOR_THRESHOLDS, "ok"), (3.0, MONITOR_THRESHOLDS, "warn"),
+    (30.0, MONITOR_THRESHOLDS, "warn"),  # retrain: null
+    (30.0, {k: v for k, v in MONITOR_THRESHOLDS.items() if k != "freshness"}, "ok"),  # older configs
+])  # fmt: skip
+def test_verdict_warns_on_a_stale_input(silent, thresholds, level):
+    report = {**_report(), "freshness": {"last_event": "2024-01-01 10:00:00", "silent_days": silent}}
+    got, reasons = verdict(report, thresholds)
+    assert got == level
+    assert [(r["check"], r["name"], r["value"]) for r in reasons] == (
+        [("freshness", "silent_days", silent)] if level != "ok" else []
+    )
+
+
 def test_backtest_auroc_and_precision_per_tier():
     probs = np.array([0.9, 0.8, 0.7, 0.4, 0.3, 0.2, 0.1, 0.05])
     labels = np.array([1, 1, 0, 1, 0, 0, 0, 0])
@@ -222,6 +255,24 @@ def test_shifted_data_says_retrain_and_names_the_checks(trained, tmp_path):
     drivers = {(r["check"], r["name"]) for r in report["reasons"] if r["level"] == "retrain"}
     assert ("feature_psi", "spend_90d") in drivers and ("oov", "category") in drivers
     assert report["oov"]["category"]["today"] == pytest.approx(1 / 3, abs=0.05)
+
+
+def test_a_late_feed_is_flagged_as_stale(trained, tmp_path):
+    root, _, cutoff = trained
+    events = pd.read_parquet(root / "data" / "events.parquet")
+    ts = pd.to_datetime(events["timestamp"])
+    late = events[~((ts >= pd.Timestamp(cutoff) - pd.Timedelta(days=5)) & (ts < pd.Timestamp(cutoff)))]
+    path = tmp_path / "late.parquet"
+    late.to_parquet(path)
+    kwargs = {"customers_path": root / "data" / "customers.parquet", "as_of": cutoff, "device": "cpu"}
+    events = root / "data" / "events.parquet"
+    clean = run_monitor(root / "run" / "model.pt", events, MONITOR_THRESHOLDS, **kwargs)
+    assert clean["verdict"] == "ok" and clean["freshness"]["silent_days"] == 0
+    report = run_monitor(root / "run" / "model.pt", path, MONITOR_THRESHOLDS, **kwargs)
+    assert report["freshness"]["silent_days"] == 5 and report["verdict"] != "ok"
+    assert {"check": "freshness", "name": "silent_days", "value": 5.0, "limit": 3.0, "level": "warn"} in (
+        report["reasons"]
+    )
 
 
 def test_no_backtest_without_labels_and_a_clear_error_without_reference(trained, tmp_path):

@@ -73,7 +73,8 @@ def test_scoring_returns_every_input_customer_exactly_once(trained, tmp_path):
     )
     result = score_file(job, progress=False)
     out = pd.read_csv(tmp_path / "scores.csv")
-    assert list(out.columns) == list(OUTPUT_COLUMNS)
+    offers = [c for i in (1, 2, 3) for c in (f"offer_{i}", f"offer_{i}_name")] + ["offer_category"]
+    assert list(out.columns) == [*OUTPUT_COLUMNS, *offers]  # the run fitted a recommender (the default)
     assert sorted(out["customer_id"]) == sorted(mixed["customer_id"].unique())
     assert out["customer_id"].is_unique
     flagged = out.set_index("customer_id").loc[["Z-late", "Z-invalid"]]

@@ -16,6 +16,7 @@ from churnwatch.errors import ArtifactError
 from churnwatch.io.signing import Key
 from churnwatch.models.calibration import Calibrator
 from churnwatch.models.module import ChurnModule
+from churnwatch.models.recommend.offers import Offers
 from churnwatch.models.thresholds import Operating
 
 
@@ -39,11 +40,13 @@ def export_checkpoint(
     *,
     overwrite: bool = True,
     signing_key: Key | None = None,
+    offers: Offers | None = None,
 ) -> Path:
     """Script the checkpoint's network and calibration and write them with their metadata, atomically, to
     `out_path`. `facts`: what the run measured (test metrics, expected tiers, the monitoring reference,
     ...; see RunFacts), as far as it is known. `overwrite=False`: an `out_path` another run wrote meanwhile
-    is kept (FileExistsError). `signing_key` (signing.load_signing_key) signs the file."""
+    is kept (FileExistsError). `signing_key` (signing.load_signing_key) signs the file. `offers`: the run's
+    next-best-offer ranker (runs/offers.py), carried along."""
     ckpt = load_checkpoint(ckpt_path)
     module = module_from_checkpoint(ckpt)
     data_state = ckpt.get("ChurnDataModule")
@@ -62,7 +65,7 @@ def export_checkpoint(
         net=hp["net"],
     )
     model = ProbabilityModel(module.net, module.calibrator.layer())
-    return write_artifact(model, meta.to_dict(), out_path, overwrite, signing_key)
+    return write_artifact(model, meta.to_dict(), out_path, overwrite, signing_key, offers)
 
 
 def export_tabular(
@@ -77,6 +80,7 @@ def export_tabular(
     facts: RunFacts | None = None,
     overwrite: bool = True,
     signing_key: Key | None = None,
+    offers: Offers | None = None,
 ) -> Path:
     """A tabular baseline's model.pt: `model` with the metadata a network's carries (`data` and
     `data_state`: the data config and the datamodule's fitted encoders, ChurnDataModule.state_dict), plus
@@ -91,6 +95,6 @@ def export_tabular(
         facts=facts,
         estimator=estimator,
     )
-    return write_artifact(model, meta.to_dict(), out_path, overwrite, signing_key)
+    return write_artifact(model, meta.to_dict(), out_path, overwrite, signing_key, offers)
 
 

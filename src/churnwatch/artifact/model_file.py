@@ -31,10 +31,14 @@ from churnwatch.errors import ArtifactError
 from churnwatch.io.atomic import atomic_path
 from churnwatch.io.signing import Key, Verification, sign_file
 from churnwatch.models.calibration import EPS, CalibrationLayer, Calibrator
+from churnwatch.models.recommend.offers import Offers, OfferSpec
 from churnwatch.models.scripted import Scripted
 
 META_FILE = "churnwatch/metadata.json"
 CHECKSUM_FILE = "churnwatch/metadata.sha256"
+OFFERS_FILE = "churnwatch/offers.pt"
+"""The offer ranker, a TorchScript file of its own inside the model file; its SHA-256 is in the metadata
+(`offers.sha256`), so the metadata's checksum covers it."""
 
 
 @contextmanager
@@ -168,14 +172,25 @@ def write_artifact(
     out_path: str | Path,
     overwrite: bool = True,
     signing_key: Key | None = None,
+    offers: Offers | None = None,
 ) -> Path:
     """`model` scripted, with `meta` (ModelMeta.to_dict, the serialised metadata) and its checksum inside,
-    written atomically to `out_path` (see export_checkpoint for `overwrite` and `signing_key`)."""
+    written atomically to `out_path` (see export_checkpoint for `overwrite` and `signing_key`). `offers`:
+    the next-best-offer ranker and its spec, carried as OFFERS_FILE and `meta["offers"]`."""
     out_path = Path(out_path)
+    extra: dict[str, Any] = {}
     with _quiet_jit():
         scripted = torch.jit.script(model.eval())
+        if offers is not None:
+            buffer = io.BytesIO()
+            torch.jit.save(torch.jit.script(offers.ranker.eval()), buffer)
+            extra[OFFERS_FILE] = buffer.getvalue()
+            meta = {
+                **meta,
+                "offers": {**offers.spec.state(), "sha256": hashlib.sha256(extra[OFFERS_FILE]).hexdigest()},
+            }
     text = json.dumps(meta, indent=1, sort_keys=True, default=str)
-    extra = {META_FILE: text, CHECKSUM_FILE: hashlib.sha256(text.encode()).hexdigest()}
+    extra.update({META_FILE: text, CHECKSUM_FILE: hashlib.sha256(text.encode()).hexdigest()})
     with atomic_path(out_path, replace=overwrite) as tmp, _quiet_jit():
         torch.jit.save(scripted, str(tmp), _extra_files=extra)
         if signing_key is not None:
@@ -188,6 +203,13 @@ def load_artifact(
 ) -> tuple[torch.jit.ScriptModule, dict]:
     """The scripted model and its metadata; refuses unreadable, tampered, unknown-version or nonsensical
     files, and with `verify` a file its signature does not vouch for."""
+    model, meta, _ = _load(path, device, verify)
+    return model, meta
+
+
+def _load(
+    path: str | Path, device: str | torch.device, verify: Verification | None
+) -> tuple[torch.jit.ScriptModule, dict, Offers | None]:
     path = Path(path)
     if not path.exists():
         raise ArtifactError(f"{path}: model file not found")
@@ -197,7 +219,7 @@ def load_artifact(
         raise ArtifactError(f"{path}: not a readable churnwatch model ({exc.strerror or exc})") from exc
     if verify is not None:
         verify.check(data, path)
-    extra = {META_FILE: "", CHECKSUM_FILE: ""}
+    extra = {META_FILE: "", CHECKSUM_FILE: "", OFFERS_FILE: ""}
     try:
         with _quiet_jit():
             model = torch.jit.load(io.BytesIO(data), map_location=device, _extra_files=extra)
@@ -220,7 +242,25 @@ def load_artifact(
             f"{FORMAT_VERSION}; re-export it with this version (churnwatch export)"
         )
     check_meta(meta, model, path)
-    return model.eval(), meta
+    return model.eval(), meta, _offers(meta, extra[OFFERS_FILE], device, path)
+
+
+def _offers(meta: dict, data: str | bytes, device: str | torch.device, path: Path) -> Offers | None:
+    """The offer ranker the metadata promises, checked against its SHA-256 there."""
+    spec = meta.get("offers")
+    if not spec:
+        return None
+    data = data.encode() if isinstance(data, str) else data
+    if hashlib.sha256(data).hexdigest() != spec.get("sha256"):
+        raise ArtifactError(
+            f"{path}: the offer ranker ({OFFERS_FILE}) does not match its checksum in the metadata"
+        )
+    try:
+        with _quiet_jit():
+            ranker = torch.jit.load(io.BytesIO(data), map_location=device)
+    except (RuntimeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable offer ranker ({OFFERS_FILE}): {exc}") from exc
+    return Offers(OfferSpec.from_state(spec), ranker.eval())
 
 
 @dataclass(frozen=True)
@@ -231,6 +271,8 @@ class Artifact:
     path: Path
     module: torch.jit.ScriptModule
     meta: dict[str, Any]
+    offers: Offers | None = None
+    """The next-best-offer ranker, when the run fitted a recommender."""
 
     @property
     def threshold(self) -> float:
@@ -246,5 +288,5 @@ def load_model(
 ) -> Artifact:
     """A model.pt, checked (version, checksum, metadata, and with `verify` its signature) and loaded onto
     `device`; `Scorer` scores with it."""
-    module, meta = load_artifact(path, device, verify)
-    return Artifact(Path(path), module, meta)
+    module, meta, offers = _load(path, device, verify)
+    return Artifact(Path(path), module, meta, offers)

@@ -16,6 +16,7 @@ COMMANDS = {
     "train": "train a model (network or baseline): metrics.json, model.pt, report.html",
     "score": "score customers with a model.pt: probability, tier, rank, drivers, action",
     "monitor": "compare today's data with the model's reference: ok / warn / retrain",
+    "robustness": "re-score a past date under perturbed inputs: how the warnings hold up",
     "report": "write a training run's HTML report",
     "export": "export a checkpoint as a TorchScript model.pt",
     "ensemble": "ensemble finished runs (weights fitted on validation)",

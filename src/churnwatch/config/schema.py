@@ -201,6 +201,11 @@ class DataConfig:
     numeric: list[Any] = _key(CONTRACT, factory=list)  # {name, min, max, fill, transform, visit}
     customers: dict[str, Any] = _key(CONTRACT, factory=dict)  # {categorical, numeric, dates}
     labels: dict[str, str] = _key(CONTRACT, factory=lambda: {"cutoff": "cutoff", "label": "churned"})
+    # items (offers): the column naming what a purchase bought, a readable name and a category per item;
+    # rows with an item are the purchases the recommender learns from (docs/RECOMMENDATIONS.md)
+    item: str | None = _key(CONTRACT)
+    item_name: str | None = _key(CONTRACT)
+    item_category: str | None = _key(CONTRACT)
     filter: str | None = _key(CONTRACT)  # which rows are events at all (docs/EXPRESSIONS.md)
     derived: dict[str, str] = _key(CONTRACT, factory=dict)  # new columns from expressions
     # validation
@@ -247,6 +252,29 @@ class DataConfig:
 def keys_of(*concerns: str) -> frozenset[str]:
     """The data block's keys of these concerns."""
     return frozenset(f.name for f in fields(DataConfig) if f.metadata["concern"] in concerns)
+
+
+# --- recommender -------------------------------------------------------------------------------------------
+
+
+def _offer_actions() -> list[str]:
+    return ["targeted_offer", "win_back_campaign", "loyalty_reward"]
+
+
+@dataclass
+class RecommenderConfig:
+    """`recommender=none|popularity|buy_again|item_knn|als`: next-best offers learned at training time from
+    the purchases (`data.item`) before the test cutoff, carried in model.pt and given per scored customer
+    as offer_1..offer_<offers> (docs/RECOMMENDATIONS.md)."""
+
+    name: str = "none"  # none: no offers
+    params: dict[str, Any] = field(default_factory=dict)  # the model's own (models/recommend/<name>.py)
+    offers: int = 3  # offer_1..offer_<offers> score columns
+    k: int = 10  # HR@k, recall@k and NDCG@k of the run's backtest
+    min_count: int = 2  # items bought fewer times before the cutoff are never offered
+    half_life_days: float | None = None  # weigh each purchase by 2^(-its age / half-life) (null: alike)
+    exclude_days: float | None = None  # never offer what the customer bought in the last N days
+    actions: list[str] = field(default_factory=_offer_actions)  # the playbook actions that carry offers
 
 
 # --- scoring commands -------------------------------------------------------------------------------------
@@ -356,6 +384,7 @@ SCHEMAS = {
     ("model", "network_schema"): NetworkModelConfig,
     ("thresholds", "thresholds_schema"): ThresholdsConfig,
     ("data", "data_schema"): DataConfig,
+    ("recommender", "recommender_schema"): RecommenderConfig,
     (None, "score_schema"): ScoreConfig,
     (None, "merge_scores_schema"): MergeScoresConfig,
 }

@@ -92,8 +92,15 @@ def load_events(
     )
     for col, option in zip(needed, options, strict=True):
         require_columns(raw, [col], path, f"data.{option}")
+    # the item columns ride along: they neither make a row distinct nor order a time's events, so naming
+    # them leaves the churn model's events exactly as they were. They are optional here: churn needs none
+    # (a run that fits a recommender refuses a log without them, runs/offers.py)
+    attached = [(c, k) for c, k in schema.item_columns if c not in needed]
+    for col, option in [a for a in attached if a[0] not in raw.columns]:
+        log.warning("%s: no column %r (%s): no purchase history for offers", path, col, option)
+    attached = [(c, k) for c, k in attached if c in raw.columns]
     file_rows = raw.index.to_numpy()
-    raw = raw[needed].reset_index(drop=True)
+    raw = raw[needed + [c for c, _ in attached]].reset_index(drop=True)
     if len(raw) == 0 and not part:
         raise no_event_rows(path)
 
@@ -135,6 +142,8 @@ def load_events(
     report.rows_kept = len(keep)
     if len(keep) == 0 and not part:
         raise no_valid_events(report)
+    for col, _ in attached:
+        out[col] = canonical_categorical(raw[col])
     del raw, check  # the raw columns are no longer needed: free them before the final copy
     out[TIMESTAMP] = out[TIMESTAMP].astype("datetime64[ns]")
     kept = out.take(keep) if (order is not None or len(keep) < len(out)) else out  # one copy at most

@@ -73,6 +73,21 @@ class EventSchema:
     visit_key: str | None = None
     """Column whose value changes from one visit (order, basket, session) to the next (`data.visits.key`):
     kept beside the event fields so the encoder can group lines into visits."""
+    item: str | None = None
+    """Column naming what a purchase bought (`data.item`): the recommender's items."""
+    item_name: str | None = None
+    item_category: str | None = None
+
+    @property
+    def item_columns(self) -> tuple[tuple[str, str], ...]:
+        """(column, config key) of the item columns the contract names, each once."""
+        named = (("data.item", self.item), ("data.item_name", self.item_name),
+                 ("data.item_category", self.item_category))
+        out: dict[str, str] = {}
+        for key, col in named:
+            if col is not None and col not in out:
+                out[col] = key
+        return tuple(out.items())
 
     @property
     def numeric_names(self) -> tuple[str, ...]:
@@ -95,6 +110,9 @@ class EventSchema:
             timezone=str(cfg.get("timezone") or DataConfig.timezone),
             timestamp_format=cfg.get("timestamp_format"),
             visit_key=(cfg.get("visits") or {}).get("key"),
+            item=cfg.get("item"),
+            item_name=cfg.get("item_name"),
+            item_category=cfg.get("item_category"),
         )
         names = [*schema.categorical, *schema.numeric_names]
         dupes = sorted({n for n in names if names.count(n) > 1})

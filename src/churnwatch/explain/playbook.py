@@ -1,4 +1,5 @@
-"""Retention playbook: (risk tier, main driver, segment) → a suggested action, by first matching rule."""
+"""Retention playbook: (risk tier, main driver, segment, the first offer's category) → a suggested action,
+by first matching rule."""
 
 from __future__ import annotations
 
@@ -11,7 +12,12 @@ import pandas as pd
 
 from churnwatch.errors import ConfigError
 
-CONDITIONS = {"tier": "risk_tier", "driver": "main_driver", "segment": "rfm_segment"}
+CONDITIONS = {
+    "tier": "risk_tier",
+    "driver": "main_driver",
+    "segment": "rfm_segment",
+    "offer_category": "offer_category",  # a model with offers (docs/RECOMMENDATIONS.md)
+}
 
 
 @dataclass(frozen=True)

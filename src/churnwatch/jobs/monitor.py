@@ -24,7 +24,14 @@ from churnwatch.data.snapshots import build_snapshot, label_event_mask
 from churnwatch.errors import MonitorError
 from churnwatch.io.atomic import atomic_path
 from churnwatch.io.signing import Verification
-from churnwatch.monitoring.drift import Population, backtest, compare, verdict, volume_stats
+from churnwatch.monitoring.drift import (
+    Population,
+    backtest,
+    compare,
+    freshness_stats,
+    verdict,
+    volume_stats,
+)
 from churnwatch.scoring.inputs import ScoringInput, default_as_of
 from churnwatch.scoring.scorer import Scorer
 
@@ -57,34 +64,68 @@ def run_monitor(
     verify: Verification | None = None,
 ) -> dict[str, Any]:
     """The monitoring report of one scoring input: the verdict and its reasons, the population, and one
-    section per view (features, score, oov, volume, tiers, backtest); monitor.json is this dict. `verify`:
-    the model file's signature check."""
+    section per view (features, score, oov, volume, tiers, freshness, backtest); monitor.json is this
+    dict. `verify`: the model file's signature check."""
     as_of = default_as_of(as_of, pd.NaT) if as_of is not None else None  # a bad date fails before the work
-    levels = {k: v for k, v in thresholds.items() if isinstance(v, Mapping)}
-    check_values({f"thresholds.{k}.{lv}": x for k, v in levels.items() for lv, x in v.items()})
+    check_thresholds(thresholds)
     # drift needs scores, not explanations
     scorer = Scorer(model_path, device=device, drivers={"enabled": False}, verify=verify)
+    reference_of(scorer)
+    inp = scorer.load(events_path, customers_path, as_of)
+    scored = scorer.rank(scorer.score_input(inp, progress=False)).set_index("customer_id")
+    report, ids = assess(scorer, inp, scored, thresholds, features)
+    return {
+        "verdict": report.pop("verdict"),
+        "reasons": report.pop("reasons"),
+        "model_path": str(model_path),
+        "events_path": str(events_path),
+        **report,
+        "backtest": _backtest(scorer, inp, ids, scored.loc[ids], labels or LabelSource()),
+    }
+
+
+def check_thresholds(thresholds: Mapping[str, Any]) -> None:
+    """Each level a number ≥ 0 or null, warn ≤ retrain (one line otherwise)."""
+    levels = {k: v for k, v in thresholds.items() if isinstance(v, Mapping)}
+    check_values({f"thresholds.{k}.{lv}": x for k, v in levels.items() for lv, x in v.items()})
+
+
+def reference_of(scorer: Scorer) -> dict[str, Any]:
+    """The monitoring reference the model carries, or a one-line MonitorError."""
     reference = scorer.meta.get("reference")
     if not reference:
         raise MonitorError(
-            f"{model_path}: the model carries no monitoring reference; re-export it with this version "
-            "(churnwatch train embeds one)"
+            f"{scorer.model_path}: the model carries no monitoring reference; re-export it with this "
+            "version (churnwatch train embeds one)"
         )
-    inp = scorer.load(events_path, customers_path, as_of)
-    scored = scorer.rank(scorer.score_input(inp, progress=False)).set_index("customer_id")
+    return reference
+
+
+def assess(
+    scorer: Scorer,
+    inp: ScoringInput,
+    scored: pd.DataFrame,
+    thresholds: Mapping[str, Any],
+    features: Sequence[str] | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The verdict on a loaded and scored input (`scored`: ranked, by customer id) against the model's
+    reference (verdict, reasons, population, one section per view), and the active customers' ids."""
+    reference = reference_of(scorer)
     snaps = inp.snaps.subset(np.flatnonzero(scorer.in_population(inp.log, inp.snaps)))
     if len(snaps) == 0:
         lookback = scorer.data_cfg.get("lookback_days")
-        raise MonitorError(f"{events_path}: no customer with an event in the {lookback} days before as_of")
+        raise MonitorError(
+            f"no customer with an event in the {lookback} days before as_of {inp.as_of.date()}"
+        )
     ids = snaps.customer_ids(inp.log).astype(str)
-    rows = scored.loc[ids]
     fields = list(scorer.schema.categorical)
     today = Population(
         inp.as_of,
         scorer.featurizer.transform(inp.log, snaps, inp.customers),
-        rows["churn_probability"].to_numpy(dtype=np.float64),
+        scored.loc[ids, "churn_probability"].to_numpy(dtype=np.float64),
         scorer.encoder.transform(inp.log, snaps, inp.customers).cat[:, : len(fields)],
         volume_stats(inp.log, snaps),
+        freshness_stats(inp.log, snaps),
     )
     vocabs = {name: vocab.tokens for name, vocab in scorer.encoder.vocabs.items()}
     tiers = scorer.meta["tiers"]
@@ -93,8 +134,6 @@ def run_monitor(
     return {
         "verdict": level,
         "reasons": reasons,
-        "model_path": str(model_path),
-        "events_path": str(events_path),
         "as_of": str(inp.as_of.date()),
         "reference": {k: reference[k] for k in ("split", "cutoff", "drift_from", "churn_rate")},
         "population": {
@@ -105,8 +144,7 @@ def run_monitor(
         },
         "thresholds": {k: dict(v) for k, v in thresholds.items()},
         **report,
-        "backtest": _backtest(scorer, inp, ids, rows, labels or LabelSource()),
-    }
+    }, ids
 
 
 def _backtest(
@@ -194,9 +232,13 @@ def read_labels(source: LabelSource, default_id: str, as_of: pd.Timestamp) -> pd
 def write_report(report: Mapping[str, Any], output_dir: str | Path) -> Path:
     """monitor.json (NaN written as null, so any JSON reader takes it), replaced whole: a job reading
     the last verdict never sees half a file."""
-    path = Path(output_dir) / MONITOR_FILE
+    return write_json(report, Path(output_dir) / MONITOR_FILE)
+
+
+def write_json(data: Mapping[str, Any], path: Path) -> Path:
+    """Strict JSON (NaN and inf as null), written atomically: a reader never sees half a file."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(report), indent=2))
+        tmp.write_text(json.dumps(_finite(data), indent=2))
     return path
 
 
@@ -224,6 +266,10 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         figure = f"{r['value']:.3f} ≥ {r['limit']:g}"
         if r["check"] == "volume":  # judged as max(ratio, 1 / ratio)
             figure = f"×{report['volume'][r['name']]['ratio']:.3f} (limit ×{r['limit']:g} either way)"
+        if r["check"] == "freshness":
+            figure = (
+                f"{r['value']:g} days without any event before as_of (limit {r['limit']:g}): a late feed?"
+            )
         console.print(f"  [{COLOURS[r['level']]}]{r['level']}[/]: {r['check']} {r['name']} {figure}")
 
     psi_rows = {("score PSI", "score_psi", "churn_probability"): report["score"]}
@@ -247,6 +293,9 @@ def render(report: Mapping[str, Any], console: Console) -> None:
         lv = status.get((check, name), "ok")
         drift.add_row(label, name, f"{ref:.4g}", f"{now:.4g}", value, tolerated, f"[{COLOURS[lv]}]{lv}[/]")
     console.print(drift)
+    fresh = report.get("freshness") or {}
+    if fresh:
+        console.print(f"newest event {fresh['last_event']}: {fresh['silent_days']:g} whole days before as_of")
     tiers = Table(title="share of customers above the tier cut-offs")
     for col in ("tier", "expected", "today", "diff"):
         tiers.add_column(col, justify="left" if col == "tier" else "right")

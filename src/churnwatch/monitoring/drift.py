@@ -4,7 +4,8 @@ Training profiles its reference population (the test cutoff, which looks like a 
 validation) and the profile travels in the artifact's metadata. Monitoring profiles today's population the
 same way and compares: population stability (PSI) of the aggregate features and of the score on the
 reference's quantile bins, the share of out-of-vocabulary event values, event volume, and the share of
-customers above the tier cut-offs. `verdict` turns that into ok / warn / retrain with the reasons;
+customers above the tier cut-offs; and the freshness of today's input (days without any event before
+the cutoff: a late feed). `verdict` turns that into ok / warn / retrain with the reasons;
 `backtest` judges a past date whose churn labels are now known. Everything here is pure and JSON-able.
 """
 
@@ -12,14 +13,14 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from churnwatch.data.schema import MISSING
-from churnwatch.data.snapshots import EventLog, Snapshots
+from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.features.stats import OOV
@@ -58,6 +59,8 @@ class Population:
     cat: np.ndarray
     """Encoded event categorical ids (events × fields), as the model sees them; OOV = 1."""
     volume: dict[str, float]
+    freshness: dict[str, Any] = field(default_factory=dict)
+    """How recent the newest history is (`freshness_stats`); monitoring fills it, the reference needs none."""
 
 
 # -- distributions ----------------------------------------------------------------------------------------
@@ -131,6 +134,17 @@ def volume_stats(log: EventLog, snaps: Snapshots, window_days: int = VOLUME_WIND
         f"events_per_customer_{window_days}d": float(recent.mean()) if n else 0.0,
         f"active_share_{window_days}d": float((recent > 0).mean()) if n else 0.0,
     }
+
+
+def freshness_stats(log: EventLog, snaps: Snapshots) -> dict[str, Any]:
+    """The newest event in the population's histories and the whole days between it and the cutoff with
+    no event at all (`silent_days`): a feed that stopped or arrives late leaves the last days empty, which
+    moves no distribution much (everyone's recency grows by the same few days) but is plain here."""
+    if not len(snaps):
+        return {}
+    newest = int(log.ts[snaps.end - 1].max())
+    cutoff = int(snaps.cutoff.view(np.int64).max())
+    return {"last_event": str(pd.Timestamp(newest)), "silent_days": float((cutoff - newest) // DAY_NS)}
 
 
 def tier_shares(probs: np.ndarray, high_cut: float, medium_cut: float) -> dict[str, float]:
@@ -235,6 +249,7 @@ def compare(
             t: {"expected": ref_tiers[t], "today": today_tiers[t], "diff": today_tiers[t] - ref_tiers[t]}
             for t in TIERS
         },
+        "freshness": dict(today.freshness),
     }
 
 
@@ -274,6 +289,9 @@ def verdict(report: Mapping[str, Any], thresholds: Mapping[str, Any]) -> tuple[s
     worst_tier = max(report["tiers"], key=lambda t: abs(report["tiers"][t]["diff"]))
     tier_diff = abs(report["tiers"][worst_tier]["diff"])
     checks.append(("tier_share", worst_tier, tier_diff, thresholds["tier_share"]))
+    silent = (report.get("freshness") or {}).get("silent_days")
+    if silent is not None and thresholds.get("freshness"):
+        checks.append(("freshness", "silent_days", silent, thresholds["freshness"]))
     reasons = []
     for check, name, value, limits in checks:
         level = _level(value, limits)

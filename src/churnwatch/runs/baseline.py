@@ -36,6 +36,7 @@ from churnwatch.models.scripted import NotScriptable, script_estimator
 from churnwatch.models.tabular import build_estimator, contributions, fit_estimator
 from churnwatch.models.thresholds import ThresholdRule, choose_operating_point
 from churnwatch.pipeline.datamodule import ChurnDataModule
+from churnwatch.runs.offers import fit_offers
 from churnwatch.runs.predictions import prediction_table
 from churnwatch.runs.record import (
     RunRecord,
@@ -75,7 +76,7 @@ def train_tabular(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-BASELINE_STEPS = ("fit", "calibrate and test", "insights", "feature importance", "write the run")
+BASELINE_STEPS = ("fit", "calibrate and test", "insights", "feature importance", "offers", "write the run")
 
 
 def _exported_form(
@@ -174,6 +175,8 @@ def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, An
     )
     importance.to_csv(run_dir / "feature_importance.csv", index=False)
     plot_importance(importance, run_dir / "feature_importance.png", f"{name}: permutation importance")
+    step("offers")
+    offers, record.recommender = fit_offers(cfg, data, op, predictions)
     step("write the run")
     record.n_features = len(train.names)
     if model is not None:
@@ -188,6 +191,7 @@ def _train_tabular(cfg: DictConfig, step: Callable[[str], None]) -> dict[str, An
             calibrator=calibrator,
             facts=model_facts(cfg, data, record, calibrated, segments, center),
             signing_key=signing_key,
+            offers=offers,
         )
         record.model_path = str(exported)
     table = prediction_table({stage: getattr(data, stage) for stage in predictions}, predictions, data.log)

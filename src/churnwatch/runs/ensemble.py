@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from torch import Tensor, nn
 
 from churnwatch.artifact.metadata import ModelMeta
-from churnwatch.artifact.model_file import load_artifact, write_artifact
+from churnwatch.artifact.model_file import load_artifact, load_model, write_artifact
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.io.atomic import check_output
@@ -270,7 +270,9 @@ def export_ensemble(
             "nets": [m.get("net") or {"estimator": m.get("estimator")} for _, m in artifacts],
         },
     )
-    return write_artifact(model, meta.to_dict(), out_path, signing_key=signing_key)
+    # the members were fitted on the same data before the same cutoff: the base member's offers serve
+    offers = load_model(Path(run_dirs[base_at]) / "model.pt").offers
+    return write_artifact(model, meta.to_dict(), out_path, signing_key=signing_key, offers=offers)
 
 
 def train_ensemble(

@@ -81,6 +81,8 @@ class RunRecord:
     export_skipped: str | None = None
     """Why the run has no model.pt though export was asked for."""
     insights: dict[str, Any] | None = None
+    recommender: dict[str, Any] | None = None
+    """The offers' recommender, its settings and its backtest on the test horizon (runs/offers.py)."""
     n_features: int | None = None
     model_path: str | None = None
     report: str | None = None

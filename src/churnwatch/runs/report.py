@@ -27,6 +27,8 @@ from churnwatch.models.calibration import reliability_curve  # noqa: E402
 from churnwatch.runs.predictions import read_predictions  # noqa: E402
 
 REPORT_FILE = "report.html"
+ROBUSTNESS_FILE, ROBUSTNESS_PLOT = "robustness.json", "robustness.png"
+"""Written by `churnwatch robustness`; a run dir holding them gets a "Robustness" section."""
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 h1{margin-bottom:0}.sub{color:#666;margin-top:.2em}
@@ -120,6 +122,58 @@ def _segments_plot(frame: pd.DataFrame, title: str, path: Path) -> str:
     return _png(fig, path)
 
 
+def _robustness(run_dir: Path) -> list[str]:
+    """The robustness study's AUROC and high-tier precision per run and model, from robustness.json alone
+    (and its plot): the job that writes them is a later stage than this report."""
+    study = json.loads((run_dir / ROBUSTNESS_FILE).read_text())
+    rows = pd.DataFrame(study["rows"])
+    if "error" not in rows:
+        rows["error"] = None
+    table = rows.pivot_table(
+        index=["perturbation", "strength"], columns="model", values=["auroc", "high_precision"], sort=False
+    )
+    names = {"auroc": "AUROC", "high_precision": "high-tier precision"}
+    table.columns = [f"{model} {names[m]}" for m, model in table.columns]
+    settings = study["settings"]
+    parts = [
+        "<h2>Robustness</h2>",
+        f"<p>Each model re-scored the events before {html.escape(settings['as_of'])} "
+        f"({html.escape(settings['events_path'])}) after each perturbation, judged on the clean run's "
+        "labelled customers (seed "
+        f"{settings['seed']}); strength 0 is the clean run. All figures: robustness.json.</p>",
+        _table(table.reset_index(), 3),
+    ]
+    refused = rows[rows["error"].notna()]
+    if len(refused):
+        said = (f"{r.model} {r.perturbation} {r.strength:g}: {r.error}" for r in refused.itertuples())
+        parts.append(f"<p>Refused by the data contract: {html.escape('; '.join(said))}</p>")
+    if (run_dir / ROBUSTNESS_PLOT).exists():
+        parts.append(_embed(run_dir / ROBUSTNESS_PLOT))
+    return parts
+
+
+def _offers(rec: Mapping[str, Any]) -> list[str]:
+    """The recommender's backtest on the test horizon beside the two baselines (runs/offers.py)."""
+    k = rec.get("k", 10)
+    rows = [
+        {"recommender": name, "view": view, **m}
+        for name, views in (rec.get("test") or {}).items()
+        for view, m in views.items()
+    ]
+    params = ", ".join(f"{key}={value}" for key, value in (rec.get("params") or {}).items()) or "defaults"
+    parts = [
+        f"<h2>Next-best offers ({html.escape(str(rec['name']))})</h2>",
+        f"<p>{html.escape(str(rec['name']))} ({html.escape(params)}) learned from the purchases before "
+        f"{html.escape(str(rec.get('fitted_before')))} ({rec.get('catalogue_items', 0):,} items to offer); "
+        f"offers judged against what each customer bought in the horizon after it, top {k}, next to "
+        "popularity and buy-again, for all customers and the high-risk tier; <i>/new</i>: only items new "
+        "to the customer count (docs/RECOMMENDATIONS.md).</p>",
+    ]
+    if rows:
+        parts.append(_table(pd.DataFrame(rows), 3))
+    return parts
+
+
 def write_report(run_dir: str | Path, metrics: Mapping[str, Any] | None = None) -> Path:
     """Write <run_dir>/report.html (and its PNGs under <run_dir>/report/) from `metrics` (what the run
     is about to write as metrics.json), or the run dir's metrics.json."""
@@ -201,6 +255,10 @@ def write_report(run_dir: str | Path, metrics: Mapping[str, Any] | None = None) 
         parts.append("</div>")
         if (run_dir / "segment_selection.png").exists():
             parts += ["<h3>Choosing k (elbow and silhouette)</h3>", _embed(run_dir / "segment_selection.png")]
+    if metrics.get("recommender"):
+        parts += _offers(metrics["recommender"])
+    if (run_dir / ROBUSTNESS_FILE).exists():
+        parts += _robustness(run_dir)
     doc = (
         "<!doctype html><html><head><meta charset=utf-8><title>churnwatch report</title>"
         f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>"

@@ -31,6 +31,7 @@ from churnwatch.models.module import ChurnModule
 from churnwatch.models.thresholds import Operating
 from churnwatch.pipeline.datamodule import ChurnDataModule
 from churnwatch.runs.baseline import train_tabular
+from churnwatch.runs.offers import fit_offers
 from churnwatch.runs.predictions import prediction_table
 from churnwatch.runs.pretrain import pretrain_encoder
 from churnwatch.runs.record import (
@@ -164,9 +165,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 cfg, dm, model, predictions, segments
             )
             center = record.insights.get("center")
+        offers, record.recommender = fit_offers(cfg, dm.data, op, predictions)
         if cfg.get("export") and best_path:
             facts = model_facts(cfg, dm.data, record, model.predictions, segments, center)
-            exported = export_checkpoint(best_path, run_dir / "model.pt", facts, signing_key=signing_key)
+            exported = export_checkpoint(
+                best_path, run_dir / "model.pt", facts, signing_key=signing_key, offers=offers
+            )
             record.model_path = str(exported)
         splits = {stage: getattr(dm.data, stage) for stage in predictions}
         table = prediction_table(splits, predictions, dm.data.log)

@@ -23,6 +23,7 @@ from churnwatch.data.schema import CUSTOMER_ID
 from churnwatch.data.validation import some_of
 from churnwatch.errors import ConfigError
 from churnwatch.explain.playbook import Playbook
+from churnwatch.models.recommend.offers import OfferSpec
 from churnwatch.models.thresholds import Operating, tiers_at
 from churnwatch.runtime.memory import release_free_memory
 from churnwatch.scoring.output import OUTPUT_COLUMNS, RANK_KEYS, rank_order, read_rank_keys, write_ranked
@@ -40,6 +41,10 @@ class Ranker:
     rank_by: str = ScoreConfig.rank_by
     model_path: Path | None = None
     """The model the rows came from, named when a probability is not a number."""
+    offer_columns: tuple[str, ...] = ()
+    """The model's offer columns (OfferSpec.score_columns), after the standard ones."""
+    offer_actions: tuple[str, ...] = ()
+    """The actions that carry offers: other rows' offer columns are blank."""
 
     def __post_init__(self) -> None:
         if self.rank_by not in RANK_BY:
@@ -58,11 +63,14 @@ class Ranker:
         every customer's action is no_action."""
         tiers = meta["tiers"]
         operating = Operating(meta["threshold"], tiers["high"], tiers["medium"], tiers.get("rule", {}))
+        offers = OfferSpec.from_state(meta["offers"]) if meta.get("offers") else None
         return cls(
             operating,
             Playbook.from_config(playbook or {"rules": [{"action": "no_action"}]}),
             rank_by,
             model_path,
+            offer_columns=offers.score_columns if offers else (),
+            offer_actions=offers.actions if offers else (),
         )
 
     @property
@@ -101,7 +109,9 @@ class Ranker:
         percentile[ranked] = 100.0 * below / max(n, 1)
         out["percentile"] = percentile
         out["action"] = self.playbook.assign(out)
-        return out[list(OUTPUT_COLUMNS)]
+        if self.offer_columns:
+            out.loc[~out["action"].isin(self.offer_actions), list(self.offer_columns)] = ""
+        return out[[*OUTPUT_COLUMNS, *self.offer_columns]]
 
     def write_ranked(
         self,

@@ -86,6 +86,8 @@ class Scorer:
         artifact = model if isinstance(model, Artifact) else load_model(model, self.device, verify)
         self.model_path = artifact.path
         self.model, self.meta = artifact.module.to(self.device), artifact.meta
+        self.offers = artifact.offers
+        """The next-best-offer ranker the model file carries (None: the run fitted no recommender)."""
         self.batch_size = batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)
         data = self.meta["data"]
         self.data_cfg = data
@@ -313,7 +315,12 @@ class Scorer:
                 "lapsed": ~self.in_population(event_log, snaps),
             }
         )
-        return self._complete(scored, inp.input_ids, as_of_ts)
+        out = self._complete(scored, inp.input_ids, as_of_ts)
+        if self.offers is not None:  # every customer, those without history too (they get popular items)
+            with self.timed("offers"):
+                offers = self.offers.frame(event_log.frame, pd.Index(out[CUSTOMER_ID]), as_of_ts)
+            out = pd.concat([out, offers], axis=1)
+        return out
 
     def _complete(self, scored: pd.DataFrame, input_ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
         """Add the customers without history before as_of (training base rate, no_history=True) and check

@@ -1,4 +1,5 @@
-"""The generator's knobs (docs/SYNTHETIC.md): population, everyday behaviour and the churn mechanisms."""
+"""The generator's knobs (docs/SYNTHETIC.md): population, everyday behaviour, the churn mechanisms and the
+items customers buy."""
 
 from __future__ import annotations
 
@@ -91,3 +92,19 @@ class SyntheticConfig:
     final_decline_days: float = 30.0
     final_decline: float = 0.3
     final_satisfaction_drop: float = 0.7
+
+    # --- items (docs/SYNTHETIC.md "Items and tastes"; drawn after everything else) ---------------------
+    n_items: int = 400
+    """Catalogue size, spread evenly over the categories; 0: no items (the log without item columns)."""
+    item_popularity_zipf: float = 1.0
+    """Global popularity of the item of popularity rank r is proportional to r ** -zipf."""
+    n_taste_clusters: int = 10
+    """Customers fall into this many taste clusters, each with its own preferred items."""
+    taste_concentration: float = 0.1
+    """Dirichlet concentration per item of a cluster's taste within a category: small = a few favourites."""
+    staples_per_customer: int = 3
+    """Personal repeat-buy items per customer, drawn from the cluster's taste (categories by preference)."""
+    staple_share: float = 0.4
+    """Chance that a purchase in a category holding one of the customer's staples is a staple."""
+    taste_share: float = 0.6
+    """Otherwise the item comes from the cluster's taste with this chance, else from global popularity."""

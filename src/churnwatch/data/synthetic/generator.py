@@ -8,7 +8,8 @@ docs/SYNTHETIC.md documents the schema, the mechanisms and their parameters.
 
 Everything is vectorised over flat numpy arrays (one row per candidate event, built with ``np.repeat``
 of per-customer parameters); Python loops run only over mechanisms, event types and the handful of
-price-rise dates. One ``numpy.random.default_rng(seed)`` drives everything, so a seed fixes the output.
+price-rise dates. One ``numpy.random.default_rng(seed)`` drives the log, and the items (items.py) come last
+from their own stream, so a seed fixes the output and the items never change the other columns.
 """
 
 from __future__ import annotations
@@ -34,17 +35,21 @@ from churnwatch.data.synthetic.columns import (
 )
 from churnwatch.data.synthetic.config import SyntheticConfig
 from churnwatch.data.synthetic.events import basket_lines, make_events
+from churnwatch.data.synthetic.items import ITEM_STREAM, check_item_config, draw_items, with_items
 from churnwatch.data.synthetic.population import draw_customers
 from churnwatch.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class SyntheticData:
-    """The three tables of a synthetic data set (see docs/SYNTHETIC.md for the columns)."""
+    """The tables of a synthetic data set (see docs/SYNTHETIC.md for the columns); ``items`` and ``tastes``
+    (the item catalogue and each taste cluster's affinities) are None without items (``n_items=0``)."""
 
     events: pd.DataFrame
     customers: pd.DataFrame
     truth: pd.DataFrame
+    items: pd.DataFrame | None = None
+    tastes: pd.DataFrame | None = None
 
 
 def generate(
@@ -60,7 +65,8 @@ def generate(
     Events lie in [start, end) (timestamps >= start and < end), never before a customer's signup and
     never after their churn time. The same ``seed`` (and config) always gives identical frames.
     ``extra_lines_per_purchase`` > 0 splits each purchase into basket lines with an ``order_id`` (see
-    ``basket_lines``); 0 or None gives one row per event, exactly as without it.
+    ``basket_lines``); 0 or None gives one row per event, exactly as without it. With ``config.n_items`` > 0
+    every purchase row (each basket line) also gets an item, drawn last from a stream of its own.
     """
     cfg = config or SyntheticConfig()
     if n_customers < 1:
@@ -73,6 +79,7 @@ def generate(
         raise ConfigError(
             f"end ({end}) must be more than {cfg.signup_last_gap_days} days after start ({start})"
         )
+    check_item_config(cfg)
 
     rng = np.random.default_rng(seed)
     st = draw_customers(rng, n_customers, horizon, cfg)
@@ -81,6 +88,11 @@ def generate(
     events = make_events(rng, st, triggers, cfg, start_ts).frame(ids, start_ts)
     if extra_lines_per_purchase:  # drawn after everything else: the same purchases as one-line output
         events = basket_lines(rng, events, st.cat_pref, extra_lines_per_purchase)
+    world = None
+    if cfg.n_items:
+        item_rng = np.random.default_rng([seed, ITEM_STREAM])
+        world = draw_items(item_rng, st.cat_pref, cfg)
+        events = with_items(item_rng, events, world, cfg)
 
     def as_time(days: np.ndarray) -> np.ndarray:
         finite = np.isfinite(days)
@@ -123,4 +135,8 @@ def generate(
             "favourite_category": categorical(np.argmax(st.cat_pref, axis=1).astype(np.int8), CATEGORIES),
         }
     )
-    return SyntheticData(events=events, customers=customers, truth=truth)
+    if world is None:
+        return SyntheticData(events=events, customers=customers, truth=truth)
+    truth["taste_cluster"] = world.cluster
+    items, tastes = world.tables()
+    return SyntheticData(events=events, customers=customers, truth=truth, items=items, tastes=tastes)

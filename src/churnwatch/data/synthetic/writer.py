@@ -63,7 +63,8 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 
 
 def write(data: SyntheticData, out_dir: str | Path) -> dict[str, Path]:
-    """Write events/customers/truth as parquet under ``out_dir``; returns {table name: path}.
+    """Write events/customers/truth (and items/tastes when there are items) as parquet under ``out_dir``;
+    returns {table name: path}.
 
     Each file is written to a temporary name and renamed, so a crash never leaves a half-written table.
     Reading back with ``pd.read_parquet`` gives the same dtypes (categoricals stay categorical).
@@ -71,7 +72,9 @@ def write(data: SyntheticData, out_dir: str | Path) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
-    for name in ("events", "customers", "truth"):
+    for name in ("events", "customers", "truth", "items", "tastes"):
+        if getattr(data, name) is None:
+            continue
         path = out / f"{name}.parquet"
         with atomic_path(path) as tmp:
             _write_parquet(getattr(data, name), tmp)
