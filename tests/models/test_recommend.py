@@ -49,6 +49,7 @@ class _Fixed:
 
     def __init__(self, *tensors: torch.Tensor):
         self.tensors = tensors
+        self.offsets = np.arange(len(tensors[0]) + 1)  # (the order `recommend` batches in)
 
     def __len__(self) -> int:
         return len(self.tensors[0])

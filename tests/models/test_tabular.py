@@ -20,7 +20,13 @@ def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("tabular") / "data"
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+FAST = ("logreg", "lightgbm", "btyd")
+"""The baselines `make test` trains; the others share their code path and run in `make test-slow`."""
+
+
+@pytest.mark.parametrize(
+    "estimator", [e if e in FAST else pytest.param(e, marks=pytest.mark.slow) for e in ESTIMATORS]
+)
 def test_baseline_trains_and_reports_the_common_metrics(estimator, data_dir, tmp_path):
     cfg = compose(
         "train",

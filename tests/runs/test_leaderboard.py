@@ -52,6 +52,7 @@ def test_a_model_uses_the_experiments_tuned_variant_where_one_exists():
     assert model_run(compose_train, [], "gru") == ["model=gru"]
 
 
+@pytest.mark.slow  # the longest run-level tests: make test-slow
 def test_leaderboard_trains_every_model_and_seed_and_summarises_them(data_overrides, tmp_path):
     cfg = compose(
         "leaderboard", ["models=[logreg,naive_bayes]", "seeds=[1,2]", "ensembles=[[logreg,naive_bayes]]"]
@@ -100,6 +101,7 @@ def test_an_origin_needs_a_test_cutoff_to_move_explicit_training_cutoffs():
         origin_overrides(data, "2024-08-01")
 
 
+@pytest.mark.slow  # the longest run-level tests: make test-slow
 def test_rolling_origin_leaderboard_trains_each_origin_and_reports_each(data_overrides, tmp_path):
     origins = ["2024-09-01", "2024-10-15"]
     cfg = compose("leaderboard", ["models=[logreg]", "seeds=[1]", f"origins=[{','.join(origins)}]"])
