@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from torch import Tensor, nn
 
 from churnwatch.artifact.metadata import ModelMeta
-from churnwatch.artifact.model_file import load_artifact, load_model, write_artifact
+from churnwatch.artifact.model_file import load_model, write_artifact
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateFeaturizer
 from churnwatch.io.atomic import check_output
@@ -228,7 +228,7 @@ def export_ensemble(
     `signing_key` when given; NotExportable says why this ensemble has no such form (a member file that
     fails its checks is an ArtifactError: an error, not a reason to skip). `op.rule` is the alert rule as
     configured (what scoring reads)."""
-    artifacts = []
+    loaded = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "model.pt"
         if not path.exists():
@@ -237,7 +237,8 @@ def export_ensemble(
                 "form: its metrics.json says why under export_skipped); an ensemble exports only when every "
                 "member did"
             )
-        artifacts.append(load_artifact(path))
+        loaded.append(load_model(path))
+    artifacts = [(a.module, a.meta) for a in loaded]
     # the base: a network where there is one (its encoder and data config are what scoring rebuilds)
     base_at = next((i for i, (_, m) in enumerate(artifacts) if not _tabular(m)), 0)
     first = artifacts[base_at][1]
@@ -271,7 +272,7 @@ def export_ensemble(
         },
     )
     # the members were fitted on the same data before the same cutoff: the base member's offers serve
-    offers = load_model(Path(run_dirs[base_at]) / "model.pt").offers
+    offers = loaded[base_at].offers
     return write_artifact(model, meta.to_dict(), out_path, signing_key=signing_key, offers=offers)
 
 

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from churnwatch.config.schema import RecommenderConfig, typed
 from churnwatch.data.schema import TIMESTAMP
 from churnwatch.errors import ConfigError
-from churnwatch.models.recommend.backtest import backtest, fit_before
+from churnwatch.models.recommend.backtest import backtest, evaluate, fit_before
 from churnwatch.models.recommend.offers import Offers, OfferSpec
 from churnwatch.models.recommend.purchases import ItemColumns
 from churnwatch.models.recommend.registry import make_recommender
@@ -46,29 +46,31 @@ def fit_offers(
     frame = data.log.frame
     settings = {"min_count": rc.min_count, "half_life_days": rc.half_life_days}
     record: dict[str, Any] = {"name": rc.name, "params": dict(rc.params), "k": rc.k, **settings}
-    if data.test is not None and "test" in predictions:
-        cutoff = pd.Timestamp(data.test.snaps.cutoff.max())
-        ids = pd.Index(data.test.snaps.customer_ids(data.log).astype(str))
-        high = ids[assign_tiers(predictions["test"][1], op) == "high"]
-        makers = {n: (lambda n=n: make_recommender(n)) for n in BASELINES if n != rc.name}
-        makers[rc.name] = lambda: make_recommender(rc.name, rc.params)
-        record["test"] = backtest(
-            frame,
-            columns,
-            makers,
-            cutoff,
-            horizon_days=int(cfg.data.horizon_days),
-            k=rc.k,
-            exclude_days=rc.exclude_days,
-            groups={"high": high},
-            **settings,
-        )
-        shown = record["test"][rc.name]["all"]
-        log.info("offers (%s) on the test horizon: %s", rc.name, {k: round(v, 4) for k, v in shown.items()})
-    else:  # no test cutoff: learn from every purchase
-        cutoff = pd.Timestamp(frame[TIMESTAMP].max()) + pd.Timedelta(days=1)
+    tested = data.test is not None and "test" in predictions
+    # no test cutoff: learn from every purchase
+    cutoff = (
+        pd.Timestamp(data.test.snaps.cutoff.max())
+        if tested
+        else pd.Timestamp(frame[TIMESTAMP].max()) + pd.Timedelta(days=1)
+    )
     record["fitted_before"] = str(cutoff.date())
     fitted = fit_before(frame, columns, lambda: make_recommender(rc.name, rc.params), cutoff, **settings)
+    if tested:  # the fitted model itself, next to the baselines fitted the same way
+        ids = pd.Index(data.test.snaps.customer_ids(data.log).astype(str))
+        judged = {
+            "horizon_days": int(cfg.data.horizon_days),
+            "k": rc.k,
+            "exclude_days": rc.exclude_days,
+            "groups": {"high": ids[assign_tiers(predictions["test"][1], op) == "high"]},
+            "half_life_days": rc.half_life_days,
+        }
+        baselines = {n: (lambda n=n: make_recommender(n)) for n in BASELINES if n != rc.name}
+        record["test"] = {
+            **backtest(frame, columns, baselines, cutoff, min_count=rc.min_count, **judged),
+            rc.name: evaluate(fitted, cutoff, **judged),
+        }
+        shown = record["test"][rc.name]["all"]
+        log.info("offers (%s) on the test horizon: %s", rc.name, {k: round(v, 4) for k, v in shown.items()})
     spec = OfferSpec(
         recommender=rc.name,
         params=dict(rc.params),

@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from churnwatch.data.schema import TIMESTAMP
@@ -51,8 +50,9 @@ def fit_before(
     )
     purchases = Purchases.of(frame, columns.item, catalogue)
     history = purchases.before(cutoff)
-    buyers = pd.Index(history.customers[np.unique(history.customer)])  # only who bought before the cutoff
-    counts = history.matrix(len(catalogue), rows=buyers, as_of=cutoff, half_life_days=half_life_days)
+    counts = history.matrix(
+        len(catalogue), rows=history.buyers(), as_of=cutoff, half_life_days=half_life_days
+    )
     model = make().fit(counts)
     return Fitted(model, catalogue, purchases)
 
@@ -70,32 +70,56 @@ def backtest(
     half_life_days: float | None = None,
     groups: Mapping[str, pd.Index] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """{recommender: {view: metrics}} at `cutoff`: views `<group>` and `<group>/new` (module docstring);
-    group "all" is every customer with a purchase before it, `groups` name subsets of customer ids (e.g.
-    the high-risk tier)."""
+    """{recommender: {view: metrics}} at `cutoff`: each of `recommenders` fitted before it (`fit_before`)
+    and judged on its horizon (`evaluate`)."""
+    cutoff = pd.Timestamp(cutoff)
+    return {
+        name: evaluate(
+            fit_before(frame, columns, make, cutoff, min_count=min_count, half_life_days=half_life_days),
+            cutoff,
+            horizon_days=horizon_days,
+            k=k,
+            exclude_days=exclude_days,
+            half_life_days=half_life_days,
+            groups=groups,
+        )
+        for name, make in recommenders.items()
+    }
+
+
+def evaluate(
+    fitted: Fitted,
+    cutoff: pd.Timestamp,
+    *,
+    horizon_days: int,
+    k: int = 10,
+    exclude_days: float | None = None,
+    half_life_days: float | None = None,
+    groups: Mapping[str, pd.Index] | None = None,
+) -> dict[str, dict[str, float]]:
+    """{view: metrics} of a recommender fitted before `cutoff`: views `<group>` and `<group>/new` (module
+    docstring); group "all" is every customer with a purchase before it, `groups` name subsets of customer
+    ids (e.g. the high-risk tier)."""
     cutoff = pd.Timestamp(cutoff)
     end = cutoff + pd.Timedelta(days=horizon_days)
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for name, make in recommenders.items():
-        fitted = fit_before(frame, columns, make, cutoff, min_count=min_count, half_life_days=half_life_days)
-        history = fitted.purchases.before(cutoff)
-        customers = pd.Index(history.customers[np.unique(history.customer)])
-        histories = Histories.of(history, customers, as_of=cutoff, half_life_days=half_life_days)
-        ranker = fitted.recommender.ranker()
-        n_items = len(fitted.catalogue)
-        relevant = fitted.purchases.between(cutoff, end).matrix(n_items, rows=customers)
-        bought = history.matrix(n_items, rows=customers) > 0
-        views = {
-            "": (recommend(ranker, histories, k=k, as_of=cutoff, exclude_days=exclude_days), relevant),
-            "/new": (
-                recommend(ranker, histories, k=k, as_of=cutoff, exclude_days=float("inf")),
-                relevant - relevant.multiply(bought),
-            ),
-        }
-        out[name] = {}
-        for group, ids in {"all": customers, **(groups or {})}.items():
-            rows = customers.get_indexer(pd.Index(ids).astype(str))
-            rows = rows[rows >= 0]
-            for suffix, (offers, truth) in views.items():
-                out[name][group + suffix] = ranking_metrics(offers[rows], truth[rows], k, n_items)
+    history = fitted.purchases.before(cutoff)
+    customers = history.buyers()
+    histories = Histories.of(history, customers, as_of=cutoff, half_life_days=half_life_days)
+    ranker = fitted.recommender.ranker()
+    n_items = len(fitted.catalogue)
+    relevant = fitted.purchases.between(cutoff, end).matrix(n_items, rows=customers)
+    bought = history.matrix(n_items, rows=customers) > 0
+    views = {
+        "": (recommend(ranker, histories, k=k, as_of=cutoff, exclude_days=exclude_days), relevant),
+        "/new": (
+            recommend(ranker, histories, k=k, as_of=cutoff, exclude_days=float("inf")),
+            relevant - relevant.multiply(bought),
+        ),
+    }
+    out: dict[str, dict[str, float]] = {}
+    for group, ids in {"all": customers, **(groups or {})}.items():
+        rows = customers.get_indexer(pd.Index(ids).astype(str))
+        rows = rows[rows >= 0]
+        for suffix, (offers, truth) in views.items():
+            out[group + suffix] = ranking_metrics(offers[rows], truth[rows], k, n_items)
     return out

@@ -126,6 +126,10 @@ class Purchases:
             keep &= self.time < pd.Timestamp(end).value
         return Purchases(self.customers, self.customer[keep], self.item[keep], self.time[keep])
 
+    def buyers(self) -> pd.Index:
+        """The customers with at least one of these purchases (`customers` may hold more: a log's ids)."""
+        return pd.Index(self.customers[np.unique(self.customer)])
+
     def before(self, cutoff: pd.Timestamp) -> Purchases:
         return self.select(end=cutoff)
 
