@@ -30,12 +30,13 @@ LAYERS = (
     "runs",
     "scoring",
     "jobs",
+    "serving",
     "api",
     "cli",
     "__main__",
 )
 """Lowest first: errors ← config ← runtime ← io ← data ← features ← pipeline ← models ← explain ←
-monitoring (drift statistics) ← artifact ← runs ← scoring ← jobs ← the API and the command line."""
+monitoring (drift statistics) ← artifact ← runs ← scoring ← jobs ← serving ← the API and the command line."""
 
 
 def module_name(path: Path, root: Path) -> str:

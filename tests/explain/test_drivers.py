@@ -181,6 +181,9 @@ def test_playbook_takes_the_first_matching_rule():
         }
     )
     assert book.assign(frame).tolist() == ["call", "reward", "win_back", "none", "call"]
+    # the same rules on plain arrays (what ranking passes before it frames its output)
+    arrays = {c: frame[c].to_numpy(dtype=object) for c in frame.columns}
+    assert book.actions(arrays, len(frame)).tolist() == ["call", "reward", "win_back", "none", "call"]
     from churnwatch.errors import ConfigError
 
     with pytest.raises(ConfigError, match="unknown conditions"):

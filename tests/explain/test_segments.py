@@ -10,7 +10,13 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from threadpoolctl import threadpool_limits
 
-from churnwatch.explain.segments import RFM_SEGMENTS, BehaviourClusters, RFMSegmenter, segment_table
+from churnwatch.explain.segments import (
+    RFM_SEGMENTS,
+    BehaviourClusters,
+    RFMSegmenter,
+    Segments,
+    segment_table,
+)
 from churnwatch.features.aggregates import AggregateTable
 
 
@@ -132,6 +138,8 @@ def test_rfm_state_round_trip_is_identical_and_needs_fit():
     back = RFMSegmenter.from_state(json.loads(json.dumps(seg.state())))
     other = _rfm_table(seed=7)
     pd.testing.assert_frame_equal(back.transform(other), seg.transform(other))
+    # the segment alone, as scoring reads it, is transform's column
+    assert seg.segment(other).tolist() == seg.transform(other)["rfm_segment"].tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -189,6 +197,16 @@ def test_kmeans_given_k_is_kept_and_sample_bounds_silhouette():
     full = BehaviourClusters(k_range=(2, 4), k=5).fit(table).selection
     pd.testing.assert_series_equal(full["inertia"], sel["inertia"])  # the sample is for the silhouette only
     assert not np.allclose(full["silhouette"], sel["silhouette"])
+
+
+def test_segments_columns_are_the_assigned_frame():
+    table, _ = _blobs()
+    segments = Segments(RFMSegmenter().fit(table), BehaviourClusters(k=3).fit(table))
+    columns = segments.columns(table)
+    assert list(columns) == ["rfm_segment", "behaviour_cluster"]
+    assert columns["rfm_segment"].tolist() == segments.rfm.transform(table)["rfm_segment"].tolist()
+    assert columns["behaviour_cluster"].tolist() == segments.clusters.transform(table).tolist()
+    assert segments.assign(table)["rfm_segment"].dtype == pd.api.types.pandas_dtype(str)
 
 
 def test_kmeans_state_round_trip_is_identical():

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS = {
     "train": "train a model (network or baseline): metrics.json, model.pt, report.html",
     "score": "score customers with a model.pt: probability, tier, rank, drivers, action",
+    "serve": "serve a model.pt over HTTP: real-time scores, micro-batched, hot reload",
     "monitor": "compare today's data with the model's reference: ok / warn / retrain",
     "robustness": "re-score a past date under perturbed inputs: how the warnings hold up",
     "report": "write a training run's HTML report",

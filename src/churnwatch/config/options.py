@@ -86,6 +86,15 @@ RULES: dict[str, Rule] = {
     "drivers.top_n": COUNT,
     "drivers.steps": COUNT,
     "drivers.batch_size": COUNT,
+    # serve
+    "port": Rule(low=0, high=65535),
+    "workers": COUNT,
+    "batching.max_customers": COUNT,
+    "batching.max_wait_ms": NON_NEGATIVE_NUMBER,
+    "limits.max_body_mb": POSITIVE,
+    "limits.max_rows": COUNT,
+    "limits.max_customers": COUNT,
+    "reload_seconds": NON_NEGATIVE_NUMBER,
     # monitor: warn ≤ retrain (`_cross`)
     "thresholds.*.warn": Rule(low=0, integer=False, null=True),
     "thresholds.*.retrain": Rule(low=0, integer=False, null=True),

@@ -368,6 +368,50 @@ class MergeScoresConfig(ModelFileConfig):
     paths: Any = _opt(None, "where files go (group paths=)", factory=dict)
 
 
+@dataclass
+class BatchingConfig:
+    """Dynamic micro-batching: requests that arrive together are scored in one pass (serving/batcher.py)."""
+
+    enabled: bool = _opt(True, "false: each request is scored alone, one at a time")
+    max_customers: int = _opt(2048, "a batch takes no more requests once it holds this many customers")
+    max_wait_ms: float = _opt(2.0, "how long a batch's first request waits for others to join it (ms)")
+
+
+@dataclass
+class LimitsConfig:
+    """What one request may hold: more is refused with 413 before any work (serving/requests.py)."""
+
+    max_body_mb: float = _opt(64.0, "request body size (MiB)")
+    max_rows: int = _opt(1_000_000, "event rows (plus customer rows) per request")
+    max_customers: int = _opt(100_000, "distinct customers per request")
+
+
+@dataclass
+class ServeConfig(ModelFileConfig):
+    """`churnwatch serve`: the real-time scoring service over HTTP (serving/app.py)."""
+
+    task_name: str = _opt("serve", "names the run dir")
+    host: str = _opt("127.0.0.1", "the address to listen on (0.0.0.0: every interface, e.g. in a container)")
+    port: int = _opt(8000, "the TCP port (0: any free port, printed at start)")
+    workers: int = _opt(1, "processes, each with its own copy of the model and its own batcher")
+    device: str = _opt(ScoreConfig.device, "auto | cpu | cuda")
+    batch_size: int | None = _opt(ScoreConfig.batch_size, "forward batch; null: 256 on CPU, 4096 on GPU")
+    precision: str = _opt(ScoreConfig.precision, "fp32 | bf16 | auto (as in churnwatch score)")
+    rank_by: str = _opt(ScoreConfig.rank_by, "probability | value_at_risk: the order of a request's rows")
+    value_days: int = _opt(ScoreConfig.value_days, "spend window of value_at_risk")
+    drivers: DriversConfig = _opt(
+        None, "the driver columns (a request can leave them out: drivers=false)", factory=DriversConfig
+    )
+    batching: BatchingConfig = _opt(None, "micro-batching of concurrent requests", factory=BatchingConfig)
+    limits: LimitsConfig = _opt(None, "the largest request accepted", factory=LimitsConfig)
+    reload_seconds: float = _opt(
+        2.0, "how often model_path is checked for a new file (0: never; POST /v1/reload checks at once)"
+    )
+    log_level: str = _opt("info", "the server's log level: debug | info | warning | error")
+    playbook: Any = _opt(None, "the retention playbook (group playbook=)", factory=dict)
+    paths: Any = _opt(None, "where files go (group paths=)", factory=dict)
+
+
 def help_of(cls: type, name: str) -> str | None:
     """A key's help text, for `--help`."""
     found = {f.name: f for f in fields(cls)}.get(name)
@@ -387,6 +431,7 @@ SCHEMAS = {
     ("recommender", "recommender_schema"): RecommenderConfig,
     (None, "score_schema"): ScoreConfig,
     (None, "merge_scores_schema"): MergeScoresConfig,
+    (None, "serve_schema"): ServeConfig,
 }
 """(group, name) → schema; a group of None: a command's whole (primary) config."""
 

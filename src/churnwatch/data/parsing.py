@@ -4,11 +4,15 @@ dropped here: validation decides what happens to them."""
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from churnwatch.data.schema import ESCAPE, INTERNAL_TOKENS, MISSING
 from churnwatch.errors import ConfigError, DataValidationError
@@ -32,9 +36,27 @@ def _label(value: Any) -> str | None:
     return text or None
 
 
+SMALL_TABLE = 1024
+"""Up to this many distinct values, labels are made one by one in Python: pandas' vectorised string
+methods cost more per call than a request's whole category table."""
+SMALL_COLUMN = 4096
+"""Up to this many rows, a text column is read value by value in Python (a request's events): pyarrow's
+and pandas' fixed cost per call dominates there, a loop in Python over more rows does not pay."""
+_PLAIN_ISO = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}(?:[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,6})?)?)?"
+)
+"""A time in plain ISO 8601 without a zone, at most microseconds: numpy and pandas read it alike."""
+
+
 def _labels(categories: pd.Index) -> np.ndarray:
     """`_label` for every category, vectorised for the common string and float cases (1M ids)."""
-    if pd.api.types.is_string_dtype(categories.dtype) and not pd.api.types.is_object_dtype(categories.dtype):
+    arrow_text = pd.api.types.is_string_dtype(categories.dtype) and not pd.api.types.is_object_dtype(
+        categories.dtype
+    )
+    # Python's strip and `\d` agree with Arrow's on ASCII text (not on all of Unicode)
+    if arrow_text and len(categories) <= SMALL_TABLE and all(c.isascii() for c in categories):
+        return np.array([_label(c) for c in categories], dtype=object)
+    if arrow_text:
         text = categories.astype(str).str.strip().str.strip("\x00").str.strip()
         text = text.str.replace(INTEGRAL_TEXT, r"\1", regex=True)
         return np.where(text == "", None, np.asarray(text, dtype=object))
@@ -69,20 +91,60 @@ def _recode(values: pd.Series, missing: str | None) -> pd.Series:
     """
     if isinstance(values.dtype, pd.DatetimeTZDtype):  # as text in UTC: no zone rules beyond year 9999
         values = aware_to_zone(values, "UTC")
-    cat = values.array if isinstance(values.dtype, pd.CategoricalDtype) else pd.Categorical(values)
-    labels = _labels(cat.categories)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        categories, value_codes = values.cat.categories, values.cat.codes.to_numpy()
+    else:  # the distinct values in any order (they are sorted below), no Categorical built
+        value_codes, categories = _factorize(values)
+    labels = _labels(categories)
     if missing is not None:  # category text, not ids: internal tokens are out of its reach
         labels = escape_text(labels)
     valid = np.array([lab is not None for lab in labels], dtype=bool)
     uniq = np.array(sorted(set(labels[valid])), dtype=object)
     position = np.full(len(labels) + 1, -1, dtype=np.int64)  # the last slot serves code -1 (null)
     position[:-1][valid] = np.searchsorted(uniq, labels[valid].astype(str)) if valid.any() else []
-    codes = position[np.asarray(cat.codes)]
+    codes = position[np.asarray(value_codes)]
     if missing is not None and (codes < 0).any():
         uniq = np.append(uniq, missing)
         codes = np.where(codes < 0, len(uniq) - 1, codes)
-    categories = pd.Index(uniq.astype(str), dtype=object) if len(uniq) else pd.Index([], dtype=object)
-    return pd.Series(pd.Categorical.from_codes(codes, categories=categories), index=values.index)
+    names = uniq.astype(str)
+    dtype = _small_dtype(tuple(names.tolist())) if len(names) <= SMALL_TABLE else _dtype(names)
+    # codes are valid by construction: every one indexes `uniq` or is -1
+    return pd.Series(pd.Categorical.from_codes(codes, dtype=dtype, validate=False), index=values.index)
+
+
+def _dtype(names: np.ndarray) -> pd.CategoricalDtype:
+    """The categorical dtype of sorted, distinct category text."""
+    return pd.CategoricalDtype(pd.Index(names, dtype=object) if len(names) else pd.Index([], dtype=object))
+
+
+@functools.lru_cache(maxsize=256)
+def _small_dtype(names: tuple[str, ...]) -> pd.CategoricalDtype:
+    """`_dtype` of a short table, kept: requests bring the same few categories again and again, and
+    checking a dtype's categories costs more than recoding a request's column."""
+    return _dtype(np.array(names, dtype=str))
+
+
+def _factorize(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """`pd.factorize`; a short Arrow-backed text column through numpy, as object text whose labels
+    `_labels` makes one by one, when it is all ASCII (where that agrees with Arrow's string methods)."""
+    if len(values) <= SMALL_COLUMN and pd.api.types.is_string_dtype(values.dtype):
+        codes, distinct = pd.factorize(values.to_numpy(dtype=object))
+        if all(isinstance(c, str) and c.isascii() for c in distinct):
+            return codes, pd.Index(distinct, dtype=object)
+    return pd.factorize(values)
+
+
+def canonical_ids(values: Sequence[Any]) -> frozenset[str]:
+    """The distinct ids among `values` as `normalise_ids` writes them, nulls left out: a request's few ids
+    for the price of a set, not of a Series (text that is not ASCII goes the Series way, where Arrow's
+    string methods decide)."""
+    try:
+        distinct = {(type(v), v) for v in values}  # by type too: True and 1 are different ids
+    except TypeError:  # an unhashable value (a list): the general path
+        distinct = None
+    if distinct is None or any(isinstance(v, str) and not v.isascii() for _, v in distinct):
+        return frozenset(normalise_ids(pd.Series(list(values))).dropna().astype(str))
+    return frozenset(label for label in (_label(v) for _, v in distinct) if label is not None)
 
 
 def normalise_ids(values: pd.Series) -> pd.Series:
@@ -124,6 +186,9 @@ def parse_timestamps(values: pd.Series, timezone: str, fmt: str | None = None, w
         return aware_to_zone(values, timezone)
     if pd.api.types.is_datetime64_dtype(values.dtype):
         return values.astype("datetime64[us]")
+    plain = _plain_iso(values) if fmt is None else None
+    if plain is not None:
+        return pd.Series(plain, index=values.index)
     out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[us]")
     if not (
         pd.api.types.is_object_dtype(values.dtype)
@@ -132,11 +197,41 @@ def parse_timestamps(values: pd.Series, timezone: str, fmt: str | None = None, w
     ):
         return out  # numbers are not timestamps: every row is reported as unparseable
     text = values.astype("string").str.strip()
-    has_offset = text.str.contains(_OFFSET_RE, regex=True, na=False)
+    has_offset = _contains(text, _OFFSET_RE)
     for aware, subset in ((False, text[~has_offset & text.notna()]), (True, text[has_offset])):
         if not subset.empty:
             out.loc[subset.index] = _parse_subset(subset, fmt, aware, timezone, where)
     return out
+
+
+def _contains(text: pd.Series, pattern: str) -> np.ndarray:
+    """`text.str.contains(pattern)` (nulls: False). ASCII text goes to Arrow's regex engine: pandas runs
+    this pattern through Python's `re` row by row, a quarter of a second per 100k rows. Only on ASCII do
+    the two agree on `\\d` and `\\s`, so other text keeps the `re` path."""
+    array = pa.array(text.array)
+    if len(array) and pc.all(pc.string_is_ascii(array)).as_py() is not False:
+        return pc.fill_null(pc.match_substring_regex(array, pattern), False).to_numpy(zero_copy_only=False)
+    return text.str.contains(pattern, regex=True, na=False).to_numpy()
+
+
+def _plain_iso(values: pd.Series) -> np.ndarray | None:
+    """A short text column all in plain ISO 8601 (a JSON request's times) as datetime64[us], read by numpy;
+    None for anything else (nulls, zones, other layouts, times numpy refuses, e.g. Feb 30): the general
+    path reads those."""
+    if (
+        len(values) > SMALL_COLUMN
+        or not (pd.api.types.is_object_dtype(values.dtype) or pd.api.types.is_string_dtype(values.dtype))
+        or not values.index.is_unique
+    ):
+        return None
+    text = values.to_numpy(dtype=object)
+    # years the general path reads in nanoseconds too (so no bound differs)
+    if not all(isinstance(v, str) and _PLAIN_ISO.fullmatch(v) and "1678" <= v[:4] <= "2261" for v in text):
+        return None
+    try:
+        return text.astype("datetime64[us]")
+    except ValueError:
+        return None
 
 
 def aware_to_zone(values: pd.Series, timezone: str) -> pd.Series:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import re
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from churnwatch.data.expressions import Expression, check_expression, query_mask
+from churnwatch.data.expressions import Expression, check_expression
 from churnwatch.data.snapshots import EventLog, Snapshots
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateTable
@@ -102,6 +104,7 @@ class IndicatorCatalogue:
         self.indicators = [*indicators, Indicator(OTHER, OTHER, "other history")]
         self.names = [i.name for i in self.indicators]
         self.groups = [i.group for i in self.indicators]
+        self._parsed: dict[tuple[str, str], Expression] = {}
 
     @classmethod
     def from_config(
@@ -126,7 +129,7 @@ class IndicatorCatalogue:
             if ind.events is None and not ind.fields:
                 continue
             rows = (
-                query_mask(frame, ind.events, f"data.indicators.{ind.name}.events")
+                self._expression(ind.events, f"data.indicators.{ind.name}.events").mask(frame)
                 if ind.events and ind.events != "*"
                 else np.ones(len(frame), dtype=bool)
             )
@@ -149,14 +152,15 @@ class IndicatorCatalogue:
     def describe(self, k: int, context: pd.DataFrame) -> pd.Series:
         """Indicator k in words for every row of `context` (aggregates plus customer attributes)."""
         ind = self.indicators[k]
-        frame = context.copy()
+        inputs = self._inputs(ind, context)
+        frame = context.copy() if inputs is None else context[inputs]
         for name, expr in ind.values.items():
-            frame[name] = Expression(expr, f"data.indicators.{ind.name}.values.{name}").evaluate(frame)
+            frame[name] = self._expression(expr, f"data.indicators.{ind.name}.values.{name}").evaluate(frame)
         out = pd.Series(ind.label, index=frame.index, dtype=object)
         todo = np.ones(len(frame), dtype=bool)
         for when, template in ind.text:
             sel = todo & (
-                Expression(when, f"data.indicators.{ind.name}.text").mask(frame)
+                self._expression(when, f"data.indicators.{ind.name}.text").mask(frame)
                 if when
                 else np.ones(len(frame), dtype=bool)
             )
@@ -170,6 +174,51 @@ class IndicatorCatalogue:
                     ) from exc
             todo &= ~sel
         return out
+
+    def _expression(self, text: str, what: str) -> Expression:
+        """`text` parsed once per catalogue: parsing costs more than evaluating it on a request's rows."""
+        key = (text, what)
+        if key not in self._parsed:
+            self._parsed[key] = Expression(text, what)
+        return self._parsed[key]
+
+    def _inputs(self, ind: Indicator, context: pd.DataFrame) -> list[str] | None:
+        """The context columns indicator `ind`'s values, conditions and texts read, in context order (a
+        copy of every column costs more than the texts); None, all of them, when an expression names a
+        column it cannot see (its error then lists the context's) or a text has fields other than names."""
+        have = set(context.columns)
+        names: list[str] = []
+        for j, (name, expr) in enumerate(ind.values.items()):
+            used = self._expression(expr, f"data.indicators.{ind.name}.values.{name}").columns
+            if any(c not in have and c not in list(ind.values)[:j] for c in used):
+                return None
+            names += used
+        for when, template in ind.text:
+            used = self._expression(when, f"data.indicators.{ind.name}.text").columns if when else ()
+            fields = _template_fields(template)
+            if fields is None or any(c not in have and c not in ind.values for c in used):
+                return None
+            names += [*used, *fields]
+        wanted = set(names)
+        return [c for c in context.columns if c in wanted]
+
+
+def _template_fields(template: str) -> list[str] | None:
+    """The names a text template formats, or None when it has other fields (positions, nested specs) or
+    does not parse."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        return None
+    names = []
+    for _, field_name, spec, _ in parsed:
+        if field_name is None:
+            continue
+        root = re.match(r"[^.\[]*", field_name).group()
+        if not root.isidentifier() or (spec and "{" in spec):
+            return None
+        names.append(root)
+    return names
 
 
 @dataclass(frozen=True)
@@ -296,7 +345,10 @@ def top_drivers(
         col = pd.Series("", index=range(n), dtype=object)
         for ind in np.unique(order[valid[:, j], j]):
             sel = valid[:, j] & (order[:, j] == ind)
-            col.loc[sel] = catalogue.describe(int(ind), context.loc[sel]).to_numpy()
+            # only the columns its text reads: selecting rows of every aggregate costs more than the text
+            inputs = catalogue._inputs(catalogue.indicators[int(ind)], context)
+            rows = context.loc[sel] if inputs is None else context.loc[sel, inputs]
+            col.loc[sel] = catalogue.describe(int(ind), rows).to_numpy()
         out[f"driver_{j + 1}"] = col
     return out
 
@@ -320,9 +372,7 @@ def global_importance(scores: np.ndarray, catalogue: IndicatorCatalogue) -> pd.D
     return frame.sort_values("share", ascending=False, ignore_index=True)
 
 
-def match_rate(
-    main_driver: pd.Series, truth: pd.Series, catalogue: IndicatorCatalogue
-) -> dict[str, Any]:
+def match_rate(main_driver: pd.Series, truth: pd.Series, catalogue: IndicatorCatalogue) -> dict[str, Any]:
     """How often the top driver names the true mechanism, against chance: a guess drawn from the model's
     own top-driver frequencies (independent of the truth), and always naming the most common truth."""
     mapping = {i.name: i.truth for i in catalogue.indicators if i.truth}

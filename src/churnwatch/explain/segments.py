@@ -103,14 +103,26 @@ class RFMSegmenter:
         """r_score, f_score, m_score (int8), rfm_score ("545") and rfm_segment, one row per table row."""
         if not self.edges:
             raise RuntimeError("RFMSegmenter used before fit")
-        x = {measure: _column(table, name) for measure, name in self.columns.items()}
-        r = 5 - np.searchsorted(self.edges["recency"], x["recency"], side="right")
-        f = 1 + np.searchsorted(self.edges["frequency"], x["frequency"], side="left")
-        m = 1 + np.searchsorted(self.edges["monetary"], x["monetary"], side="left")
+        r, f = self._rf(table)
+        m = 1 + np.searchsorted(self.edges["monetary"], _column(table, self.columns["monetary"]), side="left")
         out = pd.DataFrame({"r_score": r, "f_score": f, "m_score": m}).astype(np.int8)
         out["rfm_score"] = (100 * r + 10 * f + m).astype(str)
         out["rfm_segment"] = RF_GRID[r - 1, f - 1]
         return out
+
+    def segment(self, table: AggregateTable) -> np.ndarray:
+        """The rfm_segment of each table row alone (what scoring needs), without the scores' frame."""
+        if not self.edges:
+            raise RuntimeError("RFMSegmenter used before fit")
+        r, f = self._rf(table)
+        return RF_GRID[r - 1, f - 1]
+
+    def _rf(self, table: AggregateTable) -> tuple[np.ndarray, np.ndarray]:
+        r = 5 - np.searchsorted(self.edges["recency"], _column(table, self.columns["recency"]), side="right")
+        f = 1 + np.searchsorted(
+            self.edges["frequency"], _column(table, self.columns["frequency"]), side="left"
+        )
+        return r, f
 
     def state(self) -> dict[str, Any]:
         """JSON-able fitted state (carried in an exported model's metadata)."""
@@ -324,9 +336,11 @@ class Segments:
         return cls(RFMSegmenter().fit(table), BehaviourClusters(seed=seed).fit(table))
 
     def assign(self, table: AggregateTable) -> pd.DataFrame:
-        out = self.rfm.transform(table)[["rfm_segment"]].copy()
-        out["behaviour_cluster"] = self.clusters.transform(table)
-        return out
+        return pd.DataFrame(self.columns(table))
+
+    def columns(self, table: AggregateTable) -> dict[str, np.ndarray]:
+        """rfm_segment and behaviour_cluster per table row, as arrays (scoring frames them once)."""
+        return {"rfm_segment": self.rfm.segment(table), "behaviour_cluster": self.clusters.transform(table)}
 
     def state(self) -> dict[str, Any]:
         return {"rfm": self.rfm.state(), "clusters": self.clusters.state()}

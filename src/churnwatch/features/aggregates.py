@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnwatch.data.expressions import check_expression, query_mask
+from churnwatch.data.expressions import Expression, check_expression
 from churnwatch.data.schema import MISSING, OTHER_TOKEN, PAD_TOKEN
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 from churnwatch.errors import ConfigError
@@ -83,6 +83,10 @@ class AggregateFeaturizer:
         static_dates: Sequence[str] = (),
     ):
         self.spec = spec
+        self._purchase_when = (
+            Expression(spec.purchase_when, "data.aggregates.purchase_when") if spec.purchase_when else None
+        )
+        """Parsed once: parsing costs more than applying it to a request's events."""
         self.static_categorical = list(static_categorical)
         self.static_numeric = list(static_numeric)
         self.static_dates = list(static_dates)
@@ -197,7 +201,9 @@ class AggregateFeaturizer:
                 )
 
     def _purchase_mask(self, log: EventLog) -> np.ndarray:
-        return query_mask(log.frame, self.spec.purchase_when, "data.aggregates.purchase_when")
+        if self._purchase_when is None:
+            return np.ones(len(log.frame), dtype=bool)
+        return self._purchase_when.mask(log.frame)
 
     def _compute(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None) -> AggregateTable:
         self._check(log)
@@ -392,8 +398,11 @@ def _field_value(item: str) -> tuple[str, str]:
 def _isin(values: pd.Series, wanted: Sequence[str]) -> np.ndarray:
     """Vectorised membership on a (categorical) column, comparing as strings."""
     if isinstance(values.dtype, pd.CategoricalDtype):
-        hit = np.isin(values.cat.categories.astype(str), list(wanted))
-        codes = values.cat.codes.to_numpy()
+        categories, codes = values.array.categories, np.asarray(values.array.codes)
+        if categories.inferred_type == "string":  # text already (canonical frames): no conversion
+            hit = np.fromiter((c in wanted for c in categories), dtype=bool, count=len(categories))
+        else:
+            hit = np.isin(categories.astype(str), list(wanted))
         return (
             np.where(codes >= 0, hit[np.maximum(codes, 0)], False)
             if len(hit)

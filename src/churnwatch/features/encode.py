@@ -318,10 +318,13 @@ class SequenceEncoder:
         """Static attributes per snapshot row; date columns become days before that row's cutoff."""
         cs = self.customer_schema
         ids = snaps.customer_ids(log)
-        out = pd.DataFrame(index=pd.RangeIndex(len(ids)))
+        rows = pd.RangeIndex(len(ids))
+        out: dict[str, Any] = {}  # framed once: inserts into a frame cost more than a request's encoding
         present = customers.reindex(ids) if customers is not None else None
         for name in cs.categorical:
-            out[name] = present[name].to_numpy() if present is not None else None
+            out[name] = (
+                present[name].to_numpy() if present is not None else np.full(len(ids), None, dtype=object)
+            )
         for spec in cs.numeric:
             out[spec.name] = present[spec.name].to_numpy(dtype=np.float64) if present is not None else np.nan
         for name in cs.dates:
@@ -331,7 +334,7 @@ class SequenceEncoder:
             when = present[name].to_numpy(dtype="datetime64[ns]")
             days = (snaps.cutoff - when) / np.timedelta64(1, "D")
             out[f"{name}_days"] = np.clip(days, 0, None)  # a date after the cutoff is not yet known: 0 days
-        return out
+        return pd.DataFrame(out, index=rows)
 
     # -- persistence (JSON-able; carried inside the exported model) ---------------------------------------
     def state(self) -> dict[str, Any]:

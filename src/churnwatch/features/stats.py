@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -49,18 +50,29 @@ class Vocabulary:
     def __len__(self) -> int:
         return len(self.tokens)
 
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {t: i for i, t in enumerate(self.tokens)}
+
     def table(self, values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """(ids per category of `values`, category codes): ids = table[codes]; unseen and null → OOV."""
-        index = {t: i for i, t in enumerate(self.tokens)}
-        cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
-        table = np.array([index.get(str(c), OOV) for c in cat.cat.categories] + [OOV], dtype=np.int32)
-        codes = cat.cat.codes.to_numpy()
-        return table, np.where(codes < 0, len(table) - 1, codes)
+        cat = (values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")).array
+        return self._ids(cat.categories, np.asarray(cat.codes))
 
     def lookup(self, values: pd.Series) -> np.ndarray:
         """int32 ids; unseen values (and nulls) map to OOV."""
-        table, codes = self.table(values)
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            table, codes = self.table(values)
+        else:  # the distinct values as they come: no Categorical to build (per request, it would dominate)
+            value_codes, distinct = pd.factorize(values)
+            table, codes = self._ids(distinct, value_codes)
         return table[codes]
+
+    def _ids(self, distinct: pd.Index, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids per distinct value, then OOV for nulls; codes with -1 pointing at that OOV)."""
+        index = self._index
+        table = np.array([index.get(str(c), OOV) for c in distinct] + [OOV], dtype=np.int32)
+        return table, np.where(codes < 0, len(table) - 1, codes)
 
 
 @dataclass

@@ -137,17 +137,20 @@ def check_suffix(path: Path) -> str:
     return suffix
 
 
-def rank_order(keys: pa.Table, rank_by: str) -> tuple[np.ndarray, int]:
+def rank_order(keys: pa.Table, rank_by: str, within: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Positions of `keys` rows in rank order and how many are ranked: the population by `rank_by`
-    (riskiest first), then lapsed customers, then those without history; ties by customer id."""
+    (riskiest first), then lapsed customers, then those without history; ties by customer id. `within`:
+    a population label per row, sorted first (each population ranked on its own)."""
     no_history = keys.column("no_history").to_numpy(zero_copy_only=False)
     lapsed = keys.column("lapsed").to_numpy(zero_copy_only=False)
     group = np.where(no_history, 2, np.where(lapsed, 1, 0)).astype(np.int8)
     key = "churn_probability" if rank_by == "probability" else "value_at_risk"
-    table = pa.table({"group": group, "key": keys.column(key), "id": keys.column(CUSTOMER_ID)})
-    order = pc.sort_indices(
-        table, sort_keys=[("group", "ascending"), ("key", "descending"), ("id", "ascending")]
-    )
+    columns = {"group": group, "key": keys.column(key), "id": keys.column(CUSTOMER_ID)}
+    sort_keys = [("group", "ascending"), ("key", "descending"), ("id", "ascending")]
+    if within is not None:
+        columns["within"] = within
+        sort_keys.insert(0, ("within", "ascending"))
+    order = pc.sort_indices(pa.table(columns), sort_keys=sort_keys)
     return order.to_numpy(), int((group == 0).sum())
 
 

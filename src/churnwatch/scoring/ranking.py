@@ -22,7 +22,7 @@ from churnwatch.config.schema import ScoreConfig
 from churnwatch.data.schema import CUSTOMER_ID
 from churnwatch.data.validation import some_of
 from churnwatch.errors import ConfigError
-from churnwatch.explain.playbook import Playbook
+from churnwatch.explain.playbook import CONDITIONS, Playbook
 from churnwatch.models.recommend.offers import OfferSpec
 from churnwatch.models.thresholds import Operating, tiers_at
 from churnwatch.runtime.memory import release_free_memory
@@ -45,6 +45,9 @@ class Ranker:
     """The model's offer columns (OfferSpec.score_columns), after the standard ones."""
     offer_actions: tuple[str, ...] = ()
     """The actions that carry offers: other rows' offer columns are blank."""
+    by_capacity: bool = True
+    """A capacity tier rule (top_fraction, top_k) fills the tiers in rank order; False: every rule tiers by
+    the probability cut-offs training chose (what a service does: a request is not a population)."""
 
     def __post_init__(self) -> None:
         if self.rank_by not in RANK_BY:
@@ -82,36 +85,77 @@ class Ranker:
         does it block by block with the same `rank_order` and `finish_block`). Lapsed customers (no event
         within the training lookback) keep their probability but get tier 'lapsed' and no rank; customers
         without history get tier 'unknown'."""
-        keys = pa.Table.from_pandas(frame[list(RANK_KEYS)], preserve_index=False)
-        order, n = rank_order(keys, self.rank_by)
+        order, n = rank_order(self._keys(frame), self.rank_by)
         ranked_keys = frame[self.rank_key].to_numpy()[order[:n]]
-        return self.finish_block(frame.iloc[order].reset_index(drop=True), 0, ranked_keys)
+        position = np.arange(len(order))
+        key = frame[self.rank_key].to_numpy()[order]
+        return self._finish(frame, order, position, n, _percentile(key, position < n, ranked_keys))
+
+    def rank_within(self, frame: pd.DataFrame, populations: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+        """`rank` for several populations at once (`populations`: a label ≥ 0 per row; the service ranks
+        each request of a micro-batch on its own this way, at the cost of one ranking). The rows come back
+        by population label, each ranked; `bounds[i]:bounds[i + 1]` are the rows of the i-th label present."""
+        order, _ = rank_order(self._keys(frame), self.rank_by, within=populations)
+        label = populations[order]
+        starts = np.flatnonzero(np.r_[True, label[1:] != label[:-1]])
+        bounds = np.r_[starts, len(order)]
+        first = np.repeat(starts, np.diff(bounds))
+        position = np.arange(len(order)) - first  # within its population
+        ranked = ~(frame["no_history"].to_numpy()[order] | frame["lapsed"].to_numpy()[order])
+        size = (
+            np.repeat(np.add.reduceat(ranked.astype(np.int64), starts), np.diff(bounds))
+            if len(order)
+            else position
+        )
+        # percentile: the share of the population at or below this risk; above = where this key's run starts
+        key = frame[self.rank_key].to_numpy()[order]
+        new_run = np.r_[True, (label[1:] != label[:-1]) | (key[1:] != key[:-1])]
+        above = np.maximum.accumulate(np.where(new_run, np.arange(len(order)), 0)) - first
+        percentile = np.where(ranked, 100.0 * (size - above) / np.maximum(size, 1), np.nan)
+        return self._finish(frame, order, position, size, percentile), bounds
 
     def finish_block(self, block: pd.DataFrame, start: int, ranked_keys: np.ndarray) -> pd.DataFrame:
         """Rows `start..start + len(block)` of the ranked order → tier, rank, percentile and action, given
         `ranked_keys`: the rank key of every ranked customer, riskiest first."""
         n = len(ranked_keys)
         position = np.arange(start, start + len(block))
-        ranked = position < n
-        out = block.reset_index(drop=True)
-        tier = np.where(out["no_history"], "unknown", "lapsed").astype(object)
-        # capacity rules fill the tiers in rank order; cut-off rules read the probability
-        tier[ranked] = tiers_at(
-            position[ranked], out["churn_probability"].to_numpy()[ranked], n, self.operating
-        )
-        out["risk_tier"] = tier
-        out["risk_rank"] = pd.array(np.where(ranked, position + 1, 0), dtype="Int64")
-        out.loc[~ranked, "risk_rank"] = pd.NA
-        # percentile among ranked customers: share at or below this risk (100 = the riskiest)
-        key = out[self.rank_key].to_numpy()[ranked]
-        below = n - np.searchsorted(-ranked_keys, -key, side="left")
-        percentile = np.full(len(out), np.nan)
-        percentile[ranked] = 100.0 * below / max(n, 1)
-        out["percentile"] = percentile
-        out["action"] = self.playbook.assign(out)
+        key = block[self.rank_key].to_numpy()
+        return self._finish(block, None, position, n, _percentile(key, position < n, ranked_keys))
+
+    def _keys(self, frame: pd.DataFrame) -> pa.Table:
+        # straight into Arrow (Table.from_pandas costs milliseconds even for one row)
+        return pa.table({k: pa.array(frame[k]) for k in RANK_KEYS})
+
+    def _finish(
+        self,
+        frame: pd.DataFrame,
+        rows: np.ndarray | None,
+        position: np.ndarray,
+        size: int | np.ndarray,
+        percentile: np.ndarray,
+    ) -> pd.DataFrame:
+        """`frame`'s rows `rows` (None: all, in order), at rank `position` of populations of `size` ranked
+        customers → tier, rank, percentile and action. The output columns are gathered as arrays and framed
+        once: a frame's per-column inserts cost more than ranking a request."""
+        names = [*OUTPUT_COLUMNS, *self.offer_columns]
+        taken = [c for c in (*names, *CONDITIONS.values()) if c not in RANK_OUTPUTS and c in frame]
+        columns = {c: _take(frame[c], rows) for c in dict.fromkeys(taken)}
+        sizes = np.broadcast_to(np.asarray(size), position.shape)
+        ranked = position < sizes
+        tier = np.where(np.asarray(columns["no_history"]), "unknown", "lapsed").astype(object)
+        probs = np.asarray(columns["churn_probability"])
+        # capacity rules fill the tiers in rank order of each population; cut-off rules read the probability
+        for n in np.unique(sizes[ranked]) if self.by_capacity else [0]:
+            sel = ranked & (sizes == n) if self.by_capacity else ranked
+            tier[sel] = tiers_at(position[sel], probs[sel], int(n), self.operating, self.by_capacity)
+        columns["risk_tier"] = tier
+        columns["risk_rank"] = pd.arrays.IntegerArray(np.where(ranked, position + 1, 0), mask=~ranked)
+        columns["percentile"] = percentile
+        columns["action"] = self.playbook.actions(columns, len(position))
+        out = pd.DataFrame({c: columns[c] for c in names})
         if self.offer_columns:
             out.loc[~out["action"].isin(self.offer_actions), list(self.offer_columns)] = ""
-        return out[[*OUTPUT_COLUMNS, *self.offer_columns]]
+        return out
 
     def write_ranked(
         self,
@@ -156,6 +200,26 @@ class Ranker:
             overwrite=overwrite,
             drop=drop,
         )
+
+
+RANK_OUTPUTS = ("risk_tier", "risk_rank", "percentile", "action")
+"""The columns ranking adds."""
+
+
+def _percentile(key: np.ndarray, ranked: np.ndarray, ranked_keys: np.ndarray) -> np.ndarray:
+    """Per row, among ranked customers: the share at or below this risk (100 = the riskiest); NaN for the
+    others. `ranked_keys`: the population's rank keys, riskiest first."""
+    n = len(ranked_keys)
+    percentile = np.full(len(key), np.nan)
+    below = n - np.searchsorted(-ranked_keys, -key[ranked], side="left")
+    percentile[ranked] = 100.0 * below / max(n, 1)
+    return percentile
+
+
+def _take(column: pd.Series, rows: np.ndarray | None) -> Any:
+    """A column's values at positions `rows` (None: all), in its own dtype."""
+    values = column.array
+    return values if rows is None else values.take(rows)
 
 
 def check_each_once(frame: pd.DataFrame, ids: pa.Array) -> None:

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 # Default forward batch. On CPU small batches stay in cache: the demo LSTM scores 1.4x faster at 256 than
 # at 1024 (docs/BENCHMARKS.md); a GPU wants large ones (not timed here).
 CPU_BATCH, GPU_BATCH = 256, 4096
+STR = pd.api.types.pandas_dtype(str)
+"""The dtype `astype(str)` gives."""
 
 
 class Scorer:
@@ -211,8 +213,12 @@ class Scorer:
         yield
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
-    def _score_chunk(self, log_: EventLog, snaps: Snapshots, customers: pd.DataFrame | None) -> pd.DataFrame:
-        """Probability, value at risk, segments and drivers of one chunk of snapshots."""
+    def _score_chunk(
+        self, log_: EventLog, snaps: Snapshots, customers: pd.DataFrame | None, explain: bool
+    ) -> dict[str, Any]:
+        """Probability, value at risk, segments and (with `explain`) drivers of one chunk of snapshots, as
+        columns (arrays, or Series on a range index): framed once, by `_complete`, as a frame's inserts
+        cost more than a request's forward."""
         with self.timed("encode"):
             seqs = self.encoder.transform(log_, snaps, customers)
             table = self.featurizer.transform(log_, snaps, customers)
@@ -222,12 +228,14 @@ class Scorer:
         with self.timed("forward"):
             probs = self._predict(seqs, agg)
         check_finite(probs, seqs.customer_id, self.model_path)
-        out = pd.DataFrame({"churn_probability": probs})
         spend = table.values[:, table.names.index(self.value_column)].astype(np.float64)
-        out["recent_spend"] = spend
-        out["expected_purchases"] = np.nan
-        out["expected_spend"] = np.nan
-        out["value_at_risk"] = out["churn_probability"] * spend
+        out: dict[str, Any] = {
+            "churn_probability": probs,
+            "recent_spend": spend,
+            "expected_purchases": np.full(len(probs), np.nan),
+            "expected_spend": np.full(len(probs), np.nan),
+            "value_at_risk": probs * spend,
+        }
         if self.forecast:
             with self.timed("forecast"):
                 expected, active = self._demand(seqs, agg).T
@@ -243,10 +251,10 @@ class Scorer:
                 out["value_at_risk"] = probs * out["expected_spend"] / np.maximum(active, 1e-6)
         with self.timed("segments"):
             if self.segments is not None:
-                out = pd.concat([out, self.segments.assign(table).reset_index(drop=True)], axis=1)
+                out.update(self.segments.columns(table))
         with self.timed("drivers"):
-            if self.explain:
-                out = pd.concat([out, self._drivers(log_, snaps, customers, seqs, table, agg)], axis=1)
+            if explain:
+                out.update(self._drivers(log_, snaps, customers, seqs, table, agg).items())
         return out
 
     def load(
@@ -282,11 +290,18 @@ class Scorer:
             return self.rank(scored)
 
     def score_input(
-        self, inp: ScoringInput, chunk_customers: int = 100_000, progress: bool = True
+        self,
+        inp: ScoringInput,
+        chunk_customers: int = 100_000,
+        progress: bool = True,
+        drivers: bool | None = None,
     ) -> pd.DataFrame:
         """Every customer of a loaded input (`load`, or one part of a streamed file) exactly once, with
-        its probability, value, segments and drivers; not yet ranked (`rank`, `Ranker.write_ranked`)."""
+        its probability, value, segments and drivers; not yet ranked (`rank`, `Ranker.write_ranked`).
+        `drivers=False` leaves the driver columns empty for this call (the service's per-request switch);
+        None: as configured."""
         check_values({"chunk_customers": chunk_customers})
+        explain = self.explain and drivers is not False
         event_log, snaps, customers, as_of_ts = inp.log, inp.snaps, inp.customers, inp.as_of
         parts = []
         chunks = range(0, len(snaps), chunk_customers)
@@ -301,62 +316,87 @@ class Scorer:
             task = bar.add_task("score", total=len(snaps))
             for start in chunks:
                 rows = np.arange(start, min(start + chunk_customers, len(snaps)))
-                parts.append(self._score_chunk(event_log, snaps.subset(rows), customers))
+                parts.append(self._score_chunk(event_log, snaps.subset(rows), customers, explain))
                 bar.advance(task, len(rows))
         last = event_log.ts[snaps.end - 1] if len(snaps) else np.zeros(0, dtype=np.int64)
         if not parts:
-            parts.append(self._score_chunk(event_log, snaps, customers))
-        scored = pd.concat(parts, ignore_index=True)
-        scored = scored.assign(
-            **{
-                CUSTOMER_ID: snaps.customer_ids(event_log).astype(str),
+            parts.append(self._score_chunk(event_log, snaps, customers, explain))
+        columns = (
+            parts[0]
+            if len(parts) == 1
+            else dict(pd.concat([pd.DataFrame(p) for p in parts], ignore_index=True).items())
+        )
+        columns.update(
+            {
+                CUSTOMER_ID: pd.array(snaps.customer_ids(event_log).astype(str), dtype=str),
                 "n_events": (snaps.end - snaps.start).astype(np.int64),
-                "last_event_at": pd.to_datetime(last).astype("datetime64[ns]"),
+                "last_event_at": last.astype("datetime64[ns]"),
                 "lapsed": ~self.in_population(event_log, snaps),
             }
         )
-        out = self._complete(scored, inp.input_ids, as_of_ts)
+        out = self._complete(columns, inp.input_ids, as_of_ts)
         if self.offers is not None:  # every customer, those without history too (they get popular items)
             with self.timed("offers"):
                 offers = self.offers.frame(event_log.frame, pd.Index(out[CUSTOMER_ID]), as_of_ts)
             out = pd.concat([out, offers], axis=1)
         return out
 
-    def _complete(self, scored: pd.DataFrame, input_ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
-        """Add the customers without history before as_of (training base rate, no_history=True) and check
-        that each input id appears exactly once. Not yet ranked: `rank` does that, on one run or on the
-        union of shard parts alike."""
+    def _complete(self, columns: dict[str, Any], input_ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
+        """The scored columns framed, with the customers without history before as_of added (training
+        base rate, no_history=True), and each input id checked to appear exactly once. Not yet ranked:
+        `rank` does that, on one run or on the union of shard parts alike."""
         ids = pa.array(np.asarray(input_ids, dtype=str))
-        missing = ids.filter(pc.invert(pc.is_in(ids, value_set=pa.array(scored[CUSTOMER_ID])))).to_numpy(
+        missing = ids.filter(pc.invert(pc.is_in(ids, value_set=pa.array(columns[CUSTOMER_ID])))).to_numpy(
             zero_copy_only=False
         )
-        scored = scored.assign(no_history=False)
-        rest = pd.DataFrame(
-            {
-                CUSTOMER_ID: missing,
-                "churn_probability": float(self.meta["train_positive_rate"]),
-                "n_events": np.zeros(len(missing), dtype=np.int64),
-                "last_event_at": pd.Series(pd.NaT, index=range(len(missing)), dtype="datetime64[ns]"),
-                "no_history": True,
-                "lapsed": False,
-                "recent_spend": 0.0,
-                "expected_purchases": np.nan,
-                "expected_spend": np.nan,
-                "value_at_risk": 0.0,
-            }
-        )
-        out = pd.concat([scored, rest], ignore_index=True) if len(rest) else scored.reset_index(drop=True)
-        out["as_of"] = as_of
+        columns["no_history"] = np.zeros(len(columns[CUSTOMER_ID]), dtype=bool)
+        if len(missing):
+            rest = pd.DataFrame(
+                {
+                    CUSTOMER_ID: missing,
+                    "churn_probability": float(self.meta["train_positive_rate"]),
+                    "n_events": np.zeros(len(missing), dtype=np.int64),
+                    "last_event_at": pd.Series(pd.NaT, index=range(len(missing)), dtype="datetime64[ns]"),
+                    "no_history": True,
+                    "lapsed": False,
+                    "recent_spend": 0.0,
+                    "expected_purchases": np.nan,
+                    "expected_spend": np.nan,
+                    "value_at_risk": 0.0,
+                }
+            )
+            columns = dict(pd.concat([pd.DataFrame(columns), rest], ignore_index=True).items())
+        rows = pd.RangeIndex(len(columns[CUSTOMER_ID]))
+        columns["as_of"] = pd.Series(as_of, index=rows)  # (the dtype a scalar column gets)
+        blank = pd.array(np.full(len(rows), "", dtype=object), dtype=str)
         for col in ("rfm_segment", "main_driver", "driver_1", "driver_2", "driver_3"):
-            out[col] = out[col].fillna("").astype(str) if col in out else ""
-        out["behaviour_cluster"] = (
-            out["behaviour_cluster"].astype("Int64")
-            if "behaviour_cluster" in out
-            else pd.array([pd.NA] * len(out), dtype="Int64")
+            columns[col] = _text(columns[col]) if col in columns else blank
+        columns["behaviour_cluster"] = (
+            _nullable_int(columns["behaviour_cluster"])
+            if "behaviour_cluster" in columns
+            else pd.array([pd.NA] * len(rows), dtype="Int64")
         )
+        out = pd.DataFrame(columns, index=rows)
         check_each_once(out, ids)
         return out
 
     def rank(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Rank and tier the scored population in memory, then the playbook's action (`Ranker.rank`)."""
         return self.ranker.rank(frame)
+
+
+def _text(values: Any) -> Any:
+    """A text column with blanks for nulls (one already so is kept as it is; numpy text has no nulls)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind == "U":
+        return pd.array(values, dtype=str)
+    text = pd.Series(values)
+    if text.dtype == STR and not text.hasnans:
+        return text
+    return text.fillna("").astype(str)
+
+
+def _nullable_int(values: Any) -> Any:
+    """`astype("Int64")`, straight from int64 numbers (the common case) without a Series."""
+    if isinstance(values, np.ndarray) and values.dtype == np.int64:
+        return pd.arrays.IntegerArray(values.copy(), np.zeros(len(values), dtype=bool))
+    return pd.Series(values).astype("Int64")

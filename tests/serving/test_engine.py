@@ -1,0 +1,115 @@
+"""A micro-batch scored as one table gives every request what scoring it alone gives: its customers, its
+validation report, its error; a bad request never fails the others."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from churnwatch.config.schema import LimitsConfig, ServeConfig
+from churnwatch.errors import DataValidationError
+from churnwatch.serving.engine import ScoreResult, plan, score_batch
+from churnwatch.serving.requests import RequestError, ScoreRequest, parse_request
+from churnwatch.serving.slot import ServedModel, load_served
+
+AS_OF = pd.Timestamp("2024-11-01")
+
+
+@pytest.fixture(scope="module")
+def served(model: Path) -> ServedModel:
+    return load_served(
+        ServeConfig(model_path=str(model), device="cpu", drivers={"steps": 2}, verify_key=None)
+    )
+
+
+@pytest.fixture(scope="module")
+def events(model: Path) -> pd.DataFrame:
+    frame = pd.read_parquet(model.parent.parent / "data" / "events.parquet")
+    return frame.assign(customer_id=frame["customer_id"].astype(str))
+
+
+def request(rows: pd.DataFrame | list[dict], as_of: str = "2024-11-01", **query: str) -> ScoreRequest:
+    body = rows if isinstance(rows, list) else json.loads(rows.to_json(orient="records", date_format="iso"))
+    return parse_request(
+        json.dumps({"events": body, "as_of": as_of}).encode(),
+        "application/json",
+        query,
+        LimitsConfig(),
+        "customer_id",
+        AS_OF,
+    )
+
+
+def alone(served: ServedModel, req: ScoreRequest) -> ScoreResult | Exception:
+    return score_batch(served.scorer, served.ranker, [req])[0]
+
+
+def test_a_batch_answers_each_request_as_if_it_came_alone(served: ServedModel, events: pd.DataFrame) -> None:
+    ids = sorted(events["customer_id"].unique())
+    of = lambda *c: events[events["customer_id"].isin(c)]  # noqa: E731
+    rows = json.loads(of(ids[3]).to_json(orient="records", date_format="iso"))
+    some_bad = rows + [{**rows[0], "timestamp": "never"}, {**rows[0], "amount": "lots"}]
+    requests = [
+        request(of(ids[0], ids[1])),
+        request(of(ids[0]).head(4)),  # the same customer, a shorter history: not in the first one's pass
+        request(some_bad),  # two rows dropped: its own report
+        request([{**r, "timestamp": "never"} for r in rows]),  # nothing valid: its own 422
+        request(of(ids[5]), as_of="2024-10-01"),  # another date: another pass
+        request(of(ids[6], ids[7]), drivers="false"),
+    ]
+    together = score_batch(served.scorer, served.ranker, requests)
+    assert isinstance(together[3], DataValidationError)
+    assert "timestamp" in str(together[3])
+    for i, (got, req) in enumerate(zip(together, requests, strict=True)):
+        want = alone(served, req)
+        if isinstance(want, Exception):
+            assert type(got) is type(want) and str(got) == str(want)
+            continue
+        assert isinstance(got, ScoreResult), (i, got)
+        assert got.events.as_dict() == want.events.as_dict()
+        pd.testing.assert_frame_equal(
+            got.scores.drop(columns="churn_probability"), want.scores.drop(columns="churn_probability")
+        )
+        np.testing.assert_allclose(
+            got.scores["churn_probability"], want.scores["churn_probability"], atol=1e-6
+        )
+    assert together[2].events.dropped == {"bad_timestamp": 1, "non_numeric": 1}
+    assert together[0].events.rows_read == len(of(ids[0], ids[1]))
+    assert not together[5].scores["driver_1"].astype(bool).any()
+    assert together[0].scores["driver_1"].astype(bool).any()
+
+
+def test_requests_about_one_customer_or_another_day_never_share_a_pass(events: pd.DataFrame) -> None:
+    ids = sorted(events["customer_id"].unique())
+    of = lambda *c: events[events["customer_id"].isin(c)]  # noqa: E731
+    requests = [
+        request(of(ids[0], ids[1])),
+        request(of(ids[2])),
+        request(of(ids[1])),  # shares ids[1] with the first
+        request(of(ids[3]), as_of="2024-10-01"),
+        request(of(ids[4]), drivers="false"),
+        request(of(ids[5])),
+    ]
+    assert plan(requests) == [[0, 1, 5], [2], [3], [4]]
+
+
+def test_ids_are_canonical_as_validation_writes_them() -> None:
+    got = request(
+        [{"customer_id": 17850.0, "timestamp": "2024-01-01"}, {"customer_id": " 17850 ", "timestamp": "x"}]
+    )
+    assert got.ids == frozenset({"17850"})
+    with pytest.raises(RequestError, match="limits.max_customers"):
+        parse_request(
+            json.dumps(
+                {"events": {"customer_id": ["a", "b", "c"], "timestamp": ["2024-01-01"] * 3}}
+            ).encode(),
+            None,
+            {},
+            LimitsConfig(max_customers=2),
+            "customer_id",
+            AS_OF,
+        )
