@@ -405,3 +405,14 @@ def test_well_formed_expressions_give_what_pandas_eval_gives(budget: int) -> Non
         )
 
     run_fuzz(prop, budget)
+
+
+def test_an_expression_pickles_as_its_text_and_works_after() -> None:
+    """Objects that keep a parsed expression (a featurizer inside a datamodule) go to spawned processes."""
+    import pickle
+
+    expr = Expression("amount > 2 and event_type == 'purchase'", "data.filter")
+    copy = pickle.loads(pickle.dumps(expr))
+    frame = pd.DataFrame({"amount": [1.0, 3.0, 5.0], "event_type": ["purchase", "purchase", "visit"]})
+    assert copy.text == expr.text and copy.columns == expr.columns
+    assert copy.mask(frame).tolist() == expr.mask(frame).tolist() == [False, True, False]

@@ -70,6 +70,11 @@ class Expression:
         except Refused as exc:
             raise self._error(str(exc)) from None
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Pickled as its text, compiled again when loaded: the compiled closures do not pickle, and the
+        objects that keep an expression (a featurizer in a datamodule) travel to spawned processes."""
+        return Expression, (self.text, self.what)
+
     def evaluate(self, frame: pd.DataFrame) -> pd.Series:
         """The value for every row of `frame` (a scalar result is broadcast)."""
         missing = [c for c in self.columns if c not in frame.columns]
