@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from churnwatch.cli import COMMANDS
-from churnwatch.cli.app import command_help
+from churnwatch.cli.app import command_help, require_packages
 from churnwatch.cli.errors import is_user_error, one_line_errors
 from churnwatch.config.compose import config_dir
 from churnwatch.errors import ArtifactError, ConfigError, DataValidationError, MonitorError
@@ -109,7 +109,6 @@ def test_an_option_whose_package_is_not_installed_names_the_extra(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-
 def test_a_bug_keeps_its_traceback_while_a_refused_config_value_is_one_line(capsys, monkeypatch):
     """Only churnwatch's own user-error types are shortened: a ValueError that a built-in raises inside
     churnwatch code (here float() of a malformed calibration state) is a bug, and keeps its traceback."""
@@ -134,3 +133,14 @@ def test_a_bug_keeps_its_traceback_while_a_refused_config_value_is_one_line(caps
     assert line.startswith("churnwatch test: calibration must be one of") and line.endswith("got 'magic'")
     for error in (ConfigError("x"), DataValidationError("x"), ArtifactError("x"), MonitorError("x")):
         assert is_user_error(error)
+
+
+def test_a_command_whose_extra_is_missing_stops_in_one_line_naming_it(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        require_packages("churnwatch serve", ("fastapi", "churnwatch_no_such_package"), "serve")
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "churnwatch serve: needs the optional package(s) churnwatch_no_such_package: "
+        "pip install 'churnwatch[serve]'"
+    )

@@ -115,6 +115,16 @@ def check_overrides(config_name: str, name: str, args: list[str]) -> None:
             user_error_exit(name, f"{line} ({name} --help lists every key)")
 
 
+def require_packages(name: str, modules: tuple[str, ...], extra: str) -> None:
+    """A command that needs an optional extra stops in one line naming it when one of its packages is
+    missing, instead of an ImportError's traceback."""
+    missing = [m for m in modules if not _find(m)]
+    if missing:
+        user_error_exit(
+            name, f"needs the optional package(s) {', '.join(missing)}: pip install 'churnwatch[{extra}]'"
+        )
+
+
 def _find(module: str) -> bool:
     """Whether `module` is importable, without importing it."""
     try:
