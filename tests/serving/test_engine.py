@@ -95,6 +95,10 @@ def test_requests_about_one_customer_or_another_day_never_share_a_pass(events: p
         request(of(ids[5])),
     ]
     assert plan(requests) == [[0, 1, 5], [2], [3], [4]]
+    # the same columns in another order share a pass
+    sent = json.loads(of(ids[6]).to_json(orient="records", date_format="iso"))
+    reordered = request([dict(reversed(list(r.items()))) for r in sent])
+    assert plan([*requests, reordered]) == [[0, 1, 5, 6], [2], [3], [4]]
 
 
 def test_ids_are_canonical_as_validation_writes_them() -> None:

@@ -79,9 +79,9 @@ class ScoreRequest:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Requests with equal keys can be validated and scored as one table."""
-        customers = columns_of(self.customers) if self.customers is not None else None
-        return self.as_of, self.drivers, columns_of(self.events), customers
+        """Requests with equal keys can be validated and scored as one table (columns in any order)."""
+        customers = tuple(sorted(columns_of(self.customers))) if self.customers is not None else None
+        return self.as_of, self.drivers, tuple(sorted(columns_of(self.events))), customers
 
 
 def media_type(content_type: str | None) -> str:
