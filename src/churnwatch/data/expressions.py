@@ -12,6 +12,7 @@ parses the text); this module compiles the checked tree into a function of the f
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -119,11 +120,19 @@ def check_expression(text: str | None, what: str) -> None:
         Expression(text, what)
 
 
+@functools.lru_cache(maxsize=1024)
+def parsed(text: str, what: str) -> Expression:
+    """`Expression(text, what)`, parsed once per process: a config has few expressions and scoring applies
+    them on every call, where parsing costs more than evaluating on a request's rows (a bad text raises
+    every time: errors are not cached)."""
+    return Expression(text, what)
+
+
 def query_mask(frame: pd.DataFrame, query: str | None, what: str) -> np.ndarray:
     """Rows selected by a condition from the config (all rows when `query` is None; docs/EXPRESSIONS.md)."""
     if not query:
         return np.ones(len(frame), dtype=bool)
-    return Expression(query, what).mask(frame)
+    return parsed(query, what).mask(frame)
 
 
 class _Compiler:

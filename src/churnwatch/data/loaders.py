@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from churnwatch.data.expressions import Expression, query_mask
+from churnwatch.data.expressions import parsed, query_mask
 from churnwatch.data.parsing import canonical_categorical, coerce_numeric, normalise_ids, parse_timestamps
 from churnwatch.data.readers import check_columns, read_table
 from churnwatch.data.schema import CUSTOMER_ID, TIMESTAMP, CustomerSchema, EventSchema
@@ -246,7 +246,7 @@ def _apply_filter_and_derived(
         report.rows_filtered = int((~keep).sum())
         raw = raw.loc[keep]
     for name, expr in (derived or {}).items():
-        raw = raw.assign(**{name: Expression(expr, f"{path}: data.derived.{name}").evaluate(raw)})
+        raw = raw.assign(**{name: parsed(expr, f"{path}: data.derived.{name}").evaluate(raw)})
     return raw
 
 

@@ -81,8 +81,11 @@ class EventSchema:
     @property
     def item_columns(self) -> tuple[tuple[str, str], ...]:
         """(column, config key) of the item columns the contract names, each once."""
-        named = (("data.item", self.item), ("data.item_name", self.item_name),
-                 ("data.item_category", self.item_category))
+        named = (
+            ("data.item", self.item),
+            ("data.item_name", self.item_name),
+            ("data.item_category", self.item_category),
+        )
         out: dict[str, str] = {}
         for key, col in named:
             if col is not None and col not in out:

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from churnwatch.data.expressions import Expression, check_expression
+from churnwatch.data.expressions import check_expression, parsed
 from churnwatch.data.snapshots import EventLog, Snapshots
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateTable
@@ -104,7 +104,6 @@ class IndicatorCatalogue:
         self.indicators = [*indicators, Indicator(OTHER, OTHER, "other history")]
         self.names = [i.name for i in self.indicators]
         self.groups = [i.group for i in self.indicators]
-        self._parsed: dict[tuple[str, str], Expression] = {}
 
     @classmethod
     def from_config(
@@ -129,7 +128,7 @@ class IndicatorCatalogue:
             if ind.events is None and not ind.fields:
                 continue
             rows = (
-                self._expression(ind.events, f"data.indicators.{ind.name}.events").mask(frame)
+                parsed(ind.events, f"data.indicators.{ind.name}.events").mask(frame)
                 if ind.events and ind.events != "*"
                 else np.ones(len(frame), dtype=bool)
             )
@@ -149,18 +148,21 @@ class IndicatorCatalogue:
                     break
         return owner
 
-    def describe(self, k: int, context: pd.DataFrame) -> pd.Series:
-        """Indicator k in words for every row of `context` (aggregates plus customer attributes)."""
+    def describe(self, k: int, context: pd.DataFrame, rows: np.ndarray | None = None) -> pd.Series:
+        """Indicator k in words for every row of `context` (aggregates plus customer attributes), or for the
+        `rows` it selects (a mask). Only the columns its texts read are taken: copying every aggregate
+        costs more than the texts."""
         ind = self.indicators[k]
         inputs = self._inputs(ind, context)
-        frame = context.copy() if inputs is None else context[inputs]
+        frame = context if inputs is None else context[inputs]
+        frame = frame.copy() if rows is None else frame.loc[rows]
         for name, expr in ind.values.items():
-            frame[name] = self._expression(expr, f"data.indicators.{ind.name}.values.{name}").evaluate(frame)
+            frame[name] = parsed(expr, f"data.indicators.{ind.name}.values.{name}").evaluate(frame)
         out = pd.Series(ind.label, index=frame.index, dtype=object)
         todo = np.ones(len(frame), dtype=bool)
         for when, template in ind.text:
             sel = todo & (
-                self._expression(when, f"data.indicators.{ind.name}.text").mask(frame)
+                parsed(when, f"data.indicators.{ind.name}.text").mask(frame)
                 if when
                 else np.ones(len(frame), dtype=bool)
             )
@@ -175,13 +177,6 @@ class IndicatorCatalogue:
             todo &= ~sel
         return out
 
-    def _expression(self, text: str, what: str) -> Expression:
-        """`text` parsed once per catalogue: parsing costs more than evaluating it on a request's rows."""
-        key = (text, what)
-        if key not in self._parsed:
-            self._parsed[key] = Expression(text, what)
-        return self._parsed[key]
-
     def _inputs(self, ind: Indicator, context: pd.DataFrame) -> list[str] | None:
         """The context columns indicator `ind`'s values, conditions and texts read, in context order (a
         copy of every column costs more than the texts); None, all of them, when an expression names a
@@ -189,12 +184,12 @@ class IndicatorCatalogue:
         have = set(context.columns)
         names: list[str] = []
         for j, (name, expr) in enumerate(ind.values.items()):
-            used = self._expression(expr, f"data.indicators.{ind.name}.values.{name}").columns
+            used = parsed(expr, f"data.indicators.{ind.name}.values.{name}").columns
             if any(c not in have and c not in list(ind.values)[:j] for c in used):
                 return None
             names += used
         for when, template in ind.text:
-            used = self._expression(when, f"data.indicators.{ind.name}.text").columns if when else ()
+            used = parsed(when, f"data.indicators.{ind.name}.text").columns if when else ()
             fields = _template_fields(template)
             if fields is None or any(c not in have and c not in ind.values for c in used):
                 return None
@@ -345,10 +340,7 @@ def top_drivers(
         col = pd.Series("", index=range(n), dtype=object)
         for ind in np.unique(order[valid[:, j], j]):
             sel = valid[:, j] & (order[:, j] == ind)
-            # only the columns its text reads: selecting rows of every aggregate costs more than the text
-            inputs = catalogue._inputs(catalogue.indicators[int(ind)], context)
-            rows = context.loc[sel] if inputs is None else context.loc[sel, inputs]
-            col.loc[sel] = catalogue.describe(int(ind), rows).to_numpy()
+            col.loc[sel] = catalogue.describe(int(ind), context, sel).to_numpy()
         out[f"driver_{j + 1}"] = col
     return out
 

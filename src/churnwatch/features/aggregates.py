@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from churnwatch.data.expressions import Expression, check_expression
+from churnwatch.data.expressions import check_expression, query_mask
 from churnwatch.data.schema import MISSING, OTHER_TOKEN, PAD_TOKEN
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 from churnwatch.errors import ConfigError
@@ -83,10 +83,6 @@ class AggregateFeaturizer:
         static_dates: Sequence[str] = (),
     ):
         self.spec = spec
-        self._purchase_when = (
-            Expression(spec.purchase_when, "data.aggregates.purchase_when") if spec.purchase_when else None
-        )
-        """Parsed once: parsing costs more than applying it to a request's events."""
         self.static_categorical = list(static_categorical)
         self.static_numeric = list(static_numeric)
         self.static_dates = list(static_dates)
@@ -201,9 +197,7 @@ class AggregateFeaturizer:
                 )
 
     def _purchase_mask(self, log: EventLog) -> np.ndarray:
-        if self._purchase_when is None:
-            return np.ones(len(log.frame), dtype=bool)
-        return self._purchase_when.mask(log.frame)
+        return query_mask(log.frame, self.spec.purchase_when, "data.aggregates.purchase_when")
 
     def _compute(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None) -> AggregateTable:
         self._check(log)

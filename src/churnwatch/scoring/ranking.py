@@ -85,11 +85,7 @@ class Ranker:
         does it block by block with the same `rank_order` and `finish_block`). Lapsed customers (no event
         within the training lookback) keep their probability but get tier 'lapsed' and no rank; customers
         without history get tier 'unknown'."""
-        order, n = rank_order(self._keys(frame), self.rank_by)
-        ranked_keys = frame[self.rank_key].to_numpy()[order[:n]]
-        position = np.arange(len(order))
-        key = frame[self.rank_key].to_numpy()[order]
-        return self._finish(frame, order, position, n, _percentile(key, position < n, ranked_keys))
+        return self.rank_within(frame, np.zeros(len(frame), dtype=np.int64))[0]
 
     def rank_within(self, frame: pd.DataFrame, populations: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
         """`rank` for several populations at once (`populations`: a label ≥ 0 per row; the service ranks

@@ -26,7 +26,6 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fastapi import FastAPI, Request
@@ -39,7 +38,15 @@ from churnwatch.config.schema import ServeConfig
 from churnwatch.serving.batcher import MicroBatcher, ShuttingDown
 from churnwatch.serving.engine import USER_ERRORS, ScoreResult, score_batch
 from churnwatch.serving.metrics import CONTENT_TYPE, ServiceMetrics
-from churnwatch.serving.requests import ARROW, JSON, PARQUET, RequestError, ScoreRequest, parse_request
+from churnwatch.serving.requests import (
+    ARROW,
+    JSON,
+    PARQUET,
+    RequestError,
+    ScoreRequest,
+    end_of_today,
+    parse_request,
+)
 from churnwatch.serving.slot import ModelSlot, ServedModel
 
 log = logging.getLogger(__name__)
@@ -139,7 +146,7 @@ def create_app(config: ServeConfig | Any) -> FastAPI:
             dict(request.query_params),
             config.limits,
             model.scorer.schema.customer_id,
-            _end_of_today(model.scorer.schema.timezone),
+            end_of_today(model.scorer.schema.timezone),
         )
         parsed = await run_in_threadpool(parse_request, *args) if len(body) > LARGE else parse_request(*args)
         try:
@@ -244,11 +251,6 @@ async def _body(request: Request, limit: int) -> bytes:
             raise RequestError(413, f"the body is over {limit:,} bytes (limits.max_body_mb)")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _end_of_today(timezone: str) -> pd.Timestamp:
-    """The default as_of: the day after today in the contract's time zone, so today's events count."""
-    return pd.Timestamp.now(tz=timezone).tz_localize(None).normalize() + pd.Timedelta(days=1)
 
 
 def _answer(result: ScoreResult, model: ServedModel, accept: str) -> Response:

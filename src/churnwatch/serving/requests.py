@@ -84,6 +84,11 @@ class ScoreRequest:
         return self.as_of, self.drivers, tuple(sorted(columns_of(self.events))), customers
 
 
+def end_of_today(timezone: str) -> pd.Timestamp:
+    """The default as_of: the day after today in the contract's time zone, so today's events count."""
+    return pd.Timestamp.now(tz=timezone).tz_localize(None).normalize() + pd.Timedelta(days=1)
+
+
 def media_type(content_type: str | None) -> str:
     """The media type of a Content-Type header, without parameters (JSON when absent)."""
     kind = (content_type or JSON).split(";")[0].strip().lower()

@@ -25,6 +25,7 @@ from churnwatch.config.schema import ServeConfig
 from churnwatch.io.signing import Verification
 from churnwatch.scoring.ranking import Ranker
 from churnwatch.scoring.scorer import Scorer
+from churnwatch.serving.requests import end_of_today
 
 log = logging.getLogger(__name__)
 FileStamp = tuple[int, int, int]
@@ -127,8 +128,8 @@ def warm_up(scorer: Scorer) -> None:
     a start or a reload. Best effort: a contract whose filter or derived columns need other columns than
     the declared ones is not warmed up (said in the log)."""
     schema = scorer.schema
-    today = pd.Timestamp.now(tz=schema.timezone).tz_localize(None).normalize()
-    times = [today - pd.Timedelta(days=d) for d in (30, 9, 2)]
+    as_of = end_of_today(schema.timezone)
+    times = [as_of - pd.Timedelta(days=d) for d in (31, 10, 3)]
     text = [c for c in (schema.visit_key, *schema.categorical, *(c for c, _ in schema.item_columns)) if c]
     frame = pd.DataFrame(
         {
@@ -141,7 +142,7 @@ def warm_up(scorer: Scorer) -> None:
     try:
         for _ in range(2):  # the engine's path (engine.py), without attributes
             loaded = scorer.reader.read_events("<warm-up>", frame, part=False)
-            inp = scorer.reader.prepare(loaded, None, today + pd.Timedelta(days=1))
+            inp = scorer.reader.prepare(loaded, None, as_of)
             scorer.rank(scorer.score_input(inp, progress=False))
     except Exception as exc:  # noqa: BLE001 (a made-up row may not meet every contract; serving goes on)
         log.info(
