@@ -18,10 +18,12 @@ import asyncio
 import io
 import json
 import platform
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,11 @@ def bodies(
         if kind == "json":
             out.append(json.dumps({"events": rows, "as_of": as_of}).encode())
             continue
+        if kind == "json-columns":  # the same rows as {column: [values]}
+            keys = dict.fromkeys(k for row in rows for k in row)
+            columns = {k: [row.get(k) for row in rows] for k in keys}
+            out.append(json.dumps({"events": columns, "as_of": as_of}).encode())
+            continue
         table = pa.Table.from_pylist(rows)
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -61,9 +68,10 @@ def bodies(
 
 
 def request_bytes(body: bytes, drivers: bool, kind: str, as_of: str) -> bytes:
-    query = ([] if drivers else ["drivers=false"]) + ([] if kind == "json" else [f"as_of={as_of}"])
+    as_json = kind.startswith("json")
+    query = ([] if drivers else ["drivers=false"]) + ([] if as_json else [f"as_of={as_of}"])
     path = "/v1/score" + ("?" + "&".join(query) if query else "")
-    media = "application/json" if kind == "json" else "application/vnd.apache.arrow.stream"
+    media = "application/json" if as_json else "application/vnd.apache.arrow.stream"
     head = (
         f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {media}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
@@ -102,14 +110,48 @@ async def cell(port: int, requests: list[bytes], clients: int, seconds: float, m
     return out, time.perf_counter() - warm_until
 
 
-def start_server(model: str, batching: bool, drivers: bool) -> tuple[subprocess.Popen, int]:
+def batch_totals(port: int) -> dict[str, float]:
+    """The server's batch counters from /metrics: batches, requests and seconds so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    wanted = {
+        "churnwatch_batch_seconds_count": "batches",
+        "churnwatch_batch_seconds_sum": "seconds",
+        "churnwatch_batch_requests_sum": "requests",
+    }
+    return {
+        wanted[name]: float(value)
+        for name, value in (line.split()[:2] for line in text.splitlines() if line.split()[:1] != ["#"])
+        if name in wanted
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, seconds: float = 300.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the service on port {port} did not answer within {seconds:.0f} s")
+
+
+def start_server(model: str, batching: bool, drivers: bool, workers: int = 1) -> tuple[subprocess.Popen, int]:
     cmd = [
         sys.executable,
         str(REPO / "scripts" / "serve.py"),
         f"model_path={model}",
-        "port=0",
+        f"port={0 if workers == 1 else free_port()}",  # workers share a port given beforehand
         "log_level=warning",
         "reload_seconds=0",
+        f"workers={workers}",
         f"batching.enabled={str(batching).lower()}",
         f"drivers.enabled={str(drivers).lower()}",
         "hydra.run.dir=/tmp/churnwatch_bench_serve",
@@ -120,7 +162,10 @@ def start_server(model: str, batching: bool, drivers: bool) -> tuple[subprocess.
             url = next(w for w in line.split() if w.startswith("http://"))
             # its log goes on: read and drop it, or a full pipe would stop the server mid-write
             threading.Thread(target=proc.stdout.read, daemon=True).start()
-            return proc, int(url.rsplit(":", 1)[1])
+            port = int(url.rsplit(":", 1)[1])
+            if workers > 1:  # the workers bind the port after this line: wait until they answer
+                wait_healthy(port, proc)
+            return proc, port
     raise RuntimeError(f"the service did not start: {proc.wait()}")
 
 
@@ -133,7 +178,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 100])
     ap.add_argument("--batching", nargs="+", default=["on", "off"], choices=["on", "off"])
     ap.add_argument("--drivers", default="off", choices=["on", "off"])
-    ap.add_argument("--format", default="json", choices=["json", "arrow"], help="the request bodies")
+    ap.add_argument(
+        "--format",
+        default="json",
+        choices=["json", "json-columns", "arrow"],
+        help="the request bodies: JSON rows [{column: value}], JSON columns {column: [values]}, Arrow IPC",
+    )
+    ap.add_argument("--workers", type=int, default=1, help="server processes (churnwatch serve workers=)")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--max-requests", type=int, default=20_000)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
@@ -149,13 +200,16 @@ def main() -> None:
     }
     results = []
     for batching in args.batching:
-        proc, port = start_server(args.model, batching == "on", drivers)
+        proc, port = start_server(args.model, batching == "on", drivers, args.workers)
         try:
             for size in args.sizes:
                 for clients in args.clients:
+                    before = batch_totals(port)
                     got, seconds = asyncio.run(
                         cell(port, prepared[size], clients, args.seconds, args.max_requests)
                     )
+                    done = {k: v - before.get(k, 0.0) for k, v in batch_totals(port).items()}
+                    batches = max(done.get("batches", 0.0), 1.0)
                     latency = np.array([t for t, _ in got]) * 1000
                     errors = sum(1 for _, s in got if s != 200)
                     row = {
@@ -169,13 +223,17 @@ def main() -> None:
                         "customers_per_s": len(got) * size / seconds,
                         "p50_ms": float(np.percentile(latency, 50)) if len(got) else float("nan"),
                         "p99_ms": float(np.percentile(latency, 99)) if len(got) else float("nan"),
+                        # the server's side, warm-up second included: how big its batches were, how long
+                        "requests_per_batch": done.get("requests", 0.0) / batches,
+                        "batch_ms": 1000 * done.get("seconds", 0.0) / batches,
                     }
                     results.append(row)
                     print(
-                        f"{args.format:>5} batching {batching:>3}  {size:>3} customer(s)/request  "
+                        f"{args.format:>12} batching {batching:>3}  {size:>3} customer(s)/request  "
                         f"{clients:>2} clients: "
                         f"{row['requests_per_s']:8.1f} req/s  {row['customers_per_s']:8.1f} customers/s  "
-                        f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  errors {errors}",
+                        f"p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms  errors {errors}  "
+                        f"(batches of {row['requests_per_batch']:.1f} requests, {row['batch_ms']:.1f} ms)",
                         flush=True,
                     )
         finally:
@@ -185,6 +243,7 @@ def main() -> None:
         "machine": f"{platform.machine()}, {platform.processor() or '?'}, python {platform.python_version()}",
         "model": args.model,
         "drivers": args.drivers,
+        "workers": args.workers,
         "seconds_per_cell": args.seconds,
         "results": results,
     }

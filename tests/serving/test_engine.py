@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from churnwatch.config.schema import LimitsConfig, ServeConfig
 from churnwatch.errors import DataValidationError
 from churnwatch.serving.engine import ScoreResult, plan, score_batch
-from churnwatch.serving.requests import RequestError, ScoreRequest, parse_request
+from churnwatch.serving.requests import RequestError, ScoreRequest, _frame, as_frame, parse_request
 from churnwatch.serving.slot import ServedModel, load_served
 
 AS_OF = pd.Timestamp("2024-11-01")
@@ -44,6 +45,10 @@ def request(rows: pd.DataFrame | list[dict], as_of: str = "2024-11-01", **query:
     )
 
 
+def records(frame: pd.DataFrame) -> list[dict]:
+    return json.loads(frame.to_json(orient="records", date_format="iso"))
+
+
 def alone(served: ServedModel, req: ScoreRequest) -> ScoreResult | Exception:
     return score_batch(served.scorer, served.ranker, [req])[0]
 
@@ -51,7 +56,7 @@ def alone(served: ServedModel, req: ScoreRequest) -> ScoreResult | Exception:
 def test_a_batch_answers_each_request_as_if_it_came_alone(served: ServedModel, events: pd.DataFrame) -> None:
     ids = sorted(events["customer_id"].unique())
     of = lambda *c: events[events["customer_id"].isin(c)]  # noqa: E731
-    rows = json.loads(of(ids[3]).to_json(orient="records", date_format="iso"))
+    rows = records(of(ids[3]))
     some_bad = rows + [{**rows[0], "timestamp": "never"}, {**rows[0], "amount": "lots"}]
     requests = [
         request(of(ids[0], ids[1])),
@@ -60,6 +65,8 @@ def test_a_batch_answers_each_request_as_if_it_came_alone(served: ServedModel, e
         request([{**r, "timestamp": "never"} for r in rows]),  # nothing valid: its own 422
         request(of(ids[5]), as_of="2024-10-01"),  # another date: another pass
         request(of(ids[6], ids[7]), drivers="false"),
+        # a column with no value at all (Arrow's null type) joins the others' text in the batch
+        request([{**r, "channel": None} for r in records(of(ids[8]))]),
     ]
     together = score_batch(served.scorer, served.ranker, requests)
     assert isinstance(together[3], DataValidationError)
@@ -99,6 +106,36 @@ def test_requests_about_one_customer_or_another_day_never_share_a_pass(events: p
     sent = json.loads(of(ids[6]).to_json(orient="records", date_format="iso"))
     reordered = request([dict(reversed(list(r.items()))) for r in sent])
     assert plan([*requests, reordered]) == [[0, 1, 5, 6], [2], [3], [4]]
+
+
+ROWS_READ_ALIKE = [
+    [{"a": 1, "b": "x"}, {"a": None, "b": None}, {"a": 3}],  # ints with a null; a key left out
+    [{"a": 1}, {"a": 2.5}],  # ints and floats
+    [{"a": True}, {"a": None}],
+    [{"a": None}, {"a": None}],
+    [{"a": 2**62, "b": 1.5}],
+    [{"a": float("nan"), "b": ""}],
+    [{"a": "2024-01-01T10:00:00Z", "b": "é"}],
+]
+"""Rows whose columns each hold one plain type: Arrow reads them."""
+ROWS_PANDAS_READS = [
+    [{"a": 1}, {"a": "x"}],  # numbers and text in one column
+    [{"a": 2**64}],  # beyond int64
+    [{"a": [1, 2]}, {"a": {"b": 1}}],  # nested values
+    [{"a": True}, {"a": 1}],
+]
+"""Rows Arrow does not hold in one plain type per column: read by pandas, as they always were."""
+
+
+@pytest.mark.parametrize("rows", ROWS_READ_ALIKE + ROWS_PANDAS_READS)
+def test_json_is_read_as_pandas_reads_its_values(rows: list[dict]) -> None:
+    keys = dict.fromkeys(k for row in rows for k in row)
+    columns = {k: [row.get(k) for row in rows] for k in keys}
+    want = pd.DataFrame(columns)
+    for body in (rows, columns):
+        table = _frame(body, "events")
+        assert isinstance(table, pa.Table) == (rows in ROWS_READ_ALIKE)
+        pd.testing.assert_frame_equal(as_frame(table), want)
 
 
 def test_ids_are_canonical_as_validation_writes_them() -> None:

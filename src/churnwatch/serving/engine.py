@@ -8,6 +8,7 @@ alone, so its report (or its error) is its own, and a request that fails fails a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,9 +40,13 @@ class ScoreResult:
     customers: ValidationReport | None
     as_of: pd.Timestamp
     warnings: tuple[str, ...] = ()
+    json_rows: str | None = None
+    """`scores` as a JSON array of row objects (`JSON_ROWS`), written once for the whole batch."""
 
 
 Outcome = ScoreResult | Exception
+JSON_ROWS = {"orient": "records", "date_format": "iso", "date_unit": "s", "force_ascii": False}
+"""How the scores are written as JSON (pandas' `to_json`)."""
 
 
 def score_batch(scorer: Scorer, ranker: Ranker, requests: Sequence[ScoreRequest]) -> list[Outcome]:
@@ -126,6 +131,9 @@ def _score_group(
     # each request ranked on its own, in one pass (the cost of ranking is mostly fixed)
     ranked, bounds = ranker.rank_within(scored, owner)
     check_each_once(ranked, pa.array(list(chain.from_iterable(ids))))
+    # one JSON line per row for the whole batch: writing each request's few rows costs mostly fixed time
+    # (strings escape "\n" itself; split on nothing else: `splitlines` would cut at U+2028 in a text)
+    lines = ranked.to_json(lines=True, **JSON_ROWS).rstrip("\n").split("\n")
     for j, i in enumerate(np.unique(owner)):
         rows = ranked.iloc[bounds[j] : bounds[j + 1]]
         rows.index = pd.RangeIndex(len(rows))
@@ -133,7 +141,12 @@ def _score_group(
             raise RuntimeError(f"scoring lost or duplicated customers of a request: {len(rows)} rows")
         event_report, customers_i = reports[i]
         out[i] = ScoreResult(
-            rows, event_report, customers_i, members[0].as_of, _warnings(reader, requests[i])
+            rows,
+            event_report,
+            customers_i,
+            members[0].as_of,
+            _warnings(reader, requests[i]),
+            "[" + ",".join(lines[bounds[j] : bounds[j + 1]]) + "]",
         )
 
 
@@ -161,17 +174,24 @@ def _attributes(
 
 
 def _concat(tables: list[Table]) -> pd.DataFrame:
-    """The requests' tables as one (their columns are the same: `ScoreRequest.key`)."""
-    if all(isinstance(t, dict) for t in tables):
-        return pd.DataFrame({k: list(chain.from_iterable(t[k] for t in tables)) for k in tables[0]})
+    """The requests' tables as one (their columns are the same: `ScoreRequest.key`). Arrow tables are
+    joined in Arrow, a column's types unified as pandas would type the values together (null and int64
+    widen, to string and double), and converted once, in one piece (a many-chunk column slows every step
+    after); tables that do not unify (text and numbers), as frames."""
+    if all(isinstance(t, pa.Table) for t in tables):
+        names = tables[0].column_names
+        with contextlib.suppress(pa.ArrowException):
+            joined = pa.concat_tables([t.select(names) for t in tables], promote_options="permissive")
+            return joined.combine_chunks().to_pandas()
     frames = [as_frame(t) for t in tables]
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def _kept(ids: pd.Series) -> dict[str, int]:
-    """Rows per (canonical) customer id."""
-    values, counts = np.unique(np.asarray(ids.astype(str)), return_counts=True)
-    return dict(zip(values.tolist(), counts.tolist(), strict=True))
+    """Rows per (canonical) customer id (the column is categorical, its categories the canonical text)."""
+    counts = np.bincount(ids.cat.codes.to_numpy(), minlength=len(ids.cat.categories))
+    present = np.flatnonzero(counts)
+    return dict(zip(ids.cat.categories[present].tolist(), counts[present].tolist(), strict=True))
 
 
 def _count(kept: dict[str, int], ids: frozenset[str]) -> int:
