@@ -13,7 +13,7 @@ import pytest
 
 from churnwatch.config.schema import LimitsConfig, ServeConfig
 from churnwatch.errors import DataValidationError
-from churnwatch.serving.engine import ScoreResult, plan, score_batch
+from churnwatch.serving.engine import ScoreResult, _concat, plan, score_batch
 from churnwatch.serving.requests import RequestError, ScoreRequest, _frame, as_frame, parse_request
 from churnwatch.serving.slot import ServedModel, load_served
 
@@ -45,6 +45,10 @@ def request(rows: pd.DataFrame | list[dict], as_of: str = "2024-11-01", **query:
     )
 
 
+def _whole(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
 def records(frame: pd.DataFrame) -> list[dict]:
     return json.loads(frame.to_json(orient="records", date_format="iso"))
 
@@ -66,8 +70,19 @@ def test_a_batch_answers_each_request_as_if_it_came_alone(served: ServedModel, e
         request(of(ids[5]), as_of="2024-10-01"),  # another date: another pass
         request(of(ids[6], ids[7]), drivers="false"),
         # a column with no value at all (Arrow's null type) joins the others' text in the batch
-        request([{**r, "channel": None} for r in records(of(ids[8]))]),
+        request([{**r, "channel": None} for r in records(of(ids[8]))], as_of="2024-10-01"),
+        # whole amounts (Arrow's int64) join the others' floats
+        request([{**r, "amount": _whole(r["amount"])} for r in records(of(ids[9]))], as_of="2024-10-01"),
     ]
+    # the last two join the other 2024-10-01 request in Arrow, their columns widened to its types
+    assert [4, 6, 7] in plan(requests)
+    assert all(isinstance(requests[i].events, pa.Table) for i in (4, 6, 7))
+    assert requests[6].events.schema.field("channel").type == pa.null()
+    assert requests[7].events.schema.field("amount").type == pa.int64()
+    assert requests[4].events.schema.field("amount").type == pa.float64()
+    joined = _concat([requests[i].events for i in (4, 6, 7)])
+    alone_4 = as_frame(requests[4].events)
+    assert joined.dtypes.equals(alone_4[joined.columns].dtypes)  # typed as one request is, not as objects
     together = score_batch(served.scorer, served.ranker, requests)
     assert isinstance(together[3], DataValidationError)
     assert "timestamp" in str(together[3])
