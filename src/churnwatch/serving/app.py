@@ -36,7 +36,7 @@ from starlette.concurrency import run_in_threadpool
 from churnwatch import __version__
 from churnwatch.config.schema import ServeConfig
 from churnwatch.serving.batcher import MicroBatcher, ShuttingDown
-from churnwatch.serving.engine import JSON_ROWS, USER_ERRORS, ScoreResult, score_batch
+from churnwatch.serving.engine import USER_ERRORS, ScoreResult, score_batch
 from churnwatch.serving.metrics import CONTENT_TYPE, ServiceMetrics
 from churnwatch.serving.requests import (
     ARROW,
@@ -280,8 +280,7 @@ def _answer(result: ScoreResult, model: ServedModel, accept: str) -> Response:
         },
         "warnings": list(result.warnings),
     }
-    rows = result.json_rows if result.json_rows is not None else result.scores.to_json(**JSON_ROWS)
-    body = json.dumps(head, ensure_ascii=False)[:-1] + ', "scores": ' + rows + "}"
+    body = json.dumps(head, ensure_ascii=False)[:-1] + ', "scores": ' + result.json_rows + "}"
     return Response(body.encode(), media_type=JSON, headers=headers)
 
 

@@ -39,9 +39,9 @@ class ScoreResult:
     events: ValidationReport
     customers: ValidationReport | None
     as_of: pd.Timestamp
-    warnings: tuple[str, ...] = ()
-    json_rows: str | None = None
+    json_rows: str
     """`scores` as a JSON array of row objects (`JSON_ROWS`), written once for the whole batch."""
+    warnings: tuple[str, ...] = ()
 
 
 Outcome = ScoreResult | Exception
@@ -145,8 +145,8 @@ def _score_group(
             event_report,
             customers_i,
             members[0].as_of,
-            _warnings(reader, requests[i]),
             "[" + ",".join(lines[bounds[j] : bounds[j + 1]]) + "]",
+            _warnings(reader, requests[i]),
         )
 
 
