@@ -73,8 +73,9 @@ def main() -> None:
             scorer.model, seqs, owner, agg, batch_size=args.batch_size, steps=steps, device="cpu"
         )
         t1 = time.perf_counter()
-        found = top_drivers(scores - scorer.center, scorer.catalogue, context, 3)
-        return scores - scorer.center, t1 - t0, time.perf_counter() - t0, found
+        centred = scores - scorer.center
+        found = top_drivers(centred, scorer.catalogue, context, 3)
+        return centred, t1 - t0, time.perf_counter() - t0, found
 
     explain(1)  # warm-up: TorchScript's first calls
     reference = explain(args.reference_steps)[0]
