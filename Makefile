@@ -6,8 +6,8 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 # Extras the checkout's venv gets: the tests, plus the optional parts they exercise (trackers, submitit sweeps,
-# Ed25519 signing, ALS recommendations, the scoring service).
-EXTRAS ?= test,mlflow,wandb,cluster,signing,recommend,serve
+# Ed25519 signing, ALS recommendations, the scoring service, scoring on Ray).
+EXTRAS ?= test,mlflow,wandb,cluster,signing,recommend,serve,distributed
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 

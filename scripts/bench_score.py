@@ -2,7 +2,7 @@
 
     python scripts/bench_score.py --model checkpoints/demo/model.pt [--customers 1000000 4000000]
         [--drivers on off] [--chunk 100000] [--part-events 2000000] [--as-of 2025-01-01]
-        [--work-dir /tmp/churnwatch_bench_score]
+        [--work-dir /tmp/churnwatch_bench_score] [--engine local ray]
     python scripts/bench_score.py --model checkpoints/demo/model.pt --forward-batches 64 128 256 1024 4096 \
         --events checkpoints/demo/data/events.parquet --as-of 2025-01-01
 
@@ -11,9 +11,10 @@ and precision: what the scorer's default batch size rests on.
 
 Synthetic data (seed 7) is generated once per size up to --generate-max customers; larger sizes tile the
 largest generated file with prefixed ids (the same customers' histories again, under new ids: the same
-work per customer, without generating millions more in memory). Each (size, drivers) scoring runs in a
-fresh process so its peak RSS is its own. Prints a markdown table for docs/BENCHMARKS.md and writes the
-raw figures as JSON into the work dir.
+work per customer, without generating millions more in memory). Each (size, drivers, engine) scoring runs
+in a fresh process so its peak RSS is its own (with `--engine ray`: a local Ray cluster of --threads CPUs,
+one scoring actor per CPU, whose workers are other processes, so neither peak RSS nor phases). Prints a
+markdown table for docs/BENCHMARKS.md and writes the raw figures as JSON into the work dir.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from pathlib import Path
 PHASES = ("read", "encode", "forward", "segments", "drivers", "rank", "write")
 
 
-def _score_once(model: str, data: Path, out: Path, drivers: bool, args: argparse.Namespace) -> dict:
+def _score_once(
+    model: str, data: Path, out: Path, drivers: bool, engine: str, args: argparse.Namespace
+) -> dict:
+    run = (
+        "r = score_file(job, progress=False)"
+        if engine == "local"
+        else f"import ray; ray.init(num_cpus={args.threads}, log_to_driver=False, include_dashboard=False)\n"
+        "from churnwatch.jobs.score_ray import score_on_ray\nr = score_on_ray(job)"
+    )
     code = f"""
 import json, time, torch
 torch.set_num_threads({args.threads})
@@ -39,7 +48,7 @@ job = ScoreJob(model_path={model!r}, events_path={str(data / "events.parquet")!r
                customers_path={str(data / "customers.parquet")!r}, device="cpu", chunk_customers={args.chunk},
                overwrite=True, drivers={{"enabled": {drivers}}}, as_of={args.as_of!r},
                part_events={args.part_events}, batch_size={args.batch_size}, precision={args.precision!r})
-r = score_file(job, progress=False)
+{run}
 print(json.dumps({{"seconds": r.seconds, "customers": r.customers, "phases": r.phases, "parts": r.parts,
                    "ranked": sum(r.tiers.get(t, 0) for t in ("high", "medium", "low"))}}))
 """
@@ -48,7 +57,7 @@ print(json.dumps({{"seconds": r.seconds, "customers": r.customers, "phases": r.p
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     result = json.loads(done.stdout.strip().splitlines()[-1])
     # ru_maxrss of children is the largest child so far: only a new maximum is this run's own
-    result["peak_rss_gb"] = peak_kb / 2**20 if peak_kb > before else None
+    result["peak_rss_gb"] = peak_kb / 2**20 if peak_kb > before and engine == "local" else None
     return result
 
 
@@ -120,6 +129,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default="/tmp/churnwatch_bench_score")
     parser.add_argument("--forward-batches", type=int, nargs="+", help="time only the forward per batch size")
     parser.add_argument("--events", help="events file for --forward-batches")
+    parser.add_argument("--engine", nargs="+", default=["local"], choices=["local", "ray"])
     args = parser.parse_args()
     if args.forward_batches:
         if not args.events:
@@ -148,10 +158,12 @@ def main() -> None:
 
         events = pq.ParquetFile(data / "events.parquet").metadata.num_rows
         for flag in sorted(args.drivers):  # off first: its peak RSS is the smaller one
-            r = _score_once(args.model, data, work / f"scores_{n}_{flag}.parquet", flag == "on", args)
-            r.update(n=n, events=events, drivers=flag)
-            rows.append(r)
-            print(json.dumps(r), file=sys.stderr)
+            for engine in args.engine:
+                out = work / f"scores_{n}_{flag}_{engine}{'.parquet' if engine == 'local' else ''}"
+                r = _score_once(args.model, data, out, flag == "on", engine, args)
+                r.update(n=n, events=events, drivers=flag, engine=engine)
+                rows.append(r)
+                print(json.dumps(r), file=sys.stderr)
     (work / "bench_score.json").write_text(json.dumps(rows, indent=1))
     print(
         f"\nmachine: {platform.processor() or platform.machine()}, {args.threads} torch threads, chunk "
@@ -160,16 +172,17 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}\n"
     )
     print(
-        "| customers | events | parts | drivers | ranked | seconds | customers/s | forward share | "
+        "| engine | customers | events | parts | drivers | ranked | seconds | customers/s | forward share | "
         + " | ".join(PHASES)
         + " | peak RSS GB |"
     )
-    print("|" + "---|" * (9 + len(PHASES)))
+    print("|" + "---|" * (10 + len(PHASES)))
     for r in rows:
         ph = r["phases"]
         rss = f"{r['peak_rss_gb']:.2f}" if r["peak_rss_gb"] else "n/a"
         print(
-            f"| {r['n']:,} | {r['events']:,} | {r['parts']} | {r['drivers']} | {r['ranked']:,} | "
+            f"| {r['engine']} | {r['n']:,} | {r['events']:,} | {r['parts']} | {r['drivers']} | "
+            f"{r['ranked']:,} | "
             f"{r['seconds']:.1f} | "
             f"{r['customers'] / r['seconds']:,.0f} | {ph.get('forward', 0) / r['seconds']:.0%} | "
             + " | ".join(f"{ph.get(p, 0):.1f}" for p in PHASES)

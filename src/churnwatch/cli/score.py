@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
 from churnwatch.cli.app import command
+from churnwatch.errors import ConfigError
 
 if TYPE_CHECKING:
     from churnwatch.jobs.score import ScoringResult
@@ -20,7 +22,12 @@ def main(cfg: DictConfig) -> None:
     from churnwatch.jobs.score import ScoreJob, score_file
 
     job = ScoreJob.from_config(cfg)
-    result = score_file(job)
+    if cfg.engine == "ray":
+        result = on_ray()(job, OmegaConf.to_object(cfg.ray))
+    elif cfg.engine == "local":
+        result = score_file(job)
+    else:
+        raise ConfigError(f"engine must be 'local' or 'ray', got {cfg.engine!r}")
     console = Console(width=max(Console().width, 100))
     if cfg.num_shards:
         console.print(
@@ -33,6 +40,17 @@ def main(cfg: DictConfig) -> None:
         f"in {result.seconds:.1f}s ({result.parts} part(s)) → {result.output_path}"
     )
     console.print(riskiest(result, int(cfg.show_top)))
+
+
+def on_ray() -> Callable[..., ScoringResult]:
+    """`score_on_ray`, or a one-line error naming the extra that installs Ray Data."""
+    try:
+        from churnwatch.jobs.score_ray import score_on_ray
+    except ImportError as exc:
+        raise ConfigError(
+            f"engine=ray needs Ray Data ({exc}): pip install 'churnwatch[distributed]'"
+        ) from None
+    return score_on_ray
 
 
 def riskiest(result: ScoringResult, n: int) -> Table:

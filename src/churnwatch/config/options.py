@@ -86,6 +86,8 @@ RULES: dict[str, Rule] = {
     "drivers.top_n": COUNT,
     "drivers.steps": COUNT,
     "drivers.batch_size": COUNT,
+    "ray.workers": OPTIONAL_COUNT,
+    "ray.cpus_per_worker": COUNT,
     # serve
     "port": Rule(low=0, high=65535),
     "workers": COUNT,

@@ -299,6 +299,17 @@ class DriversConfig:
 
 
 @dataclass
+class RayConfig:
+    """Where and how wide `churnwatch score engine=ray` runs (jobs/score_ray.py, docs/SCORING.md)."""
+
+    address: str | None = _opt(
+        None, "the cluster (ray://host:10001, or auto); null: $RAY_ADDRESS, else a local one on this machine"
+    )
+    workers: int | None = _opt(None, "scoring actors, each with its own model; null: the cluster's CPUs")
+    cpus_per_worker: int = _opt(1, "CPUs (torch threads) each scoring actor holds")
+
+
+@dataclass
 class ModelFileConfig:
     """The model file a command loads, and its signature check (docs/RELIABILITY.md)."""
 
@@ -348,6 +359,12 @@ class ScoreConfig(ModelFileConfig):
         None, "N: score only the customers whose id hashes (BLAKE2b) to shard_index, into an unranked part"
     )
     shard_index: int = _opt(0, "this job's shard; churnwatch merge-scores ranks the union of the parts")
+    engine: str = _opt(
+        "local",
+        "local | ray: read a parquet dataset and score it on a Ray cluster into a directory of parquet files "
+        "in rank order (needs as_of and the [distributed] extra)",
+    )
+    ray: RayConfig = _opt(None, "the Ray cluster (engine=ray)", factory=RayConfig)
     playbook: Any = _opt(None, "the retention playbook (group playbook=)", factory=dict)
     paths: Any = _opt(None, "where files go (group paths=)", factory=dict)
 

@@ -41,6 +41,22 @@ def part_of(ids: pd.Series, n_parts: int) -> np.ndarray:
     return by_category(ids, lambda c: (pd.util.hash_array(c) % np.uint64(n_parts)).astype(np.int64), 0)
 
 
+def canonical_ids(table: pa.Table, id_column: str, path: str | Path) -> tuple[pa.Table, pd.Series]:
+    """The table, its id column decoded from a stored dictionary (which may hold every id of the file), and
+    its rows' canonical ids (a categorical from `normalise_ids`, normalised once per distinct id)."""
+    if id_column not in table.column_names:
+        have = ", ".join(table.column_names[:12])
+        raise DataValidationError(
+            f"{path}: column {id_column!r} (data.customer_id) not found; columns are: {have}"
+        )
+    index = table.schema.get_field_index(id_column)
+    raw = table.column(index)
+    if pa.types.is_dictionary(raw.type):
+        raw = raw.cast(raw.type.value_type)
+        table = table.set_column(index, id_column, raw)
+    return table, normalise_ids(pc.dictionary_encode(raw).to_pandas())
+
+
 def split_file(
     path: str | Path,
     id_column: str,
@@ -60,17 +76,8 @@ def split_file(
     empty = None
     try:
         for table in iter_batches(path, batch_rows):
-            if id_column not in table.column_names:
-                have = ", ".join(table.column_names[:12])
-                raise DataValidationError(
-                    f"{path}: column {id_column!r} (data.customer_id) not found; columns are: {have}"
-                )
+            table, ids = canonical_ids(table, id_column, path)
             index = table.schema.get_field_index(id_column)
-            raw = table.column(index)
-            if pa.types.is_dictionary(raw.type):  # a stored dictionary may hold every id of the file
-                raw = raw.cast(raw.type.value_type)
-                table = table.set_column(index, id_column, raw)
-            ids = normalise_ids(pc.dictionary_encode(raw).to_pandas())  # normalised once per distinct id
             part = part_of(ids, n_parts)
             table = table.append_column(FILE_ROW, pa.array(np.arange(first, first + len(table))))
             first += len(table)

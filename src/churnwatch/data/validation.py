@@ -36,6 +36,8 @@ class ValidationReport:
     rows_kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
+    example_rows: dict[str, int] = field(default_factory=dict)
+    """Each example's row in the file: parts added in any order keep the file's first example."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,7 +57,10 @@ class ValidationReport:
         for reason, n in other.dropped.items():
             self.dropped[reason] = self.dropped.get(reason, 0) + n
         for reason, text in other.examples.items():
-            self.examples.setdefault(reason, text)
+            row = other.example_rows.get(reason, -1)
+            if reason not in self.examples or row < self.example_rows.get(reason, -1):
+                self.examples[reason] = text
+                self.example_rows[reason] = row
 
     def summary(self) -> str:
         dropped = ", ".join(f"{k}={v}" for k, v in self.dropped.items()) or "none"
@@ -206,7 +211,9 @@ class RowChecker:
             )
         self.bad |= mask
         self.report.dropped[reason] = self.report.dropped.get(reason, 0) + n
-        self.report.examples.setdefault(reason, f"column {column!r}, row {row}: {example}")
+        if reason not in self.report.examples:
+            self.report.examples[reason] = f"column {column!r}, row {row}: {example}"
+            self.report.example_rows[reason] = row
 
     def result(self) -> pd.DataFrame:
         kept = self.frame.loc[~self.bad] if self.bad.any() else self.frame

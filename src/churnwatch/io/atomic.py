@@ -200,12 +200,14 @@ def check_output(
     overwrite: bool,
     inputs: Mapping[str, str | Path | None] | None = None,
     key: str = "output_path",
+    directory: bool = False,
 ) -> Path:
     """Refuse, before any work and in one line, an output that cannot be written or would destroy an
     input: a symlink loop (in it or in an input, which would read as missing), one of `inputs` (the same
-    file, also through a symlink or a hard link, whatever `overwrite` says), a directory, an existing file
-    without `overwrite`, a parent that is a file or a dir this process cannot write in (probed with a temp
-    file: permission bits alone do not say it, e.g. for root or a read-only mount)."""
+    file, also through a symlink or a hard link, whatever `overwrite` says), a directory (unless the output
+    is one: `directory`), an existing output without `overwrite`, a parent that is a file or a dir this
+    process cannot write in (probed with a temp file: permission bits alone do not say it, e.g. for root
+    or a read-only mount)."""
     path = Path(path)
     named = {name: Path(p) for name, p in (inputs or {}).items() if p is not None}
     for name, p in {key: path, **named}.items():
@@ -217,7 +219,7 @@ def check_output(
                 f"{key}={path} is {name}={p} (the same file): writing it would destroy the input, "
                 "overwrite or not"
             )
-    if path.is_dir():
+    if path.is_dir() and not directory:
         raise ConfigError(f"{key}={path} is a directory")
     if os.path.lexists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
@@ -233,3 +235,19 @@ def check_output(
     except OSError as exc:
         raise ConfigError(f"{key}={path}: cannot write in {folder} ({exc.strerror})") from None
     return path
+
+
+def place_dir(tmp: Path, path: Path, overwrite: bool) -> None:
+    """A finished directory `tmp` renamed onto `path` (both on one file system), replacing what is there
+    only with `overwrite`: readers see the old output or the whole new one, apart from the moment between
+    removing the old one and the rename."""
+    if os.path.lexists(path):
+        if not overwrite:
+            raise _taken(path)
+        old = Path(tempfile.mkdtemp(prefix=_prefix(path, "old"), dir=path.parent))
+        os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
+    fsync(path.parent)

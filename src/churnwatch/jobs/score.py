@@ -161,7 +161,7 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
             if not valid:
                 raise DataValidationError(f"{events_path}: no valid events left after validation")
             as_of = default_as_of(None, max(valid))
-        stats = _Stats()
+        stats = RunStats()
         run = spill / "scored.parquet"
         with (
             atomic_output(
@@ -230,7 +230,7 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
 
 
 @dataclass
-class _Stats:
+class RunStats:
     """What a streamed scoring run adds up over its parts and blocks."""
 
     customers: int = 0

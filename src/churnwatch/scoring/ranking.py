@@ -110,13 +110,24 @@ class Ranker:
         percentile = np.where(ranked, 100.0 * (size - above) / np.maximum(size, 1), np.nan)
         return self._finish(frame, order, position, size, percentile), bounds
 
-    def finish_block(self, block: pd.DataFrame, start: int, ranked_keys: np.ndarray) -> pd.DataFrame:
+    def finish_block(
+        self, block: pd.DataFrame, start: int, n_ranked: int, carry: Carry = None
+    ) -> pd.DataFrame:
         """Rows `start..start + len(block)` of the ranked order → tier, rank, percentile and action, given
-        `ranked_keys`: the rank key of every ranked customer, riskiest first."""
-        n = len(ranked_keys)
+        how many customers are ranked in all and the `carry` of the blocks before (`carry_after`): a key
+        run that began there goes on here, so the block needs nothing else of the population."""
         position = np.arange(start, start + len(block))
         key = block[self.rank_key].to_numpy()
-        return self._finish(block, None, position, n, _percentile(key, position < n, ranked_keys))
+        return self._finish(block, None, position, n_ranked, _percentile(key, position, n_ranked, carry))
+
+    def edge(self, block: pd.DataFrame) -> BlockEdge:
+        """What the next block's percentiles need of this one (sorted, riskiest first)."""
+        ranked = ~(block["no_history"].to_numpy(dtype=bool) | block["lapsed"].to_numpy(dtype=bool))
+        key = block[self.rank_key].to_numpy()[ranked]
+        if not len(key):
+            return BlockEdge(len(block), 0)
+        run = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])[-1]
+        return BlockEdge(len(block), len(key), float(key[0]), float(key[-1]), int(run))
 
     def _keys(self, frame: pd.DataFrame) -> pa.Table:
         # straight into Arrow (Table.from_pandas costs milliseconds even for one row)
@@ -174,14 +185,15 @@ class Ranker:
                 f"scoring lost or duplicated customers: {len(keys)} rows, {distinct} distinct ids in {runs}"
             )
         order, n = rank_order(keys, self.rank_by)
-        ranked_keys = keys.column(self.rank_key).to_numpy()[order[:n]]
         position = np.empty(len(order), dtype=np.int64)
         position[order] = np.arange(len(order))
         del keys, order
         release_free_memory()
+        carry: list[Carry] = [None]  # blocks come in rank order: each hands its key run on to the next
 
         def finish(block: pd.DataFrame, start: int) -> pd.DataFrame:
-            out = self.finish_block(block, start, ranked_keys)
+            out = self.finish_block(block, start, n, carry[0])
+            carry[0] = carry_after(self.edge(block), start, carry[0])
             check_finite(out["churn_probability"].to_numpy(), out[CUSTOMER_ID].to_numpy(), self.model_path)
             if on_block is not None:
                 on_block(out)
@@ -202,13 +214,47 @@ RANK_OUTPUTS = ("risk_tier", "risk_rank", "percentile", "action")
 """The columns ranking adds."""
 
 
-def _percentile(key: np.ndarray, ranked: np.ndarray, ranked_keys: np.ndarray) -> np.ndarray:
-    """Per row, among ranked customers: the share at or below this risk (100 = the riskiest); NaN for the
-    others. `ranked_keys`: the population's rank keys, riskiest first."""
-    n = len(ranked_keys)
+Carry = tuple[float, int] | None
+"""Before a block of the ranked order: the last ranked customer's rank key and the position where its run of
+equal keys began (None: no ranked customer before the block)."""
+
+
+@dataclass(frozen=True)
+class BlockEdge:
+    """A sorted block's ranked rows as the next block sees them (`Ranker.edge`)."""
+
+    rows: int
+    ranked: int
+    first_key: float = np.nan
+    last_key: float = np.nan
+    last_run: int = 0
+    """Where, in the block, the run of its last ranked key begins."""
+
+
+def carry_after(edge: BlockEdge, start: int, carry: Carry) -> Carry:
+    """The carry after a block at position `start` with this edge, from the carry before it: blocks can be
+    finished in any order, or in parallel, once the carries are chained over the edges."""
+    if not edge.ranked:
+        return carry
+    run = start + edge.last_run
+    if edge.last_run == 0 and carry is not None and carry[0] == edge.first_key:
+        run = carry[1]
+    return edge.last_key, run
+
+
+def _percentile(key: np.ndarray, position: np.ndarray, n: int, carry: Carry) -> np.ndarray:
+    """Per row at rank `position`, among the `n` ranked customers: the share at or below this risk (100 =
+    the riskiest), i.e. n minus where this key's run of ties began; NaN for the others."""
+    ranked = position < n
     percentile = np.full(len(key), np.nan)
-    below = n - np.searchsorted(-ranked_keys, -key[ranked], side="left")
-    percentile[ranked] = 100.0 * below / max(n, 1)
+    k, pos = key[ranked], position[ranked]
+    if not len(k):
+        return percentile
+    new_run = np.r_[True, k[1:] != k[:-1]]
+    run = np.maximum.accumulate(np.where(new_run, pos, 0))
+    if carry is not None and k[0] == carry[0]:
+        run[np.cumsum(new_run) == 1] = carry[1]
+    percentile[ranked] = 100.0 * (n - run) / max(n, 1)
     return percentile
 
 

@@ -1,0 +1,408 @@
+"""Scoring on a Ray cluster: a parquet dataset of any size in, a directory of parquet files in rank order
+out, row for row what `score_file` writes for the same rows on one machine.
+
+Ray Data rather than Spark: the scorer (torch, pandas, Arrow) runs unchanged inside Ray's Python workers,
+with no JVM and no row conversion at the boundary, and `pip install` is all a laptop needs to run the same
+job on a local cluster. The job, stage by stage:
+
+1. **read**: every row group of the events (and customers) dataset is one read task. A row keeps its number
+   in the dataset (files in path order), what validation messages cite, and gets its part: a hash of its
+   canonical id, as `split_file` gives it on one machine.
+2. **group**: Ray's shuffle (`groupby(part).map_groups`) brings each part's events and customer rows
+   together; a pool of actors, each holding one `Scorer`, validates, encodes and scores a part at a time.
+3. **rank**: Ray sorts the scored rows (ranked customers first, riskiest first, ties by id). Each sorted
+   block is finished by `Ranker.finish_block` at its global position, in parallel: the only thing a block
+   needs of the others is the `BlockEdge` of those before it, chained on the driver.
+4. **write**: one file per block, named in rank order, into a hidden directory renamed onto the output,
+   and the validation sidecar next to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import ray
+from ray.exceptions import RayError
+
+from churnwatch.config.options import check_values
+from churnwatch.config.schema import RayConfig, typed
+from churnwatch.data.partition import FILE_ROW, canonical_ids, part_of
+from churnwatch.data.schema import CUSTOMER_ID
+from churnwatch.data.validation import no_event_rows
+from churnwatch.errors import ArtifactError, ConfigError, DataValidationError
+from churnwatch.io.atomic import check_output, place_dir, scratch_dir
+from churnwatch.jobs.score import RunStats, ScoreJob, ScoringResult
+from churnwatch.scoring.inputs import default_as_of
+from churnwatch.scoring.output import RANK_KEYS, report_path
+from churnwatch.scoring.ranking import BlockEdge, Carry, Ranker, carry_after, check_finite
+from churnwatch.scoring.scorer import Scorer
+
+log = logging.getLogger(__name__)
+PART = "__churnwatch_part__"
+SOURCE = "__churnwatch_source__"
+"""Which table a row of the shuffle came from: EVENTS or CUSTOMERS."""
+EVENTS, CUSTOMERS = 0, 1
+CUSTOMER_COLUMN = "__customer__."
+"""The customers table's columns ride in the shuffle under this prefix, beside the events' own."""
+USER_ERRORS = (DataValidationError, ConfigError, ArtifactError, FloatingPointError)
+GROUP = "__churnwatch_group__"
+"""Sort key: 0 ranked, 1 lapsed, 2 without history (`rank_order`'s groups)."""
+
+
+def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = None) -> ScoringResult:
+    """Score the parquet dataset `job.events_path` (a file or a directory of files, hive partitions
+    allowed; `job.customers_path` likewise) on a Ray cluster into the directory `job.output_path`: its
+    files, read in name order, are the rows `score_file` would write, in rank order. Needs `job.as_of`."""
+    t0 = time.perf_counter()
+    cluster = cluster if isinstance(cluster, RayConfig) else typed(RayConfig, cluster or {}, "ray")
+    check_values(
+        {
+            "ray.workers": cluster.workers,
+            "ray.cpus_per_worker": cluster.cpus_per_worker,
+            "part_events": job.part_events,
+            "chunk_customers": job.chunk_customers,
+        }
+    )
+    if job.shard is not None:
+        raise ConfigError("engine=ray scores the whole population: num_shards is for engine=local")
+    if job.as_of is None:
+        raise ConfigError("engine=ray needs an explicit as_of: every part must score the same date")
+    as_of = default_as_of(job.as_of, pd.NaT)
+    inputs = {
+        "events_path": job.events_path,
+        "customers_path": job.customers_path,
+        "model_path": job.model_path,
+    }
+    output = check_output(job.output_path, job.overwrite, inputs, directory=True)
+    # the driver loads the model once, for its checks (the signature too) and the ranking; actors score
+    scorer = Scorer(
+        job.model_path,
+        device="cpu",
+        drivers=job.drivers,
+        playbook=job.playbook,
+        rank_by=job.rank_by,
+        value_days=job.value_days,
+        verify=job.verify,
+    )
+    reader = scorer.reader
+    reader.warn_without_customers(job.customers_path)
+    if not ray.is_initialized():
+        ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
+    workers = cluster.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // cluster.cpus_per_worker)
+    events = ParquetSource(job.events_path, EVENTS)
+    if not events.rows:
+        raise no_event_rows(job.events_path)
+    n_parts = max(workers, -(-events.rows // job.part_events))
+    customers = (
+        ParquetSource(job.customers_path, CUSTOMERS)
+        if reader.uses_customers and job.customers_path is not None
+        else None
+    )
+    id_column = reader.schema.customer_id
+    data = events.read(id_column, n_parts, customers)
+    if customers is not None:
+        data = data.union(customers.read(id_column, n_parts, events))
+    reports = _Reports.remote()
+    scored = data.groupby(PART, num_partitions=n_parts).map_groups(
+        _PartScorer,
+        fn_constructor_kwargs={
+            "job": job,
+            "as_of": as_of,
+            "reports": reports,
+            "events": events.columns,
+            "customers": customers.columns if customers is not None else None,
+        },
+        batch_format="pyarrow",
+        # a pool that grows from one: a fixed one would hold every CPU before the reads could run
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+        num_cpus=cluster.cpus_per_worker,
+    )
+    sort_key = [GROUP, scorer.ranker.rank_key, CUSTOMER_ID]
+    with _user_errors():
+        ranked = (
+            scored.map_batches(_with_group, batch_format="pyarrow")
+            .sort(sort_key, descending=[False, True, False])
+            .materialize()
+        )
+    stats = RunStats()
+    for part in ray.get(reports.all.remote()):
+        stats.add(part["events"], part["customers"])
+        stats.add_join(part["join"])
+        stats.customers += part["customers_scored"]
+        stats.no_history += part["no_history"]
+    stats.as_of = as_of
+    stats.check(str(job.events_path))
+    stats.check_join(job.customers_path)
+    stats.log()
+    with _user_errors():
+        _write_ranked(ranked, scorer.ranker, output, job.overwrite, stats)
+    stats.write(report_path(output), n_parts)
+    return ScoringResult(
+        output,
+        stats.customers,
+        stats.customers - stats.no_history,
+        stats.no_history,
+        time.perf_counter() - t0,
+        stats.top,
+        stats.tiers,
+        n_parts,
+        {},
+    )
+
+
+class ParquetSource:
+    """A parquet dataset (a file, or a directory of files with hive partitions) as read tasks, one per row
+    group, each row numbered in the dataset: files in path order, as one file concatenating them would be."""
+
+    def __init__(self, path: str | Path, source: int):
+        self.path = str(path)
+        self.source = source
+        dataset = pads.dataset(self.path, format="parquet", partitioning="hive")
+        self.filesystem = dataset.filesystem
+        self.schema = dataset.schema
+        """The dataset's schema: its files' columns, then the hive partition keys."""
+        self.groups: list[dict[str, Any]] = []
+        first = 0
+        for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
+            keys = pads.get_partition_keys(fragment.partition_expression)
+            for g, group in enumerate(fragment.metadata.to_dict()["row_groups"]):
+                self.groups.append(
+                    {"path": fragment.path, "group": g, "first": first, "keys": json.dumps(keys, default=str)}
+                )
+                first += group["num_rows"]
+        self.rows = first
+        prefix = CUSTOMER_COLUMN if source == CUSTOMERS else ""
+        self.columns = pa.schema(
+            [pa.field(prefix + f.name, _plain(f.type)) for f in self.schema]
+            + [pa.field(prefix + FILE_ROW, pa.int64())]
+        )
+        """The columns this table's rows carry in the shuffle (dictionaries decoded, names prefixed)."""
+
+    def read(self, id_column: str, n_parts: int, other: ParquetSource | None) -> ray.data.Dataset:
+        """Its rows in the shuffle's one schema: this table's columns, the `other` table's as nulls."""
+        return ray.data.from_items(self.groups, override_num_blocks=max(1, len(self.groups))).map_batches(
+            _read_groups,
+            batch_size=1,
+            batch_format="pandas",
+            fn_kwargs={
+                "table": (self.path, self.source, self.filesystem, self.schema, self.columns),
+                "id_column": id_column,
+                "n_parts": n_parts,
+                "other": other.columns if other is not None else None,
+            },
+        )
+
+
+def _plain(kind: pa.DataType) -> pa.DataType:
+    return kind.value_type if pa.types.is_dictionary(kind) else kind
+
+
+def _read_groups(
+    items: pd.DataFrame, *, table: tuple[Any, ...], id_column: str, n_parts: int, other: pa.Schema | None
+) -> pa.Table:
+    """Row groups → rows numbered in the dataset, each with its part and the shuffle's columns
+    (`table`: the source's path, kind, file system, schema and shuffle columns)."""
+    path, source, filesystem, schema, columns = table
+    plain = pa.schema([pa.field(f.name, _plain(f.type)) for f in schema])
+    tables = []
+    for item in items.itertuples():
+        group = pq.ParquetFile(item.path, filesystem=filesystem).read_row_group(item.group)
+        for key, value in json.loads(item.keys).items():  # hive partition keys, typed as the dataset says
+            group = group.append_column(key, pa.array([value] * len(group)).cast(plain.field(key).type))
+        group = pa.table(  # a column some file lacks is null there, as the dataset reads it
+            {
+                f.name: _decoded(group.column(f.name))
+                if f.name in group.column_names
+                else pa.nulls(len(group))
+                for f in schema
+            }
+        ).cast(plain)
+        group = group.append_column(FILE_ROW, pa.array(np.arange(item.first, item.first + len(group))))
+        group, ids = canonical_ids(group, id_column, path)
+        part = part_of(ids, n_parts)
+        tables.append(group.rename_columns(list(columns.names)).append_column(PART, pa.array(part)))
+    rows = pa.concat_tables(tables)
+    mine = {f.name: rows.column(f.name) for f in columns}
+    absent = {f.name: pa.nulls(len(rows), f.type) for f in other} if other is not None else {}
+    ordered = {**mine, **absent} if source == EVENTS else {**absent, **mine}
+    kind = pa.array(np.full(len(rows), source, dtype=np.int8))
+    return pa.table({**ordered, PART: rows.column(PART), SOURCE: kind})
+
+
+def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
+
+
+@ray.remote(num_cpus=0)
+class _Reports:
+    """What each part's validation and join reported, for the sidecar: the driver adds them up."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, dict[str, Any]] = {}
+
+    def add(self, part: int, report: dict[str, Any]) -> None:
+        self.parts[part] = report  # by part: a part scored again after a worker died counts once
+
+    def all(self) -> list[dict[str, Any]]:
+        return list(self.parts.values())
+
+
+class _PartScorer:
+    """A scoring actor: one `Scorer` (the model loaded once), applied to one part of the shuffle at a time,
+    exactly as `score_file` applies it to one part on disk."""
+
+    def __init__(
+        self,
+        job: ScoreJob,
+        as_of: pd.Timestamp,
+        reports: Any,
+        events: pa.Schema,
+        customers: pa.Schema | None,
+    ):
+        self.scorer = Scorer(
+            job.model_path,
+            device=job.device,
+            batch_size=job.batch_size,
+            drivers=job.drivers,
+            playbook=job.playbook,
+            rank_by=job.rank_by,
+            value_days=job.value_days,
+            precision=job.precision,
+            verify=job.verify,
+        )
+        self.job, self.as_of, self.reports = job, as_of, reports
+        self.events, self.customers = events, customers
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        reader, job = self.scorer.reader, self.job
+        source = group.column(SOURCE).to_numpy()
+        events = _frame(group.filter(pa.array(source == EVENTS)), self.events, "")
+        loaded = reader.read_events(job.events_path, events)
+        customers, customer_report = None, None
+        if self.customers is not None:
+            rows = _frame(group.filter(pa.array(source == CUSTOMERS)), self.customers, CUSTOMER_COLUMN)
+            customers, customer_report = reader.read_customers(job.customers_path, rows)
+        inp = reader.prepare(loaded, customers, self.as_of)
+        scored = self.scorer.score_input(inp, job.chunk_customers, progress=False)
+        report = {
+            "events": loaded.report,
+            "customers": customer_report,
+            "join": inp.join,
+            "customers_scored": len(scored),
+            "no_history": int(scored["no_history"].sum()),
+        }
+        ray.get(self.reports.add.remote(int(group.column(PART)[0].as_py()), report))
+        # Arrow with the frame's pandas metadata, as a part on disk keeps it: the blocks read back as the
+        # same dtypes (nullable integers, strings) the single-machine path ranks
+        return pa.Table.from_pandas(scored, preserve_index=False)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A churnwatch error raised in a Ray worker (bad data, a refused value, a probability that is not a
+    number) comes out as itself, its one line intact, not wrapped in Ray's task error and traceback."""
+    try:
+        yield
+    except Exception as exc:
+        found, seen = None, exc
+        while seen is not None:
+            if isinstance(seen, USER_ERRORS) and not isinstance(seen, RayError):
+                found = seen
+            seen = getattr(seen, "cause", None) or seen.__cause__
+        if found is None:
+            raise
+        # Ray appends its retry advice to the message: churnwatch's own is the first line
+        raise type(found)(str(found).splitlines()[0]) from exc
+
+
+def _frame(table: pa.Table, columns: pa.Schema, prefix: str) -> pd.DataFrame:
+    """One table's rows of a shuffle group, as `read_part` gives a part: its own columns, indexed by their
+    number in the dataset."""
+    frame = table.select(columns.names).to_pandas()
+    frame.columns = [c[len(prefix) :] for c in frame.columns]
+    return frame.set_index(FILE_ROW).rename_axis(None)
+
+
+def _with_group(scored: pa.Table) -> pa.Table:
+    no_history = scored.column("no_history").to_numpy()
+    group = np.where(no_history, 2, np.where(scored.column("lapsed").to_numpy(), 1, 0)).astype(np.int8)
+    return scored.append_column(GROUP, pa.array(group))
+
+
+@ray.remote
+def _edge(ranker: Ranker, block: pa.Table) -> BlockEdge:
+    return ranker.edge(block.select(list(RANK_KEYS)).to_pandas())
+
+
+@ray.remote(num_returns=2)
+def _finish(ranker: Ranker, block: pa.Table, start: int, n_ranked: int, carry: Carry) -> tuple[Any, ...]:
+    """A sorted block at its global position → the output rows (Arrow), and what the driver needs of them."""
+    out = ranker.finish_block(block.drop_columns([GROUP]).to_pandas(), start, n_ranked, carry)
+    check_finite(out["churn_probability"].to_numpy(), out[CUSTOMER_ID].to_numpy(), ranker.model_path)
+    table = pa.Table.from_pandas(out, preserve_index=False)
+    tiers = {str(k): int(v) for k, v in out["risk_tier"].value_counts().items()}
+    return table, {"rows": len(out), "schema": table.schema, "tiers": tiers, "top": out.head(100)}
+
+
+@ray.remote
+def _write(table: pa.Table, schema: pa.Schema, path: str) -> int:
+    pq.write_table(table.cast(schema), path)
+    return len(table)
+
+
+def _write_ranked(
+    ranked: ray.data.Dataset, ranker: Ranker, output: Path, overwrite: bool, stats: RunStats
+) -> None:
+    """The sorted rows → tier, rank, percentile and action per block at its global position, in parallel;
+    one file per block in rank order, in a hidden directory renamed onto `output` when all are written."""
+    blocks = ranked.to_arrow_refs()
+    ranker_ref = ray.put(ranker)
+    edges = ray.get([_edge.remote(ranker_ref, b) for b in blocks])
+    starts = np.r_[0, np.cumsum([e.rows for e in edges])[:-1]].astype(int)
+    n_ranked = sum(e.ranked for e in edges)
+    carries: list[Carry] = []
+    carry: Carry = None
+    for edge, start in zip(edges, starts, strict=True):
+        carries.append(carry)
+        carry = carry_after(edge, int(start), carry)
+    finished = [
+        _finish.remote(ranker_ref, b, int(s), n_ranked, c)
+        for b, s, c, e in zip(blocks, starts, carries, edges, strict=True)
+        if e.rows
+    ]
+    infos = ray.get([info for _, info in finished])
+    schema = pa.unify_schemas([i["schema"] for i in infos], promote_options="permissive")
+    tmp = scratch_dir(output, "tmp")
+    try:
+        written = sum(
+            ray.get(
+                [
+                    _write.remote(t, schema, str(tmp / f"part-{b:05d}.parquet"))
+                    for b, (t, _) in enumerate(finished)
+                ]
+            )
+        )
+        if written != stats.customers:
+            raise RuntimeError(
+                f"{output}: {written} rows for {stats.customers} customers; nothing was written"
+            )
+        for info in infos:
+            for tier, n in info["tiers"].items():
+                stats.tiers[tier] = stats.tiers.get(tier, 0) + n
+            stats.keep_top(info["top"])
+        place_dir(tmp, output, overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("ranked %s customers into %d files: %s", f"{written:,}", len(finished), output)

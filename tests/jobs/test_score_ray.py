@@ -1,0 +1,117 @@
+"""Scoring on a Ray cluster (engine=ray) writes, row for row, what one machine writes for the same rows: a
+local cluster started by the test, a partitioned parquet dataset whose customers are spread over files and
+row groups, some invalid rows, and several shuffle parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from churnwatch.errors import ConfigError, DataValidationError
+from churnwatch.jobs.score import ScoreJob, score_file
+from churnwatch.scoring.output import report_path
+from tests.helpers import SCORE_OPTIONS
+
+ray = pytest.importorskip("ray", reason="engine=ray needs Ray Data: pip install 'churnwatch[distributed]'")
+from churnwatch.jobs.score_ray import score_on_ray  # noqa: E402  (after the skip: it imports ray)
+
+AS_OF = "2024-11-01"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def partitioned(table: pa.Table, root: Path, files: int, row_group: int) -> pa.Table:
+    """`table` cut by position (so a customer's rows land in several files) into hive partitions
+    `month=<k>`, row groups of `row_group` rows; returns the one table those files read as, in path order:
+    the same rows and row numbers, the partition key as its last column."""
+    pieces, size = [], -(-len(table) // files)
+    for k in range(files):
+        piece = table.slice(k * size, size)
+        (root / f"month={k + 1}").mkdir(parents=True)
+        pq.write_table(piece, root / f"month={k + 1}" / "part-0.parquet", row_group_size=row_group)
+        pieces.append(piece.append_column("month", pa.array([k + 1] * len(piece), pa.int32())))
+    return pa.concat_tables(pieces)
+
+
+@pytest.mark.slow
+def test_ray_scoring_writes_what_one_machine_writes(model: Path, cluster: None, tmp_path: Path) -> None:
+    data = model.parent.parent / "data"
+    events = pd.read_parquet(data / "events.parquet")
+    events.loc[[5, 800], "timestamp"] = pd.NaT  # invalid rows: dropped and reported with their row number
+    events["customer_id"] = events["customer_id"].astype(str)
+    events.loc[1234, "customer_id"] = None
+    whole = partitioned(pa.Table.from_pandas(events, preserve_index=False), tmp_path / "events", 3, 700)
+    customers = partitioned(pq.read_table(data / "customers.parquet"), tmp_path / "customers", 2, 100)
+    pq.write_table(whole, tmp_path / "events.parquet")
+    pq.write_table(customers, tmp_path / "customers.parquet")
+    options = dict(SCORE_OPTIONS, as_of=AS_OF, model_path=model)
+
+    single = score_file(
+        ScoreJob(
+            events_path=tmp_path / "events.parquet",
+            customers_path=tmp_path / "customers.parquet",
+            output_path=tmp_path / "single.parquet",
+            **options,
+        ),
+        progress=False,
+    )
+    job = ScoreJob(
+        events_path=tmp_path / "events",
+        customers_path=tmp_path / "customers",
+        output_path=tmp_path / "ray_scores",
+        part_events=2_000,
+        **options,
+    )
+    result = score_on_ray(job, {"workers": 2})
+
+    files = sorted((tmp_path / "ray_scores").glob("*.parquet"))
+    assert len(files) > 1 and result.parts >= 6  # ranked in several blocks, scored in several parts
+    got = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    expected = pd.read_parquet(tmp_path / "single.parquet")
+    pd.testing.assert_frame_equal(got, expected)
+    assert (result.customers, result.tiers) == (single.customers, single.tiers)
+    pd.testing.assert_frame_equal(result.top, single.top)
+    sidecar = json.loads(report_path(tmp_path / "ray_scores").read_text())
+    reference = json.loads(report_path(tmp_path / "single.parquet").read_text())
+    for key in ("as_of", "customers", "scored", "no_history"):
+        assert sidecar[key] == reference[key], key
+    ray_events, single_events = sidecar["validation"]["events"], reference["validation"]["events"]
+    assert ray_events["dropped"] == single_events["dropped"] and sum(ray_events["dropped"].values()) == 3
+    for key in ("rows_read", "rows_kept", "examples"):
+        assert ray_events[key] == single_events[key], key
+
+
+@pytest.mark.slow
+def test_bad_data_in_a_worker_is_the_one_line_error_one_machine_gives(
+    model: Path, cluster: None, tmp_path: Path
+) -> None:
+    events = pq.read_table(model.parent.parent / "data" / "events.parquet").drop_columns(["amount"])
+    partitioned(events, tmp_path / "events", 2, 5_000)
+    job = ScoreJob(
+        model_path=model,
+        events_path=tmp_path / "events",
+        output_path=tmp_path / "out",
+        as_of=AS_OF,
+        **SCORE_OPTIONS,
+    )
+    with pytest.raises(DataValidationError) as caught:
+        score_on_ray(job)
+    assert type(caught.value) is DataValidationError  # itself, not Ray's wrapper of it
+    assert str(caught.value).startswith(f"{tmp_path / 'events'}: column 'amount'")
+    assert "\n" not in str(caught.value) and not (tmp_path / "out").exists()
+
+
+def test_ray_scoring_refuses_a_run_without_as_of_before_the_work(model: Path, tmp_path: Path) -> None:
+    job = ScoreJob(model_path=model, events_path=tmp_path, output_path=tmp_path / "out", **SCORE_OPTIONS)
+    with pytest.raises(ConfigError, match="engine=ray needs an explicit as_of"):
+        score_on_ray(job)
