@@ -97,6 +97,21 @@ def test_a_missing_required_key_is_one_line_and_leaves_no_run_dir(tmp_path, args
     assert not list(tmp_path.iterdir())  # no checkpoints/<task>/<timestamp>/ (nor the report's log dir)
 
 
+def test_an_unknown_scoring_engine_is_one_line(tmp_path):
+    proc = churnwatch(
+        "score",
+        "model_path=m.pt",
+        "events_path=e.parquet",
+        "output_path=o.parquet",
+        "engine=spark",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "churnwatch score: engine must be 'local' or 'ray', got 'spark'"
+    ]
+
+
 def test_an_option_whose_package_is_not_installed_names_the_extra(tmp_path):
     if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None:
         pytest.skip("hydra-ray-launcher is installed here")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from churnwatch.cli.app import command
+from churnwatch.cli.app import command, require_packages
 from churnwatch.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -23,7 +22,10 @@ def main(cfg: DictConfig) -> None:
 
     job = ScoreJob.from_config(cfg)
     if cfg.engine == "ray":
-        result = on_ray()(job, OmegaConf.to_object(cfg.ray))
+        require_packages("churnwatch score", ("ray", "ray.data"), "distributed")
+        from churnwatch.jobs.score_ray import score_on_ray
+
+        result = score_on_ray(job, OmegaConf.to_object(cfg.ray))
     elif cfg.engine == "local":
         result = score_file(job)
     else:
@@ -40,17 +42,6 @@ def main(cfg: DictConfig) -> None:
         f"in {result.seconds:.1f}s ({result.parts} part(s)) → {result.output_path}"
     )
     console.print(riskiest(result, int(cfg.show_top)))
-
-
-def on_ray() -> Callable[..., ScoringResult]:
-    """`score_on_ray`, or a one-line error naming the extra that installs Ray Data."""
-    try:
-        from churnwatch.jobs.score_ray import score_on_ray
-    except ImportError as exc:
-        raise ConfigError(
-            f"engine=ray needs Ray Data ({exc}): pip install 'churnwatch[distributed]'"
-        ) from None
-    return score_on_ray
 
 
 def riskiest(result: ScoringResult, n: int) -> Table:
