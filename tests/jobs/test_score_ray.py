@@ -111,6 +111,49 @@ def test_bad_data_in_a_worker_is_the_one_line_error_one_machine_gives(
     assert "\n" not in str(caught.value) and not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_a_gpu_ask_the_cluster_cannot_meet_is_refused_not_left_waiting(
+    model: Path, cluster: None, tmp_path: Path
+) -> None:
+    pq.write_table(pq.read_table(model.parent.parent / "data" / "events.parquet"), tmp_path / "e.parquet")
+    job = ScoreJob(
+        model_path=model,
+        events_path=tmp_path / "e.parquet",
+        output_path=tmp_path / "out",
+        as_of=AS_OF,
+        **SCORE_OPTIONS,
+    )
+    with pytest.raises(ConfigError, match=r"^ray.gpus_per_worker=1: the cluster has 0 GPU\(s\)$"):
+        score_on_ray(job, {"gpus_per_worker": 1, "workers": 1})
+
+
+def test_cuda_without_a_gpu_per_worker_is_refused_before_the_work(model: Path, tmp_path: Path) -> None:
+    job = ScoreJob(
+        model_path=model,
+        events_path=tmp_path,
+        output_path=tmp_path / "out",
+        as_of=AS_OF,
+        **{**SCORE_OPTIONS, "device": "cuda"},
+    )
+    with pytest.raises(ConfigError, match="device=cuda needs ray.gpus_per_worker > 0"):
+        score_on_ray(job)
+
+
+@pytest.mark.slow
+def test_a_csv_input_is_one_line(model: Path, cluster: None, tmp_path: Path) -> None:
+    pd.read_parquet(model.parent.parent / "data" / "events.parquet").to_csv(tmp_path / "e.csv", index=False)
+    job = ScoreJob(
+        model_path=model,
+        events_path=tmp_path / "e.csv",
+        output_path=tmp_path / "out",
+        as_of=AS_OF,
+        **SCORE_OPTIONS,
+    )
+    with pytest.raises(DataValidationError, match=r"e.csv: engine=ray reads parquet files only \(") as caught:
+        score_on_ray(job)
+    assert "\n" not in str(caught.value)
+
+
 def test_ray_scoring_refuses_a_run_without_as_of_before_the_work(model: Path, tmp_path: Path) -> None:
     job = ScoreJob(model_path=model, events_path=tmp_path, output_path=tmp_path / "out", **SCORE_OPTIONS)
     with pytest.raises(ConfigError, match="engine=ray needs an explicit as_of"):

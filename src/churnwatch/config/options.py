@@ -88,6 +88,7 @@ RULES: dict[str, Rule] = {
     "drivers.batch_size": COUNT,
     "ray.workers": OPTIONAL_COUNT,
     "ray.cpus_per_worker": COUNT,
+    "ray.gpus_per_worker": NON_NEGATIVE_NUMBER,
     # serve
     "port": Rule(low=0, high=65535),
     "workers": COUNT,

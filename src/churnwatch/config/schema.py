@@ -305,8 +305,13 @@ class RayConfig:
     address: str | None = _opt(
         None, "the cluster (ray://host:10001, or auto); null: $RAY_ADDRESS, else a local one on this machine"
     )
-    workers: int | None = _opt(None, "scoring actors, each with its own model; null: the cluster's CPUs")
+    workers: int | None = _opt(
+        None, "scoring actors, each with its own model; null: as many as the cluster's CPUs (and GPUs) allow"
+    )
     cpus_per_worker: int = _opt(1, "CPUs (torch threads) each scoring actor holds")
+    gpus_per_worker: float = _opt(
+        0.0, "GPUs each scoring actor holds (device=cuda needs > 0; 0.5: two a GPU)"
+    )
 
 
 @dataclass

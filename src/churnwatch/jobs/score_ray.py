@@ -71,6 +71,7 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
         {
             "ray.workers": cluster.workers,
             "ray.cpus_per_worker": cluster.cpus_per_worker,
+            "ray.gpus_per_worker": cluster.gpus_per_worker,
             "part_events": job.part_events,
             "chunk_customers": job.chunk_customers,
         }
@@ -79,6 +80,10 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
         raise ConfigError("engine=ray scores the whole population: num_shards is for engine=local")
     if job.as_of is None:
         raise ConfigError("engine=ray needs an explicit as_of: every part must score the same date")
+    if job.device == "cuda" and not cluster.gpus_per_worker:
+        raise ConfigError(
+            "engine=ray with device=cuda needs ray.gpus_per_worker > 0 (Ray hides GPUs otherwise)"
+        )
     as_of = default_as_of(job.as_of, pd.NaT)
     inputs = {
         "events_path": job.events_path,
@@ -100,7 +105,7 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     reader.warn_without_customers(job.customers_path)
     if not ray.is_initialized():
         ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
-    workers = cluster.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // cluster.cpus_per_worker)
+    workers = _workers(cluster)
     events = ParquetSource(job.events_path, EVENTS)
     if not events.rows:
         raise no_event_rows(job.events_path)
@@ -128,6 +133,7 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
         # a pool that grows from one: a fixed one would hold every CPU before the reads could run
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
         num_cpus=cluster.cpus_per_worker,
+        num_gpus=cluster.gpus_per_worker,
     )
     sort_key = [GROUP, scorer.ranker.rank_key, CUSTOMER_ID]
     with _user_errors():
@@ -162,6 +168,21 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     )
 
 
+def _workers(cluster: RayConfig) -> int:
+    """`ray.workers`, or as many scoring actors as the cluster's CPUs and GPUs hold. A GPU ask the cluster
+    cannot meet is refused now, not left waiting for a GPU that never comes."""
+    resources = ray.cluster_resources()
+    workers = max(1, int(resources.get("CPU", 1)) // cluster.cpus_per_worker)
+    if cluster.gpus_per_worker:
+        gpus = resources.get("GPU", 0)
+        if gpus < cluster.gpus_per_worker:
+            raise ConfigError(
+                f"ray.gpus_per_worker={cluster.gpus_per_worker}: the cluster has {gpus:g} GPU(s)"
+            )
+        workers = min(workers, int(gpus // cluster.gpus_per_worker))
+    return cluster.workers or workers
+
+
 class ParquetSource:
     """A parquet dataset (a file, or a directory of files with hive partitions) as read tasks, one per row
     group, each row numbered in the dataset: files in path order, as one file concatenating them would be."""
@@ -169,7 +190,11 @@ class ParquetSource:
     def __init__(self, path: str | Path, source: int):
         self.path = str(path)
         self.source = source
-        dataset = pads.dataset(self.path, format="parquet", partitioning="hive")
+        try:
+            dataset = pads.dataset(self.path, format="parquet", partitioning="hive")
+        except pa.ArrowInvalid as exc:
+            first = str(exc).splitlines()[0]
+            raise DataValidationError(f"{path}: engine=ray reads parquet files only ({first})") from None
         self.filesystem = dataset.filesystem
         self.schema = dataset.schema
         """The dataset's schema: its files' columns, then the hive partition keys."""
