@@ -5,6 +5,8 @@ row groups, some invalid rows, and several shuffle parts."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +43,42 @@ def partitioned(table: pa.Table, root: Path, files: int, row_group: int) -> pa.T
         pq.write_table(piece, root / f"month={k + 1}" / "part-0.parquet", row_group_size=row_group)
         pieces.append(piece.append_column("month", pa.array([k + 1] * len(piece), pa.int32())))
     return pa.concat_tables(pieces)
+
+
+@pytest.mark.slow
+def test_the_command_starts_a_local_cluster_and_writes_ranked_files(model: Path, tmp_path: Path) -> None:
+    """`churnwatch score engine=ray` end to end, in its own process and its own local cluster (this module's
+    cluster starts after it)."""
+    partitioned(pq.read_table(model.parent.parent / "data" / "events.parquet"), tmp_path / "events", 2, 2_000)
+    out = tmp_path / "scores"
+    args = [
+        f"model_path={model}",
+        f"events_path={tmp_path / 'events'}",
+        f"output_path={out}",
+        f"as_of={AS_OF}",
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "churnwatch",
+            "score",
+            "engine=ray",
+            "ray.workers=1",
+            "drivers.enabled=false",
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = pd.concat([pd.read_parquet(f) for f in sorted(out.glob("part-*.parquet"))], ignore_index=True)
+    assert f"scored {(~scores['no_history']).sum():,} customers" in proc.stdout
+    ranked = scores["risk_rank"].dropna()
+    assert ranked.tolist() == list(range(1, len(ranked) + 1))  # in rank order across the files
+    assert scores["customer_id"].is_unique and json.loads(report_path(out).read_text())["as_of"] == AS_OF
 
 
 @pytest.mark.slow
