@@ -108,12 +108,15 @@ def test_ray_scoring_writes_what_one_machine_writes(model: Path, cluster: None, 
         customers_path=tmp_path / "customers",
         output_path=tmp_path / "ray_scores",
         part_events=2_000,
+        block_rows=100,
         **options,
     )
     result = score_on_ray(job, {"workers": 2})
 
     files = sorted((tmp_path / "ray_scores").glob("*.parquet"))
-    assert len(files) > 1 and result.parts >= 6  # ranked in several blocks, scored in several parts
+    assert result.parts >= 6  # scored in several parts
+    # files of block_rows rows in rank order, whatever blocks Ray's sort made
+    assert [pq.ParquetFile(f).metadata.num_rows for f in files] == [100, 100, single.customers - 200]
     got = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     expected = pd.read_parquet(tmp_path / "single.parquet")
     pd.testing.assert_frame_equal(got, expected)

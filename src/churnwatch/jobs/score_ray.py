@@ -13,8 +13,8 @@ job on a local cluster. The job, stage by stage:
 3. **rank**: Ray sorts the scored rows (ranked customers first, riskiest first, ties by id). Each sorted
    block is finished by `Ranker.finish_block` at its global position, in parallel: the only thing a block
    needs of the others is the `BlockEdge` of those before it, chained on the driver.
-4. **write**: one file per block, named in rank order, into a hidden directory renamed onto the output,
-   and the validation sidecar next to it.
+4. **write**: files of `block_rows` rows in rank order (part-k holds rows k·block_rows onwards), into a
+   hidden directory renamed onto the output, and the validation sidecar next to it.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
             "ray.gpus_per_worker": cluster.gpus_per_worker,
             "part_events": job.part_events,
             "chunk_customers": job.chunk_customers,
+            "block_rows": job.block_rows,
         }
     )
     if job.shard is not None:
@@ -153,7 +154,7 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     stats.check_join(job.customers_path)
     stats.log()
     with _user_errors():
-        _write_ranked(ranked, scorer.ranker, output, job.overwrite, stats)
+        _write_ranked(ranked, scorer.ranker, output, job.overwrite, job.block_rows, stats)
     stats.write(report_path(output), n_parts)
     return ScoringResult(
         output,
@@ -382,16 +383,19 @@ def _finish(ranker: Ranker, block: pa.Table, start: int, n_ranked: int, carry: C
 
 
 @ray.remote
-def _write(table: pa.Table, schema: pa.Schema, path: str) -> int:
-    pq.write_table(table.cast(schema), path)
-    return len(table)
+def _write(schema: pa.Schema, path: str, slices: list[tuple[int, int]], *tables: pa.Table) -> int:
+    """One output file: the `slices` (offset, length) of consecutive finished blocks, in order."""
+    rows = pa.concat_tables([t.slice(o, n).cast(schema) for t, (o, n) in zip(tables, slices, strict=True)])
+    pq.write_table(rows, path)
+    return len(rows)
 
 
 def _write_ranked(
-    ranked: ray.data.Dataset, ranker: Ranker, output: Path, overwrite: bool, stats: RunStats
+    ranked: ray.data.Dataset, ranker: Ranker, output: Path, overwrite: bool, block_rows: int, stats: RunStats
 ) -> None:
     """The sorted rows → tier, rank, percentile and action per block at its global position, in parallel;
-    one file per block in rank order, in a hidden directory renamed onto `output` when all are written."""
+    then files of `block_rows` rows in rank order (part-k holds ranked rows k·block_rows onwards, however
+    Ray's sort cut its blocks), in a hidden directory renamed onto `output` when all are written."""
     blocks = ranked.to_arrow_refs()
     ranker_ref = ray.put(ranker)
     edges = ray.get([_edge.remote(ranker_ref, b) for b in blocks])
@@ -403,22 +407,27 @@ def _write_ranked(
         carries.append(carry)
         carry = carry_after(edge, int(start), carry)
     finished = [
-        _finish.remote(ranker_ref, b, int(s), n_ranked, c)
+        (int(s), e.rows, *_finish.remote(ranker_ref, b, int(s), n_ranked, c))
         for b, s, c, e in zip(blocks, starts, carries, edges, strict=True)
         if e.rows
     ]
-    infos = ray.get([info for _, info in finished])
+    infos = ray.get([info for *_, info in finished])
     schema = pa.unify_schemas([i["schema"] for i in infos], promote_options="permissive")
+    total = sum(rows for _, rows, *_ in finished)
     tmp = scratch_dir(output, "tmp")
     try:
-        written = sum(
-            ray.get(
-                [
-                    _write.remote(t, schema, str(tmp / f"part-{b:05d}.parquet"))
-                    for b, (t, _) in enumerate(finished)
-                ]
-            )
-        )
+        writes = []
+        for k, lo in enumerate(range(0, total, block_rows)):
+            hi = min(total, lo + block_rows)
+            pieces = [
+                (start, rows, table) for start, rows, table, _ in finished if start < hi and start + rows > lo
+            ]
+            slices = [
+                (max(lo, start) - start, min(hi, start + rows) - max(lo, start)) for start, rows, _ in pieces
+            ]
+            path = str(tmp / f"part-{k:05d}.parquet")
+            writes.append(_write.remote(schema, path, slices, *(table for *_, table in pieces)))
+        written = sum(ray.get(writes))
         if written != stats.customers:
             raise RuntimeError(
                 f"{output}: {written} rows for {stats.customers} customers; nothing was written"
@@ -430,4 +439,4 @@ def _write_ranked(
         place_dir(tmp, output, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("ranked %s customers into %d files: %s", f"{written:,}", len(finished), output)
+    log.info("ranked %s customers into %d files: %s", f"{written:,}", len(writes), output)
