@@ -153,7 +153,7 @@ def test_bad_data_in_a_worker_is_the_one_line_error_one_machine_gives(
 
 
 @pytest.mark.slow
-def test_a_gpu_ask_the_cluster_cannot_meet_is_refused_not_left_waiting(
+def test_an_ask_the_cluster_cannot_meet_is_refused_not_left_waiting(
     model: Path, cluster: None, tmp_path: Path
 ) -> None:
     pq.write_table(pq.read_table(model.parent.parent / "data" / "events.parquet"), tmp_path / "e.parquet")
@@ -166,6 +166,11 @@ def test_a_gpu_ask_the_cluster_cannot_meet_is_refused_not_left_waiting(
     )
     with pytest.raises(ConfigError, match=r"^ray.gpus_per_worker=1: the cluster has 0 GPU\(s\)$"):
         score_on_ray(job, {"gpus_per_worker": 1, "workers": 1})
+    # an actor holding every CPU would starve the reads that feed it: the job would wait forever
+    with pytest.raises(
+        ConfigError, match=r"^ray.cpus_per_worker=2: the cluster has 2 CPU\(s\), and a scoring"
+    ):
+        score_on_ray(job, {"cpus_per_worker": 2, "workers": 1})
 
 
 def test_cuda_without_a_gpu_per_worker_is_refused_before_the_work(model: Path, tmp_path: Path) -> None:

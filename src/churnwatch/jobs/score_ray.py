@@ -170,10 +170,17 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
 
 
 def _workers(cluster: RayConfig) -> int:
-    """`ray.workers`, or as many scoring actors as the cluster's CPUs and GPUs hold. A GPU ask the cluster
-    cannot meet is refused now, not left waiting for a GPU that never comes."""
+    """`ray.workers`, or as many scoring actors as the cluster's CPUs and GPUs hold. An ask the cluster
+    cannot meet is refused now, not left waiting forever: a GPU it lacks, or an actor that would hold every
+    CPU, so that no read task could run to feed it."""
     resources = ray.cluster_resources()
-    workers = max(1, int(resources.get("CPU", 1)) // cluster.cpus_per_worker)
+    cpus = int(resources.get("CPU", 1))
+    if cluster.cpus_per_worker >= cpus:
+        raise ConfigError(
+            f"ray.cpus_per_worker={cluster.cpus_per_worker}: the cluster has {cpus} CPU(s), and a scoring "
+            "actor must leave one for reading and shuffling"
+        )
+    workers = max(1, cpus // cluster.cpus_per_worker)
     if cluster.gpus_per_worker:
         gpus = resources.get("GPU", 0)
         if gpus < cluster.gpus_per_worker:
