@@ -95,6 +95,20 @@ class ScoreJob:
             spill_dir=c.spill_dir,
         )
 
+    def scorer(self, **overrides: Any) -> Scorer:
+        """The job's model, loaded and checked, with the job's options (`overrides` replace some)."""
+        options = {
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "drivers": self.drivers,
+            "playbook": self.playbook,
+            "rank_by": self.rank_by,
+            "value_days": self.value_days,
+            "precision": self.precision,
+            "verify": self.verify,
+        }
+        return Scorer(self.model_path, **{**options, **overrides})
+
 
 @dataclass(frozen=True)
 class ScoringResult:
@@ -136,17 +150,7 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
             )
         if as_of is None:
             raise ConfigError("sharded scoring needs an explicit as_of: every shard must score the same date")
-    scorer = Scorer(
-        job.model_path,
-        device=job.device,
-        batch_size=job.batch_size,
-        drivers=job.drivers,
-        playbook=job.playbook,
-        rank_by=job.rank_by,
-        value_days=job.value_days,
-        precision=job.precision,
-        verify=job.verify,
-    )
+    scorer = job.scorer()
     reader = scorer.reader
     reader.warn_without_customers(customers_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)

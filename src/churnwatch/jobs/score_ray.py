@@ -37,7 +37,7 @@ import ray
 from ray.exceptions import RayError
 
 from churnwatch.config.options import check_values
-from churnwatch.config.schema import RayConfig, typed
+from churnwatch.config.schema import RayConfig, ScoreConfig, typed
 from churnwatch.data.partition import FILE_ROW, canonical_ids, part_of
 from churnwatch.data.schema import CUSTOMER_ID
 from churnwatch.data.validation import no_event_rows
@@ -45,9 +45,8 @@ from churnwatch.errors import ArtifactError, ConfigError, DataValidationError
 from churnwatch.io.atomic import check_output, place_dir, scratch_dir
 from churnwatch.jobs.score import RunStats, ScoreJob, ScoringResult
 from churnwatch.scoring.inputs import default_as_of
-from churnwatch.scoring.output import RANK_KEYS, report_path
+from churnwatch.scoring.output import RANK_KEYS, rank_group, report_path
 from churnwatch.scoring.ranking import BlockEdge, Carry, Ranker, carry_after, check_finite
-from churnwatch.scoring.scorer import Scorer
 
 log = logging.getLogger(__name__)
 PART = "__churnwatch_part__"
@@ -58,7 +57,7 @@ CUSTOMER_COLUMN = "__customer__."
 """The customers table's columns ride in the shuffle under this prefix, beside the events' own."""
 USER_ERRORS = (DataValidationError, ConfigError, ArtifactError, FloatingPointError)
 GROUP = "__churnwatch_group__"
-"""Sort key: 0 ranked, 1 lapsed, 2 without history (`rank_order`'s groups)."""
+"""Sort key: `rank_group` (0 ranked, 1 lapsed, 2 without history), as `rank_order` sorts first."""
 
 
 def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = None) -> ScoringResult:
@@ -93,15 +92,7 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     }
     output = check_output(job.output_path, job.overwrite, inputs, directory=True)
     # the driver loads the model once, for its checks (the signature too) and the ranking; actors score
-    scorer = Scorer(
-        job.model_path,
-        device="cpu",
-        drivers=job.drivers,
-        playbook=job.playbook,
-        rank_by=job.rank_by,
-        value_days=job.value_days,
-        verify=job.verify,
-    )
+    scorer = job.scorer(device="cpu", batch_size=None, precision=ScoreConfig.precision)
     reader = scorer.reader
     reader.warn_without_customers(job.customers_path)
     if not ray.is_initialized():
@@ -304,17 +295,7 @@ class _PartScorer:
         events: pa.Schema,
         customers: pa.Schema | None,
     ):
-        self.scorer = Scorer(
-            job.model_path,
-            device=job.device,
-            batch_size=job.batch_size,
-            drivers=job.drivers,
-            playbook=job.playbook,
-            rank_by=job.rank_by,
-            value_days=job.value_days,
-            precision=job.precision,
-            verify=job.verify,
-        )
+        self.scorer = job.scorer()
         self.job, self.as_of, self.reports = job, as_of, reports
         self.events, self.customers = events, customers
 
@@ -369,8 +350,7 @@ def _frame(table: pa.Table, columns: pa.Schema, prefix: str) -> pd.DataFrame:
 
 
 def _with_group(scored: pa.Table) -> pa.Table:
-    no_history = scored.column("no_history").to_numpy()
-    group = np.where(no_history, 2, np.where(scored.column("lapsed").to_numpy(), 1, 0)).astype(np.int8)
+    group = rank_group(scored.column("no_history").to_numpy(), scored.column("lapsed").to_numpy())
     return scored.append_column(GROUP, pa.array(group))
 
 

@@ -137,13 +137,19 @@ def check_suffix(path: Path) -> str:
     return suffix
 
 
+def rank_group(no_history: np.ndarray, lapsed: np.ndarray) -> np.ndarray:
+    """The first sort key of the ranked order: 0 ranked, 1 lapsed, 2 without history."""
+    return np.where(no_history, 2, np.where(lapsed, 1, 0)).astype(np.int8)
+
+
 def rank_order(keys: pa.Table, rank_by: str, within: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """Positions of `keys` rows in rank order and how many are ranked: the population by `rank_by`
     (riskiest first), then lapsed customers, then those without history; ties by customer id. `within`:
     a population label per row, sorted first (each population ranked on its own)."""
-    no_history = keys.column("no_history").to_numpy(zero_copy_only=False)
-    lapsed = keys.column("lapsed").to_numpy(zero_copy_only=False)
-    group = np.where(no_history, 2, np.where(lapsed, 1, 0)).astype(np.int8)
+    group = rank_group(
+        keys.column("no_history").to_numpy(zero_copy_only=False),
+        keys.column("lapsed").to_numpy(zero_copy_only=False),
+    )
     key = "churn_probability" if rank_by == "probability" else "value_at_risk"
     columns = {"group": group, "key": keys.column(key), "id": keys.column(CUSTOMER_ID)}
     sort_keys = [("group", "ascending"), ("key", "descending"), ("id", "ascending")]
