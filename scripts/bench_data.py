@@ -1,7 +1,7 @@
 """Benchmark the data path: synthetic generation, then load/validate, snapshot, encode and aggregate.
 
     python scripts/bench_data.py [--customers 1000000] [--work-dir /tmp/churnwatch_bench]
-    python scripts/bench_data.py --cache [--customers 20000] [--work-dir /tmp/churnwatch_bench_cache]
+    python scripts/bench_data.py --cache [--customers 20000] [--work-dir /tmp/churnwatch_bench_cache] [--ray]
 
 Each phase runs in a fresh Python process so its peak RSS is its own. Prints a markdown table for
 docs/BENCHMARKS.md and writes the raw figures as JSON next to the generated data.
@@ -9,6 +9,9 @@ docs/BENCHMARKS.md and writes the raw figures as JSON next to the generated data
 `--cache` measures the encoded-snapshot cache instead: `build_data` on the default synthetic config without
 the cache, on a miss (empty cache dir: build + write the entry) and on a hit, each in a fresh process, plus
 the entry's size on disk and the time to hash the events file (the part of a hit that grows with input).
+With `--ray`, also `churnwatch prepare engine=ray`'s build of the same entry (jobs/prepare_ray.py) on a local
+Ray cluster of every core, into its own cache dir (the driver's peak RSS only: the workers are other
+processes), checked against the single-machine build.
 """
 
 from __future__ import annotations
@@ -139,17 +142,24 @@ def phase_cache(args: argparse.Namespace) -> dict:
     from churnwatch.pipeline.cache_key import content_digest
     from churnwatch.pipeline.dataset import as_dict
 
+    cache = args.work_dir / ("cache_ray" if args.phase == "ray" else "cache")
     overrides = [
         f"data.data_dir={args.work_dir}",
         "paths.output_dir=.",
-        f"data.cache.dir={args.work_dir / 'cache'}",
+        f"data.cache.dir={cache}",
         f"data.cache.enabled={args.phase != 'uncached'}",
     ]
     cfg = as_dict(compose("prepare", overrides=overrides).data)
     out: dict = {"phase": args.phase}
+    if args.phase == "ray":
+        import ray
+
+        from churnwatch.jobs.prepare_ray import prepare_on_ray
+
+        ray.init(num_cpus=os.cpu_count(), log_to_driver=False, include_dashboard=False)
     with PeakRSS() as mem:
         t = time.perf_counter()
-        data = build_data(cfg)
+        data = prepare_on_ray(cfg, {}, args.part_events) if args.phase == "ray" else build_data(cfg)
         out["build_s"] = time.perf_counter() - t
         # What an epoch reads: every encoded event and aggregate row once (pages come in from the mapping).
         t = time.perf_counter()
@@ -173,7 +183,7 @@ def phase_cache(args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         content_digest(events_path, how)
         out[f"hash_{how}_s"] = time.perf_counter() - t
-    entries = [p for p in (args.work_dir / "cache").glob("*") if p.is_dir() and not p.name.startswith(".")]
+    entries = [p for p in cache.glob("*") if p.is_dir() and not p.name.startswith(".")]
     out["entry_mb"] = sum(f.stat().st_size for e in entries for f in e.iterdir()) / 1e6
     sizes = {f.name: f.stat().st_size for e in entries for f in e.iterdir()}
     out["events_arrow_mb"] = sizes.get("events.arrow", 0) / 1e6
@@ -194,6 +204,8 @@ def _run_phase(phase: str, args: argparse.Namespace) -> dict:
         str(args.work_dir),
         "--cutoff",
         args.cutoff,
+        "--part-events",
+        str(args.part_events),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -217,18 +229,25 @@ def main_cache(args: argparse.Namespace) -> None:
         _run_phase("generate", args)
         marker.write_text(str(args.customers))
     shutil.rmtree(args.work_dir / "cache", ignore_errors=True)
-    runs = {p: _run_phase(p, args) for p in ("uncached", "cold", "warm")}
+    shutil.rmtree(args.work_dir / "cache_ray", ignore_errors=True)
+    phases = ("uncached", "cold", "warm", "ray") if args.ray else ("uncached", "cold", "warm")
+    runs = {p: _run_phase(p, args) for p in phases}
     runs["machine"] = _machine()
     (args.work_dir / "bench_cache.json").write_text(json.dumps(runs, indent=2))
     u, c, w = runs["uncached"], runs["cold"], runs["warm"]
     assert u["checksum"] == c["checksum"] == w["checksum"], "cached arrays differ from the uncached build"
+    if args.ray:  # numeric statistics summed part by part: equal to rounding
+        assert np.isclose(runs["ray"]["checksum"], u["checksum"], rtol=1e-6), "the Ray build differs"
     print(
         f"{args.customers:,} customers, {w['log_events']:,} events ({w['events_file_mb']:.0f} MB parquet), "
         f"{w['rows']:,} snapshot rows, {w['encoded_events']:,} encoded events\n"
     )
     print("| build_data | time | then read all arrays | event log ready | peak RSS + |")
     print("| --- | --- | --- | --- | --- |")
-    for name, r in (("no cache", u), ("cache miss (build + write)", c), ("cache hit", w)):
+    named = [("no cache", u), ("cache miss (build + write)", c), ("cache hit", w)]
+    if args.ray:
+        named.append((f"engine=ray, {os.cpu_count()} CPUs (build + write)", runs["ray"]))
+    for name, r in named:
         print(
             f"| {name} | {r['build_s']:.2f} s | {r['read_arrays_s']:.2f} s | {r['event_log_s']:.2f} s | "
             f"{r['peak_extra_gb']:.2f} GB |"
@@ -251,7 +270,9 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/churnwatch_bench"))
     parser.add_argument("--cutoff", default="2024-10-15")
     parser.add_argument("--cache", action="store_true", help="measure the encoded-snapshot cache")
-    phases = ["generate", "encode", "uncached", "cold", "warm"]
+    parser.add_argument("--ray", action="store_true", help="with --cache: also on a local Ray cluster")
+    parser.add_argument("--part-events", type=int, default=2_000_000, help="engine=ray's part size")
+    phases = ["generate", "encode", "uncached", "cold", "warm", "ray"]
     parser.add_argument("--phase", choices=phases, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:

@@ -79,3 +79,28 @@ def test_keep_selects_rows_by_customer_and_an_empty_file_gives_no_parts(tmp_path
     empty = tmp_path / "empty.csv"
     empty.write_text("cid,ts,kind,amount\n")
     assert split_file(empty, "cid", 3, tmp_path / "b") == []
+
+
+def test_a_directory_of_parquet_files_reads_as_its_files_in_path_order(tmp_path):
+    """Hive partition keys become columns; a column one file lacks is null there; an empty directory or a
+    directory of CSV files is one line."""
+    from churnwatch.data.readers import read_table
+
+    (tmp_path / "ds" / "day=2").mkdir(parents=True)
+    (tmp_path / "ds" / "day=10").mkdir(parents=True)
+    pd.DataFrame({"cid": ["b", "a"], "x": [1.0, 2.0]}).to_parquet(tmp_path / "ds" / "day=2" / "p.parquet")
+    pd.DataFrame({"cid": ["c"]}).to_parquet(tmp_path / "ds" / "day=10" / "p.parquet")
+    frame = read_table(tmp_path / "ds")
+    # path order: "day=10" sorts before "day=2"
+    assert frame["cid"].tolist() == ["c", "b", "a"]
+    assert frame["day"].tolist() == [10, 2, 2]
+    assert frame["x"].isna().tolist() == [True, False, False]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataValidationError, match=r"^.*empty: directory holds no parquet files$"):
+        read_table(tmp_path / "empty")
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "a.csv").write_text("cid\n1\n")
+    with pytest.raises(
+        DataValidationError, match=r"csv: not a parquet file or a directory of parquet files \("
+    ):
+        read_table(tmp_path / "csv")

@@ -316,7 +316,7 @@ def test_losing_a_commit_race_keeps_the_winners_entry(tmp_path):
     (entry,) = _entries(tmp_path / "cache")
     manifest = (entry / "manifest.json").read_bytes()
     cache = EncodedCache.from_config(cfg)
-    data = cache._build_and_store(lambda alloc_for: encode_data(cfg, alloc_for))  # the entry already exists
+    data = cache._build_and_store(lambda writer: encode_data(cfg, writer.allocator))  # the entry already exists
     assert (entry / "manifest.json").read_bytes() == manifest
     assert not list((tmp_path / "cache").glob(".tmp-*"))
     _assert_same(_uncached(cfg), data)
@@ -446,3 +446,34 @@ def test_code_modules_cover_the_data_path():
             todo.extend(m for m in _imported_at_load(name) if m.startswith(DATA_PATH_PACKAGES))
     assert reached - set(CODE_MODULES) == set()
     assert [m for m in CODE_MODULES if _module_file(m) is None] == []
+
+
+def test_a_dataset_directory_is_an_input_whose_files_are_its_identity(tmp_path, caplog):
+    """Events as a directory of parquet files (hive partitions): one machine reads it as the files in path
+    order, the entry is found again, and a file rewritten inside it is a miss."""
+    events = make_events(n_customers=60, seed=4)
+    _write(tmp_path)  # the customers file
+    root = tmp_path / "events"
+    halves = {1: events.iloc[: len(events) // 2], 2: events.iloc[len(events) // 2 :]}
+    for month, half in halves.items():
+        (root / f"month={month}").mkdir(parents=True)
+        half.to_parquet(root / f"month={month}" / "part-0.parquet")
+    (root / "_SUCCESS").write_text("")  # a marker file Arrow skips: not data, not identity
+    cfg = _cfg(root, tmp_path / "cache")
+    whole = tmp_path / "whole.parquet"
+    pd.concat([h.assign(month=np.int32(m)) for m, h in halves.items()]).to_parquet(whole)
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
+        first = build_data(cfg)
+        again = build_data(cfg)
+    assert f"encoded cache hit {tmp_path / 'cache'}" in caplog.text
+    from_file = _uncached({**cfg, "events_path": str(whole)})
+    for name in ("train", "val", "test"):
+        assert np.array_equal(getattr(first, name).seqs.num, getattr(from_file, name).seqs.num)
+    assert first.reports[0].rows_read == len(events)
+    _assert_same(first, again)
+    halves[2].assign(amount=halves[2]["amount"] * 2).to_parquet(root / "month=2" / "part-0.parquet")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
+        changed = build_data(cfg)
+    assert "events file changed" in caplog.text
+    assert not np.array_equal(changed.train.seqs.num, first.train.seqs.num)

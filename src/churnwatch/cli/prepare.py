@@ -1,15 +1,16 @@
-"""`churnwatch prepare [data=online_retail] [data.<key>=value ...]`"""
+"""`churnwatch prepare [data=online_retail] [data.<key>=value ...] [engine=ray ray.address=... ...]`"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from churnwatch.cli.app import command
+from churnwatch.cli.app import command, require_packages
+from churnwatch.errors import ConfigError
 
 log = logging.getLogger("churnwatch.prepare")
 
@@ -17,12 +18,20 @@ log = logging.getLogger("churnwatch.prepare")
 @command("prepare")
 def main(cfg: DictConfig) -> None:
     """Dry-run the data path: validate, build snapshots and splits, fit the encoders, encode, and write
-    data_report.json into the run dir."""
+    data_report.json into the run dir (engine=ray: on a Ray cluster, into the encoded-snapshot cache)."""
     from churnwatch.pipeline.build import build_data
 
     run_dir = Path(cfg.paths.output_dir)
     log.info("run dir: %s", run_dir)
-    data = build_data(cfg.data)
+    if cfg.engine == "ray":
+        require_packages("churnwatch prepare", ("ray", "ray.data"), "distributed")
+        from churnwatch.jobs.prepare_ray import prepare_on_ray
+
+        data = prepare_on_ray(cfg.data, OmegaConf.to_object(cfg.ray), int(cfg.part_events))
+    elif cfg.engine == "local":
+        data = build_data(cfg.data)
+    else:
+        raise ConfigError(f"engine must be 'local' or 'ray', got {cfg.engine!r}")
     summary = data.summary()
     report_file = data.write_report(run_dir)
 

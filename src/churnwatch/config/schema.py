@@ -300,15 +300,18 @@ class DriversConfig:
 
 @dataclass
 class RayConfig:
-    """Where and how wide `churnwatch score engine=ray` runs (jobs/score_ray.py, docs/SCORING.md)."""
+    """Where and how wide `churnwatch score engine=ray` and `churnwatch prepare engine=ray` run
+    (jobs/score_ray.py, jobs/prepare_ray.py; docs/SCORING.md, docs/DATA.md)."""
 
     address: str | None = _opt(
         None, "the cluster (ray://host:10001, or auto); null: $RAY_ADDRESS, else a local one on this machine"
     )
     workers: int | None = _opt(
-        None, "scoring actors, each with its own model; null: as many as the cluster's CPUs (and GPUs) allow"
+        None,
+        "scoring actors, each with its own model (prepare: the fewest parts); null: as many as the cluster's "
+        "CPUs (and GPUs) allow",
     )
-    cpus_per_worker: int = _opt(1, "CPUs (torch threads) each scoring actor holds")
+    cpus_per_worker: int = _opt(1, "CPUs (torch threads) each scoring actor or preparing task holds")
     gpus_per_worker: float = _opt(
         0.0, "GPUs each scoring actor holds (device=cuda needs > 0; 0.5: two a GPU)"
     )
@@ -371,6 +374,24 @@ class ScoreConfig(ModelFileConfig):
     )
     ray: RayConfig = _opt(None, "the Ray cluster (engine=ray)", factory=RayConfig)
     playbook: Any = _opt(None, "the retention playbook (group playbook=)", factory=dict)
+    paths: Any = _opt(None, "where files go (group paths=)", factory=dict)
+
+
+@dataclass
+class PrepareConfig:
+    """`churnwatch prepare`: the data path as a dry run, on this machine or on a Ray cluster (pipeline/,
+    jobs/prepare_ray.py; docs/DATA.md)."""
+
+    task_name: str = _opt("prepare", "names the run dir")
+    seed: int = _opt(42, "the run's seed (the split's is data.seed)")
+    engine: str = _opt(
+        "local",
+        "local | ray: prepare a parquet dataset on a Ray cluster into the encoded-snapshot cache, where "
+        "train finds it (data.cache.dir on a file system every node mounts; the [distributed] extra)",
+    )
+    part_events: int = _opt(2_000_000, "engine=ray: events per customer-disjoint part (one task's memory)")
+    ray: RayConfig = _opt(None, "the Ray cluster (engine=ray)", factory=RayConfig)
+    data: Any = _opt(None, "the data config (group data=)", factory=dict)
     paths: Any = _opt(None, "where files go (group paths=)", factory=dict)
 
 
@@ -452,6 +473,7 @@ SCHEMAS = {
     ("data", "data_schema"): DataConfig,
     ("recommender", "recommender_schema"): RecommenderConfig,
     (None, "score_schema"): ScoreConfig,
+    (None, "prepare_schema"): PrepareConfig,
     (None, "merge_scores_schema"): MergeScoresConfig,
     (None, "serve_schema"): ServeConfig,
 }

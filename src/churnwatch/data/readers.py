@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from churnwatch.errors import DataValidationError
@@ -109,10 +110,56 @@ def check_columns(names: Sequence[Any], path: str | Path) -> None:
             )
 
 
+def parquet_dataset(path: str | Path) -> pads.Dataset:
+    """A parquet file, or a directory of them (hive partitions allowed; names starting with '.' or '_'
+    skipped, as Arrow skips them), as an Arrow dataset: its files in path order (the order their rows are
+    read and numbered in, here and on a cluster, jobs/ray_data.py), its schema every file's columns (a
+    column some file lacks is null there), then the partition keys. An unreadable one is one line."""
+    try:
+        found = pads.dataset(str(path), format="parquet", partitioning="hive")
+        fragments = sorted(found.get_fragments(), key=lambda f: f.path)
+        schema = pa.unify_schemas([found.schema, *(f.physical_schema for f in fragments)])
+        return pads.dataset(
+            [f.path for f in fragments],
+            schema=schema,
+            format="parquet",
+            partitioning="hive",
+            partition_base_dir=str(path),
+            filesystem=found.filesystem,
+        )
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataValidationError(
+            f"{path}: not a parquet file or a directory of parquet files ({first})"
+        ) from None
+
+
+def dataset_files(path: str | Path) -> list[str]:
+    """The data files of a parquet dataset directory, in path order (`parquet_dataset`)."""
+    return list(parquet_dataset(path).files)
+
+
+def _read_dataset(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
+    """A directory of parquet files as one table (`parquet_dataset`)."""
+    dataset = parquet_dataset(path)
+    if not dataset.files:
+        raise DataValidationError(f"{path}: directory holds no parquet files")
+    check_columns(dataset.schema.names, path)
+    wanted = [c for c in columns if c in dataset.schema.names] if columns is not None else None
+    try:
+        table = dataset.to_table(columns=wanted)
+    except (pa.ArrowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataValidationError(f"{path}: cannot read the parquet dataset ({first})") from None
+    return table.to_pandas(self_destruct=True, split_blocks=True)
+
+
 def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Read parquet or CSV by extension; a missing or unreadable file, or a header naming a column twice,
-    is a one-line error."""
+    """Read parquet or CSV by extension, or a directory of parquet files (a dataset, hive partitions
+    allowed); a missing or unreadable file, or a header naming a column twice, is a one-line error."""
     path = Path(path)
+    if path.is_dir():
+        return _read_dataset(path, columns)
     with _reading(path):
         header = _header(path)
         check_columns(header, path)

@@ -220,11 +220,8 @@ def build_snapshot(
         customers, label = customers[known], label[known]
     else:
         window_end = c + pd.Timedelta(days=horizon_days)
-        if data_end is not None and window_end > data_end + pd.Timedelta(days=1):
-            raise ConfigError(
-                f"cutoff {c.date()}: label window [{c.date()}, {window_end.date()}) runs past the data's end "
-                f"{data_end.date()}, so every customer would look churned; use an earlier cutoff"
-            )
+        if data_end is not None:
+            check_label_window(c, horizon_days, data_end)
         active = log.count_in(c, window_end, mask=label_events)
         label = (active[customers] == 0).astype(np.float32)
     start = log.offsets[customers]
@@ -235,6 +232,26 @@ def build_snapshot(
         end=start + n_before[customers],
         label=label,
     )
+
+
+def check_label_window(cutoff: pd.Timestamp, horizon_days: int, data_end: pd.Timestamp) -> None:
+    """An implicit label needs its whole window [cutoff, cutoff + horizon) inside the data."""
+    c = pd.Timestamp(cutoff)
+    window_end = c + pd.Timedelta(days=horizon_days)
+    if window_end > data_end + pd.Timedelta(days=1):
+        raise ConfigError(
+            f"cutoff {c.date()}: label window [{c.date()}, {window_end.date()}) runs past the data's end "
+            f"{data_end.date()}, so every customer would look churned; use an earlier cutoff"
+        )
+
+
+def check_population(cutoff: pd.Timestamp, size: int, data_start: np.datetime64 | pd.Timestamp) -> None:
+    """A training or test cutoff needs somebody in its population."""
+    if size == 0:
+        raise ConfigError(
+            f"cutoff {pd.Timestamp(cutoff).date()} has an empty population: no customer has "
+            f"events before it (data starts {pd.Timestamp(data_start).date()})"
+        )
 
 
 def label_event_mask(frame: pd.DataFrame, label_events: str | None) -> np.ndarray | None:
@@ -252,8 +269,12 @@ def build_snapshots(
     labels: pd.DataFrame | None = None,
     label_events: np.ndarray | None = None,
     data_end: pd.Timestamp | None = None,
+    part: bool = False,
 ) -> Snapshots:
-    """Several cutoffs stacked; a customer appears once per cutoff whose population includes them."""
+    """Several cutoffs stacked; a customer appears once per cutoff whose population includes them.
+
+    `part=True`: `log` is one customer-disjoint part of the whole, where a cutoff may have nobody (the caller
+    checks the whole's populations, `check_population`)."""
     parts = [
         build_snapshot(
             log,
@@ -266,12 +287,9 @@ def build_snapshots(
         )
         for c in cutoffs
     ]
-    for c, part in zip(cutoffs, parts, strict=True):
-        if len(part) == 0:
-            raise ConfigError(
-                f"cutoff {pd.Timestamp(c).date()} has an empty population: no customer has "
-                f"events before it (data starts {pd.Timestamp(log.ts.min()).date()})"
-            )
+    if not part:
+        for c, one in zip(cutoffs, parts, strict=True):
+            check_population(c, len(one), log.ts.min())
     return Snapshots.concat(parts)
 
 

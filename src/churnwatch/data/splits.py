@@ -4,15 +4,20 @@ learning curves. A customer's rows stay together, so no customer is on both side
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from churnwatch.config.schema import DataConfig
 from churnwatch.data.snapshots import Snapshots
 from churnwatch.errors import ConfigError
 
 
-def _customer_strata(snaps: Snapshots) -> tuple[np.ndarray, np.ndarray]:
-    """Unique customers and a stratum per customer: their label at their latest cutoff."""
+def customer_strata(snaps: Snapshots) -> tuple[np.ndarray, np.ndarray]:
+    """Unique customers (sorted) and a stratum per customer: their label at their latest cutoff. For
+    customer-disjoint parts of one population, concatenated in customer order, these are the whole's."""
     order = np.lexsort((snaps.cutoff, snaps.customer))
     cust = snaps.customer[order]
     last = np.r_[cust[1:] != cust[:-1], True]
@@ -24,44 +29,69 @@ def _stratify(strata: np.ndarray, n_splits: int) -> np.ndarray | None:
     return strata if len(counts) > 1 and counts.min() >= n_splits else None
 
 
-def holdout_split(snaps: Snapshots, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, val): a stratified holdout of customers, so no customer is in both."""
+def holdout_customers(
+    customers: np.ndarray, strata: np.ndarray, val_fraction: float, seed: int
+) -> np.ndarray:
+    """The validation customers: a stratified holdout of `customers` (with their `strata`)."""
     if not 0 < val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    customers, strata = _customer_strata(snaps)
     if len(customers) < 2:
         raise ConfigError("need at least 2 training customers to hold out a validation set")
     _, val_customers = train_test_split(
         customers, test_size=val_fraction, random_state=seed, stratify=_stratify(strata, 2)
     )
-    is_val = np.isin(snaps.customer, val_customers)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    return val_customers
 
 
-def kfold_splits(snaps: Snapshots, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Row indices (train, val) per fold, stratified k-fold by customer."""
-    customers, strata = _customer_strata(snaps)
+def fold_customers(customers: np.ndarray, strata: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """The validation customers of each of `folds` stratified folds."""
     if folds < 2 or folds > len(customers):
         raise ConfigError(f"cv folds must be in [2, {len(customers)}], got {folds}")
     stratify = _stratify(strata, folds)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     y = stratify if stratify is not None else np.zeros(len(customers), dtype=int)
-    out = []
-    for _, val_pos in splitter.split(customers, y):
-        is_val = np.isin(snaps.customer, customers[val_pos])
-        out.append((np.flatnonzero(~is_val), np.flatnonzero(is_val)))
-    return out
+    return [customers[val_pos] for _, val_pos in splitter.split(customers, y)]
 
 
-def customer_subsample(snaps: Snapshots, fraction: float, seed: int) -> np.ndarray:
-    """Row indices of a stratified sample of `fraction` of the customers (all their rows): learning curves."""
+def sample_customers(customers: np.ndarray, strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified sample of `fraction` of `customers` (learning curves)."""
     if not 0 < fraction <= 1:
         raise ConfigError(f"data.train_fraction must be in (0, 1], got {fraction}")
-    if fraction == 1:
-        return np.arange(len(snaps))
-    customers, strata = _customer_strata(snaps)
     keep = max(2, int(round(fraction * len(customers))))
-    if keep >= len(customers):
-        return np.arange(len(snaps))
+    if fraction == 1 or keep >= len(customers):
+        return customers
     chosen, _ = train_test_split(customers, train_size=keep, random_state=seed, stratify=_stratify(strata, 2))
-    return np.flatnonzero(np.isin(snaps.customer, chosen))
+    return chosen
+
+
+def _rows_apart(snaps: Snapshots, val_customers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    is_val = np.isin(snaps.customer, val_customers)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def holdout_split(snaps: Snapshots, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, val): a stratified holdout of customers, so no customer is in both."""
+    return _rows_apart(snaps, holdout_customers(*customer_strata(snaps), val_fraction, seed))
+
+
+def kfold_splits(snaps: Snapshots, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Row indices (train, val) per fold, stratified k-fold by customer."""
+    return [_rows_apart(snaps, val) for val in fold_customers(*customer_strata(snaps), folds, seed)]
+
+
+def split_customers(
+    cfg: Mapping[str, Any], customers: np.ndarray, strata: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) customers as the data config says: fold `fold` of `folds`, else a holdout of
+    `val_fraction`; then, for learning curves, a `train_fraction` sample of the training customers."""
+    seed = int(cfg.get("seed") or 0)
+    if cfg.get("fold") is not None:
+        val = fold_customers(customers, strata, int(cfg["folds"]), seed)[int(cfg["fold"])]
+    else:
+        val = holdout_customers(
+            customers, strata, float(cfg.get("val_fraction", DataConfig.val_fraction)), seed
+        )
+    train = ~np.isin(customers, val)
+    if cfg.get("train_fraction") is None:
+        return customers[train], val
+    return sample_customers(customers[train], strata[train], float(cfg["train_fraction"]), seed), val

@@ -19,7 +19,7 @@ from churnwatch.data.expressions import check_expression, query_mask
 from churnwatch.data.schema import MISSING, OTHER_TOKEN, PAD_TOKEN
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 from churnwatch.errors import ConfigError
-from churnwatch.features.stats import Vocabulary
+from churnwatch.features.stats import Moments, Vocabulary, merge_counts
 from churnwatch.features.stats import signed_log1p as _signed_log1p
 from churnwatch.features.window import FlatHistories, history_mask
 
@@ -72,6 +72,25 @@ class AggregateTable:
         return pd.DataFrame(self.values, columns=self.names)
 
 
+@dataclass
+class FeaturizerCounts:
+    """Round one of fitting the aggregates (`AggregateFeaturizer.counts`): token counts of the mix field and
+    the static categoricals, and (sum, n) of the purchase flags and amounts that set the trend smoothing.
+    Parts' counts merge into their union's."""
+
+    mix: pd.Series | None
+    static: dict[str, pd.Series]
+    trend: dict[str, np.ndarray]
+
+    @staticmethod
+    def merged(parts: Sequence[FeaturizerCounts]) -> FeaturizerCounts:
+        return FeaturizerCounts(
+            merge_counts([p.mix for p in parts]) if parts[0].mix is not None else None,
+            {k: merge_counts([p.static[k] for p in parts]) for k in parts[0].static},
+            {k: np.sum([p.trend[k] for p in parts], axis=0) for k in parts[0].trend},
+        )
+
+
 class AggregateFeaturizer:
     """fit on training snapshots (mix categories, static vocabularies, fills), transform any snapshots."""
 
@@ -96,35 +115,67 @@ class AggregateFeaturizer:
     def fit(
         self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
     ) -> AggregateFeaturizer:
-        self._check(log)
-        seen = history_mask(len(log), snaps.start, snaps.end)
-        if self.spec.mix_field:
-            values = log.frame[self.spec.mix_field][seen & self._purchase_mask(log)]
-            vocab = Vocabulary.fit(values[values.astype(str) != MISSING], 1, self.spec.mix_top_k + 2)
-            self.mix_categories = vocab.tokens[2:]
-        if customers is not None:
-            rows = customers.reindex(snaps.customer_ids(log))
-            for name in self.static_categorical:
-                self.static_vocabs[name] = Vocabulary.fit(rows[name].dropna(), 1, None)
-        else:
-            self.static_vocabs = {
-                name: Vocabulary.fit(pd.Series([], dtype=str)) for name in self.static_categorical
-            }
-        self.fill = {}
-        self.trend_smoothing = {}
-        table = self._compute(log, snaps, customers)
-        # Fills for 'no observation' cases are training means, so the table never holds NaN.
-        means = (
-            np.nanmean(np.where(np.isfinite(table.values), table.values, np.nan), axis=0)
-            if len(table.values)
-            else np.zeros(len(table.names))
-        )
-        self.fill = {n: float(np.nan_to_num(m)) for n, m in zip(table.names, means, strict=True)}
-        scaled = _signed_log1p(self._apply_fill(table).values.astype(np.float64))
-        self.scale_mean = scaled.mean(axis=0) if len(scaled) else np.zeros(len(table.names))
-        std = scaled.std(axis=0) if len(scaled) else np.ones(len(table.names))
-        self.scale_std = np.where(std > 1e-12, std, 1.0)
+        """Fit on the training rows `snaps`, in the three rounds a cluster runs part by part: vocabularies
+        and trend smoothing (`counts`), then the fills (`fill_moments`), then the scale (`scale_moments`)."""
+        self.fit_counts(self.counts(log, snaps, customers))
+        table, fill = self.fill_moments(log, snaps, customers)
+        self.fit_fill(table.names, fill)
+        self.fit_scale(self.scale_moments(self._apply_fill(table)))
         return self
+
+    def counts(
+        self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
+    ) -> FeaturizerCounts:
+        """Round one: token counts of the mix field (purchases in the histories) and of the static
+        categoricals (per row), and the sums that set the trend ratios' smoothing."""
+        self._check(log)
+        mix = None
+        if self.spec.mix_field:
+            seen = history_mask(len(log), snaps.start, snaps.end)
+            values = log.frame[self.spec.mix_field][seen & self._purchase_mask(log)]
+            mix = Vocabulary.counts(values[values.astype(str) != MISSING])
+        rows = customers.reindex(snaps.customer_ids(log)) if customers is not None else None
+        static = {
+            name: Vocabulary.counts(rows[name].dropna() if rows is not None else pd.Series([], dtype=str))
+            for name in self.static_categorical
+        }
+        hist = FlatHistories.of(log, snaps)
+        _, is_p, amount = self._purchases(log, hist)
+        trend = {"freq": np.array([is_p.sum(), len(is_p)], dtype=np.float64)}
+        trend["spend"] = np.array([amount.sum(), len(amount)], dtype=np.float64)
+        return FeaturizerCounts(mix, static, trend)
+
+    def fit_counts(self, counts: FeaturizerCounts) -> None:
+        if self.spec.mix_field:
+            vocab = Vocabulary.from_counts(counts.mix, 1, self.spec.mix_top_k + 2)
+            self.mix_categories = vocab.tokens[2:]
+        self.static_vocabs = {
+            name: Vocabulary.from_counts(counts.static[name]) for name in self.static_categorical
+        }
+        # the trend ratios' smoothing constant: fitted once on training rows, so a row's value never depends
+        # on the other rows transformed with it (scoring chunks, batches)
+        self.trend_smoothing = {
+            what: float(total / n) if n else 1.0 for what, (total, n) in counts.trend.items()
+        }
+
+    def fill_moments(
+        self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
+    ) -> tuple[AggregateTable, Moments]:
+        """Round two (after `fit_counts`): the rows' features, unfilled, and their moments: each
+        'no observation' fill is the training mean of the observed values, so the table never holds NaN."""
+        table = self._compute(log, snaps, customers)
+        return table, Moments.of(np.where(np.isfinite(table.values), table.values, np.nan))
+
+    def fit_fill(self, names: Sequence[str], moments: Moments) -> None:
+        self.fill = {n: float(m) for n, m in zip(names, moments.mean_std()[0], strict=True)}
+
+    @staticmethod
+    def scale_moments(filled: AggregateTable) -> Moments:
+        """Round three: moments of the filled training features on the network's (signed log) scale."""
+        return Moments.of(_signed_log1p(filled.values.astype(np.float64)))
+
+    def fit_scale(self, moments: Moments) -> None:
+        self.scale_mean, self.scale_std = moments.mean_std()
 
     def state(self) -> dict[str, Any]:
         """JSON-able fitted state (carried by an exported model that fuses aggregates)."""
@@ -199,6 +250,16 @@ class AggregateFeaturizer:
     def _purchase_mask(self, log: EventLog) -> np.ndarray:
         return query_mask(log.frame, self.spec.purchase_when, "data.aggregates.purchase_when")
 
+    def _purchases(self, log: EventLog, hist: FlatHistories) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(purchase mask over the log, per history event: is it a purchase, and its amount; a purchase
+        without an amount field counts 1)."""
+        purchase_all = self._purchase_mask(log)
+        is_p = purchase_all[hist.events]
+        if not self.spec.amount:
+            return purchase_all, is_p, is_p.astype(np.float64)
+        amount = np.nan_to_num(log.frame[self.spec.amount].to_numpy(dtype=np.float64)[hist.events]) * is_p
+        return purchase_all, is_p, amount
+
     def _compute(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None) -> AggregateTable:
         self._check(log)
         spec = self.spec
@@ -207,13 +268,7 @@ class AggregateFeaturizer:
         total = hist.total
         cols: dict[str, np.ndarray] = {}
 
-        purchase_all = self._purchase_mask(log)
-        is_p = purchase_all[rows]
-        amount = (
-            np.nan_to_num(log.frame[spec.amount].to_numpy(dtype=np.float64)[rows]) * is_p
-            if spec.amount
-            else is_p.astype(np.float64)
-        )
+        purchase_all, is_p, amount = self._purchases(log, hist)
         first_age = age[np.concatenate([[0], np.cumsum(lengths)[:-1]])] if n else np.zeros(0)
         last_age = age[np.cumsum(lengths) - 1] if n else np.zeros(0)
 
@@ -247,11 +302,7 @@ class AggregateFeaturizer:
         for short, long in ((30, 90), (90, 180)):
             for what, weights in (("freq", is_p.astype(np.float64)), ("spend", amount)):
                 s, lg = counts_in(short, weights), counts_in(long, weights)
-                # smoothing constant: fitted once on training rows, so a row's value never depends on the
-                # other rows transformed with it (scoring chunks, batches)
-                scale = self.trend_smoothing.setdefault(
-                    what, float(np.mean(weights)) if len(weights) else 1.0
-                )
+                scale = self.trend_smoothing[what]
                 cols[f"{what}_trend_{short}_{long}"] = (s + scale) / (lg * short / long + scale)
         hl_short, hl_long = spec.ema_half_lives
         ema_s = total(is_p * np.exp2(-age / hl_short)) * np.log(2) / hl_short

@@ -8,7 +8,7 @@ exported model can carry it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ import pandas as pd
 from churnwatch.data.schema import CustomerSchema, EventSchema, NumericField
 from churnwatch.data.snapshots import DAY_NS, EventLog, Snapshots
 from churnwatch.errors import ConfigError
-from churnwatch.features.stats import NumericStats, Vocabulary
+from churnwatch.features.stats import Moments, NumericStats, Vocabulary, merge_counts
 from churnwatch.features.window import HistoryWindow, Steps, VisitSpec, history_mask, kept_steps, ranges
 
 Allocator = Callable[[str, tuple[int, ...], np.dtype], np.ndarray]
@@ -90,6 +90,28 @@ def slice_events(offsets: np.ndarray, rows: np.ndarray, max_len: int | None = No
     if max_len is not None:
         starts = np.maximum(starts, ends - max_len)
     return ranges(starts, ends)
+
+
+@dataclass
+class EncoderStats:
+    """What `SequenceEncoder.fit_stats` needs of the training histories: token counts per categorical field
+    and moments of the numeric inputs. Parts' stats merge into their union's."""
+
+    vocab: dict[str, pd.Series]
+    events: Moments
+    time: Moments
+    static_vocab: dict[str, pd.Series]
+    static: Moments
+
+    @staticmethod
+    def merged(parts: Sequence[EncoderStats]) -> EncoderStats:
+        return EncoderStats(
+            vocab={k: merge_counts([p.vocab[k] for p in parts]) for k in parts[0].vocab},
+            events=Moments.merged([p.events for p in parts]),
+            time=Moments.merged([p.time for p in parts]),
+            static_vocab={k: merge_counts([p.static_vocab[k] for p in parts]) for k in parts[0].static_vocab},
+            static=Moments.merged([p.static for p in parts]),
+        )
 
 
 class SequenceEncoder:
@@ -177,10 +199,14 @@ class SequenceEncoder:
     # -- fit / transform -----------------------------------------------------------------------------------
     def fit(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None) -> SequenceEncoder:
         """Fit on the distinct events inside `snaps`' histories (and those customers' static rows) only."""
+        return self.fit_stats(self.stats(log, snaps, customers))
+
+    def stats(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None) -> EncoderStats:
+        """What fitting reads of `snaps`' histories: counts and moments, which add up over customer-disjoint
+        parts (`EncoderStats.merge`), so a cluster fits part by part what one machine fits at once."""
         fit_events = history_mask(len(log), snaps.start, snaps.end)
         frame = log.frame
-        for name in self.schema.categorical:
-            self.vocabs[name] = Vocabulary.fit(frame[name][fit_events], self.min_count, self.max_vocab)
+        vocab = {name: Vocabulary.counts(frame[name][fit_events]) for name in self.schema.categorical}
         steps = kept_steps(log, snaps, self.window)
         age = self._age(log, snaps, steps)
         if self.visits.enabled:  # visit values are fitted on the distinct visits the rows see
@@ -190,20 +216,34 @@ class SequenceEncoder:
         else:  # event fields on distinct events
             event_cols = [frame[n].to_numpy(dtype=np.float64)[fit_events] for n in self.schema.numeric_names]
             event_fields = list(self.schema.numeric)
-        # time features on what the model sees (per row)
-        event_stats = NumericStats(event_fields).fit(event_cols)
-        time_stats = NumericStats(list(TIME_NUMERIC)).fit([steps.gap_days, age])
-        self.numeric = NumericStats(
-            self._step_numeric,
-            np.concatenate([event_stats.mean, time_stats.mean]),
-            np.concatenate([event_stats.std, time_stats.std]),
-        )
         static = self._static_frame(log, snaps, customers)
-        for name in self.customer_schema.categorical:
-            self.static_vocabs[name] = Vocabulary.fit(static[name].dropna(), 1, self.max_vocab)
-        self.static_numeric = NumericStats(self._static_num_fields()).fit(
-            [static[n].to_numpy(dtype=np.float64) for n in self.static_num_names]
+        return EncoderStats(
+            vocab=vocab,
+            events=NumericStats(event_fields).moments(event_cols),
+            # time features on what the model sees (per row)
+            time=NumericStats(list(TIME_NUMERIC)).moments([steps.gap_days, age]),
+            static_vocab={name: Vocabulary.counts(static[name].dropna()) for name in self.static_cat_names},
+            static=NumericStats(self._static_num_fields()).moments(
+                [static[n].to_numpy(dtype=np.float64) for n in self.static_num_names]
+            ),
         )
+
+    def fit_stats(self, stats: EncoderStats) -> SequenceEncoder:
+        """Fit from the (merged) `stats` of the training histories."""
+        self.vocabs = {
+            name: Vocabulary.from_counts(stats.vocab[name], self.min_count, self.max_vocab)
+            for name in self.schema.categorical
+        }
+        event_mean, event_std = stats.events.mean_std()
+        time_mean, time_std = stats.time.mean_std()
+        self.numeric = NumericStats(
+            self._step_numeric, np.concatenate([event_mean, time_mean]), np.concatenate([event_std, time_std])
+        )
+        self.static_vocabs = {
+            name: Vocabulary.from_counts(stats.static_vocab[name], 1, self.max_vocab)
+            for name in self.static_cat_names
+        }
+        self.static_numeric = NumericStats(self._static_num_fields()).fit_moments(stats.static)
         return self
 
     def _reduced(self, log: EventLog, first: np.ndarray, stop: np.ndarray) -> list[np.ndarray]:

@@ -37,9 +37,18 @@ class Vocabulary:
 
     @classmethod
     def fit(cls, values: pd.Series, min_count: int = 1, max_size: int | None = None) -> Vocabulary:
+        return cls.from_counts(cls.counts(values), min_count, max_size)
+
+    @staticmethod
+    def counts(values: pd.Series) -> pd.Series:
+        """Occurrences per token (as text): what a vocabulary is fitted from. Counts of disjoint parts add
+        up (`merge_counts`) to the counts of their union."""
         cat = values if isinstance(values.dtype, pd.CategoricalDtype) else values.astype("category")
         counts = cat.value_counts(sort=False)  # per category: cheap even for 10M events
-        counts = counts.groupby(counts.index.astype(str)).sum()
+        return counts.groupby(counts.index.astype(str)).sum()
+
+    @classmethod
+    def from_counts(cls, counts: pd.Series, min_count: int = 1, max_size: int | None = None) -> Vocabulary:
         counts = counts[counts >= min_count]
         # Most frequent first, ties broken by the token itself, so the vocabulary is deterministic.
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -75,6 +84,70 @@ class Vocabulary:
         return table, np.where(codes < 0, len(table) - 1, codes)
 
 
+def merge_counts(parts: Sequence[pd.Series]) -> pd.Series:
+    """Token counts of customer-disjoint parts added up: the counts `Vocabulary.counts` gives their union."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.Series([], dtype=np.int64)
+    return pd.concat(parts).groupby(level=0).sum()
+
+
+@dataclass
+class Moments:
+    """Per column: how many values are not NaN, their mean and their sum of squared deviations, in units of
+    `scale` (the column's largest magnitude), so squares of values up to 1e300 (what validation lets
+    through) never overflow float64.
+
+    Moments of disjoint parts merge into the moments of their union (Chan, Golub & LeVeque, "Updating
+    formulae and a pairwise algorithm for computing sample variances", 1979): statistics fitted part by
+    part on a cluster equal one pass over all rows up to floating-point rounding.
+    """
+
+    n: np.ndarray
+    mean: np.ndarray
+    m2: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def of(cls, raw: np.ndarray) -> Moments:
+        """Moments of the columns of `raw` (rows, columns), NaN ignored."""
+        raw = np.asarray(raw, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            scale = np.fmax.reduce(np.abs(raw), axis=0, initial=0.0)  # ignores NaN
+            scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+            x = raw / scale
+            seen = ~np.isnan(x)
+            n = seen.sum(axis=0).astype(np.float64)
+            mean = np.where(seen, x, 0.0).sum(axis=0) / np.maximum(n, 1)
+            m2 = np.where(seen, (x - mean) ** 2, 0.0).sum(axis=0)
+        return cls(n, mean, m2, scale)
+
+    def merge(self, other: Moments) -> Moments:
+        scale = np.maximum(self.scale, other.scale)
+        a, b = self.scale / scale, other.scale / scale
+        n = self.n + other.n
+        mean_a, mean_b = self.mean * a, other.mean * b
+        delta = mean_b - mean_a
+        share = np.divide(other.n, n, out=np.zeros_like(n), where=n > 0)
+        m2 = self.m2 * a * a + other.m2 * b * b + delta * delta * self.n * share
+        return Moments(n, mean_a + delta * share, m2, scale)
+
+    @staticmethod
+    def merged(parts: Sequence[Moments]) -> Moments:
+        out = parts[0]
+        for part in parts[1:]:
+            out = out.merge(part)
+        return out
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, population std) per column: mean 0 where no value was seen, std 1 where there is no
+        usable spread."""
+        with np.errstate(all="ignore"):
+            mean = np.where(self.n > 0, self.mean * self.scale, 0.0)
+            std = np.sqrt(self.m2 / self.n) * self.scale
+        return np.nan_to_num(mean), np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+
+
 @dataclass
 class NumericStats:
     """Fill, optional signed log1p, then standardise with statistics fitted on training events."""
@@ -94,18 +167,14 @@ class NumericStats:
         return out
 
     def fit(self, columns: Sequence[np.ndarray]) -> NumericStats:
-        raw = self._raw(columns)
-        if not len(raw):
-            self.mean, self.std = np.zeros(len(self.fields)), np.ones(len(self.fields))
-            return self
-        # On values divided by their largest magnitude: squares of raw values up to 1e300 (what
-        # validation lets through) would overflow float64 and leave no usable spread.
-        with np.errstate(all="ignore"):
-            scale = np.fmax.reduce(np.abs(raw), axis=0)  # ignores NaN
-            scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-            self.mean = np.nan_to_num(np.nanmean(raw / scale, axis=0) * scale)
-            std = np.nanstd(raw / scale, axis=0) * scale
-        self.std = np.where(np.isfinite(std) & (std > 1e-12), std, 1.0)
+        return self.fit_moments(self.moments(columns))
+
+    def moments(self, columns: Sequence[np.ndarray]) -> Moments:
+        """What fitting needs of `columns` (filled and transformed): moments that merge across parts."""
+        return Moments.of(self._raw(columns, n_rows=0))
+
+    def fit_moments(self, moments: Moments) -> NumericStats:
+        self.mean, self.std = moments.mean_std()
         return self
 
     def transform(self, columns: Sequence[np.ndarray], n_rows: int | None = None) -> np.ndarray:

@@ -5,9 +5,9 @@ Ray Data rather than Spark: the scorer (torch, pandas, Arrow) runs unchanged ins
 with no JVM and no row conversion at the boundary, and `pip install` is all a laptop needs to run the same
 job on a local cluster. The job, stage by stage:
 
-1. **read**: every row group of the events (and customers) dataset is one read task. A row keeps its number
-   in the dataset (files in path order), what validation messages cite, and gets its part: a hash of its
-   canonical id, as `split_file` gives it on one machine.
+1. **read** (jobs/ray_data.py): every row group of the events (and customers) dataset is one read task. A
+   row keeps its number in the dataset (files in path order), what validation messages cite, and gets its
+   part: a hash of its canonical id, as `split_file` gives it on one machine.
 2. **group**: Ray's shuffle (`groupby(part).map_groups`) brings each part's events and customer rows
    together; a pool of actors, each holding one `Scorer`, validates, encodes and scores a part at a time.
 3. **rank**: Ray sorts the scored rows (ranked customers first, riskiest first, ties by id). Each sorted
@@ -19,43 +19,43 @@ job on a local cluster. The job, stage by stage:
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
-from ray.exceptions import RayError
 
 from churnwatch.config.options import check_values
-from churnwatch.config.schema import RayConfig, ScoreConfig, typed
-from churnwatch.data.partition import FILE_ROW, canonical_ids, part_of
+from churnwatch.config.schema import RayConfig, ScoreConfig
 from churnwatch.data.schema import CUSTOMER_ID
 from churnwatch.data.validation import no_event_rows
-from churnwatch.errors import ArtifactError, ConfigError, DataValidationError
+from churnwatch.errors import ConfigError
 from churnwatch.io.atomic import check_output, place_dir, scratch_dir
+from churnwatch.jobs.ray_data import (
+    CUSTOMERS,
+    EVENTS,
+    PART,
+    ParquetSource,
+    Reports,
+    cluster_config,
+    cluster_workers,
+    connect,
+    source_frame,
+    user_errors,
+)
 from churnwatch.jobs.score import RunStats, ScoreJob, ScoringResult
 from churnwatch.scoring.inputs import default_as_of
 from churnwatch.scoring.output import RANK_KEYS, rank_group, report_path
 from churnwatch.scoring.ranking import BlockEdge, Carry, Ranker, carry_after, check_finite
 
 log = logging.getLogger(__name__)
-PART = "__churnwatch_part__"
-SOURCE = "__churnwatch_source__"
-"""Which table a row of the shuffle came from: EVENTS or CUSTOMERS."""
-EVENTS, CUSTOMERS = 0, 1
-CUSTOMER_COLUMN = "__customer__."
-"""The customers table's columns ride in the shuffle under this prefix, beside the events' own."""
-USER_ERRORS = (DataValidationError, ConfigError, ArtifactError, FloatingPointError)
 GROUP = "__churnwatch_group__"
 """Sort key: `rank_group` (0 ranked, 1 lapsed, 2 without history), as `rank_order` sorts first."""
 
@@ -65,12 +65,9 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     allowed; `job.customers_path` likewise) on a Ray cluster into the directory `job.output_path`: its
     files, read in name order, are the rows `score_file` would write, in rank order. Needs `job.as_of`."""
     t0 = time.perf_counter()
-    cluster = cluster if isinstance(cluster, RayConfig) else typed(RayConfig, cluster or {}, "ray")
+    cluster = cluster_config(cluster)
     check_values(
         {
-            "ray.workers": cluster.workers,
-            "ray.cpus_per_worker": cluster.cpus_per_worker,
-            "ray.gpus_per_worker": cluster.gpus_per_worker,
             "part_events": job.part_events,
             "chunk_customers": job.chunk_customers,
             "block_rows": job.block_rows,
@@ -95,9 +92,8 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     scorer = job.scorer(device="cpu", batch_size=None, precision=ScoreConfig.precision)
     reader = scorer.reader
     reader.warn_without_customers(job.customers_path)
-    if not ray.is_initialized():
-        ray.init(address=cluster.address, log_to_driver=False, include_dashboard=False)
-    workers = _workers(cluster)
+    connect(cluster)
+    workers = cluster_workers(cluster)
     events = ParquetSource(job.events_path, EVENTS)
     if not events.rows:
         raise no_event_rows(job.events_path)
@@ -111,7 +107,7 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     data = events.read(id_column, n_parts, customers)
     if customers is not None:
         data = data.union(customers.read(id_column, n_parts, events))
-    reports = _Reports.remote()
+    reports = Reports.remote()
     scored = data.groupby(PART, num_partitions=n_parts).map_groups(
         _PartScorer,
         fn_constructor_kwargs={
@@ -128,14 +124,14 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
         num_gpus=cluster.gpus_per_worker,
     )
     sort_key = [GROUP, scorer.ranker.rank_key, CUSTOMER_ID]
-    with _user_errors():
+    with user_errors():
         ranked = (
             scored.map_batches(_with_group, batch_format="pyarrow")
             .sort(sort_key, descending=[False, True, False])
             .materialize()
         )
     stats = RunStats()
-    for part in ray.get(reports.all.remote()):
+    for part in ray.get(reports.all.remote()).values():
         stats.add(part["events"], part["customers"])
         stats.add_join(part["join"])
         stats.customers += part["customers_scored"]
@@ -144,7 +140,7 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     stats.check(str(job.events_path))
     stats.check_join(job.customers_path)
     stats.log()
-    with _user_errors():
+    with user_errors():
         _write_ranked(ranked, scorer.ranker, output, job.overwrite, job.block_rows, stats)
     stats.write(report_path(output), n_parts)
     return ScoringResult(
@@ -158,129 +154,6 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
         n_parts,
         {},
     )
-
-
-def _workers(cluster: RayConfig) -> int:
-    """`ray.workers`, or as many scoring actors as the cluster's CPUs and GPUs hold. An ask the cluster
-    cannot meet is refused now, not left waiting forever: a GPU it lacks, or an actor that would hold every
-    CPU, so that no read task could run to feed it."""
-    resources = ray.cluster_resources()
-    cpus = int(resources.get("CPU", 1))
-    if cluster.cpus_per_worker >= cpus:
-        raise ConfigError(
-            f"ray.cpus_per_worker={cluster.cpus_per_worker}: the cluster has {cpus} CPU(s), and a scoring "
-            "actor must leave one for reading and shuffling"
-        )
-    workers = max(1, cpus // cluster.cpus_per_worker)
-    if cluster.gpus_per_worker:
-        gpus = resources.get("GPU", 0)
-        if gpus < cluster.gpus_per_worker:
-            raise ConfigError(
-                f"ray.gpus_per_worker={cluster.gpus_per_worker}: the cluster has {gpus:g} GPU(s)"
-            )
-        workers = min(workers, int(gpus // cluster.gpus_per_worker))
-    return cluster.workers or workers
-
-
-class ParquetSource:
-    """A parquet dataset (a file, or a directory of files with hive partitions) as read tasks, one per row
-    group, each row numbered in the dataset: files in path order, as one file concatenating them would be."""
-
-    def __init__(self, path: str | Path, source: int):
-        self.path = str(path)
-        self.source = source
-        try:
-            dataset = pads.dataset(self.path, format="parquet", partitioning="hive")
-        except pa.ArrowInvalid as exc:
-            first = str(exc).splitlines()[0]
-            raise DataValidationError(f"{path}: engine=ray reads parquet files only ({first})") from None
-        self.filesystem = dataset.filesystem
-        self.schema = dataset.schema
-        """The dataset's schema: its files' columns, then the hive partition keys."""
-        self.groups: list[dict[str, Any]] = []
-        first = 0
-        for fragment in sorted(dataset.get_fragments(), key=lambda f: f.path):
-            keys = pads.get_partition_keys(fragment.partition_expression)
-            for g, group in enumerate(fragment.metadata.to_dict()["row_groups"]):
-                self.groups.append(
-                    {"path": fragment.path, "group": g, "first": first, "keys": json.dumps(keys, default=str)}
-                )
-                first += group["num_rows"]
-        self.rows = first
-        prefix = CUSTOMER_COLUMN if source == CUSTOMERS else ""
-        self.columns = pa.schema(
-            [pa.field(prefix + f.name, _plain(f.type)) for f in self.schema]
-            + [pa.field(prefix + FILE_ROW, pa.int64())]
-        )
-        """The columns this table's rows carry in the shuffle (dictionaries decoded, names prefixed)."""
-
-    def read(self, id_column: str, n_parts: int, other: ParquetSource | None) -> ray.data.Dataset:
-        """Its rows in the shuffle's one schema: this table's columns, the `other` table's as nulls."""
-        return ray.data.from_items(self.groups, override_num_blocks=max(1, len(self.groups))).map_batches(
-            _read_groups,
-            batch_size=1,
-            batch_format="pandas",
-            fn_kwargs={
-                "table": (self.path, self.source, self.filesystem, self.schema, self.columns),
-                "id_column": id_column,
-                "n_parts": n_parts,
-                "other": other.columns if other is not None else None,
-            },
-        )
-
-
-def _plain(kind: pa.DataType) -> pa.DataType:
-    return kind.value_type if pa.types.is_dictionary(kind) else kind
-
-
-def _read_groups(
-    items: pd.DataFrame, *, table: tuple[Any, ...], id_column: str, n_parts: int, other: pa.Schema | None
-) -> pa.Table:
-    """Row groups → rows numbered in the dataset, each with its part and the shuffle's columns
-    (`table`: the source's path, kind, file system, schema and shuffle columns)."""
-    path, source, filesystem, schema, columns = table
-    plain = pa.schema([pa.field(f.name, _plain(f.type)) for f in schema])
-    tables = []
-    for item in items.itertuples():
-        group = pq.ParquetFile(item.path, filesystem=filesystem).read_row_group(item.group)
-        for key, value in json.loads(item.keys).items():  # hive partition keys, typed as the dataset says
-            group = group.append_column(key, pa.array([value] * len(group)).cast(plain.field(key).type))
-        group = pa.table(  # a column some file lacks is null there, as the dataset reads it
-            {
-                f.name: _decoded(group.column(f.name))
-                if f.name in group.column_names
-                else pa.nulls(len(group))
-                for f in schema
-            }
-        ).cast(plain)
-        group = group.append_column(FILE_ROW, pa.array(np.arange(item.first, item.first + len(group))))
-        group, ids = canonical_ids(group, id_column, path)
-        part = part_of(ids, n_parts)
-        tables.append(group.rename_columns(list(columns.names)).append_column(PART, pa.array(part)))
-    rows = pa.concat_tables(tables)
-    mine = {f.name: rows.column(f.name) for f in columns}
-    absent = {f.name: pa.nulls(len(rows), f.type) for f in other} if other is not None else {}
-    ordered = {**mine, **absent} if source == EVENTS else {**absent, **mine}
-    kind = pa.array(np.full(len(rows), source, dtype=np.int8))
-    return pa.table({**ordered, PART: rows.column(PART), SOURCE: kind})
-
-
-def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
-
-
-@ray.remote(num_cpus=0)
-class _Reports:
-    """What each part's validation and join reported, for the sidecar: the driver adds them up."""
-
-    def __init__(self) -> None:
-        self.parts: dict[int, dict[str, Any]] = {}
-
-    def add(self, part: int, report: dict[str, Any]) -> None:
-        self.parts[part] = report  # by part: a part scored again after a worker died counts once
-
-    def all(self) -> list[dict[str, Any]]:
-        return list(self.parts.values())
 
 
 class _PartScorer:
@@ -301,12 +174,11 @@ class _PartScorer:
 
     def __call__(self, group: pa.Table) -> pa.Table:
         reader, job = self.scorer.reader, self.job
-        source = group.column(SOURCE).to_numpy()
-        events = _frame(group.filter(pa.array(source == EVENTS)), self.events, "")
+        events = source_frame(group, EVENTS, self.events)
         loaded = reader.read_events(job.events_path, events)
         customers, customer_report = None, None
         if self.customers is not None:
-            rows = _frame(group.filter(pa.array(source == CUSTOMERS)), self.customers, CUSTOMER_COLUMN)
+            rows = source_frame(group, CUSTOMERS, self.customers)
             customers, customer_report = reader.read_customers(job.customers_path, rows)
         inp = reader.prepare(loaded, customers, self.as_of)
         scored = self.scorer.score_input(inp, job.chunk_customers, progress=False)
@@ -321,32 +193,6 @@ class _PartScorer:
         # Arrow with the frame's pandas metadata, as a part on disk keeps it: the blocks read back as the
         # same dtypes (nullable integers, strings) the single-machine path ranks
         return pa.Table.from_pandas(scored, preserve_index=False)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """A churnwatch error raised in a Ray worker (bad data, a refused value, a probability that is not a
-    number) comes out as itself, its one line intact, not wrapped in Ray's task error and traceback."""
-    try:
-        yield
-    except Exception as exc:
-        found, seen = None, exc
-        while seen is not None:
-            if isinstance(seen, USER_ERRORS) and not isinstance(seen, RayError):
-                found = seen
-            seen = getattr(seen, "cause", None) or seen.__cause__
-        if found is None:
-            raise
-        # Ray appends its retry advice to the message: churnwatch's own is the first line
-        raise type(found)(str(found).splitlines()[0]) from exc
-
-
-def _frame(table: pa.Table, columns: pa.Schema, prefix: str) -> pd.DataFrame:
-    """One table's rows of a shuffle group, as `read_part` gives a part: its own columns, indexed by their
-    number in the dataset."""
-    frame = table.select(columns.names).to_pandas()
-    frame.columns = [c[len(prefix) :] for c in frame.columns]
-    return frame.set_index(FILE_ROW).rename_axis(None)
 
 
 def _with_group(scored: pa.Table) -> pa.Table:

@@ -22,4 +22,6 @@ def build_data(cfg: Mapping[str, Any] | DictConfig) -> ChurnData:
     cache = EncodedCache.from_config(cfg)
     if cache is None:
         return encode_data(cfg)
-    return cache.get_or_build(lambda alloc_for: encode_data(cfg, alloc_for))
+    return cache.get_or_build(
+        lambda writer: encode_data(cfg, writer.allocator if writer is not None else None)
+    )

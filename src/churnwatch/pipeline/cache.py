@@ -30,10 +30,9 @@ from typing import Any
 
 from churnwatch.config.schema import CacheConfig, typed
 from churnwatch.errors import ConfigError
-from churnwatch.features.encode import Allocator
 from churnwatch.io.atomic import fsync, process_alive
 from churnwatch.pipeline.cache_entry import CacheEntryError, EntryWriter, load_entry
-from churnwatch.pipeline.cache_key import describe_change, digest_key, key_parts
+from churnwatch.pipeline.cache_key import describe_change, digest_key, key_parts, size_and_mtime
 from churnwatch.pipeline.dataset import ChurnData
 
 log = logging.getLogger(__name__)
@@ -105,8 +104,10 @@ class EncodedCache:
             return None
         return cls(cfg, settings, parts)
 
-    def get_or_build(self, build: Callable[[Callable[[str], Allocator] | None], ChurnData]) -> ChurnData:
-        """A hit, or `build(allocator_for_split)` stored under the key and returned memory-mapped."""
+    def get_or_build(self, build: Callable[[EntryWriter | None], ChurnData]) -> ChurnData:
+        """A hit, or `build(writer)` stored under the key and returned memory-mapped. `build` places arrays
+        through the writer (`writer.allocator(split)`, or `writer.array` and `writer.write_events` for one
+        assembled in place); None: the cache directory is unusable, build in memory."""
         data, reason = self._lookup()
         if data is not None:
             log.info("encoded cache hit %s", self.entry)
@@ -153,7 +154,7 @@ class EncodedCache:
         return describe_change(best, self.parts)
 
     # -- build and store ----------------------------------------------------------------------------------
-    def _build_and_store(self, build: Callable[[Callable[[str], Allocator] | None], ChurnData]) -> ChurnData:
+    def _build_and_store(self, build: Callable[[EntryWriter | None], ChurnData]) -> ChurnData:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             self._clean_leftovers()
@@ -165,7 +166,7 @@ class EncodedCache:
             return build(None)
         writer = EntryWriter(tmp, digests=self.settings.verify)
         try:
-            data = build(writer.allocator)
+            data = build(writer)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -197,8 +198,7 @@ class EncodedCache:
         for role, ident in self.parts["inputs"].items():
             if ident is None:
                 continue
-            st = os.stat(ident["path"])
-            if (st.st_size, st.st_mtime_ns) != (ident["size"], ident["mtime_ns"]):
+            if size_and_mtime(ident["path"]) != (ident["size"], ident["mtime_ns"]):
                 raise CacheEntryError(f"the {role} file changed during the build")
 
     def _commit(self, tmp: Path) -> None:

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,12 @@ def _write_frame(frame: pd.DataFrame, path: Path, index: bool) -> dict[str, Any]
     feather.write_feather(
         pa.Table.from_pandas(frame, preserve_index=index), str(path), compression="uncompressed"
     )
+    return _frame_info(frame, len(frame), index)
+
+
+def _frame_info(frame: pd.DataFrame, rows: int, index: bool) -> dict[str, Any]:
     return {
-        "rows": len(frame),
+        "rows": rows,
         "index_dtype": str(frame.index.dtype) if index else None,
         "categories_dtype": {
             str(c): str(frame[c].dtype.categories.dtype)
@@ -63,6 +67,14 @@ def _write_frame(frame: pd.DataFrame, path: Path, index: bool) -> dict[str, Any]
             if isinstance(frame[c].dtype, pd.CategoricalDtype)
         },
     }
+
+
+def _with_rows(schema: pa.Schema, rows: int) -> pa.Schema:
+    """A schema whose pandas metadata describes a frame of `rows` rows (index 0..rows), as one written
+    whole would: the pieces of a streamed frame each carry their own."""
+    meta = json.loads(schema.metadata[b"pandas"])
+    meta["index_columns"] = [{"kind": "range", "name": None, "start": 0, "stop": rows, "step": 1}]
+    return schema.with_metadata({**schema.metadata, b"pandas": json.dumps(meta).encode()})
 
 
 def _open_table(path: Path, rows: int) -> pa.Table:
@@ -97,13 +109,15 @@ class EntryWriter:
         self.dir, self.digests = directory, digests
         self.mapped: dict[str, np.ndarray] = {}
         self.failed: str | None = None
+        self.frames: dict[str, Any] = {}
+        """Frames written already (`write_events`), which `write` then leaves as they are."""
 
     def allocator(self, split: str) -> Allocator:
         def alloc(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
             file = f"{split}.seqs.{name}"
             if self.failed is None:
                 try:
-                    return self._map(file, shape, dtype)
+                    return self.array(file, shape, dtype)
                 except OSError as exc:  # e.g. no space: encode in memory, skip the cache
                     self.failed = f"{file}: {exc}"
                     log.warning("encoded cache: cannot write %s (%s); building in memory", self.dir, exc)
@@ -111,7 +125,9 @@ class EntryWriter:
 
         return alloc
 
-    def _map(self, file: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    def array(self, file: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A new memory-mapped .npy of the entry (`{split}.{snaps|seqs}.{field}` or `{split}.aggregates`),
+        to fill in place."""
         path = self.dir / f"{file}.npy"
         arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
         if hasattr(os, "posix_fallocate") and arr.nbytes:
@@ -123,6 +139,30 @@ class EntryWriter:
                 os.close(fd)
         self.mapped[file] = arr
         return arr
+
+    def write_events(self, pieces: Iterable[pd.DataFrame], rows: int, customers: int) -> None:
+        """The events frame from consecutive `pieces` (a cluster's parts, in customer order, each with the
+        whole's categories), `rows` in all: one events.arrow as `write` would make of the whole frame,
+        never held whole."""
+        writer, info, written = None, None, 0
+        try:
+            for piece in pieces:
+                table = pa.Table.from_pandas(piece, preserve_index=False)
+                if writer is None:
+                    schema = _with_rows(table.schema, rows)
+                    writer = pa.ipc.new_file(str(self.dir / "events.arrow"), schema)
+                    info = _frame_info(piece, rows, index=False)
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+                written += len(piece)
+        finally:
+            if writer is not None:
+                writer.close()
+        if info is None or written != rows:
+            raise CacheEntryError(f"events.arrow: {written} rows written, {rows} expected")
+        self.frames["events"] = {**info, "customers": customers}
+
+    def write_customers(self, customers: pd.DataFrame) -> None:
+        self.frames["customers"] = _write_frame(customers, self.dir / "customers.arrow", index=True)
 
     def save_array(self, file: str, arr: np.ndarray, arrays: dict[str, Any]) -> None:
         if file in self.mapped and self.mapped[file] is arr:
@@ -145,10 +185,12 @@ class EntryWriter:
                 self.save_array(f"{name}.seqs.{f}", getattr(split.seqs, f), arrays)
             self.save_array(f"{name}.aggregates", split.aggregates.values, arrays)
             splits[name] = {"names": split.aggregates.names, "categorical": split.aggregates.categorical}
-        frames = {"events": _write_frame(data.log.frame, self.dir / "events.arrow", index=False)}
-        frames["events"]["customers"] = data.log.n_customers
-        if data.customers is not None:
-            frames["customers"] = _write_frame(data.customers, self.dir / "customers.arrow", index=True)
+        if "events" not in self.frames:
+            self.frames["events"] = _write_frame(data.log.frame, self.dir / "events.arrow", index=False)
+            self.frames["events"]["customers"] = data.log.n_customers
+        if data.customers is not None and "customers" not in self.frames:
+            self.write_customers(data.customers)
+        frames = self.frames
         (self.dir / "key.json").write_text(json.dumps(parts, indent=1, sort_keys=True, default=str))
         files = {}
         for path in sorted(self.dir.iterdir()):
@@ -275,6 +317,11 @@ class _MappedEventLog:
     def __call__(self) -> EventLog:
         table = self.table if self.table is not None else _open_table(self.path, self.info["rows"])
         return EventLog.from_frame(_to_frame(table, self.info))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(events, customers), from the manifest."""
+        return int(self.info["rows"]), int(self.info["customers"])
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "info": self.info, "table": None}

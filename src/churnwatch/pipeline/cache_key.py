@@ -20,6 +20,7 @@ from typing import Any
 from churnwatch import __version__
 from churnwatch.config.schema import CACHE, DRIVERS, LOADING, keys_of
 from churnwatch.config.schema import INPUTS as INPUTS_CONCERN
+from churnwatch.data.readers import dataset_files
 
 FORMAT_VERSION = 2
 """Bump when the entry layout or the meaning of a stored array changes."""
@@ -80,18 +81,38 @@ def content_digest(path: str | Path, how: str = "full") -> str:
     return h.hexdigest()
 
 
+def size_and_mtime(path: str | Path) -> tuple[int, int]:
+    """A file's size and mtime_ns; a dataset directory's: its files' total size and latest mtime_ns."""
+    path = Path(path)
+    if not path.is_dir():
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    stats = [os.stat(f) for f in dataset_files(path)]
+    return sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+
+
+def _digest(path: Path, how: str) -> str:
+    if not path.is_dir():
+        return content_digest(path, how)
+    h = hashlib.blake2b(digest_size=20)
+    for file in dataset_files(path):
+        h.update(f"{os.path.relpath(file, path)}\0{content_digest(file, how)}\0".encode())
+    return h.hexdigest()
+
+
 def file_identity(path: str | Path, how: str = "full") -> dict[str, Any]:
-    """Resolved path, size, mtime_ns and content digest; raises OSError if the file changes while hashed."""
+    """Resolved path, size, mtime_ns and content digest (of a dataset directory: over its files, by name);
+    raises OSError if the input changes while hashed."""
     resolved = Path(path).expanduser().resolve()
-    before = resolved.stat()
-    digest = content_digest(resolved, how)
-    after = resolved.stat()
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+    before = size_and_mtime(resolved)
+    digest = _digest(resolved, how)
+    after = size_and_mtime(resolved)
+    if before != after:
         raise OSError(f"{resolved} changed while it was being hashed")
     return {
         "path": str(resolved),
-        "size": after.st_size,
-        "mtime_ns": after.st_mtime_ns,
+        "size": after[0],
+        "mtime_ns": after[1],
         "content": f"blake2b-{how}:{digest}",
     }
 

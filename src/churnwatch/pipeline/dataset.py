@@ -28,7 +28,7 @@ from churnwatch.data.snapshots import (
     customer_weights,
     label_event_mask,
 )
-from churnwatch.data.splits import customer_subsample, holdout_split, kfold_splits
+from churnwatch.data.splits import customer_strata, split_customers
 from churnwatch.data.validation import DEFAULT_POLICY, JoinReport, ValidationReport
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec, AggregateTable
@@ -112,10 +112,12 @@ class ChurnData:
                 },
             }
 
+        size = getattr(self._log, "size", None)  # a cache entry's, read without converting its log
+        events, customers = size if size is not None else (len(self.log), self.log.n_customers)
         return {
             "validation": [r.as_dict() for r in self.reports],
-            "events": len(self.log),
-            "customers": self.log.n_customers,
+            "events": events,
+            "customers": customers,
             "train_cutoffs": [str(c.date()) for c in self.plan.train_cutoffs],
             "test_cutoff": str(self.plan.test_cutoff.date()) if self.plan.test_cutoff is not None else None,
             "horizon_days": self.plan.horizon_days,
@@ -146,34 +148,50 @@ def load_sources(
     cfg: Mapping[str, Any],
 ) -> tuple[LoadedEvents, pd.DataFrame | None, pd.DataFrame | None, list[ValidationReport]]:
     """Events, customers and labels as the config maps them, validated."""
-    events_path = ensure_events(cfg)
-    schema = EventSchema.from_config(cfg)
-    events = load_events(
-        events_path,
-        schema,
-        policy=cfg.get("policy", DEFAULT_POLICY),
-        end_date=cfg.get("end_date"),
-        row_filter=cfg.get("filter"),
-        derived=cfg.get("derived"),
-    )
+    events = load_event_table(cfg, ensure_events(cfg))
     reports = [events.report]
     customers = None
     if cfg.get("customers_path"):
-        customers, report = load_customers(
-            cfg["customers_path"],
-            CustomerSchema.from_config(cfg.get("customers")),
-            id_column=schema.customer_id,
-            timezone=schema.timezone,
-            policy=cfg.get("policy", DEFAULT_POLICY),
-            end_date=cfg.get("end_date"),
-        )
+        customers, report = load_customer_table(cfg, events.schema)
         reports.append(report)
         JoinReport.of(events.input_ids, customers.index).check(cfg["customers_path"])
     labels = None
     if cfg.get("labels_path"):
         names = {**default_of(DataConfig, "labels"), **(cfg.get("labels") or {})}
-        labels = load_labels(cfg["labels_path"], schema.customer_id, names["cutoff"], names["label"])
+        labels = load_labels(cfg["labels_path"], events.schema.customer_id, names["cutoff"], names["label"])
     return events, customers, labels, reports
+
+
+def load_event_table(
+    cfg: Mapping[str, Any], path: str | Path, frame: pd.DataFrame | None = None
+) -> LoadedEvents:
+    """The events as the config maps and validates them: the file at `path`, or `frame`, one
+    customer-disjoint part of it (a cluster's)."""
+    return load_events(
+        path,
+        EventSchema.from_config(cfg),
+        policy=cfg.get("policy", DEFAULT_POLICY),
+        end_date=cfg.get("end_date"),
+        row_filter=cfg.get("filter"),
+        derived=cfg.get("derived"),
+        frame=frame,
+        part=frame is not None,
+    )
+
+
+def load_customer_table(
+    cfg: Mapping[str, Any], schema: EventSchema, frame: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, ValidationReport]:
+    """The customers file (or `frame`, one part of it) as the config maps and validates it."""
+    return load_customers(
+        cfg["customers_path"],
+        CustomerSchema.from_config(cfg.get("customers")),
+        id_column=schema.customer_id,
+        timezone=schema.timezone,
+        policy=cfg.get("policy", DEFAULT_POLICY),
+        frame=frame,
+        end_date=cfg.get("end_date"),
+    )
 
 
 def ensure_events(cfg: Mapping[str, Any]) -> Path:
@@ -191,6 +209,63 @@ def _generate(out_dir: Path, params: Mapping[str, Any]) -> None:
     synthetic.write(synthetic.generate(**params), out_dir)
 
 
+def sample_weighting(cfg: Mapping[str, Any]) -> str:
+    weighting = str(cfg.get("sample_weight") or DataConfig.sample_weight)
+    if weighting not in ("none", "customer"):
+        raise ConfigError(f"data.sample_weight must be none or customer, got {weighting!r}")
+    return weighting
+
+
+def unfitted_encoders(
+    cfg: Mapping[str, Any], schema: EventSchema, with_customers: bool
+) -> tuple[SequenceEncoder, AggregateFeaturizer]:
+    """The sequence encoder and the aggregate featurizer the data config describes, before fitting."""
+    vocab = cfg.get("vocab") or {}
+    customer_schema = CustomerSchema.from_config(cfg.get("customers")) if with_customers else CustomerSchema()
+    encoder = SequenceEncoder(
+        schema,
+        customer_schema,
+        max_len=int(cfg.get("max_len", DataConfig.max_len)),
+        min_count=int(vocab.get("min_count", VocabConfig.min_count)),
+        max_vocab=vocab.get("max_size"),
+        visits=VisitSpec.from_config(cfg.get("visits")),
+        max_span_days=cfg.get("max_span_days"),
+    )
+    featurizer = AggregateFeaturizer(
+        AggregateSpec.from_config(cfg.get("aggregates")),
+        customer_schema.categorical,
+        [f.name for f in customer_schema.numeric],
+        customer_schema.dates,
+    )
+    return encoder, featurizer
+
+
+@dataclass(frozen=True)
+class SplitEncoding:
+    """How snapshot rows become a Split: the fitted encoder and featurizer, and the time-to-event targets'
+    horizon and activity events."""
+
+    encoder: SequenceEncoder
+    featurizer: AggregateFeaturizer
+    horizon_days: int
+    activity: np.ndarray | None
+
+    def encode(
+        self,
+        log: EventLog,
+        snaps: Snapshots,
+        customers: pd.DataFrame | None,
+        weighted: bool = False,
+        alloc: Allocator | None = None,
+    ) -> Split:
+        """`weighted`: each row weighs 1 / its customer's rows (`customer_weights`), else 1."""
+        seqs = self.encoder.transform(log, snaps, customers, alloc=alloc)
+        fill_time_to_event(seqs, self.encoder, log, snaps, self.horizon_days, self.activity)
+        if weighted:
+            seqs.weight[:] = customer_weights(snaps)
+        return Split(snaps, seqs, self.featurizer.transform(log, snaps, customers))
+
+
 def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | None = None) -> ChurnData:
     """The data path itself, uncached; `alloc_for(split)` places each split's per-event arrays (the cache
     passes memory-mapped files)."""
@@ -199,53 +274,25 @@ def encode_data(cfg: Mapping[str, Any], alloc_for: Callable[[str], Allocator] | 
     plan = SnapshotPlan.from_config(cfg)
     label_mask = label_event_mask(event_log.frame, cfg.get("label_events"))
     train_all = build_snapshots(event_log, plan.train_cutoffs, plan, labels, label_mask, events.data_end)
-    seed = int(cfg.get("seed") or 0)
-    if cfg.get("fold") is not None:
-        train_idx, val_idx = kfold_splits(train_all, int(cfg["folds"]), seed)[int(cfg["fold"])]
-    else:
-        val_fraction = float(cfg.get("val_fraction", DataConfig.val_fraction))
-        train_idx, val_idx = holdout_split(train_all, val_fraction, seed)
-    if cfg.get("train_fraction") is not None:  # learning curves: fewer training customers, same validation
-        train_idx = train_idx[
-            customer_subsample(train_all.subset(train_idx), float(cfg["train_fraction"]), seed)
-        ]
+    train_customers, val_customers = split_customers(cfg, *customer_strata(train_all))
+    train_idx = np.flatnonzero(np.isin(train_all.customer, train_customers))
+    val_idx = np.flatnonzero(np.isin(train_all.customer, val_customers))
     train_snaps, val_snaps = train_all.subset(train_idx), train_all.subset(val_idx)
     test_snaps = None
     if plan.test_cutoff is not None:
         test_snaps = build_snapshots(event_log, [plan.test_cutoff], plan, labels, label_mask, events.data_end)
 
-    weighting = str(cfg.get("sample_weight") or DataConfig.sample_weight)
-    if weighting not in ("none", "customer"):
-        raise ConfigError(f"data.sample_weight must be none or customer, got {weighting!r}")
-    vocab = cfg.get("vocab") or {}
-    customer_schema = (
-        CustomerSchema.from_config(cfg.get("customers")) if customers is not None else CustomerSchema()
-    )
-    encoder = SequenceEncoder(
-        events.schema,
-        customer_schema,
-        max_len=int(cfg.get("max_len", DataConfig.max_len)),
-        min_count=int(vocab.get("min_count", VocabConfig.min_count)),
-        max_vocab=vocab.get("max_size"),
-        visits=VisitSpec.from_config(cfg.get("visits")),
-        max_span_days=cfg.get("max_span_days"),
-    )
+    weighting = sample_weighting(cfg)
+    encoder, featurizer = unfitted_encoders(cfg, events.schema, customers is not None)
     encoder.fit(event_log, train_snaps, customers)
-    featurizer = AggregateFeaturizer(
-        AggregateSpec.from_config(cfg.get("aggregates")),
-        customer_schema.categorical,
-        [f.name for f in customer_schema.numeric],
-        customer_schema.dates,
-    )
     featurizer.fit(event_log, train_snaps, customers)
+
+    encoding = SplitEncoding(encoder, featurizer, plan.horizon_days, label_mask)
 
     def split(name: str, snaps: Snapshots) -> Split:
         alloc = alloc_for(name) if alloc_for is not None else None
-        seqs = encoder.transform(event_log, snaps, customers, alloc=alloc)
-        fill_time_to_event(seqs, encoder, event_log, snaps, plan.horizon_days, label_mask)
-        if name == "train" and weighting == "customer":
-            seqs.weight[:] = customer_weights(snaps)
-        return Split(snaps, seqs, featurizer.transform(event_log, snaps, customers))
+        weighted = name == "train" and weighting == "customer"
+        return encoding.encode(event_log, snaps, customers, weighted, alloc)
 
     return ChurnData(
         event_log,
