@@ -316,7 +316,8 @@ def test_losing_a_commit_race_keeps_the_winners_entry(tmp_path):
     (entry,) = _entries(tmp_path / "cache")
     manifest = (entry / "manifest.json").read_bytes()
     cache = EncodedCache.from_config(cfg)
-    data = cache._build_and_store(lambda writer: encode_data(cfg, writer.allocator))  # the entry already exists
+    # the entry already exists
+    data = cache._build_and_store(lambda writer: encode_data(cfg, writer.allocator))
     assert (entry / "manifest.json").read_bytes() == manifest
     assert not list((tmp_path / "cache").glob(".tmp-*"))
     _assert_same(_uncached(cfg), data)
