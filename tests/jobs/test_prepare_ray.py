@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import zlib
 import sys
 from pathlib import Path
 
@@ -162,6 +163,37 @@ def test_folds_learning_curves_and_customer_weights_split_as_one_machine_does(
     )
     local = encode_data({**cfg, "cache": {"enabled": False}})
     assert len(np.unique(local.train.seqs.weight)) > 1  # customers with 1, 2 and 3 rows
+    assert_prepared_alike(local, prepare_on_ray(cfg, {}, part_events=8_000))
+
+
+@pytest.mark.slow
+def test_explicit_labels_activity_events_and_visits_prepare_as_one_machine_does(
+    dataset: Path, cluster: None, tmp_path: Path
+) -> None:
+    """Labels from a file (read whole by the driver), time-to-event targets on purchases only, and steps
+    that are visits within 60 days."""
+    ids = pd.read_parquet(dataset / "src" / "customers.parquet")["customer_id"].astype(str)
+    cutoffs = ["2024-07-01", "2024-08-01", "2024-10-15"]
+    labels = pd.DataFrame(
+        [
+            (c, pd.Timestamp(cut), float(zlib.crc32(f"{c}{cut}".encode()) % 3 == 0))
+            for c in ids[::2]
+            for cut in cutoffs
+        ],
+        columns=["customer_id", "cutoff", "churned"],
+    )
+    labels.to_parquet(tmp_path / "labels.parquet")
+    cfg = data_config(
+        dataset,
+        tmp_path / "cache",
+        f"data.labels_path={tmp_path / 'labels.parquet'}",
+        "data.train_cutoffs=[2024-07-01,2024-08-01]",
+        "data.label_events=\"event_type == 'purchase'\"",
+        "data.visits.gap_minutes=720",
+        "data.max_span_days=60",
+    )
+    local = encode_data({**cfg, "cache": {"enabled": False}})
+    assert len(local.train) < 2 * len(ids)  # only the labelled half of the customers
     assert_prepared_alike(local, prepare_on_ray(cfg, {}, part_events=8_000))
 
 
