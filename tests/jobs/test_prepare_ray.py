@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import zlib
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
