@@ -206,3 +206,12 @@ def test_ray_scoring_refuses_a_run_without_as_of_before_the_work(model: Path, tm
     job = ScoreJob(model_path=model, events_path=tmp_path, output_path=tmp_path / "out", **SCORE_OPTIONS)
     with pytest.raises(ConfigError, match="engine=ray needs an explicit as_of"):
         score_on_ray(job)
+
+
+def test_ray_scoring_refuses_drivers_for_chosen_tiers_only(model: Path, tmp_path: Path) -> None:
+    options = {**SCORE_OPTIONS, "drivers": {"tiers": ["high"]}}
+    job = ScoreJob(
+        model_path=model, events_path=tmp_path, output_path=tmp_path / "out", as_of=AS_OF, **options
+    )
+    with pytest.raises(ConfigError, match="^engine=ray explains every ranked customer: drivers.tiers is for"):
+        score_on_ray(job)

@@ -169,3 +169,27 @@ def test_ids_are_canonical_as_validation_writes_them() -> None:
             "customer_id",
             AS_OF,
         )
+
+
+def test_with_drivers_tiers_a_request_explains_only_its_chosen_tiers(
+    served: ServedModel, model: Path, events: pd.DataFrame
+) -> None:
+    """The service tiers each request by the probability cut-offs: only its high- and medium-tier
+    customers get drivers, the ones the service without `drivers.tiers` gives them."""
+    chosen = load_served(
+        ServeConfig(
+            model_path=str(model),
+            device="cpu",
+            drivers={"steps": 2, "tiers": ["high", "medium"]},
+            verify_key=None,
+        )
+    )
+    ids = sorted(events["customer_id"].unique())[:200]
+    req = request(events[events["customer_id"].isin(ids)])
+    full, some = alone(served, req).scores, alone(chosen, req).scores
+    drivers = ["main_driver", "driver_1", "driver_2", "driver_3"]
+    explained = full["risk_tier"].isin(["high", "medium"]).to_numpy()
+    assert explained.any() and not explained.all()
+    pd.testing.assert_frame_equal(some.loc[explained, drivers], full.loc[explained, drivers])
+    assert (some.loc[~explained, drivers] == "").all().all()
+    assert full.loc[~explained, "main_driver"].ne("").any()

@@ -296,6 +296,11 @@ class DriversConfig:
     top_n: int = _opt(3, "driver_1..driver_<top_n> columns")
     steps: int = _opt(4, "integrated-gradients steps (Gauss-Legendre), as in training (insights.steps)")
     batch_size: int = _opt(256, "customers explained at a time")
+    tiers: list[str] | None = _opt(
+        None,
+        "explain only these risk tiers, e.g. [high, medium] (those that get an action): batch scoring ranks "
+        "first, then explains them in a second pass; null: every ranked customer",
+    )
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -29,8 +30,8 @@ from churnwatch.io.atomic import atomic_path, check_output, scratch_dir
 from churnwatch.io.signing import Verification
 from churnwatch.runtime.memory import release_free_memory
 from churnwatch.scoring.inputs import default_as_of
-from churnwatch.scoring.output import atomic_output, check_suffix, report_path
-from churnwatch.scoring.scorer import Scorer
+from churnwatch.scoring.output import RunWriter, atomic_output, check_suffix, read_rank_keys, report_path
+from churnwatch.scoring.scorer import EXPLAIN_TIERS_UNRANKED, Scorer, with_drivers
 from churnwatch.scoring.shards import check_shard, shard_footer
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
         if as_of is None:
             raise ConfigError("sharded scoring needs an explicit as_of: every shard must score the same date")
     scorer = job.scorer()
+    if shard is not None and scorer.explain_tiers:
+        raise ConfigError(EXPLAIN_TIERS_UNRANKED)
     reader = scorer.reader
     reader.warn_without_customers(customers_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +197,9 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
                 inp = reader.prepare(loaded, customers, default_as_of(as_of, loaded.data_end))
                 stats.as_of = inp.as_of
                 stats.add_join(inp.join)
-                scored = scorer.score_input(inp, job.chunk_customers, progress=False)
+                # with drivers.tiers the drivers wait for the ranking (`_explain_tiers`)
+                drivers = False if scorer.explain_tiers else None
+                scored = scorer.score_input(inp, job.chunk_customers, progress=False, drivers=drivers)
                 if shard is not None:
                     scored = scored.assign(num_shards=shard[0], shard_index=shard[1])
                 with scorer.timed("write"):
@@ -208,6 +213,8 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
             stats.check(events_path, shard)
             stats.check_join(customers_path)
             stats.log()
+        if scorer.explain_tiers:
+            run = _explain_tiers(job, scorer, parts, run, stats.as_of)
         if shard is None:
             with scorer.timed("rank"):
                 scorer.ranker.write_ranked(
@@ -231,6 +238,34 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
         len(parts),
         dict(scorer.seconds),
     )
+
+
+def _explain_tiers(
+    job: ScoreJob, scorer: Scorer, parts: list[tuple[Path, Path | None]], run: Path, as_of: pd.Timestamp
+) -> Path:
+    """`drivers.tiers`' second pass: the tiers the ranking will give, from the scored run's rank keys;
+    then each part's customers in those tiers explained, and filled into a copy of the run."""
+    chosen = scorer.chosen_for_drivers(read_rank_keys([run]))
+    found = []
+    for events_part, customers_part in parts:
+        with scorer.timed("read"):
+            loaded, customers, _ = scorer.reader.read_part(
+                job.events_path, job.customers_path, events_part, customers_part
+            )
+        inp = scorer.reader.prepare(loaded, customers, as_of)
+        found.append(scorer.explain_chosen(inp, chosen, job.chunk_customers))
+        del loaded, customers, inp
+        release_free_memory()
+    drivers = pd.concat(found)
+    explained = run.with_name("explained.parquet")
+    writer, source = RunWriter(explained), pq.ParquetFile(run)
+    with scorer.timed("write"):
+        for g in range(source.num_row_groups):
+            writer.write(with_drivers(source.read_row_group(g).to_pandas(), drivers))
+        writer.close()
+    run.unlink()
+    log.info("explained %s customers of tiers %s", f"{len(drivers):,}", list(scorer.drivers.tiers or ()))
+    return explained
 
 
 @dataclass

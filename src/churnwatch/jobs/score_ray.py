@@ -90,6 +90,8 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     output = check_output(job.output_path, job.overwrite, inputs, directory=True)
     # the driver loads the model once, for its checks (the signature too) and the ranking; actors score
     scorer = job.scorer(device="cpu", batch_size=None, precision=ScoreConfig.precision)
+    if scorer.explain_tiers:
+        raise ConfigError("engine=ray explains every ranked customer: drivers.tiers is for engine=local")
     reader = scorer.reader
     reader.warn_without_customers(job.customers_path)
     connect(cluster)

@@ -91,7 +91,7 @@ class Ranker:
         """`rank` for several populations at once (`populations`: a label ≥ 0 per row; the service ranks
         each request of a micro-batch on its own this way, at the cost of one ranking). The rows come back
         by population label, each ranked; `bounds[i]:bounds[i + 1]` are the rows of the i-th label present."""
-        order, _ = rank_order(self._keys(frame), self.rank_by, within=populations)
+        order, _ = rank_order(self.keys(frame), self.rank_by, within=populations)
         label = populations[order]
         starts = np.flatnonzero(np.r_[True, label[1:] != label[:-1]])
         bounds = np.r_[starts, len(order)]
@@ -120,6 +120,19 @@ class Ranker:
         key = block[self.rank_key].to_numpy()
         return self._finish(block, None, position, n_ranked, _percentile(key, position, n_ranked, carry))
 
+    def tiers_of(self, keys: pa.Table) -> np.ndarray:
+        """Each row's risk tier in the population of `keys` (RANK_KEYS) as ranking gives it: high, medium
+        or low for the ranked, "" for the lapsed and those without history. Only the rank keys are read,
+        so batch scoring knows who is in which tier before it writes a row."""
+        order, n = rank_order(keys, self.rank_by)
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))
+        ranked = position < n
+        probs = keys.column("churn_probability").to_numpy(zero_copy_only=False)
+        tier = np.full(len(position), "", dtype=object)
+        tier[ranked] = tiers_at(position[ranked], probs[ranked], n, self.operating, self.by_capacity)
+        return tier
+
     def edge(self, block: pd.DataFrame) -> BlockEdge:
         """What the next block's percentiles need of this one (sorted, riskiest first)."""
         ranked = ~(block["no_history"].to_numpy(dtype=bool) | block["lapsed"].to_numpy(dtype=bool))
@@ -129,7 +142,8 @@ class Ranker:
         run = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])[-1]
         return BlockEdge(len(block), len(key), float(key[0]), float(key[-1]), int(run))
 
-    def _keys(self, frame: pd.DataFrame) -> pa.Table:
+    def keys(self, frame: pd.DataFrame) -> pa.Table:
+        """The rank keys (RANK_KEYS) of scored rows."""
         # straight into Arrow (Table.from_pandas costs milliseconds even for one row)
         return pa.table({k: pa.array(frame[k]) for k in RANK_KEYS})
 

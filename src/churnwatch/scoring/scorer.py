@@ -40,12 +40,17 @@ from churnwatch.explain.segments import Segments
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateTable
 from churnwatch.features.encode import EncodedSequences, SequenceEncoder
 from churnwatch.io.signing import Verification
+from churnwatch.models.thresholds import TIERS
 from churnwatch.pipeline.batch import EventBatch, pad_batch
 from churnwatch.runtime.hardware import autocast, choose_precision, fit_threads, resolve_device
 from churnwatch.scoring.inputs import InputReader, ScoringInput, Table
 from churnwatch.scoring.ranking import Ranker, check_each_once, check_finite
 
 log = logging.getLogger(__name__)
+EXPLAIN_TIERS_UNRANKED = (
+    "drivers.tiers explains the tiers the whole population's ranking gives: not with shards (unranked "
+    "parts); explain the shards' parts with drivers.tiers=null, or score unsharded"
+)
 # Default forward batch. On CPU small batches stay in cache: the demo LSTM scores 1.4x faster at 256 than
 # at 1024 (docs/BENCHMARKS.md); a GPU wants large ones (not timed here).
 CPU_BATCH, GPU_BATCH = 256, 4096
@@ -79,6 +84,8 @@ class Scorer:
         self.drivers = drivers
         drivers_values = {f"drivers.{f}": getattr(drivers, f) for f in ("top_n", "steps", "batch_size")}
         check_values({"batch_size": batch_size, "value_days": value_days, **drivers_values})
+        if drivers.tiers is not None and (not drivers.tiers or set(drivers.tiers) - set(TIERS)):
+            raise ConfigError(f"drivers.tiers must be some of {list(TIERS)} (or null), got {drivers.tiers}")
         self.device = resolve_device(device)
         fit_threads()
         self.precision = choose_precision(precision, self.device)
@@ -129,6 +136,9 @@ class Scorer:
         )
         if self.drivers.enabled and not self.explain:
             log.warning("%s has no attribution entry points: driver columns stay empty", self.model_path)
+        self.explain_tiers = self.explain and self.drivers.tiers is not None
+        """Only the customers of `drivers.tiers` are explained, in a second pass after the ranking
+        (`explain_chosen`): the first scores everyone without drivers."""
 
     def _batches(
         self, seqs: EncodedSequences, agg: np.ndarray | None
@@ -213,18 +223,53 @@ class Scorer:
         yield
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
-    def _score_chunk(
-        self, log_: EventLog, snaps: Snapshots, customers: pd.DataFrame | None, explain: bool
-    ) -> dict[str, Any]:
-        """Probability, value at risk, segments and (with `explain`) drivers of one chunk of snapshots, as
-        columns (arrays, or Series on a range index): framed once, by `_complete`, as a frame's inserts
-        cost more than a request's forward."""
+    def _encode(
+        self, log_: EventLog, snaps: Snapshots, customers: pd.DataFrame | None
+    ) -> tuple[EncodedSequences, AggregateTable, np.ndarray | None]:
+        """Sequences, aggregate table and the aggregates the model reads (None: it reads none)."""
         with self.timed("encode"):
             seqs = self.encoder.transform(log_, snaps, customers)
             table = self.featurizer.transform(log_, snaps, customers)
             agg = None
             if self.use_aggregates:
                 agg = table.values if self.raw_aggregates else self.featurizer.scale(table)
+        return seqs, table, agg
+
+    def chosen_for_drivers(self, keys: pa.Table, ranker: Ranker | None = None) -> np.ndarray:
+        """The ids of a scored population (its rank keys) in `drivers.tiers`, by the tiers `ranker` (default:
+        this scorer's) gives them."""
+        chosen = np.isin((ranker or self.ranker).tiers_of(keys), list(self.drivers.tiers or ()))
+        return keys.column(CUSTOMER_ID).filter(pa.array(chosen)).to_numpy(zero_copy_only=False)
+
+    def explain_chosen(self, inp: ScoringInput, ids: np.ndarray, chunk_customers: int) -> pd.DataFrame:
+        """The driver columns of the customers `ids` of a loaded input (or part), indexed by customer id:
+        the second pass of `drivers.tiers`, explaining only the customers the ranking put there."""
+        names = inp.snaps.customer_ids(inp.log).astype(str)
+        rows = np.flatnonzero(
+            pc.is_in(pa.array(names), value_set=pa.array(ids, pa.string())).to_numpy(zero_copy_only=False)
+        )
+        found = []
+        for start in range(0, len(rows), chunk_customers):
+            chunk = rows[start : start + chunk_customers]
+            sub = inp.snaps.subset(chunk)
+            seqs, table, agg = self._encode(inp.log, sub, inp.customers)
+            with self.timed("drivers"):
+                found.append(
+                    self._drivers(inp.log, sub, inp.customers, seqs, table, agg).set_index(names[chunk])
+                )
+        if found:
+            return pd.concat(found)
+        return pd.DataFrame(
+            columns=["main_driver", *(f"driver_{k + 1}" for k in range(int(self.drivers.top_n)))]
+        )
+
+    def _score_chunk(
+        self, log_: EventLog, snaps: Snapshots, customers: pd.DataFrame | None, explain: bool
+    ) -> dict[str, Any]:
+        """Probability, value at risk, segments and (with `explain`) drivers of one chunk of snapshots, as
+        columns (arrays, or Series on a range index): framed once, by `_complete`, as a frame's inserts
+        cost more than a request's forward."""
+        seqs, table, agg = self._encode(log_, snaps, customers)
         with self.timed("forward"):
             probs = self._predict(seqs, agg)
         check_finite(probs, seqs.customer_id, self.model_path)
@@ -281,11 +326,18 @@ class Scorer:
         Arrow table in the training contract; `customers` likewise), riskiest first. With
         `shard=(num_shards, index)`, only the customers whose id hashes to that shard, not yet ranked.
         `churnwatch.jobs.score.score_file` does the same for files in bounded memory."""
+        if shard is not None and self.explain_tiers:
+            raise ConfigError(EXPLAIN_TIERS_UNRANKED)
         with self.timed("read"):
             inp = self.load(events, customers, as_of, shard)
-        scored = self.score_input(inp, chunk_customers, progress)
+        scored = self.score_input(
+            inp, chunk_customers, progress, drivers=False if self.explain_tiers else None
+        )
         if shard is not None:
             return scored.assign(num_shards=shard[0], shard_index=shard[1])
+        if self.explain_tiers:
+            chosen = self.chosen_for_drivers(self.ranker.keys(scored))
+            scored = with_drivers(scored, self.explain_chosen(inp, chosen, chunk_customers))
         with self.timed("rank"):
             return self.rank(scored)
 
@@ -383,6 +435,20 @@ class Scorer:
     def rank(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Rank and tier the scored population in memory, then the playbook's action (`Ranker.rank`)."""
         return self.ranker.rank(frame)
+
+
+def with_drivers(scored: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
+    """`scored` with the driver columns of the customers in `found` (`Scorer.explain_chosen`, indexed by
+    id) filled in; the other rows keep theirs."""
+    if not len(found):
+        return scored
+    ids = scored[CUSTOMER_ID].to_numpy(dtype=object)
+    value_set = pa.array(found.index.to_numpy(dtype=object), pa.string())
+    hit = pc.is_in(pa.array(ids, pa.string()), value_set=value_set).to_numpy(zero_copy_only=False)
+    scored = scored.copy()
+    for col in found.columns:
+        scored.loc[hit, col] = found[col].reindex(ids[hit]).to_numpy()
+    return scored
 
 
 def _text(values: Any) -> Any:
