@@ -104,3 +104,12 @@ def test_a_directory_of_parquet_files_reads_as_its_files_in_path_order(tmp_path)
         DataValidationError, match=r"csv: not a parquet file or a directory of parquet files \("
     ):
         read_table(tmp_path / "csv")
+
+
+def test_ids_fall_into_the_range_their_bounds_give():
+    """Parts that hold consecutive id ranges (a cluster's, so that parts in order hold ids in order)."""
+    from churnwatch.data.partition import range_of
+
+    ids = pd.Series(["a", "b", "c", "d", "e", None]).astype("category")
+    assert range_of(ids, np.array(["c", "e"], dtype=object)).tolist() == [0, 0, 1, 1, 2, 0]
+    assert range_of(ids, np.array([], dtype=object)).tolist() == [0] * 6

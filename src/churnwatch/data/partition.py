@@ -41,6 +41,12 @@ def part_of(ids: pd.Series, n_parts: int) -> np.ndarray:
     return by_category(ids, lambda c: (pd.util.hash_array(c) % np.uint64(n_parts)).astype(np.int64), 0)
 
 
+def range_of(ids: pd.Series, bounds: np.ndarray) -> np.ndarray:
+    """Each row's part when parts hold consecutive ranges of ids: how many of the sorted `bounds` (each
+    part's first id but the first part's) are at or below its id; null ids: part 0."""
+    return by_category(ids, lambda c: np.searchsorted(bounds, c, side="right").astype(np.int64), 0)
+
+
 def canonical_ids(table: pa.Table, id_column: str, path: str | Path) -> tuple[pa.Table, pd.Series]:
     """The table, its id column decoded from a stored dictionary (which may hold every id of the file), and
     its rows' canonical ids (a categorical from `normalise_ids`, normalised once per distinct id)."""

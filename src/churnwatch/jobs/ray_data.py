@@ -22,7 +22,7 @@ from ray.exceptions import RayError
 
 from churnwatch.config.options import check_values
 from churnwatch.config.schema import RayConfig, typed
-from churnwatch.data.partition import FILE_ROW, by_category, canonical_ids, part_of
+from churnwatch.data.partition import FILE_ROW, canonical_ids, part_of, range_of
 from churnwatch.data.readers import parquet_dataset
 from churnwatch.errors import ArtifactError, ConfigError, DataValidationError
 
@@ -202,10 +202,7 @@ def _read_groups(
         ).cast(plain)
         group = group.append_column(FILE_ROW, pa.array(np.arange(item.first, item.first + len(group))))
         group, ids = canonical_ids(group, id_column, path)
-        if bounds is None:
-            part = part_of(ids, n_parts)
-        else:
-            part = by_category(ids, lambda c: np.searchsorted(bounds, c, side="right").astype(np.int64), 0)
+        part = part_of(ids, n_parts) if bounds is None else range_of(ids, bounds)
         tables.append(group.rename_columns(list(columns.names)).append_column(PART, pa.array(part)))
     rows = pa.concat_tables(tables)
     mine = {f.name: rows.column(f.name) for f in columns}
