@@ -241,7 +241,11 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
 
 
 def _explain_tiers(
-    job: ScoreJob, scorer: Scorer, parts: list[tuple[Path | None, Path | None]], run: Path, as_of: pd.Timestamp
+    job: ScoreJob,
+    scorer: Scorer,
+    parts: list[tuple[Path | None, Path | None]],
+    run: Path,
+    as_of: pd.Timestamp,
 ) -> Path:
     """`drivers.tiers`' second pass: the tiers the ranking will give, from the scored run's rank keys;
     then each part's customers in those tiers explained, and filled into a copy of the run."""
