@@ -32,6 +32,9 @@ from churnwatch.features.encode import SequenceEncoder
 from churnwatch.features.window import kept_steps
 from churnwatch.pipeline.batch import pad_batch
 
+IG_ROWS = 256
+"""Rows (customers × steps) per forward and backward pass of integrated gradients: the recurrent state of
+a few hundred rows stays in cache, as for scoring's forward (BENCHMARKS.md, driver attribution)."""
 GROUPS = (
     "purchase_behaviour",
     "satisfaction_and_service",
@@ -278,7 +281,7 @@ def integrated_gradients(
             baselines=tuple(references[i] for i in live),
             additional_forward_args=(lengths,),
             n_steps=steps,
-            internal_batch_size=max(1, len(lengths)) * max(1, min(steps, 8)),
+            internal_batch_size=max(1, min(len(lengths) * steps, IG_ROWS)),
         )
     full = [torch.zeros_like(x) for x in inputs]
     for i, a in zip(live, attr, strict=True):
