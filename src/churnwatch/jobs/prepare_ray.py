@@ -46,8 +46,7 @@ import pyarrow.feather as feather
 import ray
 
 from churnwatch.config.options import check_values
-from churnwatch.config.schema import DataConfig, RayConfig, default_of
-from churnwatch.data.loaders import load_labels
+from churnwatch.config.schema import RayConfig
 from churnwatch.data.schema import CUSTOMER_ID, MISSING, TIMESTAMP, EventSchema
 from churnwatch.data.snapshots import (
     EventLog,
@@ -87,6 +86,7 @@ from churnwatch.pipeline.dataset import (
     ensure_events,
     load_customer_table,
     load_event_table,
+    load_label_table,
     sample_weighting,
     unfitted_encoders,
 )
@@ -232,10 +232,7 @@ class _Preparation:
         data = events.read(id_column, n_parts, customers, bounds)
         if customers is not None:
             data = data.union(customers.read(id_column, n_parts, events, bounds))
-        labels = None
-        if cfg.get("labels_path"):
-            names = {**default_of(DataConfig, "labels"), **(cfg.get("labels") or {})}
-            labels = ray.put(load_labels(cfg["labels_path"], id_column, names["cutoff"], names["label"]))
+        labels = ray.put(load_label_table(cfg, self.schema)) if cfg.get("labels_path") else None
         reports = Reports.remote()
         data.groupby(PART, num_partitions=len(bounds) + 1).map_groups(
             _prepare_part,

@@ -227,17 +227,7 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
         stats.write(report_path(output_path), len(parts))
     finally:
         shutil.rmtree(spill, ignore_errors=True)
-    return ScoringResult(
-        output_path,
-        stats.customers,
-        stats.customers - stats.no_history,
-        stats.no_history,
-        time.perf_counter() - t0,
-        stats.top,
-        stats.tiers,
-        len(parts),
-        dict(scorer.seconds),
-    )
+    return stats.result(output_path, time.perf_counter() - t0, len(parts), dict(scorer.seconds))
 
 
 def _explain_tiers(
@@ -327,6 +317,20 @@ class RunStats:
         for r in (self.events, self.customer_report):
             if r is not None:
                 (log.warning if r.dropped else log.info)("%s", r.summary())
+
+    def result(self, output: Path, seconds: float, parts: int, phases: dict[str, float]) -> ScoringResult:
+        """What the run returns: its output and what these stats counted."""
+        return ScoringResult(
+            output,
+            self.customers,
+            self.customers - self.no_history,
+            self.no_history,
+            seconds,
+            self.top,
+            self.tiers,
+            parts,
+            phases,
+        )
 
     def write(self, path: Path, parts: int) -> None:
         """The sidecar next to the output: rows dropped per table and reason with an example row each, and

@@ -145,17 +145,7 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     with user_errors():
         _write_ranked(ranked, scorer.ranker, output, job.overwrite, job.block_rows, stats)
     stats.write(report_path(output), n_parts)
-    return ScoringResult(
-        output,
-        stats.customers,
-        stats.customers - stats.no_history,
-        stats.no_history,
-        time.perf_counter() - t0,
-        stats.top,
-        stats.tiers,
-        n_parts,
-        {},
-    )
+    return stats.result(output, time.perf_counter() - t0, n_parts, {})
 
 
 class _PartScorer:

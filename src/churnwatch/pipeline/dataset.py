@@ -155,11 +155,14 @@ def load_sources(
         customers, report = load_customer_table(cfg, events.schema)
         reports.append(report)
         JoinReport.of(events.input_ids, customers.index).check(cfg["customers_path"])
-    labels = None
-    if cfg.get("labels_path"):
-        names = {**default_of(DataConfig, "labels"), **(cfg.get("labels") or {})}
-        labels = load_labels(cfg["labels_path"], events.schema.customer_id, names["cutoff"], names["label"])
+    labels = load_label_table(cfg, events.schema) if cfg.get("labels_path") else None
     return events, customers, labels, reports
+
+
+def load_label_table(cfg: Mapping[str, Any], schema: EventSchema) -> pd.DataFrame:
+    """The explicit labels file (`labels_path`) as the config names its columns."""
+    names = {**default_of(DataConfig, "labels"), **(cfg.get("labels") or {})}
+    return load_labels(cfg["labels_path"], schema.customer_id, names["cutoff"], names["label"])
 
 
 def load_event_table(
