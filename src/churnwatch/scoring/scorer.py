@@ -235,6 +235,15 @@ class Scorer:
                 agg = table.values if self.raw_aggregates else self.featurizer.scale(table)
         return seqs, table, agg
 
+    def explain_tiers_of(
+        self, scored: pd.DataFrame, inp: ScoringInput, chunk_customers: int, ranker: Ranker | None = None
+    ) -> pd.DataFrame:
+        """`scored` (a loaded input scored without drivers) with the drivers of its customers in
+        `drivers.tiers`, by the tiers `ranker` (default: this scorer's) gives them: in memory, where the
+        input is at hand (`score_file` re-reads its parts instead, `_explain_tiers`)."""
+        chosen = self.chosen_for_drivers((ranker or self.ranker).keys(scored), ranker)
+        return with_drivers(scored, self.explain_chosen(inp, chosen, chunk_customers))
+
     def chosen_for_drivers(self, keys: pa.Table, ranker: Ranker | None = None) -> np.ndarray:
         """The ids of a scored population (its rank keys) in `drivers.tiers`, by the tiers `ranker` (default:
         this scorer's) gives them."""
@@ -336,8 +345,7 @@ class Scorer:
         if shard is not None:
             return scored.assign(num_shards=shard[0], shard_index=shard[1])
         if self.explain_tiers:
-            chosen = self.chosen_for_drivers(self.ranker.keys(scored))
-            scored = with_drivers(scored, self.explain_chosen(inp, chosen, chunk_customers))
+            scored = self.explain_tiers_of(scored, inp, chunk_customers)
         with self.timed("rank"):
             return self.rank(scored)
 

@@ -23,7 +23,7 @@ from churnwatch.data.validation import ValidationReport
 from churnwatch.errors import ConfigError, DataValidationError
 from churnwatch.scoring.inputs import InputReader
 from churnwatch.scoring.ranking import Ranker, check_each_once
-from churnwatch.scoring.scorer import Scorer, with_drivers
+from churnwatch.scoring.scorer import Scorer
 from churnwatch.serving.requests import CUSTOMERS, EVENTS, ScoreRequest, Table, as_frame, n_rows
 
 log = logging.getLogger(__name__)
@@ -122,8 +122,7 @@ def _score_group(
     explain_later = scorer.explain_tiers and members[0].drivers is not False
     scored = scorer.score_input(inp, progress=False, drivers=False if explain_later else members[0].drivers)
     if explain_later:
-        chosen = scorer.chosen_for_drivers(ranker.keys(scored), ranker)
-        scored = with_drivers(scored, scorer.explain_chosen(inp, chosen, max(1, len(scored))))
+        scored = scorer.explain_tiers_of(scored, inp, max(1, len(scored)), ranker)
     # which request each scored row answers (-1: one that failed alone)
     answering = list(reports)
     ids = [list(requests[i].ids) for i in answering]
