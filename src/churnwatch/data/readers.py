@@ -110,13 +110,27 @@ def check_columns(names: Sequence[Any], path: str | Path) -> None:
             )
 
 
-def parquet_dataset(path: str | Path) -> pads.Dataset:
-    """A parquet file, or a directory of them (hive partitions allowed; names starting with '.' or '_'
-    skipped, as Arrow skips them), as an Arrow dataset: its files in path order (the order their rows are
-    read and numbered in, here and on a cluster, jobs/ray_data.py), its schema every file's columns (a
-    column some file lacks is null there), then the partition keys. An unreadable one is one line."""
+def _discover(path: str | Path) -> pads.Dataset:
+    """Arrow's discovery of a parquet file or directory (hive partitions; names starting with '.' or '_'
+    skipped, as Arrow skips them), or one line saying why not."""
     try:
-        found = pads.dataset(str(path), format="parquet", partitioning="hive")
+        return pads.dataset(str(path), format="parquet", partitioning="hive")
+    except (pa.ArrowException, OSError) as exc:
+        raise _not_parquet(path, exc) from None
+
+
+def _not_parquet(path: str | Path, exc: Exception) -> DataValidationError:
+    first = str(exc).strip().splitlines()[0]
+    return DataValidationError(f"{path}: not a parquet file or a directory of parquet files ({first})")
+
+
+def parquet_dataset(path: str | Path) -> pads.Dataset:
+    """A parquet file, or a directory of them, as an Arrow dataset: its files in path order (the order their
+    rows are read and numbered in, here and on a cluster, jobs/ray_data.py), its schema every file's
+    columns (a column some file lacks is null there), then the partition keys. An unreadable one is one
+    line."""
+    found = _discover(path)
+    try:
         fragments = sorted(found.get_fragments(), key=lambda f: f.path)
         schema = pa.unify_schemas([found.schema, *(f.physical_schema for f in fragments)])
         return pads.dataset(
@@ -128,15 +142,13 @@ def parquet_dataset(path: str | Path) -> pads.Dataset:
             filesystem=found.filesystem,
         )
     except (pa.ArrowException, OSError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DataValidationError(
-            f"{path}: not a parquet file or a directory of parquet files ({first})"
-        ) from None
+        raise _not_parquet(path, exc) from None
 
 
 def dataset_files(path: str | Path) -> list[str]:
-    """The data files of a parquet dataset directory, in path order (`parquet_dataset`)."""
-    return list(parquet_dataset(path).files)
+    """The data files of a parquet dataset directory, in path order (found by name: no footer is read,
+    since the cache key lists them several times)."""
+    return sorted(_discover(path).files)
 
 
 def _read_dataset(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
