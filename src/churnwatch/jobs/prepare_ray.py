@@ -47,7 +47,7 @@ import ray
 
 from churnwatch.config.options import check_values
 from churnwatch.config.schema import RayConfig
-from churnwatch.data.schema import CUSTOMER_ID, MISSING, TIMESTAMP, EventSchema
+from churnwatch.data.schema import CUSTOMER_ID, MISSING, EventSchema
 from churnwatch.data.snapshots import (
     EventLog,
     SnapshotPlan,
@@ -431,7 +431,7 @@ def _prepare_part(
         "n_events": len(event_log),
         "n_customers": event_log.n_customers,
         "data_start": pd.Timestamp(event_log.ts.min()) if len(event_log) else None,
-        "data_end": events.frame[TIMESTAMP].max() if len(event_log) else None,
+        "data_end": events.data_end if len(event_log) else None,
         "train_sizes": [int((train.cutoff == c.to_datetime64()).sum()) for c in plan.train_cutoffs],
         "test_sizes": [len(test)] if test is not None else [],
         "train_customers": train_customers,
@@ -554,60 +554,52 @@ def _assemble_split(
     have = [k for k in parts if name in sizes[k]]
     rows = sum(sizes[k][name]["rows"] for k in have)
     steps = sum(sizes[k][name]["events"] for k in have)
-    files = {k: _PartFiles(Path(parts[k]["dir"])) for k in have}
-
-    def alloc(field: str, per: str, like: np.ndarray) -> np.ndarray:
-        n = rows if per == "row" else steps
-        return writer.array(field, (n, *like.shape[1:]), like.dtype)
-
-    first = have[0]
-    snaps = {
-        f: alloc(f"{name}.snaps.{f}", "row", files[first].array(f"{name}.snaps.{f}")) for f in SNAPSHOT_FIELDS
-    }
-    seqs = {f: alloc(f"{name}.seqs.{f}", "row", files[first].array(f"{name}.seqs.{f}")) for f in ROW_FIELDS}
-    seqs.update(
-        {f: alloc(f"{name}.seqs.{f}", "event", files[first].array(f"{name}.seqs.{f}")) for f in EVENT_FIELDS}
-    )
-    aggregates = alloc(f"{name}.aggregates", "row", files[first].array(f"{name}.aggregates"))
-    lengths = np.zeros(rows, dtype=np.int64)
-    # weights: each part's are scaled to its own mean 1; the whole's scale them to the whole's
-    n_rows = sum(sizes[k][name]["rows"] for k in have)
     n_customers = sum(sizes[k][name]["customers"] for k in have)
+    per_row = [f"snaps.{f}" for f in SNAPSHOT_FIELDS] + [f"seqs.{f}" for f in ROW_FIELDS] + ["aggregates"]
+    per_event = [f"seqs.{f}" for f in EVENT_FIELDS]
+    stored = {  # each part's arrays, opened once
+        k: {
+            f: _PartFiles(Path(parts[k]["dir"])).array(f"{name}.{f}")
+            for f in [*per_row, *per_event, "seqs.offsets"]
+        }
+        for k in have
+    }
+    first = stored[have[0]]
+    out = {
+        f: writer.array(f"{name}.{f}", (rows if f in per_row else steps, *first[f].shape[1:]), first[f].dtype)
+        for f in [*per_row, *per_event]
+    }
+    lengths = np.zeros(rows, dtype=np.int64)
     r = e = 0
     for cutoff in cutoffs:
         when = pd.Timestamp(cutoff).to_datetime64()
         for k in have:
-            part_cutoff = files[k].array(f"{name}.snaps.cutoff")
-            r0, r1 = (
-                np.searchsorted(part_cutoff, when, side="left"),
-                np.searchsorted(part_cutoff, when, side="right"),
-            )
+            part, size = stored[k], sizes[k][name]
+            cut = part["snaps.cutoff"]
+            r0, r1 = int(np.searchsorted(cut, when, "left")), int(np.searchsorted(cut, when, "right"))
             if r0 == r1:
                 continue
-            part_offsets = files[k].array(f"{name}.seqs.offsets")
-            e0, e1 = int(part_offsets[r0]), int(part_offsets[r1])
+            e0, e1 = int(part["seqs.offsets"][r0]), int(part["seqs.offsets"][r1])
             dst, dst_e = slice(r, r + r1 - r0), slice(e, e + e1 - e0)
-            for f in SNAPSHOT_FIELDS:
-                snaps[f][dst] = files[k].array(f"{name}.snaps.{f}")[r0:r1]
-            snaps["customer"][dst] += customer_offsets[k]
-            snaps["start"][dst] += event_offsets[k]
-            snaps["end"][dst] += event_offsets[k]
-            for f in ROW_FIELDS:
-                seqs[f][dst] = files[k].array(f"{name}.seqs.{f}")[r0:r1]
-            if weighted:
-                part = sizes[k][name]
-                seqs["weight"][dst] *= (part["customers"] / part["rows"]) * (n_rows / n_customers)
-            for f in EVENT_FIELDS:
-                seqs[f][dst_e] = files[k].array(f"{name}.seqs.{f}")[e0:e1]
-            aggregates[dst] = files[k].array(f"{name}.aggregates")[r0:r1]
-            lengths[dst] = np.diff(part_offsets[r0 : r1 + 1])
+            for f in per_row:
+                out[f][dst] = part[f][r0:r1]
+            for f in per_event:
+                out[f][dst_e] = part[f][e0:e1]
+            out["snaps.customer"][dst] += customer_offsets[k]
+            out["snaps.start"][dst] += event_offsets[k]
+            out["snaps.end"][dst] += event_offsets[k]
+            if weighted:  # each part's weights have its own mean 1: scale them to the whole's
+                out["seqs.weight"][dst] *= (size["customers"] / size["rows"]) * (rows / n_customers)
+            lengths[dst] = np.diff(part["seqs.offsets"][r0 : r1 + 1])
             r, e = r + r1 - r0, e + e1 - e0
     offsets = writer.array(f"{name}.seqs.offsets", (rows + 1,), np.dtype(np.int64))
     offsets[0] = 0
     np.cumsum(lengths, out=offsets[1:])
-    agg_names, agg_categorical = sizes[first][name]["aggregates"]
+    agg_names, agg_categorical = sizes[have[0]][name]["aggregates"]
+    snaps = {f: out[f"snaps.{f}"] for f in SNAPSHOT_FIELDS}
+    seqs = {f: out[f"seqs.{f}"] for f in (*ROW_FIELDS, *EVENT_FIELDS)}
     return Split(
         Snapshots(**snaps),
         EncodedSequences(offsets=offsets, customer_id=np.zeros(0, dtype=object), **seqs),
-        AggregateTable(aggregates, list(agg_names), list(agg_categorical)),
+        AggregateTable(out["aggregates"], list(agg_names), list(agg_categorical)),
     )
