@@ -15,7 +15,7 @@ from churnwatch.data.snapshots import (
     build_snapshots,
     label_event_mask,
 )
-from churnwatch.data.splits import holdout_split, kfold_splits
+from churnwatch.data.splits import customer_strata, split_customers
 from churnwatch.errors import ConfigError
 from tests.helpers import SCHEMA_CFG
 
@@ -129,12 +129,17 @@ def test_holdout_and_kfold_split_by_customer(loaded):
     log = EventLog.from_frame(loaded.frame)
     plan = SnapshotPlan.from_config({"horizon_days": 30, "train_cutoffs": ["2024-04-01", "2024-05-01"]})
     snaps = build_snapshots(log, plan.train_cutoffs, plan)
-    train, val = holdout_split(snaps, 0.25, seed=1)
+
+    def rows(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+        train_customers, val_customers = split_customers(cfg, *customer_strata(snaps))
+        return tuple(np.flatnonzero(np.isin(snaps.customer, c)) for c in (train_customers, val_customers))
+
+    train, val = rows({"val_fraction": 0.25, "seed": 1})
     assert len(train) + len(val) == len(snaps)
     assert not set(snaps.customer[train]) & set(snaps.customer[val])
-    again = holdout_split(snaps, 0.25, seed=1)
+    again = rows({"val_fraction": 0.25, "seed": 1})
     assert np.array_equal(val, again[1])
-    folds = kfold_splits(snaps, 4, seed=0)
+    folds = [rows({"fold": k, "folds": 4, "seed": 0}) for k in range(4)]
     seen = np.concatenate([snaps.customer[v] for _, v in folds])
     assert sorted(set(seen)) == sorted(set(snaps.customer))
     assert len(np.unique(np.concatenate([np.unique(snaps.customer[v]) for _, v in folds]))) == len(

@@ -64,21 +64,6 @@ def sample_customers(customers: np.ndarray, strata: np.ndarray, fraction: float,
     return chosen
 
 
-def _rows_apart(snaps: Snapshots, val_customers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    is_val = np.isin(snaps.customer, val_customers)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
-
-
-def holdout_split(snaps: Snapshots, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices (train, val): a stratified holdout of customers, so no customer is in both."""
-    return _rows_apart(snaps, holdout_customers(*customer_strata(snaps), val_fraction, seed))
-
-
-def kfold_splits(snaps: Snapshots, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Row indices (train, val) per fold, stratified k-fold by customer."""
-    return [_rows_apart(snaps, val) for val in fold_customers(*customer_strata(snaps), folds, seed)]
-
-
 def split_customers(
     cfg: Mapping[str, Any], customers: np.ndarray, strata: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
