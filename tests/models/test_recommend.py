@@ -163,6 +163,32 @@ def test_histories_count_purchases_before_the_date_only_and_mark_recent_ones():
     assert offers[2].tolist() == [0, 2]  # x (bought twice), then z
 
 
+def test_a_categorical_frame_gives_the_purchases_and_histories_its_strings_give():
+    """The canonical frame's categorical ids and items are looked up by code; the result is the one plain
+    strings give, unused and missing categories included."""
+    rng = np.random.default_rng(3)
+    n = 400
+    frame = pd.DataFrame(
+        {
+            "customer_id": rng.choice([f"c{i}" for i in range(30)], n),
+            "timestamp": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 90, n), "D"),
+            "item": rng.choice(["x", "y", "z", "w", "__missing__", None], n),
+        }
+    ).sort_values(["customer_id", "timestamp"], ignore_index=True)
+    catalogue = ItemCatalogue.of(frame[frame["item"] != "w"], "item")  # w: bought, not in the catalogue
+    categorical = frame.astype({"customer_id": "category", "item": "category"})
+    categorical["customer_id"] = categorical["customer_id"].cat.add_categories(["nobody"])
+    plain, coded = (Purchases.of(f, "item", catalogue) for f in (frame, categorical))
+    assert len(plain.item) and (plain.item >= 0).all() and "w" not in catalogue.ids
+    assert plain.customers.tolist() == coded.customers.tolist()
+    for field in ("customer", "item", "time"):
+        np.testing.assert_array_equal(getattr(plain, field), getattr(coded, field))
+    who = pd.Index(["c3", "nobody", "c0", "c17"])
+    a, b = (Histories.of(p, who, as_of=pd.Timestamp("2024-04-01"), half_life_days=30) for p in (plain, coded))
+    for field in ("offsets", "item", "count", "last"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
 def _with_items(events: pd.DataFrame) -> pd.DataFrame:
     """The hand-made log with an item per purchase (its category and a digit of its amount) and names."""
     out = events.copy()

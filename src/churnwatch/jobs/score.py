@@ -28,7 +28,9 @@ from churnwatch.data.validation import JoinReport, ValidationReport, no_event_ro
 from churnwatch.errors import ConfigError, DataValidationError
 from churnwatch.io.atomic import atomic_path, check_output, scratch_dir
 from churnwatch.io.signing import Verification
+from churnwatch.runtime.hardware import leave_a_core
 from churnwatch.runtime.memory import release_free_memory
+from churnwatch.runtime.prefetch import one_ahead
 from churnwatch.scoring.inputs import default_as_of
 from churnwatch.scoring.output import RunWriter, atomic_output, check_suffix, read_rank_keys, report_path
 from churnwatch.scoring.scorer import EXPLAIN_TIERS_UNRANKED, Scorer, with_drivers
@@ -184,22 +186,35 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
                 TimeElapsedColumn(),
                 disable=not progress,
             ) as bar,
+            leave_a_core(len(parts) > 1),  # for the next part's reading (one_ahead)
         ):
             task = bar.add_task("score", total=len(parts))
-            for events_part, customers_part in parts:
+
+            def read_and_encode(part: tuple[Path | None, Path | None]) -> tuple:
+                """One part read, validated and encoded: on a background thread, a part ahead."""
                 with scorer.timed("read"):
-                    loaded, customers, customer_report = reader.read_part(
-                        events_path, customers_path, events_part, customers_part
-                    )
-                stats.add(loaded.report, customer_report)
-                if len(parts) == 1:  # the whole file: its checks can run now
-                    stats.check(events_path, shard)
+                    loaded, customers, customer_report = reader.read_part(events_path, customers_path, *part)
+                if len(parts) == 1:  # the whole file: its checks run before anything is built from it
+                    whole = RunStats()
+                    whole.add(loaded.report, customer_report)
+                    whole.check(events_path, shard)
                 inp = reader.prepare(loaded, customers, default_as_of(as_of, loaded.data_end))
+                return (
+                    loaded.report,
+                    customer_report,
+                    inp,
+                    list(scorer.encode_chunks(inp, job.chunk_customers)),
+                )
+
+            for events_report, customer_report, inp, encoded in one_ahead(read_and_encode, parts):
+                stats.add(events_report, customer_report)
                 stats.as_of = inp.as_of
                 stats.add_join(inp.join)
                 # with drivers.tiers the drivers wait for the ranking (`_explain_tiers`)
                 drivers = False if scorer.explain_tiers else None
-                scored = scorer.score_input(inp, job.chunk_customers, progress=False, drivers=drivers)
+                scored = scorer.score_input(
+                    inp, job.chunk_customers, progress=False, drivers=drivers, encoded=encoded
+                )
                 if shard is not None:
                     scored = scored.assign(num_shards=shard[0], shard_index=shard[1])
                 with scorer.timed("write"):
@@ -207,7 +222,7 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
                 stats.count(scored)
                 if shard is not None:  # a part is unranked: its first rows are the top
                     stats.keep_top(scored)
-                del loaded, customers, inp, scored
+                del inp, encoded, scored
                 release_free_memory()
                 bar.advance(task)
             stats.check(events_path, shard)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,17 @@ EXPLAIN_TIERS_UNRANKED = (
 CPU_BATCH, GPU_BATCH = 256, 4096
 STR = pd.api.types.pandas_dtype(str)
 """The dtype `astype(str)` gives."""
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """A chunk of a loaded input's snapshots as the model reads them (`Scorer.encode_chunks`): sequences,
+    the aggregate table, and the aggregates the model reads (None: it reads none)."""
+
+    snaps: Snapshots
+    seqs: EncodedSequences
+    table: AggregateTable
+    agg: np.ndarray | None
 
 
 class Scorer:
@@ -272,13 +284,22 @@ class Scorer:
             columns=["main_driver", *(f"driver_{k + 1}" for k in range(int(self.drivers.top_n)))]
         )
 
+    def encode_chunks(self, inp: ScoringInput, chunk_customers: int) -> Iterator[EncodedChunk]:
+        """A loaded input's snapshots encoded in chunks of `chunk_customers` (one empty chunk for none):
+        what `score_input` reads, lazily, or as a list made ahead on another thread (`score_file`)."""
+        check_values({"chunk_customers": chunk_customers})
+        n = len(inp.snaps)
+        for start in range(0, max(n, 1), chunk_customers):
+            snaps = inp.snaps.subset(np.arange(start, min(start + chunk_customers, n)))
+            yield EncodedChunk(snaps, *self._encode(inp.log, snaps, inp.customers))
+
     def _score_chunk(
-        self, log_: EventLog, snaps: Snapshots, customers: pd.DataFrame | None, explain: bool
+        self, log_: EventLog, chunk: EncodedChunk, customers: pd.DataFrame | None, explain: bool
     ) -> dict[str, Any]:
         """Probability, value at risk, segments and (with `explain`) drivers of one chunk of snapshots, as
         columns (arrays, or Series on a range index): framed once, by `_complete`, as a frame's inserts
         cost more than a request's forward."""
-        seqs, table, agg = self._encode(log_, snaps, customers)
+        snaps, seqs, table, agg = chunk.snaps, chunk.seqs, chunk.table, chunk.agg
         with self.timed("forward"):
             probs = self._predict(seqs, agg)
         check_finite(probs, seqs.customer_id, self.model_path)
@@ -355,16 +376,15 @@ class Scorer:
         chunk_customers: int = 100_000,
         progress: bool = True,
         drivers: bool | None = None,
+        encoded: Iterable[EncodedChunk] | None = None,
     ) -> pd.DataFrame:
         """Every customer of a loaded input (`load`, or one part of a streamed file) exactly once, with
         its probability, value, segments and drivers; not yet ranked (`rank`, `Ranker.write_ranked`).
         `drivers=False` leaves the driver columns empty for this call (the service's per-request switch);
-        None: as configured."""
-        check_values({"chunk_customers": chunk_customers})
+        None: as configured. `encoded`: this input's `encode_chunks`, if already made."""
         explain = self.explain and drivers is not False
         event_log, snaps, customers, as_of_ts = inp.log, inp.snaps, inp.customers, inp.as_of
         parts = []
-        chunks = range(0, len(snaps), chunk_customers)
         with Progress(
             TextColumn("scoring"),
             BarColumn(),
@@ -374,13 +394,10 @@ class Scorer:
             disable=not progress,
         ) as bar:
             task = bar.add_task("score", total=len(snaps))
-            for start in chunks:
-                rows = np.arange(start, min(start + chunk_customers, len(snaps)))
-                parts.append(self._score_chunk(event_log, snaps.subset(rows), customers, explain))
-                bar.advance(task, len(rows))
+            for chunk in self.encode_chunks(inp, chunk_customers) if encoded is None else encoded:
+                parts.append(self._score_chunk(event_log, chunk, customers, explain))
+                bar.advance(task, len(chunk.snaps))
         last = event_log.ts[snaps.end - 1] if len(snaps) else np.zeros(0, dtype=np.int64)
-        if not parts:
-            parts.append(self._score_chunk(event_log, snaps, customers, explain))
         columns = (
             parts[0]
             if len(parts) == 1

@@ -38,7 +38,7 @@ class Histories:
         """The histories of `customers` (any order; a customer without purchases has an empty one) from
         `purchases` (already cut to the scoring date `as_of`), counts decayed as the recommender was fitted
         (`Purchases.weights`)."""
-        row = customers.get_indexer(purchases.customers[purchases.customer]) if len(purchases.item) else []
+        row = customers.get_indexer(purchases.customers)[purchases.customer] if len(purchases.item) else []
         row = np.asarray(row, dtype=np.int64)
         keep = row >= 0
         row, item, time = row[keep], purchases.item[keep].astype(np.int64), purchases.time[keep]

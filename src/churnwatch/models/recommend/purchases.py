@@ -78,7 +78,12 @@ class ItemCatalogue:
 
     def index_of(self, values: pd.Series | np.ndarray) -> np.ndarray:
         """Catalogue index of each value (-1: not in the catalogue, or no item: null or the loader's MISSING,
-        which is never in the catalogue)."""
+        which is never in the catalogue). A categorical column (the canonical frame's) is looked up once
+        per category, then taken by code."""
+        if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+            codes = np.asarray(values.cat.codes if isinstance(values, pd.Series) else values.codes)
+            of_category = self.index_of(np.asarray(values.dtype.categories, dtype=object))
+            return np.where(codes >= 0, np.append(of_category, -1)[codes], -1)
         values = pd.Series(values, dtype=object)
         return pd.Index(self.ids).get_indexer(values.astype(str).where(values.notna()))
 
@@ -106,13 +111,25 @@ class Purchases:
 
     @classmethod
     def of(cls, frame: pd.DataFrame, item: str, catalogue: ItemCatalogue) -> Purchases:
-        idx = catalogue.index_of(frame[item].to_numpy())
+        """The rows of `frame` (a canonical event frame) with a catalogue item; `customers` in order of
+        first purchase."""
+        idx = catalogue.index_of(frame[item])
         keep = idx >= 0
-        ids = frame[CUSTOMER_ID].astype(str).to_numpy()[keep]
-        customers = pd.Index(pd.unique(ids))
+        ids = frame[CUSTOMER_ID]
+        if isinstance(ids.dtype, pd.CategoricalDtype):  # by code: no string per row
+            codes = ids.cat.codes.to_numpy()[keep]
+            first = pd.unique(codes)
+            row = np.full(len(ids.cat.categories), -1, dtype=np.int64)
+            row[first] = np.arange(len(first))
+            customers = pd.Index(np.asarray(ids.cat.categories, dtype=object)[first].astype(str))
+            customer = row[codes]
+        else:
+            names = ids.astype(str).to_numpy()[keep]
+            customers = pd.Index(pd.unique(names))
+            customer = customers.get_indexer(names)
         return cls(
             customers,
-            customers.get_indexer(ids),
+            customer,
             idx[keep],
             frame[TIMESTAMP].to_numpy().astype("datetime64[ns]").view(np.int64)[keep],
         )
