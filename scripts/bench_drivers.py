@@ -26,6 +26,7 @@ import torch
 
 from churnwatch.explain.drivers import context_frame, explain_sequences, match_rate, owners, top_drivers
 from churnwatch.features.aggregates import AggregateTable
+from churnwatch.runtime.hardware import autocast
 from churnwatch.scoring.scorer import Scorer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,6 +44,12 @@ def main() -> None:
     ap.add_argument("--reference-steps", type=int, default=32)
     ap.add_argument("--customers", type=int, default=4000, help="explained customers, at most")
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="of the timed steps (bf16: autocast, where the CPU has bf16 units); the reference is fp32",
+    )
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
 
@@ -67,25 +74,28 @@ def main() -> None:
     )
     truth = _truth(args, scorer, ids)
 
-    def explain(steps: int) -> tuple[np.ndarray, float, float, pd.DataFrame]:
+    def explain(steps: int, bf16: bool = False) -> tuple[np.ndarray, float, float, pd.DataFrame]:
         t0 = time.perf_counter()
-        scores = explain_sequences(
-            scorer.model, seqs, owner, agg, batch_size=args.batch_size, steps=steps, device="cpu"
-        )
+        with autocast(torch.device("cpu"), bf16):
+            scores = explain_sequences(
+                scorer.model, seqs, owner, agg, batch_size=args.batch_size, steps=steps, device="cpu"
+            )
         t1 = time.perf_counter()
         centred = scores - scorer.center
         found = top_drivers(centred, scorer.catalogue, context, 3)
         return centred, t1 - t0, time.perf_counter() - t0, found
 
-    explain(1)  # warm-up: TorchScript's first calls
+    bf16 = args.precision == "bf16"
+    explain(1, bf16)  # warm-up: TorchScript's first calls
     reference = explain(args.reference_steps)[0]
     ref_top = np.argsort(-reference, axis=1)[:, :3]
     results = []
     for steps in [*args.steps, args.reference_steps]:
-        scores, ig_s, all_s, found = explain(steps)
+        scores, ig_s, all_s, found = explain(steps, bf16)
         top = np.argsort(-scores, axis=1)[:, :3]
         row = {
             "steps": steps,
+            "precision": args.precision,
             "customers": len(rows),
             "events": int(seqs.lengths.sum()),
             "ig_customers_per_s": len(rows) / ig_s,

@@ -19,6 +19,7 @@ from churnwatch.explain.drivers import (
 )
 from churnwatch.explain.playbook import Playbook
 from churnwatch.models.encoders import ChurnNet
+from churnwatch.runtime.hardware import autocast, forced
 
 CATALOGUE = {
     "spend": {
@@ -203,3 +204,27 @@ def test_tree_path_contributions_add_up_to_the_prediction():
     root = np.mean([t.tree_.value[0, 0, 1] / t.tree_.value[0, 0].sum() for t in forest.estimators_])
     np.testing.assert_allclose(contrib.sum(axis=1) + root, forest.predict_proba(x[:50])[:, 1], atol=1e-9)
     assert np.abs(contrib[:, [0, 2]]).sum() > 5 * np.abs(contrib[:, [1, 3]]).sum()  # the informative ones
+
+
+@pytest.mark.parametrize("encoder", ["lstm", "transformer"])
+def test_integrated_gradients_in_bf16_stay_complete_to_bf16_precision(encoder):
+    """Scoring explains in its forward's precision: under bf16 autocast (forced where the CPU has no bf16
+    units, so both kinds of machine run it) the attributions are bf16's own, not fp32's, and still add up
+    to the logit difference within bf16's rounding."""
+    torch.manual_seed(0)
+    net = ChurnNet([6, 5], 3, [1, 2], [4], 1, n_aggregates=2, encoder=encoder, d_model=16, hidden=16).eval()
+    lengths = torch.tensor([9, 4, 1, 6])
+    real = torch.arange(9)[None, :, None] < lengths[:, None, None]
+    cat, num = torch.randint(1, 5, (4, 9, 2)) * real, torch.randn(4, 9, 3) * real
+    static_cat, static_num, agg = torch.randint(0, 4, (4, 1)), torch.randn(4, 1), torch.randn(4, 2)
+    args = (net, cat, num, lengths, static_cat, static_num, agg)
+    fp32 = integrated_gradients(*args, steps=32)
+    with forced(bf16=True), autocast(torch.device("cpu"), True):
+        bf16 = integrated_gradients(*args, steps=32)
+    fp32_total, bf16_total = (
+        ev.sum(axis=(1, 2)) + st.sum(axis=1) + ag.sum(axis=1) for ev, st, ag in (fp32, bf16)
+    )
+    assert not np.array_equal(fp32[0], bf16[0])  # bf16 arithmetic really ran
+    scale = np.abs(fp32_total).max()
+    np.testing.assert_allclose(bf16_total, fp32_total, atol=0.05 * scale)
+    assert np.corrcoef(fp32[0].ravel(), bf16[0].ravel())[0, 1] > 0.95
