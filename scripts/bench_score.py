@@ -28,7 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-PHASES = ("read", "encode", "forward", "segments", "drivers", "rank", "write")
+PHASES = ("read", "encode", "forward", "segments", "drivers", "offers", "rank", "write")
+"""Wall seconds per phase. Reading ahead (score_file) overlaps read and encode with the rest, so they can
+sum to more than the run."""
 
 
 def _score_once(
