@@ -224,3 +224,37 @@ def test_insights_owners_read_the_events_the_encoder_keeps(max_len, max_span_day
     day_of_week, hour = (seqs.cat[:, enc.cat_names.index(name)] for name in ("day_of_week", "hour"))
     assert day_of_week.tolist() == (when.day_of_week + 1).tolist()  # Monday = 1
     assert hour.tolist() == (when.hour + 1).tolist()
+
+
+def test_standardising_a_column_at_a_time_is_the_textbook_formula_and_leaves_its_inputs(caplog):
+    """NumericStats.transform: fill, signed log1p, (x - mean) / std, missing → 0, ±Z_LIMIT clipped with a
+    warning, float32; written into `out` when given; the caller's columns (views included) unchanged."""
+    from churnwatch.data.schema import NumericField
+    from churnwatch.features.stats import Z_LIMIT, NumericStats, signed_log1p
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(3, 2, (1000, 3))
+    base[::7, 0], base[::5, 1], base[700, 2] = np.nan, np.nan, 1e300  # the outlier after the fitted rows
+    columns = [base[:, 0], base[:, 1], np.ascontiguousarray(base[:, 2])]  # strided views and a copy
+    before = [c.copy() for c in columns]
+    fields = [
+        NumericField("a", fill=-1.0, transform="none"),
+        NumericField("b", transform="log1p"),
+        NumericField("c", transform="none"),
+    ]
+    stats = NumericStats(fields).fit([c[:500] for c in columns])
+    with caplog.at_level("WARNING"):
+        got = stats.transform(columns)
+    raw = np.column_stack(
+        [np.where(np.isnan(base[:, 0]), -1.0, base[:, 0]), signed_log1p(base[:, 1]), base[:, 2]]
+    )
+    z = (raw - stats.mean) / stats.std
+    expected = np.clip(np.where(np.isnan(z), 0.0, z), -Z_LIMIT, Z_LIMIT).astype(np.float32)
+    assert got.dtype == np.float32 and np.array_equal(got, expected)
+    assert np.isnan(expected).sum() == 0 and (got[:, 1] == 0).sum() == 200 and got[700, 2] == Z_LIMIT
+    assert "clipped to ±10000 standard deviations: 1 value(s) of c" in caplog.text
+    for c, b in zip(columns, before, strict=True):
+        np.testing.assert_array_equal(c, b)
+    into = np.full((1010, 3), 7.0, dtype=np.float32)
+    stats.transform(columns, out=into[5:1005])
+    assert np.array_equal(into[5:1005], expected) and (into[:5] == 7).all() and (into[1005:] == 7).all()

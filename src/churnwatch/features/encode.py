@@ -325,7 +325,7 @@ class SequenceEncoder:
                 values = self._reduced(log, first, stop)
             else:
                 values = [col[first] for col in numeric]
-            num[out] = self.numeric.transform([*values, steps.gap_days[out], age[out]])
+            self.numeric.transform([*values, steps.gap_days[out], age[out]], out=num[out])
         static = self._static_frame(log, snaps, customers)
         static_cat = np.zeros((len(snaps), len(self.static_cat_names)), dtype=np.int32)
         for j, name in enumerate(self.static_cat_names):
