@@ -11,6 +11,7 @@ from churnwatch.data.schema import EventSchema
 from churnwatch.data.snapshots import EventLog, build_snapshot
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec
+from churnwatch.features.window import FlatHistories
 from tests.helpers import AGGREGATE_ROWS, AGGREGATE_SPEC, SCHEMA_CFG, aggregate_table
 
 
@@ -107,3 +108,26 @@ def test_a_row_does_not_depend_on_the_rows_transformed_with_it():
     for row in range(len(snap)):
         alone = feat.transform(log, snap.subset(np.array([row]))).values
         assert np.array_equal(alone[0], both[row]), feat.transform(log, snap).names
+
+
+def test_segmented_reductions_equal_the_scatter_with_empty_rows_at_their_initial_value():
+    """FlatHistories.reduce: ufunc.at over each row's events, starting from `initial` (rows without
+    events keep it), for floats with infinities and for indices."""
+    rng = np.random.default_rng(0)
+    lengths = np.array([3, 0, 1, 5, 0, 2])
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    hist = FlatHistories(np.arange(len(row)), row, lengths, rng.normal(size=len(row)))
+    values = np.where(rng.random(len(row)) < 0.3, np.inf, rng.normal(size=len(row)))
+    cases = [
+        (np.minimum, values, np.inf),
+        (np.maximum, -values, -np.inf),
+        (np.maximum, np.abs(rng.normal(size=len(row))), 0.5),
+        (np.maximum, np.where(rng.random(len(row)) < 0.5, np.arange(len(row)), -1), -1),
+    ]
+    for ufunc, v, initial in cases:
+        expected = np.full(len(lengths), initial, dtype=np.result_type(v, type(initial)))
+        ufunc.at(expected, row, v)
+        got = hist.reduce(ufunc, v, initial)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
+    assert hist.reduce(np.minimum, values, np.inf)[[1, 4]].tolist() == [np.inf, np.inf]

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from churnwatch.data.loaders import load_events
-from churnwatch.data.schema import TIMESTAMP, EventSchema
+from churnwatch.data.schema import TIMESTAMP, EventSchema, NumericField
 from churnwatch.data.snapshots import EventLog, build_snapshot
 from churnwatch.explain.drivers import owners
 from churnwatch.features.encode import SequenceEncoder
-from churnwatch.features.stats import OOV, PAD, NumericStats, Vocabulary
+from churnwatch.features.stats import OOV, PAD, Z_LIMIT, NumericStats, Vocabulary, signed_log1p
 from churnwatch.features.window import VisitSpec, kept_steps, ranges
 from tests.helpers import SCHEMA_CFG
 
@@ -229,9 +229,6 @@ def test_insights_owners_read_the_events_the_encoder_keeps(max_len, max_span_day
 def test_standardising_a_column_at_a_time_is_the_textbook_formula_and_leaves_its_inputs(caplog):
     """NumericStats.transform: fill, signed log1p, (x - mean) / std, missing → 0, ±Z_LIMIT clipped with a
     warning, float32; written into `out` when given; the caller's columns (views included) unchanged."""
-    from churnwatch.data.schema import NumericField
-    from churnwatch.features.stats import Z_LIMIT, NumericStats, signed_log1p
-
     rng = np.random.default_rng(0)
     base = rng.normal(3, 2, (1000, 3))
     base[::7, 0], base[::5, 1], base[700, 2] = np.nan, np.nan, 1e300  # the outlier after the fitted rows

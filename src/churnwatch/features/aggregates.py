@@ -264,7 +264,7 @@ class AggregateFeaturizer:
         self._check(log)
         spec = self.spec
         hist = FlatHistories.of(log, snaps)
-        n, lengths, rows, seg, age = hist.n_rows, hist.lengths, hist.events, hist.row, hist.age
+        n, lengths, rows, age = hist.n_rows, hist.lengths, hist.events, hist.age
         total = hist.total
         cols: dict[str, np.ndarray] = {}
 
@@ -275,11 +275,9 @@ class AggregateFeaturizer:
         # Recency / frequency / monetary (on purchases) and activity.
         n_p = total(is_p.astype(np.float64))
         p_age = np.where(is_p, age, np.inf)
-        recency = np.full(n, np.inf)
-        np.minimum.at(recency, seg, p_age)
+        recency = hist.reduce(np.minimum, p_age, np.inf)
         cols["recency_days"] = np.where(np.isfinite(recency), recency, first_age)  # never bought: tenure
-        first_p = np.full(n, -np.inf)
-        np.maximum.at(first_p, seg, np.where(is_p, age, -np.inf))
+        first_p = hist.reduce(np.maximum, np.where(is_p, age, -np.inf), -np.inf)
         # Days since the first purchase (BTYD's T; never bought: tenure, like recency_days).
         cols["first_purchase_days"] = np.where(np.isfinite(first_p), first_p, first_age)
         cols["n_purchases"] = n_p
@@ -320,11 +318,9 @@ class AggregateFeaturizer:
         n_gap = total(has_gap.astype(np.float64))
         mean_gap = total(g) / np.maximum(n_gap, 1)
         var_gap = total(g * g) / np.maximum(n_gap, 1) - mean_gap**2
-        max_gap = np.zeros(n)
-        np.maximum.at(max_gap, seg, g)
+        max_gap = hist.reduce(np.maximum, g, 0.0)
         last_gap = np.zeros(n)
-        last_idx = np.full(n, -1)
-        np.maximum.at(last_idx, seg, np.where(has_gap, np.arange(len(rows)), -1))
+        last_idx = hist.reduce(np.maximum, np.where(has_gap, np.arange(len(rows)), -1), -1)
         last_gap[last_idx >= 0] = g[last_idx[last_idx >= 0]]
         no_gap = n_gap == 0  # fewer than two purchases: the usual gap is the whole tenure
         cols["gap_mean_days"] = np.where(no_gap, first_age, mean_gap)
@@ -346,8 +342,7 @@ class AggregateFeaturizer:
             cols[name] = total(one)
             for w in (30, spec.recent_days):
                 cols[f"{name}_{w}d"] = total(one * (age < w))
-            latest = np.full(n, np.inf)
-            np.minimum.at(latest, seg, np.where(one > 0, age, np.inf))
+            latest = hist.reduce(np.minimum, np.where(one > 0, age, np.inf), np.inf)
             cols[f"days_since_{col}_{value}"] = np.where(np.isfinite(latest), latest, first_age + 1)
         for name in spec.numeric_summaries:
             self._summaries(log, name, hist, recent, cols)
@@ -391,7 +386,7 @@ class AggregateFeaturizer:
         self, log: EventLog, name: str, hist: FlatHistories, recent: np.ndarray, cols: dict[str, np.ndarray]
     ) -> None:
         """Count, mean (all and recent), min, last and trend of numeric field `name` (NaN: never observed)."""
-        rows, seg, n, total = hist.events, hist.row, hist.n_rows, hist.total
+        rows, n, total = hist.events, hist.n_rows, hist.total
         raw = log.frame[name].to_numpy(dtype=np.float64)[rows]
         seen = np.isfinite(raw)
         x = np.where(seen, raw, 0.0)
@@ -401,11 +396,9 @@ class AggregateFeaturizer:
             cols[f"{name}_count"] = count
             cols[f"{name}_mean"] = np.where(count > 0, total(x) / count, np.nan)
             cols[f"{name}_mean_recent"] = np.where(recent_count > 0, total(x * recent) / recent_count, np.nan)
-        low = np.full(n, np.inf)
-        np.minimum.at(low, seg, np.where(seen, raw, np.inf))
+        low = hist.reduce(np.minimum, np.where(seen, raw, np.inf), np.inf)
         cols[f"{name}_min"] = np.where(np.isfinite(low), low, np.nan)
-        last_idx = np.full(n, -1)
-        np.maximum.at(last_idx, seg, np.where(seen, np.arange(len(rows)), -1))
+        last_idx = hist.reduce(np.maximum, np.where(seen, np.arange(len(rows)), -1), -1)
         last = np.full(n, np.nan)
         last[last_idx >= 0] = raw[last_idx[last_idx >= 0]]
         cols[f"{name}_last"] = last

@@ -175,6 +175,17 @@ class FlatHistories:
             out[filled] = np.add.reduceat(np.asarray(weights, dtype=np.float64), starts)
         return out
 
+    def reduce(self, ufunc: np.ufunc, values: np.ndarray, initial: float) -> np.ndarray:
+        """Per row, `ufunc` (np.minimum, np.maximum) over its events' values and `initial`; `initial` for
+        rows without events. `ufunc.at(np.full(n, initial), row, values)`, segmented like `total` (the
+        scatter was 0.34 s of a 200k-customer scoring run)."""
+        values = np.asarray(values)
+        out = np.full(self.n_rows, initial, dtype=np.result_type(values.dtype, np.min_scalar_type(initial)))
+        filled, starts = self._filled_starts
+        if len(starts):
+            out[filled] = ufunc(ufunc.reduceat(values, starts), initial)
+        return out
+
 
 def ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Concatenation of arange(s, e) for each pair, without a Python loop."""
