@@ -1,5 +1,6 @@
-"""Reading ahead (`one_ahead`): the results of a plain loop, in order, the next item's work on another
-thread before the caller asks for it, and a failure raised where the plain loop would raise it."""
+"""Reading ahead (`ahead`): the items of a plain loop, in order, the next one made on another thread before
+the caller asks for it, lazily (one item ahead, no more), and a failure raised where the loop would raise
+it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from churnwatch.runtime.hardware import leave_a_core
-from churnwatch.runtime.prefetch import one_ahead
+from churnwatch.runtime.prefetch import ahead
 
 
 def test_results_come_in_order_and_the_next_is_made_on_another_thread_while_the_caller_holds_this_one():
@@ -22,14 +23,14 @@ def test_results_come_in_order_and_the_next_is_made_on_another_thread_while_the_
         return k * k
 
     got = []
-    for k, result in enumerate(one_ahead(work, range(4))):
+    for k, result in enumerate(ahead(map(work, range(4)))):
         if k + 1 < 4:  # the next item's work began without the caller asking for it
             assert started[k + 1].wait(timeout=30)
         assert not any(s.is_set() for s in started[k + 2 :])  # but not the one after: two results at most
         got.append(result)
     assert got == [0, 1, 4, 9]
     assert threading.get_ident() not in threads.values()
-    assert list(one_ahead(work, [])) == []
+    assert list(ahead(map(work, []))) == []
 
 
 def test_a_failure_is_raised_after_the_items_before_it_as_a_loop_would():
@@ -40,7 +41,7 @@ def test_a_failure_is_raised_after_the_items_before_it_as_a_loop_would():
 
     got = []
     with pytest.raises(ValueError, match="item 2 is bad"):
-        for result in one_ahead(work, range(5)):
+        for result in ahead(map(work, range(5))):
             got.append(result)
     assert got == [0, 1]
 

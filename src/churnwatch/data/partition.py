@@ -22,6 +22,7 @@ import pyarrow.ipc as ipc
 from churnwatch.data.parsing import normalise_ids
 from churnwatch.data.readers import iter_batches
 from churnwatch.errors import DataValidationError
+from churnwatch.runtime.prefetch import ahead
 
 FILE_ROW = "__churnwatch_file_row__"
 
@@ -81,8 +82,9 @@ def split_file(
     first = 0
     empty = None
     try:
-        for table in iter_batches(path, batch_rows):
-            table, ids = canonical_ids(table, id_column, path)
+        # the next batch read and its ids normalised on a background thread while this one is written
+        batches = (canonical_ids(table, id_column, path) for table in iter_batches(path, batch_rows))
+        for table, ids in ahead(batches):
             index = table.schema.get_field_index(id_column)
             part = part_of(ids, n_parts)
             table = table.append_column(FILE_ROW, pa.array(np.arange(first, first + len(table))))

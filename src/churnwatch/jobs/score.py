@@ -30,7 +30,7 @@ from churnwatch.io.atomic import atomic_path, check_output, scratch_dir
 from churnwatch.io.signing import Verification
 from churnwatch.runtime.hardware import leave_a_core
 from churnwatch.runtime.memory import release_free_memory
-from churnwatch.runtime.prefetch import one_ahead
+from churnwatch.runtime.prefetch import ahead
 from churnwatch.scoring.inputs import default_as_of
 from churnwatch.scoring.output import RunWriter, atomic_output, check_suffix, read_rank_keys, report_path
 from churnwatch.scoring.scorer import EXPLAIN_TIERS_UNRANKED, Scorer, with_drivers
@@ -186,12 +186,12 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
                 TimeElapsedColumn(),
                 disable=not progress,
             ) as bar,
-            leave_a_core(len(parts) > 1),  # for the next part's reading (one_ahead)
+            leave_a_core(len(parts) > 1),  # for the next part's reading (ahead)
         ):
             task = bar.add_task("score", total=len(parts))
 
             def read_and_encode(part: tuple[Path | None, Path | None]) -> tuple:
-                """One part read, validated and encoded: on a background thread, a part ahead."""
+                """One part read, validated and encoded, offers too: on a background thread, a part ahead."""
                 with scorer.timed("read"):
                     loaded, customers, customer_report = reader.read_part(events_path, customers_path, *part)
                 if len(parts) == 1:  # the whole file: its checks run before anything is built from it
@@ -203,10 +203,10 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
                     loaded.report,
                     customer_report,
                     inp,
-                    list(scorer.encode_chunks(inp, job.chunk_customers)),
+                    scorer.encode_input(inp, job.chunk_customers),
                 )
 
-            for events_report, customer_report, inp, encoded in one_ahead(read_and_encode, parts):
+            for events_report, customer_report, inp, encoded in ahead(map(read_and_encode, parts)):
                 stats.add(events_report, customer_report)
                 stats.as_of = inp.as_of
                 stats.add_join(inp.join)

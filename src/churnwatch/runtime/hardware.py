@@ -340,9 +340,9 @@ def fit_threads() -> int:
 @contextmanager
 def leave_a_core(leave: bool = True) -> Iterator[None]:
     """Torch runs one intra-op thread fewer (at least one) while a background thread works beside it
-    (`prefetch.one_ahead`). On 2 cores, a forward pass on both next to a reading thread ran 2.4× slower
+    (`prefetch.ahead`). On 2 cores, a forward pass on both next to a reading thread ran 2.4× slower
     than alone and the whole run gained nothing; on one it ran 1.8× slower, and a 1M-customer run took 13%
-    less time (docs/BENCHMARKS.md, "Reading ahead"). `leave=False`: unchanged."""
+    less time (docs/BENCHMARKS.md, "On the AMX Xeon again"). `leave=False`: unchanged."""
     threads = torch.get_num_threads()
     if leave:
         torch.set_num_threads(max(1, threads - 1))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +68,16 @@ class EncodedChunk:
     seqs: EncodedSequences
     table: AggregateTable
     agg: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class EncodedInput:
+    """Everything a loaded input gives the scorer before the forward pass (`Scorer.encode_input`): its
+    encoded chunks, and the offer columns of every customer indexed by id (None: the model offers
+    nothing). `score_file` makes the next part's on its reading thread."""
+
+    chunks: list[EncodedChunk]
+    offers: pd.DataFrame | None
 
 
 class Scorer:
@@ -296,6 +306,19 @@ class Scorer:
             snaps = inp.snaps.subset(np.arange(start, min(start + chunk_customers, n)))
             yield EncodedChunk(snaps, *self._encode(inp.log, snaps, inp.customers))
 
+    def encode_input(self, inp: ScoringInput, chunk_customers: int) -> EncodedInput:
+        """`encode_chunks` and `offers_of` of a loaded input, made at once."""
+        return EncodedInput(list(self.encode_chunks(inp, chunk_customers)), self.offers_of(inp))
+
+    def offers_of(self, inp: ScoringInput) -> pd.DataFrame | None:
+        """The offer columns of every customer of a loaded input (those without history too: they get
+        popular items), indexed by id; None when the model carries no recommender."""
+        if self.offers is None:
+            return None
+        with self.timed("offers"):
+            ids = pd.Index(np.asarray(inp.input_ids, dtype=str))
+            return self.offers.frame(inp.log.frame, ids, inp.as_of).set_axis(ids)
+
     def _score_chunk(
         self, log_: EventLog, chunk: EncodedChunk, customers: pd.DataFrame | None, explain: bool
     ) -> dict[str, Any]:
@@ -379,12 +402,13 @@ class Scorer:
         chunk_customers: int = 100_000,
         progress: bool = True,
         drivers: bool | None = None,
-        encoded: Iterable[EncodedChunk] | None = None,
+        encoded: EncodedInput | None = None,
     ) -> pd.DataFrame:
         """Every customer of a loaded input (`load`, or one part of a streamed file) exactly once, with
-        its probability, value, segments and drivers; not yet ranked (`rank`, `Ranker.write_ranked`).
-        `drivers=False` leaves the driver columns empty for this call (the service's per-request switch);
-        None: as configured. `encoded`: this input's `encode_chunks`, if already made."""
+        its probability, value, segments, drivers and offers; not yet ranked (`rank`,
+        `Ranker.write_ranked`). `drivers=False` leaves the driver columns empty for this call (the
+        service's per-request switch); None: as configured. `encoded`: this input's `encode_input`, if
+        already made."""
         explain = self.explain and drivers is not False
         event_log, snaps, customers, as_of_ts = inp.log, inp.snaps, inp.customers, inp.as_of
         parts = []
@@ -397,7 +421,7 @@ class Scorer:
             disable=not progress,
         ) as bar:
             task = bar.add_task("score", total=len(snaps))
-            for chunk in self.encode_chunks(inp, chunk_customers) if encoded is None else encoded:
+            for chunk in self.encode_chunks(inp, chunk_customers) if encoded is None else encoded.chunks:
                 parts.append(self._score_chunk(event_log, chunk, customers, explain))
                 bar.advance(task, len(chunk.snaps))
         last = event_log.ts[snaps.end - 1] if len(snaps) else np.zeros(0, dtype=np.int64)
@@ -415,10 +439,9 @@ class Scorer:
             }
         )
         out = self._complete(columns, inp.input_ids, as_of_ts)
-        if self.offers is not None:  # every customer, those without history too (they get popular items)
-            with self.timed("offers"):
-                offers = self.offers.frame(event_log.frame, pd.Index(out[CUSTOMER_ID]), as_of_ts)
-            out = pd.concat([out, offers], axis=1)
+        offers = self.offers_of(inp) if encoded is None else encoded.offers
+        if offers is not None:
+            out = pd.concat([out, offers.reindex(out[CUSTOMER_ID]).reset_index(drop=True)], axis=1)
         return out
 
     def _complete(self, columns: dict[str, Any], input_ids: np.ndarray, as_of: pd.Timestamp) -> pd.DataFrame:
