@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 import torch
 
-from churnwatch.pipeline.batch import LengthBucketBatchSampler, SequenceDataset, pad_batch
+from churnwatch.errors import ConfigError
+from churnwatch.models.encoders import ChurnNet
+from churnwatch.pipeline.batch import LengthBucketBatchSampler, SequenceDataset, pad_batch, padded_width
+from churnwatch.pipeline.datamodule import ChurnDataModule
+from churnwatch.pipeline.device_batches import DeviceSequenceDataset
 from tests.helpers import encoded_sequences
 
 
@@ -62,15 +69,62 @@ def test_unshuffled_sampler_keeps_order_without_bucketing():
     assert batches == [[0, 1], [2, 3], [4]]
 
 
-def test_device_gathered_batches_equal_host_padded_batches():
-    """DeviceSequenceDataset (the GPU path; here on the CPU device) builds the very tensors pad_batch does."""
-    from churnwatch.pipeline.device_batches import DeviceSequenceDataset
-
+@pytest.mark.parametrize("multiple", [1, 4])
+def test_device_gathered_batches_equal_host_padded_batches(multiple):
+    """DeviceSequenceDataset (the GPU path; here on the CPU device) builds the very tensors pad_batch does,
+    with widths rounded to a multiple too."""
     seqs = encoded_sequences([4, 1, 7, 2, 5])
     agg = np.random.default_rng(0).normal(size=(len(seqs), 3)).astype(np.float32)
     rows = np.array([3, 0, len(seqs) - 1, 1, 3])
-    host = pad_batch(seqs, rows, agg)
-    device = DeviceSequenceDataset(seqs, agg, "cpu")[rows]
-    for name in ("cat", "num", "lengths", "static_cat", "static_num", "aggregates", "label", "index"):
+    host = pad_batch(seqs, rows, agg, width_multiple=multiple)
+    device = DeviceSequenceDataset(seqs, agg, "cpu", multiple)[rows]
+    assert host.cat.shape[1] == (5 if multiple == 1 else 8)  # the longest of these rows has 5 events
+    for name in ("cat", "num", "lengths", "static_cat", "static_num", "aggregates", "label", "index", "tte"):
         a, b = getattr(host, name), getattr(device, name)
         assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def test_rounded_widths_add_only_padding_and_change_no_prediction():
+    """`width_multiple` pads each batch out to a multiple (few shapes on a GPU): the extra steps are
+    padding, every network predicts the same, and `padded_width` rounds up, never down."""
+    assert [padded_width(n, 16) for n in (0, 1, 16, 17, 128)] == [16, 16, 16, 32, 128]
+    assert padded_width(5) == 5 and padded_width(0) == 1
+    seqs = encoded_sequences([4, 1, 7, 2, 5])
+    rows = np.arange(len(seqs))
+    plain, rounded = pad_batch(seqs, rows), pad_batch(seqs, rows, width_multiple=16)
+    assert plain.cat.shape[1] == 7 and rounded.cat.shape[1] == 16
+    torch.testing.assert_close(rounded.cat[:, :7], plain.cat)
+    assert (rounded.cat[:, 7:] == 0).all() and (rounded.num[:, 7:] == 0).all()
+    assert torch.equal(rounded.lengths, plain.lengths) and torch.equal(rounded.mask[:, :7], plain.mask)
+    n_cat, n_num = seqs.cat.shape[1], seqs.num.shape[1]
+    for encoder in ("lstm", "gru", "transformer"):
+        torch.manual_seed(0)
+        net = ChurnNet(
+            [int(seqs.cat[:, j].max()) + 2 for j in range(n_cat)],
+            n_num,
+            [0],
+            [int(seqs.static_cat[:, j].max()) + 2 for j in range(seqs.static_cat.shape[1])],
+            seqs.static_num.shape[1],
+            encoder=encoder,
+            d_model=16,
+            hidden=16,
+        ).eval()
+        with torch.no_grad():
+            a, b = (
+                net(x.cat, x.num, x.lengths, x.static_cat, x.static_num, x.aggregates)
+                for x in (plain, rounded)
+            )
+        torch.testing.assert_close(a, b, msg=encoder)
+
+
+def test_the_datamodule_rounds_widths_as_configured_and_refuses_a_bad_multiple():
+    """data.pad_multiple: auto is 1 on CPU (every padded step is computed there), a number rounds the
+    batches of the datasets it builds, anything else is one line."""
+    seqs = encoded_sequences([4, 1, 7, 2, 5])
+    split = SimpleNamespace(seqs=seqs)  # what a dataset is built from, without aggregates
+    batch = ChurnDataModule({"pad_multiple": 8})._dataset(split)[np.arange(len(seqs))]
+    assert batch.cat.shape[1] == 8 and batch.lengths.max() == 7
+    assert ChurnDataModule({})._dataset(split)[np.arange(len(seqs))].cat.shape[1] == 7  # auto, on CPU
+    for bad in (0, "16", 2.5, True):
+        with pytest.raises(ConfigError, match="data.pad_multiple must be auto or a whole number >= 1"):
+            ChurnDataModule({"pad_multiple": bad})._width_multiple()

@@ -243,6 +243,7 @@ class DataConfig:
     device_gather: Any = _key(LOADING, "auto")  # batches gathered on the GPU: auto (CUDA, if they fit) | bool
     device_gather_fraction: float = _key(LOADING, 0.25)  # auto: only under this share of free GPU memory
     bucket_by_length: bool = _key(LOADING, True)
+    pad_multiple: Any = _key(LOADING, "auto")  # widths rounded up to a multiple: auto (GPU 16, CPU 1) | int
     use_aggregates: bool = _key(LOADING, "${oc.select:model.use_aggregates,false}")
     # drivers: business indicators (conf/data/indicators/) and the synthetic ground truth
     indicators: Any = _key(DRIVERS)

@@ -59,10 +59,25 @@ class EventBatch:
         return EventBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
 
-def pad_batch(seqs: EncodedSequences, rows: np.ndarray, aggregates: np.ndarray | None = None) -> EventBatch:
+def pad_batch(
+    seqs: EncodedSequences, rows: np.ndarray, aggregates: np.ndarray | None = None, width_multiple: int = 1
+) -> EventBatch:
     """Gather `rows` from the flat arrays into one padded EventBatch (vectorised, no per-row loop)."""
     rows = np.asarray(rows, dtype=np.int64)
-    return pad_steps(seqs, rows, seqs.offsets[rows], seqs.offsets[rows + 1], aggregates)
+    return pad_steps(seqs, rows, seqs.offsets[rows], seqs.offsets[rows + 1], aggregates, width_multiple)
+
+
+def padded_width(longest: int, width_multiple: int = 1) -> int:
+    """A batch's padded width: its longest row (at least 1) rounded up to a multiple of `width_multiple`,
+    so a run sees few distinct shapes (`data.pad_multiple`)."""
+    return -(-max(int(longest), 1) // width_multiple) * width_multiple
+
+
+def auto_width_multiple(device: torch.device) -> int:
+    """`data.pad_multiple=auto`: 16 on a GPU, which picks kernels and allocates per shape (the first
+    epoch's new widths cost most of its early steps, docs/BENCHMARKS.md), 1 on CPU, where every padded
+    step is computed."""
+    return 16 if device.type == "cuda" else 1
 
 
 def pad_steps(
@@ -71,11 +86,12 @@ def pad_steps(
     starts: np.ndarray,
     ends: np.ndarray,
     aggregates: np.ndarray | None = None,
+    width_multiple: int = 1,
 ) -> EventBatch:
     """One padded EventBatch of rows whose steps are [starts, ends) of the flat arrays: whole rows
     (`pad_batch`), or slices of them (self-supervised views, models/coles.py)."""
     lengths = (ends - starts).astype(np.int64)
-    width = max(int(lengths.max()) if len(rows) else 1, 1)
+    width = padded_width(lengths.max() if len(rows) else 1, width_multiple)
     events = ranges(starts, ends)
     row_of = np.repeat(np.arange(len(rows)), lengths)
     step = np.arange(len(events)) - np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
@@ -106,17 +122,18 @@ def pad_steps(
 class SequenceDataset(Dataset):
     """Indexed by a *list* of row positions, it returns a whole EventBatch: batches are slices."""
 
-    def __init__(self, seqs: EncodedSequences, aggregates: np.ndarray | None = None):
+    def __init__(self, seqs: EncodedSequences, aggregates: np.ndarray | None = None, width_multiple: int = 1):
         if aggregates is not None and len(aggregates) != len(seqs):
             raise ValueError(f"aggregates have {len(aggregates)} rows for {len(seqs)} sequences")
         self.seqs = seqs
         self.aggregates = aggregates
+        self.width_multiple = width_multiple
 
     def __len__(self) -> int:
         return len(self.seqs)
 
     def __getitem__(self, rows: Sequence[int] | np.ndarray) -> EventBatch:
-        return pad_batch(self.seqs, np.asarray(rows), self.aggregates)
+        return pad_batch(self.seqs, np.asarray(rows), self.aggregates, self.width_multiple)
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers started with spawn/forkserver receive the dataset pickled. A memory-mapped

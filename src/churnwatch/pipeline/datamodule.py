@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from churnwatch.config.schema import DataConfig
 from churnwatch.errors import ConfigError
 from churnwatch.features.encode import TIME_NUMERIC
-from churnwatch.pipeline.batch import LengthBucketBatchSampler, SequenceDataset
+from churnwatch.pipeline.batch import LengthBucketBatchSampler, SequenceDataset, auto_width_multiple
 from churnwatch.pipeline.build import build_data
 from churnwatch.pipeline.dataset import ChurnData, Split, as_dict
 from churnwatch.pipeline.device_batches import DeviceSequenceDataset, device_bytes
@@ -78,15 +78,30 @@ class ChurnDataModule(L.LightningDataModule):
 
     def _dataset(self, split: Split) -> SequenceDataset | DeviceSequenceDataset:
         agg = self.data.featurizer.scale(split.aggregates) if self.cfg.get("use_aggregates") else None
-        device = self._gather_device(split, agg)
-        return DeviceSequenceDataset(split.seqs, agg, device) if device else SequenceDataset(split.seqs, agg)
+        device, multiple = self._gather_device(split, agg), self._width_multiple()
+        if device:
+            return DeviceSequenceDataset(split.seqs, agg, device, multiple)
+        return SequenceDataset(split.seqs, agg, multiple)
+
+    def _width_multiple(self) -> int:
+        """`data.pad_multiple`: each batch's padded width rounded up to a multiple of it, so a run sees few
+        distinct shapes (auto: `auto_width_multiple` of the trainer's device)."""
+        value = self.cfg.get("pad_multiple", DataConfig.pad_multiple)
+        if str(value).lower() == "auto":
+            return auto_width_multiple(self._trainer_device())
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"data.pad_multiple must be auto or a whole number >= 1, got {value!r}")
+        return value
+
+    def _trainer_device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _gather_device(self, split: Split, agg: np.ndarray | None) -> torch.device | None:
         """Where batches are gathered: `data.device_gather` true → the trainer's device; auto → a CUDA
         device when the split takes under `device_gather_fraction` of its free memory; else None (host)."""
         mode = str(self.cfg.get("device_gather", DataConfig.device_gather)).lower()
-        trainer = self.trainer
-        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        device = self._trainer_device()
         if mode in ("false", "off", "none"):
             return None
         if mode in ("true", "on"):

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from churnwatch.features.encode import EncodedSequences
-from churnwatch.pipeline.batch import EventBatch
+from churnwatch.pipeline.batch import EventBatch, padded_width
 
 
 def device_bytes(seqs: EncodedSequences, aggregates: np.ndarray | None = None) -> int:
@@ -26,8 +26,15 @@ class DeviceSequenceDataset(Dataset):
     """Like `SequenceDataset` (indexed by a list of rows, returns a whole padded `EventBatch`, the same
     tensors `pad_batch` builds), but the arrays live on `device` and the gathering runs there."""
 
-    def __init__(self, seqs: EncodedSequences, aggregates: np.ndarray | None, device: torch.device | str):
+    def __init__(
+        self,
+        seqs: EncodedSequences,
+        aggregates: np.ndarray | None,
+        device: torch.device | str,
+        width_multiple: int = 1,
+    ):
         self.device = torch.device(device)
+        self.width_multiple = width_multiple
 
         def put(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
             return torch.as_tensor(np.ascontiguousarray(a), device=self.device).to(dtype)
@@ -51,7 +58,7 @@ class DeviceSequenceDataset(Dataset):
 
     def __getitem__(self, rows: Sequence[int] | np.ndarray) -> EventBatch:
         host_rows = np.asarray(rows, dtype=np.int64)
-        width = max(int(self.lengths[host_rows].max()) if len(host_rows) else 1, 1)
+        width = padded_width(self.lengths[host_rows].max() if len(host_rows) else 1, self.width_multiple)
         index = torch.as_tensor(host_rows, device=self.device)
         start = self.offsets[index]
         lengths = self.offsets[index + 1] - start

@@ -42,7 +42,7 @@ from churnwatch.features.aggregates import AggregateFeaturizer, AggregateTable
 from churnwatch.features.encode import EncodedSequences, SequenceEncoder
 from churnwatch.io.signing import Verification
 from churnwatch.models.thresholds import TIERS
-from churnwatch.pipeline.batch import EventBatch, pad_batch
+from churnwatch.pipeline.batch import EventBatch, auto_width_multiple, pad_batch
 from churnwatch.runtime.hardware import autocast, choose_precision, fit_threads, resolve_device
 from churnwatch.scoring.inputs import InputReader, ScoringInput, Table
 from churnwatch.scoring.ranking import Ranker, check_each_once, check_finite
@@ -165,11 +165,12 @@ class Scorer:
     def _batches(
         self, seqs: EncodedSequences, agg: np.ndarray | None
     ) -> Iterator[tuple[np.ndarray, EventBatch]]:
-        """The rows in forward batches on the device, similar lengths together (little padding)."""
+        """The rows in forward batches on the device, similar lengths together (little padding; on a GPU
+        widths rounded up to 16, so few shapes: `auto_width_multiple`)."""
         order = np.argsort(-seqs.lengths, kind="stable")
         for i in range(0, len(order), self.batch_size):
             rows = order[i : i + self.batch_size]
-            yield rows, pad_batch(seqs, rows, agg).to(self.device)
+            yield rows, pad_batch(seqs, rows, agg, auto_width_multiple(self.device)).to(self.device)
 
     @torch.inference_mode()
     def _predict(self, seqs: EncodedSequences, agg: np.ndarray | None) -> np.ndarray:
