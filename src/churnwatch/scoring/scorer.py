@@ -192,16 +192,9 @@ class Scorer:
             out[rows] = got.double().cpu().numpy()
         return out
 
-    def _drivers(
-        self,
-        log_: EventLog,
-        snaps: Snapshots,
-        customers: pd.DataFrame | None,
-        seqs: EncodedSequences,
-        table: AggregateTable,
-        agg: np.ndarray | None,
-    ) -> pd.DataFrame:
-        """Top drivers of the customers in the model's population (lapsed customers get none)."""
+    def _drivers(self, log_: EventLog, chunk: EncodedChunk, customers: pd.DataFrame | None) -> pd.DataFrame:
+        """Top drivers of a chunk's customers in the model's population (lapsed customers get none)."""
+        snaps, seqs, table, agg = chunk.snaps, chunk.seqs, chunk.table, chunk.agg
         rows = np.flatnonzero(self.in_population(log_, snaps))
         sub = snaps.subset(rows)
         batch_size, n_indicators = int(self.drivers.batch_size), len(self.catalogue.names)
@@ -283,28 +276,27 @@ class Scorer:
         rows = np.flatnonzero(
             pc.is_in(pa.array(names), value_set=pa.array(ids, pa.string())).to_numpy(zero_copy_only=False)
         )
+        if not len(rows):
+            return pd.DataFrame(
+                columns=["main_driver", *(f"driver_{k + 1}" for k in range(int(self.drivers.top_n)))]
+            )
         found = []
-        for start in range(0, len(rows), chunk_customers):
-            chunk = rows[start : start + chunk_customers]
-            sub = inp.snaps.subset(chunk)
-            seqs, table, agg = self._encode(inp.log, sub, inp.customers)
+        for chunk in self.encode_chunks(inp, chunk_customers, rows):
             with self.timed("drivers"):
-                found.append(
-                    self._drivers(inp.log, sub, inp.customers, seqs, table, agg).set_index(names[chunk])
-                )
-        if found:
-            return pd.concat(found)
-        return pd.DataFrame(
-            columns=["main_driver", *(f"driver_{k + 1}" for k in range(int(self.drivers.top_n)))]
-        )
+                drivers = self._drivers(inp.log, chunk, inp.customers)
+            found.append(drivers.set_index(chunk.snaps.customer_ids(inp.log).astype(str)))
+        return pd.concat(found)
 
-    def encode_chunks(self, inp: ScoringInput, chunk_customers: int) -> Iterator[EncodedChunk]:
-        """A loaded input's snapshots encoded in chunks of `chunk_customers` (one empty chunk for none):
-        what `score_input` reads, lazily, or as a list made ahead on another thread (`score_file`)."""
+    def encode_chunks(
+        self, inp: ScoringInput, chunk_customers: int, rows: np.ndarray | None = None
+    ) -> Iterator[EncodedChunk]:
+        """A loaded input's snapshots `rows` (default: all) encoded in chunks of `chunk_customers` (one empty
+        chunk for none): what `score_input` reads, lazily, or as a list made ahead on another thread
+        (`score_file`); `explain_chosen` reads the chosen rows'."""
         check_values({"chunk_customers": chunk_customers})
-        n = len(inp.snaps)
-        for start in range(0, max(n, 1), chunk_customers):
-            snaps = inp.snaps.subset(np.arange(start, min(start + chunk_customers, n)))
+        rows = np.arange(len(inp.snaps)) if rows is None else rows
+        for start in range(0, max(len(rows), 1), chunk_customers):
+            snaps = inp.snaps.subset(rows[start : start + chunk_customers])
             yield EncodedChunk(snaps, *self._encode(inp.log, snaps, inp.customers))
 
     def encode_input(self, inp: ScoringInput, chunk_customers: int) -> EncodedInput:
@@ -326,7 +318,7 @@ class Scorer:
         """Probability, value at risk, segments and (with `explain`) drivers of one chunk of snapshots, as
         columns (arrays, or Series on a range index): framed once, by `_complete`, as a frame's inserts
         cost more than a request's forward."""
-        snaps, seqs, table, agg = chunk.snaps, chunk.seqs, chunk.table, chunk.agg
+        seqs, table, agg = chunk.seqs, chunk.table, chunk.agg
         with self.timed("forward"):
             probs = self._predict(seqs, agg)
         check_finite(probs, seqs.customer_id, self.model_path)
@@ -356,7 +348,7 @@ class Scorer:
                 out.update(self.segments.columns(table))
         with self.timed("drivers"):
             if explain:
-                out.update(self._drivers(log_, snaps, customers, seqs, table, agg).items())
+                out.update(self._drivers(log_, chunk, customers).items())
         return out
 
     def load(
