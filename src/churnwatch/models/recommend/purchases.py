@@ -116,20 +116,12 @@ class Purchases:
         idx = catalogue.index_of(frame[item])
         keep = idx >= 0
         ids = frame[CUSTOMER_ID]
-        if isinstance(ids.dtype, pd.CategoricalDtype):  # by code: no string per row
-            codes = ids.cat.codes.to_numpy()[keep]
-            first = pd.unique(codes)
-            row = np.full(len(ids.cat.categories), -1, dtype=np.int64)
-            row[first] = np.arange(len(first))
-            customers = pd.Index(np.asarray(ids.cat.categories, dtype=object)[first].astype(str))
-            customer = row[codes]
-        else:
-            names = ids.astype(str).to_numpy()[keep]
-            customers = pd.Index(pd.unique(names))
-            customer = customers.get_indexer(names)
+        if not isinstance(ids.dtype, pd.CategoricalDtype):  # categorical ones factorise by code, not text
+            ids = ids.astype(str)
+        customer, first_seen = pd.factorize(ids[keep])
         return cls(
-            customers,
-            customer,
+            pd.Index(np.asarray(first_seen, dtype=object).astype(str)),
+            customer.astype(np.int64),
             idx[keep],
             frame[TIMESTAMP].to_numpy().astype("datetime64[ns]").view(np.int64)[keep],
         )
