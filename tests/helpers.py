@@ -23,6 +23,7 @@ from churnwatch.data.schema import EventSchema
 from churnwatch.data.snapshots import EventLog, build_snapshot
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec
 from churnwatch.features.encode import EncodedSequences
+from churnwatch.jobs.score import ScoreJob, score_file
 from churnwatch.models.btyd import BGNBDParams
 
 # -- paths ---------------------------------------------------------------------------------------------------
@@ -256,6 +257,23 @@ BAD_INPUT_CASES: dict[str, dict[str, Any]] = json.loads((BAD_INPUTS / "cases.jso
 """What must happen to each case of the corpus, by case name."""
 SCORE_OPTIONS: dict[str, Any] = dict(device="cpu", drivers={"steps": 2})
 """The tests' ScoreJob options (score_file runs with progress=False)."""
+
+
+def score_model_data(model: Path, out: Path, as_of: str, **options: Any) -> pd.DataFrame:
+    """What `score_file` writes to `out` for the customers of the data a fixture model was trained on (its
+    run's `data/` folder), with SCORE_OPTIONS updated by `options`."""
+    data = model.parent.parent / "data"
+    job = ScoreJob(
+        model_path=model,
+        events_path=data / "events.parquet",
+        customers_path=data / "customers.parquet",
+        output_path=out,
+        as_of=as_of,
+        **{**SCORE_OPTIONS, **options},
+    )
+    score_file(job, progress=False)
+    return pd.read_parquet(out)
+
 
 MONITOR_THRESHOLDS = {
     "psi": {"warn": 0.1, "retrain": 0.25, "tolerate_training_drift": True},

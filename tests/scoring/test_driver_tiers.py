@@ -9,26 +9,15 @@ import pandas as pd
 import pytest
 
 from churnwatch.errors import ConfigError
-from churnwatch.jobs.score import ScoreJob, score_file
 from churnwatch.scoring.scorer import Scorer
-from tests.helpers import SCORE_OPTIONS
+from tests.helpers import SCORE_OPTIONS, score_model_data
 
 AS_OF = "2024-11-01"
 DRIVERS = ["main_driver", "driver_1", "driver_2", "driver_3"]
 
 
 def _score(model: Path, out: Path, **options) -> pd.DataFrame:
-    data = model.parent.parent / "data"
-    job = ScoreJob(
-        model_path=model,
-        events_path=data / "events.parquet",
-        customers_path=data / "customers.parquet",
-        output_path=out,
-        as_of=AS_OF,
-        **{**SCORE_OPTIONS, **options},
-    )
-    score_file(job, progress=False)
-    return pd.read_parquet(out)
+    return score_model_data(model, out, AS_OF, **options)
 
 
 def test_only_the_chosen_tiers_are_explained_as_the_full_run_explains_them(model: Path, tmp_path: Path):

@@ -28,11 +28,10 @@ import uvicorn
 import yaml
 
 from churnwatch.config.schema import LimitsConfig, ServeConfig
-from churnwatch.jobs.score import ScoreJob, score_file
 from churnwatch.scoring.output import OUTPUT_COLUMNS
 from churnwatch.scoring.scorer import Scorer
 from churnwatch.serving.app import create_app
-from tests.helpers import REPO, SCORE_OPTIONS, rewrite_model
+from tests.helpers import REPO, rewrite_model, score_model_data
 
 AS_OF = "2024-11-01"
 DRIVERS = {"steps": 2}
@@ -87,19 +86,8 @@ def data(model: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def batch(model: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """What `churnwatch score` writes for the tiny model's customers at AS_OF."""
-    folder = model.parent.parent / "data"
     out = tmp_path_factory.mktemp("batch") / "scores.parquet"
-    options = {**SCORE_OPTIONS, "drivers": DRIVERS, "playbook": PLAYBOOK}
-    job = ScoreJob(
-        model_path=model,
-        events_path=folder / "events.parquet",
-        customers_path=folder / "customers.parquet",
-        output_path=out,
-        as_of=AS_OF,
-        **options,
-    )
-    score_file(job, progress=False)
-    return pd.read_parquet(out).set_index("customer_id")
+    return score_model_data(model, out, AS_OF, drivers=DRIVERS, playbook=PLAYBOOK).set_index("customer_id")
 
 
 @pytest.fixture(scope="module")
