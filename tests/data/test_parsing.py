@@ -113,6 +113,30 @@ def test_category_text_never_becomes_an_internal_token() -> None:
     assert len(set(ids)) == len(texts) and PAD not in ids and OOV not in ids
 
 
+@pytest.mark.parametrize("distinct", [50, 20_000], ids=["few-ids", "many-ids"])
+def test_ids_are_categories_in_pythons_text_order_whichever_way_they_are_sorted(distinct: int) -> None:
+    """Many distinct ids go through Arrow's sort and hash lookup, few through Python's: both give the
+    categories Python's sorted() gives (code point order, non-ASCII and astral text too), and every row
+    the category of its own normalised id."""
+    from churnwatch.data.parsing import normalise_ids
+
+    rng = np.random.default_rng(0)
+    alphabet = list("aZ09 .é€ÿĀ😀")
+    pool = {"".join(rng.choice(alphabet, rng.integers(1, 7))).strip() or "x" for _ in range(distinct * 2)}
+    values = sorted(pool)
+    ids = pd.Series(rng.choice(values, size=3 * distinct)).astype(object)
+    ids[::97] = None
+    got = normalise_ids(ids)
+    # each value's label, normalised a few at a time (Python's way): "0.0" and " 17 " are "0" and "17"
+    label = {}
+    for start in range(0, len(values), 500):
+        few = values[start : start + 500]
+        label.update(zip(few, normalise_ids(pd.Series(few)).astype(object), strict=True))
+    expected = [None if v is None else label[v] for v in ids]
+    assert list(got.cat.categories) == sorted({v for v in expected if v is not None})
+    assert [None if pd.isna(v) else v for v in got.astype(object)] == expected
+
+
 def test_nul_padded_ids_are_the_ids() -> None:
     frame = _load(_events(["2024-01-01", "2024-01-02"]).assign(id=["C001\x00\x00", "C001"]))
     assert list(frame["customer_id"].astype(str)) == ["C001", "C001"]

@@ -131,3 +131,19 @@ def test_segmented_reductions_equal_the_scatter_with_empty_rows_at_their_initial
         assert got.dtype == expected.dtype
         np.testing.assert_array_equal(got, expected)
     assert hist.reduce(np.minimum, values, np.inf)[[1, 4]].tolist() == [np.inf, np.inf]
+
+
+def test_the_table_is_float32_with_finite_sums_saturated_and_nan_and_inf_kept():
+    """Sums beyond float32 (amounts near validation's 1e300 bound) read as the largest float32, keeping
+    their sign, never as inf; NaN and inf keep their meaning; everything else is the float32 nearest."""
+    from churnwatch.features.aggregates import FLOAT32_MAX, _stack_float32
+
+    big = np.array([1e39, -1e300, 3.4e38, np.nan, np.inf, -np.inf, 1.1, 0.0])
+    small = np.arange(8, dtype=np.float64) / 3
+    table = _stack_float32([big, small], 8)
+    assert table.dtype == np.float32 and table.shape == (8, 2) and table.flags["C_CONTIGUOUS"]
+    assert table[:2, 0].tolist() == [FLOAT32_MAX, -FLOAT32_MAX]
+    assert table[2, 0] == np.float32(3.4e38) and np.isnan(table[3, 0])
+    assert table[4:6, 0].tolist() == [np.inf, -np.inf] and table[6, 0] == np.float32(1.1)
+    assert (table[:, 1] == small.astype(np.float32)).all()
+    assert _stack_float32([], 3).shape == (3, 0)

@@ -99,9 +99,9 @@ def _recode(values: pd.Series, missing: str | None) -> pd.Series:
     if missing is not None:  # category text, not ids: internal tokens are out of its reach
         labels = escape_text(labels)
     valid = np.array([lab is not None for lab in labels], dtype=bool)
-    uniq = np.array(sorted(set(labels[valid])), dtype=object)
+    uniq, found = _sorted_distinct(labels[valid])
     position = np.full(len(labels) + 1, -1, dtype=np.int64)  # the last slot serves code -1 (null)
-    position[:-1][valid] = np.searchsorted(uniq, labels[valid].astype(str)) if valid.any() else []
+    position[:-1][valid] = found
     codes = position[np.asarray(value_codes)]
     if missing is not None and (codes < 0).any():
         uniq = np.append(uniq, missing)
@@ -110,6 +110,24 @@ def _recode(values: pd.Series, missing: str | None) -> pd.Series:
     dtype = _small_dtype(tuple(names.tolist())) if len(names) <= SMALL_TABLE else _dtype(names)
     # codes are valid by construction: every one indexes `uniq` or is -1
     return pd.Series(pd.Categorical.from_codes(codes, dtype=dtype, validate=False), index=values.index)
+
+
+def _sorted_distinct(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct labels sorted (as Python sorts text: by code point), and each label's place among
+    them. Arrow's sort and hash lookup for many labels (a part's customer ids: Python's sort and an object
+    searchsorted were 0.1 s of each scoring part); UTF-8's byte order is the code point order."""
+    if len(labels) > SMALL_COLUMN:
+        try:
+            text = pa.array(labels, type=pa.string())
+        except (pa.ArrowException, UnicodeEncodeError):  # text Arrow cannot hold (a lone surrogate)
+            text = None
+        if text is not None:
+            distinct = pc.unique(text)
+            distinct = distinct.take(pc.array_sort_indices(distinct))
+            found = pc.index_in(text, value_set=distinct).to_numpy(zero_copy_only=False)
+            return np.asarray(distinct.to_numpy(zero_copy_only=False), dtype=object), found.astype(np.int64)
+    uniq = np.array(sorted(set(labels)), dtype=object)
+    return uniq, np.searchsorted(uniq, labels.astype(str)) if len(labels) else np.zeros(0, dtype=np.int64)
 
 
 def _dtype(names: np.ndarray) -> pd.CategoricalDtype:
