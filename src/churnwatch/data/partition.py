@@ -93,7 +93,8 @@ def split_file(
                 mask = keep(ids)
                 table, part = table.filter(pa.array(mask)), part[mask]
                 empty = table.slice(0, 0)
-            order = np.argsort(part, kind="stable")
+            # a stable sort of small integers is a radix sort (int64s: a merge sort, 3x slower here)
+            order = np.argsort(part.astype(np.uint16) if n_parts <= 1 << 16 else part, kind="stable")
             bounds = np.searchsorted(part[order], np.arange(n_parts + 1))
             for p in np.flatnonzero(np.diff(bounds)):
                 piece = table.take(order[bounds[p] : bounds[p + 1]])
