@@ -17,7 +17,7 @@ import pytest
 from churnwatch.errors import ConfigError, DataValidationError
 from churnwatch.jobs.score import ScoreJob, score_file
 from churnwatch.scoring.output import report_path
-from tests.helpers import SCORE_OPTIONS
+from tests.helpers import SCORE_OPTIONS, score_model_data
 
 ray = pytest.importorskip("ray", reason="engine=ray needs Ray Data: pip install 'churnwatch[distributed]'")
 from churnwatch.jobs.score_ray import score_on_ray  # noqa: E402  (after the skip: it imports ray)
@@ -208,10 +208,29 @@ def test_ray_scoring_refuses_a_run_without_as_of_before_the_work(model: Path, tm
         score_on_ray(job)
 
 
-def test_ray_scoring_refuses_drivers_for_chosen_tiers_only(model: Path, tmp_path: Path) -> None:
-    options = {**SCORE_OPTIONS, "drivers": {"tiers": ["high"]}}
+@pytest.mark.slow
+def test_drivers_of_chosen_tiers_on_ray_are_what_one_machine_gives(
+    model: Path, cluster: None, tmp_path: Path
+) -> None:
+    """`drivers.tiers` on a cluster: the tiers are known once the sorted blocks have their global positions,
+    so their customers are read, shuffled and explained again, and their drivers (and the actions the
+    playbook takes from them) are exactly the single-machine run's; every other customer has none."""
+    data = model.parent.parent / "data"
+    partitioned(pq.read_table(data / "events.parquet"), tmp_path / "events", 2, 1_500)
+    drivers = {"steps": 2, "tiers": ["high"]}
+    expected = score_model_data(model, tmp_path / "single.parquet", AS_OF, drivers=drivers)
     job = ScoreJob(
-        model_path=model, events_path=tmp_path, output_path=tmp_path / "out", as_of=AS_OF, **options
+        events_path=tmp_path / "events",
+        customers_path=data / "customers.parquet",
+        output_path=tmp_path / "ray_scores",
+        part_events=3_000,
+        block_rows=500,
+        **dict(SCORE_OPTIONS, as_of=AS_OF, model_path=model, drivers=drivers),
     )
-    with pytest.raises(ConfigError, match="^engine=ray explains every ranked customer: drivers.tiers is for"):
-        score_on_ray(job)
+    result = score_on_ray(job, {"workers": 2})
+    files = sorted((tmp_path / "ray_scores").glob("*.parquet"))
+    got = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    pd.testing.assert_frame_equal(got, expected)
+    explained = got["main_driver"].fillna("").ne("")
+    assert result.tiers["high"] > 0 and explained.sum() == (got["risk_tier"] == "high").sum()
+    assert (got.loc[explained, "risk_tier"] == "high").all()

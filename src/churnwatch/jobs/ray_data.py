@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
@@ -22,7 +23,7 @@ from ray.exceptions import RayError
 
 from churnwatch.config.options import check_values
 from churnwatch.config.schema import RayConfig, typed
-from churnwatch.data.partition import FILE_ROW, canonical_ids, part_of, range_of
+from churnwatch.data.partition import FILE_ROW, by_category, canonical_ids, part_of, range_of
 from churnwatch.data.readers import parquet_dataset
 from churnwatch.errors import ArtifactError, ConfigError, DataValidationError
 
@@ -106,11 +107,17 @@ class ParquetSource:
         """The columns this table's rows carry in the shuffle (dictionaries decoded, names prefixed)."""
 
     def read(
-        self, id_column: str, n_parts: int, other: ParquetSource | None, bounds: np.ndarray | None = None
+        self,
+        id_column: str,
+        n_parts: int,
+        other: ParquetSource | None,
+        bounds: np.ndarray | None = None,
+        keep: np.ndarray | None = None,
     ) -> ray.data.Dataset:
         """Its rows in the shuffle's one schema: this table's columns, the `other` table's as nulls. A row's
         part is a hash of its canonical id (`part_of`), or with `bounds` (sorted ids, `id_ranges`) the range
-        of ids it falls in, so that parts in order hold the ids in order."""
+        of ids it falls in, so that parts in order hold the ids in order. With `keep` (canonical ids), only
+        those customers' rows."""
         return ray.data.from_items(self.groups, override_num_blocks=max(1, len(self.groups))).map_batches(
             _read_groups,
             batch_size=1,
@@ -121,6 +128,7 @@ class ParquetSource:
                 "n_parts": n_parts,
                 "other": other.columns if other is not None else None,
                 "bounds": bounds,
+                "keep": keep,
             },
         )
 
@@ -182,9 +190,11 @@ def _read_groups(
     n_parts: int,
     other: pa.Schema | None,
     bounds: np.ndarray | None,
+    keep: np.ndarray | None,
 ) -> pa.Table:
     """Row groups → rows numbered in the dataset, each with its part and the shuffle's columns
-    (`table`: the source's path, kind, file system, schema and shuffle columns)."""
+    (`table`: the source's path, kind, file system, schema and shuffle columns); only the rows of the
+    customers `keep` where given."""
     path, source, filesystem, schema, columns = table
     plain = pa.schema([pa.field(f.name, _plain(f.type)) for f in schema])
     tables = []
@@ -203,6 +213,9 @@ def _read_groups(
         group = group.append_column(FILE_ROW, pa.array(np.arange(item.first, item.first + len(group))))
         group, ids = canonical_ids(group, id_column, path)
         part = part_of(ids, n_parts) if bounds is None else range_of(ids, bounds)
+        if keep is not None:
+            mask = by_category(ids, lambda c: _is_in(c, keep), False).astype(bool)
+            group, part = group.filter(pa.array(mask)), part[mask]
         tables.append(group.rename_columns(list(columns.names)).append_column(PART, pa.array(part)))
     rows = pa.concat_tables(tables)
     mine = {f.name: rows.column(f.name) for f in columns}
@@ -210,6 +223,12 @@ def _read_groups(
     ordered = {**mine, **absent} if source == EVENTS else {**absent, **mine}
     kind = pa.array(np.full(len(rows), source, dtype=np.int8))
     return pa.table({**ordered, PART: rows.column(PART), SOURCE: kind})
+
+
+def _is_in(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Which of `ids` are among `wanted` (both text): Arrow's hash lookup."""
+    found = pc.is_in(pa.array(ids, pa.string()), value_set=pa.array(wanted, pa.string()))
+    return found.to_numpy(zero_copy_only=False)
 
 
 def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -22,20 +22,22 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
 from churnwatch.config.options import check_values
 from churnwatch.config.schema import RayConfig, ScoreConfig
+from churnwatch.data.loaders import LoadedEvents
 from churnwatch.data.schema import CUSTOMER_ID
-from churnwatch.data.validation import no_event_rows
+from churnwatch.data.validation import ValidationReport, no_event_rows
 from churnwatch.errors import ConfigError
 from churnwatch.io.atomic import check_output, place_dir, scratch_dir
 from churnwatch.jobs.ray_data import (
@@ -51,9 +53,10 @@ from churnwatch.jobs.ray_data import (
     user_errors,
 )
 from churnwatch.jobs.score import RunStats, ScoreJob, ScoringResult
-from churnwatch.scoring.inputs import default_as_of
+from churnwatch.scoring.inputs import ScoringInput, default_as_of
 from churnwatch.scoring.output import RANK_KEYS, rank_group, report_path
 from churnwatch.scoring.ranking import BlockEdge, Carry, Ranker, carry_after, check_finite
+from churnwatch.scoring.scorer import with_drivers
 
 log = logging.getLogger(__name__)
 GROUP = "__churnwatch_group__"
@@ -90,8 +93,6 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     output = check_output(job.output_path, job.overwrite, inputs, directory=True)
     # the driver loads the model once, for its checks (the signature too) and the ranking; actors score
     scorer = job.scorer(device="cpu", batch_size=None, precision=ScoreConfig.precision)
-    if scorer.explain_tiers:
-        raise ConfigError("engine=ray explains every ranked customer: drivers.tiers is for engine=local")
     reader = scorer.reader
     reader.warn_without_customers(job.customers_path)
     connect(cluster)
@@ -106,25 +107,31 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
         else None
     )
     id_column = reader.schema.customer_id
-    data = events.read(id_column, n_parts, customers)
-    if customers is not None:
-        data = data.union(customers.read(id_column, n_parts, events))
+
+    def by_part(actor: type, keep: np.ndarray | None = None, **kwargs: Any) -> ray.data.Dataset:
+        """The events and customer rows (of the customers `keep`, if given) shuffled into parts, each part
+        handed to one of a pool of `actor`s."""
+        data = events.read(id_column, n_parts, customers, keep=keep)
+        if customers is not None:
+            data = data.union(customers.read(id_column, n_parts, events, keep=keep))
+        schemas = {"events": events.columns, "customers": None if customers is None else customers.columns}
+        return data.groupby(PART, num_partitions=n_parts).map_groups(
+            actor,
+            fn_constructor_kwargs={"job": job, "as_of": as_of, **schemas, **kwargs},
+            batch_format="pyarrow",
+            # a pool that grows from one: a fixed one would hold every CPU before the reads could run
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
+            num_cpus=cluster.cpus_per_worker,
+            num_gpus=cluster.gpus_per_worker,
+        )
+
+    def explain(chosen: np.ndarray) -> ray.ObjectRef:
+        """`drivers.tiers`' second pass: the drivers of the customers `chosen`, read and explained again."""
+        found = by_part(_PartExplainer, keep=chosen, chosen=chosen).materialize().to_arrow_refs()
+        return _concat.remote(*found)
+
     reports = Reports.remote()
-    scored = data.groupby(PART, num_partitions=n_parts).map_groups(
-        _PartScorer,
-        fn_constructor_kwargs={
-            "job": job,
-            "as_of": as_of,
-            "reports": reports,
-            "events": events.columns,
-            "customers": customers.columns if customers is not None else None,
-        },
-        batch_format="pyarrow",
-        # a pool that grows from one: a fixed one would hold every CPU before the reads could run
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=workers),
-        num_cpus=cluster.cpus_per_worker,
-        num_gpus=cluster.gpus_per_worker,
-    )
+    scored = by_part(_PartScorer, reports=reports)
     sort_key = [GROUP, scorer.ranker.rank_key, CUSTOMER_ID]
     with user_errors():
         ranked = (
@@ -142,38 +149,46 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     stats.check(str(job.events_path))
     stats.check_join(job.customers_path)
     stats.log()
+    tiers = tuple(scorer.drivers.tiers or ()) if scorer.explain_tiers else ()
     with user_errors():
-        _write_ranked(ranked, scorer.ranker, output, job.overwrite, job.block_rows, stats)
+        _write_ranked(ranked, scorer.ranker, output, job.overwrite, job.block_rows, stats, tiers, explain)
     stats.write(report_path(output), n_parts)
     return stats.result(output, time.perf_counter() - t0, n_parts, {})
 
 
-class _PartScorer:
-    """A scoring actor: one `Scorer` (the model loaded once), applied to one part of the shuffle at a time,
-    exactly as `score_file` applies it to one part on disk."""
+class _PartInput:
+    """A scoring actor's input: one `Scorer` (the model loaded once), and a part of the shuffle read,
+    validated and prepared exactly as `score_file` reads one part on disk."""
 
     def __init__(
-        self,
-        job: ScoreJob,
-        as_of: pd.Timestamp,
-        reports: Any,
-        events: pa.Schema,
-        customers: pa.Schema | None,
-    ):
+        self, job: ScoreJob, as_of: pd.Timestamp, events: pa.Schema, customers: pa.Schema | None
+    ) -> None:
         self.scorer = job.scorer()
-        self.job, self.as_of, self.reports = job, as_of, reports
+        self.job, self.as_of = job, as_of
         self.events, self.customers = events, customers
 
-    def __call__(self, group: pa.Table) -> pa.Table:
+    def prepared(self, group: pa.Table) -> tuple[ScoringInput, LoadedEvents, ValidationReport | None]:
         reader, job = self.scorer.reader, self.job
-        events = source_frame(group, EVENTS, self.events)
-        loaded = reader.read_events(job.events_path, events)
+        loaded = reader.read_events(job.events_path, source_frame(group, EVENTS, self.events))
         customers, customer_report = None, None
         if self.customers is not None:
             rows = source_frame(group, CUSTOMERS, self.customers)
             customers, customer_report = reader.read_customers(job.customers_path, rows)
-        inp = reader.prepare(loaded, customers, self.as_of)
-        scored = self.scorer.score_input(inp, job.chunk_customers, progress=False)
+        return reader.prepare(loaded, customers, self.as_of), loaded, customer_report
+
+
+class _PartScorer(_PartInput):
+    """Scores a part (its drivers too, unless `drivers.tiers` leaves them to `_PartExplainer`), and
+    reports its validation to `reports`."""
+
+    def __init__(self, reports: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reports = reports
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        inp, loaded, customer_report = self.prepared(group)
+        drivers = False if self.scorer.explain_tiers else None
+        scored = self.scorer.score_input(inp, self.job.chunk_customers, progress=False, drivers=drivers)
         report = {
             "events": loaded.report,
             "customers": customer_report,
@@ -187,6 +202,33 @@ class _PartScorer:
         return pa.Table.from_pandas(scored, preserve_index=False)
 
 
+class _PartExplainer(_PartInput):
+    """`drivers.tiers`' second pass over a part: the driver columns of its customers among `chosen`."""
+
+    def __init__(self, chosen: np.ndarray, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.chosen = chosen
+
+    def __call__(self, group: pa.Table) -> pa.Table:
+        inp, _, _ = self.prepared(group)
+        found = self.scorer.explain_chosen(inp, self.chosen, self.job.chunk_customers)
+        return pa.Table.from_pandas(found.rename_axis(CUSTOMER_ID).reset_index(), preserve_index=False)
+
+
+@ray.remote
+def _concat(*found: pa.Table) -> pa.Table:
+    """The explained parts as one table (one object every finishing task reads without a copy)."""
+    return pa.concat_tables(found, promote_options="permissive")
+
+
+@ray.remote
+def _chosen(ranker: Ranker, block: pa.Table, start: int, n_ranked: int, tiers: tuple[str, ...]) -> np.ndarray:
+    """The ids of a sorted block's customers whose tier (at its global position) is among `tiers`."""
+    rows = block.select(["no_history", "churn_probability", CUSTOMER_ID]).to_pandas()
+    chosen = np.isin(ranker.block_tiers(rows, start, n_ranked), list(tiers))
+    return rows[CUSTOMER_ID].to_numpy(dtype=object)[chosen]
+
+
 def _with_group(scored: pa.Table) -> pa.Table:
     group = rank_group(scored.column("no_history").to_numpy(), scored.column("lapsed").to_numpy())
     return scored.append_column(GROUP, pa.array(group))
@@ -198,9 +240,17 @@ def _edge(ranker: Ranker, block: pa.Table) -> BlockEdge:
 
 
 @ray.remote(num_returns=2)
-def _finish(ranker: Ranker, block: pa.Table, start: int, n_ranked: int, carry: Carry) -> tuple[Any, ...]:
-    """A sorted block at its global position → the output rows (Arrow), and what the driver needs of them."""
-    out = ranker.finish_block(block.drop_columns([GROUP]).to_pandas(), start, n_ranked, carry)
+def _finish(
+    ranker: Ranker, block: pa.Table, start: int, n_ranked: int, carry: Carry, drivers: pa.Table | None
+) -> tuple[Any, ...]:
+    """A sorted block at its global position → the output rows (Arrow), and what the driver needs of them;
+    its customers among the `drivers` (`drivers.tiers`' second pass) get theirs first, as the playbook's
+    actions read the main driver."""
+    rows = block.drop_columns([GROUP]).to_pandas()
+    if drivers is not None:
+        mine = drivers.filter(pc.is_in(drivers.column(CUSTOMER_ID), value_set=block.column(CUSTOMER_ID)))
+        rows = with_drivers(rows, mine.to_pandas().set_index(CUSTOMER_ID))
+    out = ranker.finish_block(rows, start, n_ranked, carry)
     check_finite(out["churn_probability"].to_numpy(), out[CUSTOMER_ID].to_numpy(), ranker.model_path)
     table = pa.Table.from_pandas(out, preserve_index=False)
     tiers = {str(k): int(v) for k, v in out["risk_tier"].value_counts().items()}
@@ -216,11 +266,19 @@ def _write(schema: pa.Schema, path: str, slices: list[tuple[int, int]], *tables:
 
 
 def _write_ranked(
-    ranked: ray.data.Dataset, ranker: Ranker, output: Path, overwrite: bool, block_rows: int, stats: RunStats
+    ranked: ray.data.Dataset,
+    ranker: Ranker,
+    output: Path,
+    overwrite: bool,
+    block_rows: int,
+    stats: RunStats,
+    tiers: tuple[str, ...] = (),
+    explain: Callable[[np.ndarray], ray.ObjectRef] | None = None,
 ) -> None:
     """The sorted rows → tier, rank, percentile and action per block at its global position, in parallel;
     then files of `block_rows` rows in rank order (part-k holds ranked rows k·block_rows onwards, however
-    Ray's sort cut its blocks), in a hidden directory renamed onto `output` when all are written."""
+    Ray's sort cut its blocks), in a hidden directory renamed onto `output` when all are written. With
+    `tiers`, their customers get their drivers (`explain` of their ids) before they are finished."""
     blocks = ranked.to_arrow_refs()
     ranker_ref = ray.put(ranker)
     edges = ray.get([_edge.remote(ranker_ref, b) for b in blocks])
@@ -231,8 +289,17 @@ def _write_ranked(
     for edge, start in zip(edges, starts, strict=True):
         carries.append(carry)
         carry = carry_after(edge, int(start), carry)
+    drivers = None
+    if tiers and explain is not None:
+        found = [
+            _chosen.remote(ranker_ref, b, int(s), n_ranked, tiers)
+            for b, s in zip(blocks, starts, strict=True)
+        ]
+        chosen = np.concatenate([np.zeros(0, dtype=object), *ray.get(found)])
+        drivers = explain(chosen) if len(chosen) else None
+        log.info("explaining %s customers of tiers %s", f"{len(chosen):,}", list(tiers))
     finished = [
-        (int(s), e.rows, *_finish.remote(ranker_ref, b, int(s), n_ranked, c))
+        (int(s), e.rows, *_finish.remote(ranker_ref, b, int(s), n_ranked, c, drivers))
         for b, s, c, e in zip(blocks, starts, carries, edges, strict=True)
         if e.rows
     ]

@@ -163,13 +163,9 @@ class Ranker:
         columns = {c: _take(frame[c], rows) for c in dict.fromkeys(taken)}
         sizes = np.broadcast_to(np.asarray(size), position.shape)
         ranked = position < sizes
-        tier = np.where(np.asarray(columns["no_history"]), "unknown", "lapsed").astype(object)
-        probs = np.asarray(columns["churn_probability"])
-        # capacity rules fill the tiers in rank order of each population; cut-off rules read the probability
-        for n in np.unique(sizes[ranked]) if self.by_capacity else [0]:
-            sel = ranked & (sizes == n) if self.by_capacity else ranked
-            tier[sel] = tiers_at(position[sel], probs[sel], int(n), self.operating, self.by_capacity)
-        columns["risk_tier"] = tier
+        columns["risk_tier"] = self._tiers(
+            np.asarray(columns["no_history"]), np.asarray(columns["churn_probability"]), position, sizes
+        )
         columns["risk_rank"] = pd.arrays.IntegerArray(np.where(ranked, position + 1, 0), mask=~ranked)
         columns["percentile"] = percentile
         columns["action"] = self.playbook.actions(columns, len(position))
@@ -177,6 +173,31 @@ class Ranker:
         if self.offer_columns:
             out.loc[~out["action"].isin(self.offer_actions), list(self.offer_columns)] = ""
         return out
+
+    def _tiers(
+        self, no_history: np.ndarray, probs: np.ndarray, position: np.ndarray, sizes: np.ndarray
+    ) -> np.ndarray:
+        """Each row's tier at rank `position` of its population of `sizes` ranked customers (a row at or
+        past that is lapsed, or unknown without history)."""
+        ranked = position < sizes
+        tier = np.where(no_history, "unknown", "lapsed").astype(object)
+        # capacity rules fill the tiers in rank order of each population; cut-off rules read the probability
+        for n in np.unique(sizes[ranked]) if self.by_capacity else [0]:
+            sel = ranked & (sizes == n) if self.by_capacity else ranked
+            tier[sel] = tiers_at(position[sel], probs[sel], int(n), self.operating, self.by_capacity)
+        return tier
+
+    def block_tiers(self, block: pd.DataFrame, start: int, n_ranked: int) -> np.ndarray:
+        """The tiers `finish_block` gives the rows of a block of the ranked order at `start`, without the
+        rest of its work: who is in which tier, before the rows are finished (`drivers.tiers` on a
+        cluster)."""
+        position = np.arange(start, start + len(block))
+        return self._tiers(
+            block["no_history"].to_numpy(dtype=bool),
+            block["churn_probability"].to_numpy(dtype=np.float64),
+            position,
+            np.full(len(block), n_ranked),
+        )
 
     def write_ranked(
         self,
