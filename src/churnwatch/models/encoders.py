@@ -7,6 +7,7 @@ tensors of an EventBatch: right-padded events plus lengths (every row has at lea
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -45,10 +46,13 @@ class Dropout(nn.Module):
         if x.device.type != "cpu":
             return nn.functional.dropout(x, self.p, True)
         n = x.numel()
-        words = torch.empty(((n + 1) // 2,), dtype=torch.int32, device=x.device).random_()  # [0, 2^31)
-        low, high = torch.bitwise_and(words, 32767), words >> 16  # two 15-bit numbers per word
-        keep = torch.cat([low >= self.threshold, high >= self.threshold])[:n].view(x.shape).to(x.dtype)
-        return x * (keep * (32768.0 / (32768 - self.threshold)))
+        half = (n + 1) // 2
+        words = torch.empty((half,), dtype=torch.int32, device=x.device).random_()  # [0, 2^31)
+        keep = torch.empty((2 * half,), dtype=torch.bool, device=x.device)
+        torch.ge(torch.bitwise_and(words, 32767), self.threshold, out=keep[:half])  # two 15-bit numbers
+        torch.ge(words >> 16, self.threshold, out=keep[half:])  # per word
+        scale = torch.full((), 32768.0 / (32768 - self.threshold), dtype=x.dtype, device=x.device)
+        return x * torch.where(keep[:n].view(x.shape), scale, torch.zeros_like(scale))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -135,6 +139,76 @@ class TimeEncoding(nn.Module):
         return self.proj(feats) + self.rank(rank)
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with `nn.MultiheadAttention`'s parameters (names, shapes and initial values),
+    batch first. Training on CPU computes it step by step so that its dropout is ours (torch's Bernoulli
+    draws on the (batch, heads, L, L) weights were 9% of a transformer training step); elsewhere, and on a
+    GPU, it is `scaled_dot_product_attention`, fused where the backend can."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if d_model % n_heads:
+            raise ConfigError(f"d_model ({d_model}) must be a multiple of n_heads ({n_heads})")
+        self.n_heads = n_heads
+        self.p = float(dropout)
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.dropout = Dropout(dropout)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: Tensor, blocked: Tensor) -> Tensor:
+        """x (B, L, d); blocked (B or 1, 1, L or 1, L) bool: True where a query may not see a key."""
+        b, n, d = x.shape
+        qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = qkv.view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        if self.training and self.p > 0.0 and x.device.type == "cpu":
+            scores = (q * (1.0 / math.sqrt(d // self.n_heads))) @ k.transpose(-2, -1)
+            weights = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1)
+            out = self.dropout(weights) @ v
+        else:
+            p = self.p if self.training else 0.0
+            out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=~blocked, dropout_p=p)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class EncoderLayer(nn.Module):
+    """`nn.TransformerEncoderLayer(norm_first=True, activation="gelu", batch_first=True)`, parameter for
+    parameter (checkpoints load either way), with our attention and dropouts."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float):
+        super().__init__()
+        self.self_attn = SelfAttention(d_model, n_heads, dropout)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.dropout = Dropout(dropout)
+        self.linear2 = nn.Linear(d_ff, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+
+    def forward(self, x: Tensor, blocked: Tensor) -> Tensor:
+        x = x + self.dropout1(self.self_attn(self.norm1(x), blocked))
+        ff = self.linear2(self.dropout(nn.functional.gelu(self.linear1(self.norm2(x)))))
+        return x + self.dropout2(ff)
+
+
+class EncoderStack(nn.Module):
+    """Layers applied in turn (named `layers`, as in `nn.TransformerEncoder`)."""
+
+    def __init__(self, layer: EncoderLayer, num_layers: int):
+        super().__init__()
+        # copies of one layer, as nn.TransformerEncoder makes them: the same initial weights in each
+        self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
+
+    def forward(self, x: Tensor, blocked: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x, blocked)
+        return x
+
+
 class TransformerEncoder(nn.Module):
     """Pre-norm transformer encoder with a padding mask and a time-aware position encoding; `causal`: each
     step attends to itself and earlier steps only (what a per-step time-to-event head needs)."""
@@ -154,25 +228,19 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.causal = causal
         self.time = TimeEncoding(n_time, d_model, max_len=max_len)
-        layer = nn.TransformerEncoderLayer(
-            d_model, n_heads, ff_mult * d_model, dropout, batch_first=True, norm_first=True, activation="gelu"
-        )
-        # the feed-forward and residual dropouts; attention's own stays inside scaled_dot_product_attention
-        layer.dropout, layer.dropout1, layer.dropout2 = Dropout(dropout), Dropout(dropout), Dropout(dropout)
-        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.encoder = EncoderStack(EncoderLayer(d_model, n_heads, ff_mult * d_model, dropout), num_layers)
         self.norm = nn.LayerNorm(d_model)
         self.out_dim = d_model
 
     def forward(self, x: Tensor, mask: Tensor, time: Tensor) -> Tensor:
         lengths = mask.sum(dim=1)
         x = x + self.time(time, lengths, self.causal)
+        blocked = ~mask[:, None, None, :]  # (B, 1, 1, L): padding is never attended to
         if self.causal:
             n = x.shape[1]
             future = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
-            h = self.encoder(x, mask=future, src_key_padding_mask=~mask)
-        else:
-            h = self.encoder(x, src_key_padding_mask=~mask)
-        return self.norm(h)
+            blocked = blocked | future[None, None]
+        return self.norm(self.encoder(x, blocked))
 
 
 class Pooling(nn.Module):
