@@ -17,6 +17,7 @@ import math
 import re
 import string
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from churnwatch.features.aggregates import AggregateTable
 from churnwatch.features.encode import SequenceEncoder
 from churnwatch.features.window import kept_steps
 from churnwatch.pipeline.batch import pad_batch
+from churnwatch.runtime.hardware import threads_as_workers
 
 IG_ROWS = 256
 """Rows (customers × steps) per forward and backward pass of integrated gradients: the recurrent state of
@@ -419,14 +421,28 @@ def explain_sequences(
     n = len(seqs)
     out = np.zeros((n, owners.n_indicators), dtype=np.float64)
     order = np.argsort(-seqs.lengths, kind="stable")
-    for i in range(0, n, batch_size):
-        rows = order[i : i + batch_size]
+    device = torch.device(device)
+    # the caller's autocast, for the worker threads (autocast is per thread)
+    mixed, dtype = torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
+
+    def explain(start: int) -> None:
+        rows = order[start : start + batch_size]
         b = pad_batch(seqs, rows, aggregates).to(device)
-        ev, st, ag = integrated_gradients(
-            model, b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates, steps=steps
-        )
+        with torch.autocast(device.type, dtype=dtype, enabled=mixed):
+            ev, st, ag = integrated_gradients(
+                model, b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates, steps=steps
+            )
         positions = event_positions(seqs.offsets, rows, b.cat.shape[1])
         out[rows] = indicator_scores(owners, ev, positions, st, ag)
+
+    starts = range(0, n, batch_size)
+    with threads_as_workers(len(starts), device) as workers:
+        if workers == 1:
+            for start in starts:
+                explain(start)
+        else:  # batches side by side, a thread each
+            with ThreadPoolExecutor(workers, thread_name_prefix="churnwatch-drivers") as pool:
+                list(pool.map(explain, starts))
     return out
 
 

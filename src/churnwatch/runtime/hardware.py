@@ -338,6 +338,25 @@ def fit_threads() -> int:
 
 
 @contextmanager
+def threads_as_workers(tasks: int, device: torch.device | str) -> Iterator[int]:
+    """How many Python threads should share `tasks` independent pieces of torch work: on CPU, with more
+    than one task and more than one intra-op thread, one worker per intra-op thread, each running its
+    ops on one thread (torch is set to one meanwhile); else 1, nothing changed. Integrated gradients on
+    2 cores explained 1.46x more customers/s as two one-thread workers than as one two-thread worker: the
+    LSTM's per-step kernels and the per-pass Python work scale poorly within one pass
+    (docs/BENCHMARKS.md)."""
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or tasks < 2 or threads < 2:
+        yield 1
+        return
+    torch.set_num_threads(1)
+    try:
+        yield min(threads, tasks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextmanager
 def leave_a_core(leave: bool = True) -> Iterator[None]:
     """Torch runs one intra-op thread fewer (at least one) while a background thread works beside it
     (`prefetch.ahead`). On 2 cores, a forward pass on both next to a reading thread ran 2.4× slower
