@@ -113,3 +113,15 @@ def test_ids_fall_into_the_range_their_bounds_give():
     ids = pd.Series(["a", "b", "c", "d", "e", None]).astype("category")
     assert range_of(ids, np.array(["c", "e"], dtype=object)).tolist() == [0, 0, 1, 1, 2, 0]
     assert range_of(ids, np.array([], dtype=object)).tolist() == [0] * 6
+
+
+def test_rows_are_kept_by_their_canonical_id():
+    """`among`: a row is kept when its id, normalised, is one of the wanted canonical ids (17.0 is 17);
+    a null id never is."""
+    from churnwatch.data.parsing import normalise_ids
+    from churnwatch.data.partition import among
+
+    ids = normalise_ids(pd.Series(["17.0", " c1 ", None, "c2", "17", "c3"], dtype=object))
+    kept = among(ids, np.array(["17", "c1"], dtype=object))
+    assert kept.tolist() == [True, True, False, False, True, False]
+    assert not among(ids, np.array([], dtype=object)).any()

@@ -37,6 +37,18 @@ def by_category(ids: pd.Series, per_category: Callable[[np.ndarray], np.ndarray]
     return np.where(codes >= 0, per_category(categories)[np.maximum(codes, 0)], null)
 
 
+def among(ids: pd.Series, wanted: np.ndarray) -> np.ndarray:
+    """Which rows' canonical ids (a categorical from `normalise_ids`) are among `wanted` (canonical id
+    text); rows with a null id are not. Arrow's hash lookup, once per distinct id."""
+    value_set = pa.array(np.asarray(wanted, dtype=object), pa.string())
+
+    def per_category(categories: np.ndarray) -> np.ndarray:
+        found = pc.is_in(pa.array(categories, pa.string()), value_set=value_set)
+        return found.to_numpy(zero_copy_only=False)
+
+    return by_category(ids, per_category, False).astype(bool)
+
+
 def part_of(ids: pd.Series, n_parts: int) -> np.ndarray:
     """Each row's part: a vectorised hash of its id, one per distinct id of the batch; null ids: part 0."""
     return by_category(ids, lambda c: (pd.util.hash_array(c) % np.uint64(n_parts)).astype(np.int64), 0)

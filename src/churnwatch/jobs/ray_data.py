@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import ray
@@ -23,7 +22,7 @@ from ray.exceptions import RayError
 
 from churnwatch.config.options import check_values
 from churnwatch.config.schema import RayConfig, typed
-from churnwatch.data.partition import FILE_ROW, by_category, canonical_ids, part_of, range_of
+from churnwatch.data.partition import FILE_ROW, among, canonical_ids, part_of, range_of
 from churnwatch.data.readers import parquet_dataset
 from churnwatch.errors import ArtifactError, ConfigError, DataValidationError
 
@@ -214,7 +213,7 @@ def _read_groups(
         group, ids = canonical_ids(group, id_column, path)
         part = part_of(ids, n_parts) if bounds is None else range_of(ids, bounds)
         if keep is not None:
-            mask = by_category(ids, lambda c: _is_in(c, keep), False).astype(bool)
+            mask = among(ids, keep)
             group, part = group.filter(pa.array(mask)), part[mask]
         tables.append(group.rename_columns(list(columns.names)).append_column(PART, pa.array(part)))
     rows = pa.concat_tables(tables)
@@ -223,12 +222,6 @@ def _read_groups(
     ordered = {**mine, **absent} if source == EVENTS else {**absent, **mine}
     kind = pa.array(np.full(len(rows), source, dtype=np.int8))
     return pa.table({**ordered, PART: rows.column(PART), SOURCE: kind})
-
-
-def _is_in(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Which of `ids` are among `wanted` (both text): Arrow's hash lookup."""
-    found = pc.is_in(pa.array(ids, pa.string()), value_set=pa.array(wanted, pa.string()))
-    return found.to_numpy(zero_copy_only=False)
 
 
 def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -259,7 +259,7 @@ def _explain_tiers(
     for events_part, customers_part in parts:
         with scorer.timed("read"):
             loaded, customers, _ = scorer.reader.read_part(
-                job.events_path, job.customers_path, events_part, customers_part
+                job.events_path, job.customers_path, events_part, customers_part, keep=chosen
             )
         inp = scorer.reader.prepare(loaded, customers, as_of)
         found.append(scorer.explain_chosen(inp, chosen, job.chunk_customers))

@@ -20,8 +20,8 @@ import pandas as pd
 import pyarrow as pa
 
 from churnwatch.data.loaders import LoadedEvents, load_customers, load_events
-from churnwatch.data.parsing import parse_day
-from churnwatch.data.partition import read_part, split_file
+from churnwatch.data.parsing import normalise_ids, parse_day
+from churnwatch.data.partition import among, read_part, split_file
 from churnwatch.data.readers import count_rows, read_table
 from churnwatch.data.schema import CUSTOMER_ID, TIMESTAMP, CustomerSchema, EventSchema
 from churnwatch.data.snapshots import EventLog, Snapshots, build_snapshot
@@ -197,9 +197,13 @@ class InputReader:
         customers_path: str | Path | None,
         events_part: Path | None,
         customers_part: Path | None,
+        keep: np.ndarray | None = None,
     ) -> tuple[LoadedEvents, pd.DataFrame | None, ValidationReport | None]:
-        """One part validated (events and the same customers' attributes); `None` parts: the whole files."""
+        """One part validated (events and the same customers' attributes); `None` parts: the whole files.
+        With `keep` (canonical ids), only those customers' rows are validated: `drivers.tiers`' second pass
+        reads a few customers of every part."""
         events = read_table(events_path) if events_part is None else read_part(events_part)
+        events = self._kept(events, keep)
         loaded = self.read_events(events_path, events)
         if customers_path is None or not self.uses_customers:
             return loaded, None, None
@@ -211,5 +215,12 @@ class InputReader:
             customers = self.customer_columns
         else:  # the customers file has no rows at all
             customers = read_table(customers_path)
-        frame, report = self.read_customers(customers_path, customers)
+        frame, report = self.read_customers(customers_path, self._kept(customers, keep))
         return loaded, frame, report
+
+    def _kept(self, frame: pd.DataFrame, keep: np.ndarray | None) -> pd.DataFrame:
+        """The rows of customers `keep` (all rows without it; a missing id column is left to validation)."""
+        name = self.schema.customer_id
+        if keep is None or name not in frame.columns:
+            return frame
+        return frame[among(normalise_ids(frame[name]), keep)]
