@@ -23,6 +23,7 @@ from churnwatch.config.schema import ScoreConfig
 from churnwatch.data.schema import CUSTOMER_ID
 from churnwatch.errors import ConfigError
 from churnwatch.io.atomic import atomic_path, scratch_dir
+from churnwatch.runtime.prefetch import ahead
 
 OUTPUT_COLUMNS = (
     "customer_id",
@@ -185,29 +186,37 @@ def write_ranked(
     try:
         writers = [RunWriter(spill / f"block-{b:05d}.parquet") for b in range(blocks)]
         first = 0
-        for run in runs:  # route each run's rows to the block of their rank position, a row group at a time
-            source = pq.ParquetFile(run)
-            for g in range(source.metadata.num_row_groups):
-                frame = source.read_row_group(g).to_pandas().drop(columns=list(drop))
-                pos = position[first : first + len(frame)]
-                first += len(frame)
-                frame[POSITION] = pos
-                block = pos // block_rows
-                order = np.argsort(block, kind="stable")
-                bounds = np.searchsorted(block[order], np.arange(blocks + 1))
-                for b in np.flatnonzero(np.diff(bounds)):
-                    writers[b].write(frame.iloc[order[bounds[b] : bounds[b + 1]]])
-                del frame
+        # each run's rows to the block of their rank position, a row group at a time (the next one read on
+        # a background thread meanwhile)
+        groups = (
+            source.read_row_group(g).to_pandas().drop(columns=list(drop))
+            for source in map(pq.ParquetFile, runs)
+            for g in range(source.metadata.num_row_groups)
+        )
+        for frame in ahead(groups):
+            pos = position[first : first + len(frame)]
+            first += len(frame)
+            frame[POSITION] = pos
+            block = pos // block_rows
+            order = np.argsort(block, kind="stable")
+            bounds = np.searchsorted(block[order], np.arange(blocks + 1))
+            for b in np.flatnonzero(np.diff(bounds)):
+                writers[b].write(frame.iloc[order[bounds[b] : bounds[b + 1]]])
+            del frame
         for w in writers:
             w.close()
+
+        def sorted_block(b: int) -> pd.DataFrame:
+            block = pd.read_parquet(writers[b].path).sort_values(POSITION).reset_index(drop=True)
+            writers[b].path.unlink()
+            return block.drop(columns=POSITION)
+
+        filled = [b for b, w in enumerate(writers) if w.rows]
         with atomic_output(output_path, overwrite) as append:
             written = 0
-            for b, w in enumerate(writers):
-                if not w.rows:
-                    continue
-                block = pd.read_parquet(w.path).sort_values(POSITION).reset_index(drop=True)
-                w.path.unlink()
-                out = finish(block.drop(columns=POSITION), b * block_rows)
+            # the next block read and sorted on a background thread while this one is finished and written
+            for b, block in zip(filled, ahead(map(sorted_block, filled)), strict=True):
+                out = finish(block, b * block_rows)
                 written += len(out)
                 append(out)
             if written != n:
