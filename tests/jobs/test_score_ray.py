@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from churnwatch.errors import ConfigError, DataValidationError
-from churnwatch.jobs.score import ScoreJob, score_file
+from churnwatch.jobs.score import ScoreJob, ScoringResult, score_file
 from churnwatch.scoring.output import report_path
 from tests.helpers import SCORE_OPTIONS, score_model_data
 
@@ -43,6 +44,12 @@ def partitioned(table: pa.Table, root: Path, files: int, row_group: int) -> pa.T
         pq.write_table(piece, root / f"month={k + 1}" / "part-0.parquet", row_group_size=row_group)
         pieces.append(piece.append_column("month", pa.array([k + 1] * len(piece), pa.int32())))
     return pa.concat_tables(pieces)
+
+
+def on_two_workers(out: Path, **options: Any) -> tuple[ScoringResult, list[Path]]:
+    """`score_on_ray` with two workers into `out`: its result and its files in name order."""
+    result = score_on_ray(ScoreJob(output_path=out, **options), {"workers": 2})
+    return result, sorted(out.glob("*.parquet"))
 
 
 @pytest.mark.slow
@@ -103,17 +110,14 @@ def test_ray_scoring_writes_what_one_machine_writes(model: Path, cluster: None, 
         ),
         progress=False,
     )
-    job = ScoreJob(
+    result, files = on_two_workers(
+        tmp_path / "ray_scores",
         events_path=tmp_path / "events",
         customers_path=tmp_path / "customers",
-        output_path=tmp_path / "ray_scores",
         part_events=2_000,
         block_rows=100,
         **options,
     )
-    result = score_on_ray(job, {"workers": 2})
-
-    files = sorted((tmp_path / "ray_scores").glob("*.parquet"))
     assert result.parts >= 6  # scored in several parts
     # files of block_rows rows in rank order, whatever blocks Ray's sort made
     assert [pq.ParquetFile(f).metadata.num_rows for f in files] == [100, 100, single.customers - 200]
@@ -219,16 +223,14 @@ def test_drivers_of_chosen_tiers_on_ray_are_what_one_machine_gives(
     partitioned(pq.read_table(data / "events.parquet"), tmp_path / "events", 2, 1_500)
     drivers = {"steps": 2, "tiers": ["high"]}
     expected = score_model_data(model, tmp_path / "single.parquet", AS_OF, drivers=drivers)
-    job = ScoreJob(
+    result, files = on_two_workers(
+        tmp_path / "ray_scores",
         events_path=tmp_path / "events",
         customers_path=data / "customers.parquet",
-        output_path=tmp_path / "ray_scores",
         part_events=3_000,
         block_rows=500,
         **dict(SCORE_OPTIONS, as_of=AS_OF, model_path=model, drivers=drivers),
     )
-    result = score_on_ray(job, {"workers": 2})
-    files = sorted((tmp_path / "ray_scores").glob("*.parquet"))
     got = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     pd.testing.assert_frame_equal(got, expected)
     explained = got["main_driver"].fillna("").ne("")
