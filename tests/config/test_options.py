@@ -73,7 +73,7 @@ CASES = [
     ("score", "value_days=0", "value_days=0: must be an integer ≥ 1"),
     ("score", "drivers.top_n=0", "drivers.top_n=0: must be an integer ≥ 1"),
     ("score", "drivers.steps=0", "drivers.steps=0: must be an integer ≥ 1"),
-    ("score", "drivers.batch_size=0", "drivers.batch_size=0: must be an integer ≥ 1"),
+    ("score", "drivers.batch_size=0", "drivers.batch_size=0: must be null or an integer ≥ 1"),
     ("merge_scores", "block_rows=0", "block_rows=0: must be an integer ≥ 1"),
     ("monitor", "thresholds.psi.warn=-0.1", "thresholds.psi.warn=-0.1: must be null or a number ≥ 0"),
     (

@@ -85,7 +85,7 @@ RULES: dict[str, Rule] = {
     "value_days": COUNT,
     "drivers.top_n": COUNT,
     "drivers.steps": COUNT,
-    "drivers.batch_size": COUNT,
+    "drivers.batch_size": OPTIONAL_COUNT,
     "ray.workers": OPTIONAL_COUNT,
     "ray.cpus_per_worker": COUNT,
     "ray.gpus_per_worker": NON_NEGATIVE_NUMBER,

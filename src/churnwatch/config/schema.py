@@ -296,7 +296,9 @@ class DriversConfig:
     enabled: bool = _opt(True, "top drivers per customer (needs a single-network or tabular model)")
     top_n: int = _opt(3, "driver_1..driver_<top_n> columns")
     steps: int = _opt(4, "integrated-gradients steps (Gauss-Legendre), as in training (insights.steps)")
-    batch_size: int = _opt(256, "customers explained at a time")
+    batch_size: int | None = _opt(
+        None, "customers explained at a time; null: 128 on CPU (two batches side by side), 256 on GPU"
+    )
     tiers: list[str] | None = _opt(
         None,
         "explain only these risk tiers, e.g. [high, medium] (those that get an action): batch scoring ranks "

@@ -55,6 +55,9 @@ EXPLAIN_TIERS_UNRANKED = (
 # Default forward batch. On CPU small batches stay in cache: the demo LSTM scores 1.4x faster at 256 than
 # at 1024 (docs/BENCHMARKS.md); a GPU wants large ones (not timed here).
 CPU_BATCH, GPU_BATCH = 256, 4096
+# Default drivers batch: on CPU, 128 customers a batch, two batches side by side (`explain_sequences`),
+# explained 8% faster than 256 (docs/BENCHMARKS.md); on a GPU the earlier default, not tuned there.
+CPU_DRIVERS_BATCH, GPU_DRIVERS_BATCH = 128, 256
 STR = pd.api.types.pandas_dtype(str)
 """The dtype `astype(str)` gives."""
 
@@ -197,7 +200,10 @@ class Scorer:
         snaps, seqs, table, agg = chunk.snaps, chunk.seqs, chunk.table, chunk.agg
         rows = np.flatnonzero(self.in_population(log_, snaps))
         sub = snaps.subset(rows)
-        batch_size, n_indicators = int(self.drivers.batch_size), len(self.catalogue.names)
+        batch_size = self.drivers.batch_size or (
+            CPU_DRIVERS_BATCH if self.device.type == "cpu" else GPU_DRIVERS_BATCH
+        )
+        n_indicators = len(self.catalogue.names)
         if self.tabular:
             scores = sum_by_owner(
                 tabular_attribution(self.model, agg[rows], batch_size, self.device),
