@@ -27,7 +27,7 @@ import torch
 from churnwatch.explain.drivers import context_frame, explain_sequences, match_rate, owners, top_drivers
 from churnwatch.features.aggregates import AggregateTable
 from churnwatch.runtime.hardware import autocast
-from churnwatch.scoring.scorer import Scorer
+from churnwatch.scoring.scorer import CPU_DRIVERS_BATCH, Scorer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--reference-steps", type=int, default=32)
     ap.add_argument("--customers", type=int, default=4000, help="explained customers, at most")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=CPU_DRIVERS_BATCH, help="the scorer's CPU default")
     ap.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
