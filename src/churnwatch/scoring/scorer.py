@@ -122,7 +122,9 @@ class Scorer:
         self.model, self.meta = artifact.module.to(self.device), artifact.meta
         self.offers = artifact.offers
         """The next-best-offer ranker the model file carries (None: the run fitted no recommender)."""
-        self.batch_size = batch_size or (CPU_BATCH if self.device.type == "cpu" else GPU_BATCH)
+        cpu = self.device.type == "cpu"
+        self.batch_size = batch_size or (CPU_BATCH if cpu else GPU_BATCH)
+        self.drivers_batch_size = self.drivers.batch_size or (CPU_DRIVERS_BATCH if cpu else GPU_DRIVERS_BATCH)
         data = self.meta["data"]
         self.data_cfg = data
         self.schema = EventSchema.from_config(data)
@@ -200,10 +202,7 @@ class Scorer:
         snaps, seqs, table, agg = chunk.snaps, chunk.seqs, chunk.table, chunk.agg
         rows = np.flatnonzero(self.in_population(log_, snaps))
         sub = snaps.subset(rows)
-        batch_size = self.drivers.batch_size or (
-            CPU_DRIVERS_BATCH if self.device.type == "cpu" else GPU_DRIVERS_BATCH
-        )
-        n_indicators = len(self.catalogue.names)
+        batch_size, n_indicators = self.drivers_batch_size, len(self.catalogue.names)
         if self.tabular:
             scores = sum_by_owner(
                 tabular_attribution(self.model, agg[rows], batch_size, self.device),
