@@ -60,10 +60,13 @@ class _Fixed:
 
 def test_the_ranker_scores_each_model_as_documented_scripted_or_not():
     counts = _counts()
+    # 12 items: 4 neighbours each are stored dense (n <= 3K), 3 as neighbour lists
     knn = ItemKNN(k=4, shrinkage=0.0, own=0.5).fit(counts)
+    sparse_knn = ItemKNN(k=3, shrinkage=0.0, own=0.5).fit(counts)
+    assert knn.ranker().dense.shape == (12, 12) and sparse_knn.ranker().dense.numel() == 0
     history = [[(0, 2.0), (3, 1.0)], [(7, 1.0)], []]
     items, c, exclude = _history(history)
-    for model in (knn, BuyAgain().fit(counts), Popularity().fit(counts)):
+    for model in (knn, sparse_knn, BuyAgain().fit(counts), Popularity().fit(counts)):
         ranker = model.ranker()
         pop = model.popularity_ / model.popularity_.max()
         expected = np.tile(1e-6 * pop, (3, 1))
@@ -72,7 +75,7 @@ def test_the_ranker_scores_each_model_as_documented_scripted_or_not():
                 if isinstance(model, BuyAgain | ItemKNN):
                     expected[b, i] += n * model.ranker().own
                 if isinstance(model, ItemKNN):
-                    expected[b, knn.neighbours_[i]] += n * knn.similarity_[i]
+                    expected[b, model.neighbours_[i]] += n * model.similarity_[i]
         for module in (ranker, torch.jit.script(ranker)):
             top, score = module(items, c, exclude, 12)
             got = np.zeros((3, 12))
