@@ -69,6 +69,30 @@ def test_static_attributes_become_features():
     assert sorted(frame["static_region"].tolist()) == [2.0, 3.0]
 
 
+def test_asked_columns_are_the_full_tables_own():
+    """Scoring without drivers asks for a few columns (value, segments): each, alone or with others, is
+    that column of the full table, in the table's order, and a categorical one stays named as such."""
+    customers = pd.DataFrame(
+        {"region": ["n", "s"], "signup": pd.to_datetime(["2024-03-01", "2023-01-01"])},
+        index=pd.Index(["a", "b"], name="customer_id"),
+    )
+    frame = pd.DataFrame(AGGREGATE_ROWS, columns=["cid", "ts", "kind", "cat", "amount"])
+    loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
+    log = EventLog.from_frame(loaded.frame)
+    snap = build_snapshot(log, "2024-04-01", horizon_days=None)
+    feat = AggregateFeaturizer(AGGREGATE_SPEC, static_categorical=["region"], static_dates=["signup"])
+    full = feat.fit(log, snap, customers).transform(log, snap, customers)
+    assert len(full.names) > 40 and full.categorical == ["static_region"]
+    for j, name in enumerate(full.names):
+        alone = feat.transform(log, snap, customers, columns=[name])
+        assert alone.names == [name], name
+        assert np.array_equal(alone.values[:, 0], full.values[:, j]), name
+        assert alone.categorical == ([name] if name in full.categorical else [])
+    some = full.names[::3]
+    got = feat.transform(log, snap, customers, columns=[*reversed(some), "not_a_column"])
+    assert got.names == some and np.array_equal(got.values, full.values[:, ::3])
+
+
 def test_unknown_field_is_a_config_error():
     with pytest.raises(ConfigError, match="not an event field"):
         aggregate_table(AGGREGATE_ROWS, featurizer=AggregateFeaturizer(AggregateSpec(mix_field="nope")))

@@ -47,7 +47,7 @@ def test_batches_explained_side_by_side_get_what_each_gets_alone(model: Path):
     data = model.parent.parent / "data"
     scorer = Scorer(model, **SCORE_OPTIONS)
     inp = scorer.load(data / "events.parquet", data / "customers.parquet", as_of=AS_OF)
-    chunk = next(scorer.encode_chunks(inp, 10**6))
+    chunk = next(scorer.encode_chunks(inp, 10**6, explain=True))
     rows = np.flatnonzero(scorer.in_population(inp.log, chunk.snaps))[:300]
     names = chunk.table.names if scorer.use_aggregates else []
     owner = owners(scorer.catalogue, inp.log, chunk.snaps.subset(rows), scorer.encoder, names)

@@ -338,6 +338,10 @@ class Segments:
     def assign(self, table: AggregateTable) -> pd.DataFrame:
         return pd.DataFrame(self.columns(table))
 
+    def inputs(self) -> list[str]:
+        """The aggregate columns the segments read."""
+        return [*self.rfm.columns.values(), *self.clusters.used]
+
     def columns(self, table: AggregateTable) -> dict[str, np.ndarray]:
         """rfm_segment and behaviour_cluster per table row, as arrays (scoring frames them once)."""
         return {"rfm_segment": self.rfm.segment(table), "behaviour_cluster": self.clusters.transform(table)}

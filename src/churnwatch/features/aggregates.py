@@ -8,7 +8,7 @@ and static attributes. Every value is computed from events strictly before the r
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,9 +217,15 @@ class AggregateFeaturizer:
         )
 
     def transform(
-        self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None = None
+        self,
+        log: EventLog,
+        snaps: Snapshots,
+        customers: pd.DataFrame | None = None,
+        columns: Collection[str] | None = None,
     ) -> AggregateTable:
-        return self._apply_fill(self._compute(log, snaps, customers))
+        """The aggregate table of `snaps`; with `columns`, only those (in the table's order), and only the
+        work they need: scoring without drivers reads a few (value, segments) of the ~70."""
+        return self._apply_fill(self._compute(log, snaps, customers, columns))
 
     def _apply_fill(self, table: AggregateTable) -> AggregateTable:
         for j, name in enumerate(table.names):
@@ -260,7 +266,13 @@ class AggregateFeaturizer:
         amount = np.nan_to_num(log.frame[self.spec.amount].to_numpy(dtype=np.float64)[hist.events]) * is_p
         return purchase_all, is_p, amount
 
-    def _compute(self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None) -> AggregateTable:
+    def _compute(
+        self,
+        log: EventLog,
+        snaps: Snapshots,
+        customers: pd.DataFrame | None,
+        columns: Collection[str] | None = None,
+    ) -> AggregateTable:
         self._check(log)
         spec = self.spec
         hist = FlatHistories.of(log, snaps)
@@ -268,49 +280,103 @@ class AggregateFeaturizer:
         total = hist.total
         cols: dict[str, np.ndarray] = {}
 
+        asked = None if columns is None else set(columns)
+
+        def want(*names: str) -> bool:
+            """Whether any of `names` is asked for (each group below computes only when one is)."""
+            return asked is None or any(name in asked for name in names)
+
         purchase_all, is_p, amount = self._purchases(log, hist)
         first_age = age[np.concatenate([[0], np.cumsum(lengths)[:-1]])] if n else np.zeros(0)
         last_age = age[np.cumsum(lengths) - 1] if n else np.zeros(0)
 
         # Recency / frequency / monetary (on purchases) and activity.
         n_p = total(is_p.astype(np.float64))
-        p_age = np.where(is_p, age, np.inf)
-        recency = hist.reduce(np.minimum, p_age, np.inf)
-        cols["recency_days"] = np.where(np.isfinite(recency), recency, first_age)  # never bought: tenure
-        first_p = hist.reduce(np.maximum, np.where(is_p, age, -np.inf), -np.inf)
-        # Days since the first purchase (BTYD's T; never bought: tenure, like recency_days).
-        cols["first_purchase_days"] = np.where(np.isfinite(first_p), first_p, first_age)
+        # recency_days: also the numerator of recency_over_mean_gap
+        gaps = want("n_purchase_occasions", "recency_over_mean_gap", *GAP_COLUMNS)
+        if want("recency_days") or gaps:
+            recency = hist.reduce(np.minimum, np.where(is_p, age, np.inf), np.inf)
+            cols["recency_days"] = np.where(np.isfinite(recency), recency, first_age)  # never bought: tenure
+        if want("first_purchase_days"):
+            first_p = hist.reduce(np.maximum, np.where(is_p, age, -np.inf), -np.inf)
+            # Days since the first purchase (BTYD's T; never bought: tenure, like recency_days).
+            cols["first_purchase_days"] = np.where(np.isfinite(first_p), first_p, first_age)
         cols["n_purchases"] = n_p
-        cols["spend_total"] = total(amount)
-        cols["spend_mean"] = cols["spend_total"] / np.maximum(n_p, 1)
+        if want("spend_total", "spend_mean"):
+            cols["spend_total"] = total(amount)
+            cols["spend_mean"] = cols["spend_total"] / np.maximum(n_p, 1)
         cols["tenure_days"] = first_age
         cols["n_events"] = lengths.astype(np.float64)
         cols["days_since_last_event"] = last_age
         cols["purchases_per_30d"] = n_p / np.maximum(first_age, 1.0) * 30
         for w in spec.windows:
             in_w = age < w
-            cols[f"n_purchases_{w}d"] = total((is_p & in_w).astype(np.float64))
-            cols[f"spend_{w}d"] = total(amount * in_w)
-            cols[f"n_events_{w}d"] = total(in_w.astype(np.float64))
+            if want(f"n_purchases_{w}d"):
+                cols[f"n_purchases_{w}d"] = total((is_p & in_w).astype(np.float64))
+            if want(f"spend_{w}d"):
+                cols[f"spend_{w}d"] = total(amount * in_w)
+            if want(f"n_events_{w}d"):
+                cols[f"n_events_{w}d"] = total(in_w.astype(np.float64))
 
         # Moving-average trend ratios (smoothed, 1.0 = steady) and exponentially weighted rates.
         def counts_in(w: float, weights: np.ndarray) -> np.ndarray:
             return total(weights * (age < w))
 
         for short, long in ((30, 90), (90, 180)):
-            for what, weights in (("freq", is_p.astype(np.float64)), ("spend", amount)):
+            for what, weights in (("freq", is_p), ("spend", amount)):
+                if not want(f"{what}_trend_{short}_{long}"):
+                    continue
+                weights = np.asarray(weights, dtype=np.float64)
                 s, lg = counts_in(short, weights), counts_in(long, weights)
                 scale = self.trend_smoothing[what]
                 cols[f"{what}_trend_{short}_{long}"] = (s + scale) / (lg * short / long + scale)
         hl_short, hl_long = spec.ema_half_lives
-        ema_s = total(is_p * np.exp2(-age / hl_short)) * np.log(2) / hl_short
-        ema_l = total(is_p * np.exp2(-age / hl_long)) * np.log(2) / hl_long
-        cols[f"ema_rate_{hl_short:g}d"] = ema_s
-        cols[f"ema_rate_{hl_long:g}d"] = ema_l
-        cols["ema_trend"] = (ema_s + 1e-3) / (ema_l + 1e-3)
+        if want(f"ema_rate_{hl_short:g}d", f"ema_rate_{hl_long:g}d", "ema_trend"):
+            ema_s = total(is_p * np.exp2(-age / hl_short)) * np.log(2) / hl_short
+            ema_l = total(is_p * np.exp2(-age / hl_long)) * np.log(2) / hl_long
+            cols[f"ema_rate_{hl_short:g}d"] = ema_s
+            cols[f"ema_rate_{hl_long:g}d"] = ema_l
+            cols["ema_trend"] = (ema_s + 1e-3) / (ema_l + 1e-3)
+        if gaps:
+            self._gaps(log, hist, purchase_all, is_p, first_age, cols)
+        recent = age < spec.recent_days
+        if want("amount_trend"):
+            n_recent = np.maximum(total((is_p & recent).astype(np.float64)), 1)
+            n_before = np.maximum(total((is_p & ~recent).astype(np.float64)), 1)
+            amt_recent, amt_before = total(amount * recent) / n_recent, total(amount * ~recent) / n_before
+            cols["amount_trend"] = (amt_recent + 1.0) / (amt_before + 1.0)
 
-        # Gaps between purchase occasions (lines at the same moment are one occasion). Histories are
-        # prefixes of the customer's events, so each occasion's previous one is always in range.
+        if spec.mix_field and want(*self._mix_names()):
+            self._mix(log, hist, is_p, recent, cols)
+        for col, value in spec.count_values:
+            name = f"n_{col}_{value}"
+            if not want(name, f"{name}_30d", f"{name}_{spec.recent_days}d", f"days_since_{col}_{value}"):
+                continue
+            one = _isin(log.frame[col], (value,))[rows].astype(np.float64)
+            cols[name] = total(one)
+            for w in (30, spec.recent_days):
+                cols[f"{name}_{w}d"] = total(one * (age < w))
+            latest = hist.reduce(np.minimum, np.where(one > 0, age, np.inf), np.inf)
+            cols[f"days_since_{col}_{value}"] = np.where(np.isfinite(latest), latest, first_age + 1)
+        for name in spec.numeric_summaries:
+            if want(*(f"{name}_{stat}" for stat in SUMMARY_STATS)):
+                self._summaries(log, name, hist, recent, cols)
+        categorical = self._static(log, snaps, customers, cols, want)
+        names = [k for k in cols if want(k)]
+        return AggregateTable(_stack_float32([cols[k] for k in names], n), names, categorical)
+
+    def _gaps(
+        self,
+        log: EventLog,
+        hist: FlatHistories,
+        purchase_all: np.ndarray,
+        is_p: np.ndarray,
+        first_age: np.ndarray,
+        cols: dict[str, np.ndarray],
+    ) -> None:
+        """Gaps between purchase occasions (lines at the same moment are one occasion). Histories are
+        prefixes of the customer's events, so each occasion's previous one is always in range."""
+        rows, n, total = hist.events, hist.n_rows, hist.total
         p_gap = _previous_gap_days(log, purchase_all)[rows]
         cols["n_purchase_occasions"] = total((is_p & (p_gap != 0)).astype(np.float64))
         has_gap = is_p & np.isfinite(p_gap) & (p_gap != 0)
@@ -329,26 +395,12 @@ class AggregateFeaturizer:
         cols["gap_last_days"] = np.where(no_gap, first_age, last_gap)
         cols["recency_over_mean_gap"] = cols["recency_days"] / np.maximum(cols["gap_mean_days"], 1.0)
 
-        recent = age < spec.recent_days
-        amt_recent = total(amount * recent) / np.maximum(total((is_p & recent).astype(np.float64)), 1)
-        amt_before = total(amount * ~recent) / np.maximum(total((is_p & ~recent).astype(np.float64)), 1)
-        cols["amount_trend"] = (amt_recent + 1.0) / (amt_before + 1.0)
-
-        if spec.mix_field:
-            self._mix(log, hist, is_p, recent, cols)
-        for col, value in spec.count_values:
-            one = _isin(log.frame[col], (value,))[rows].astype(np.float64)
-            name = f"n_{col}_{value}"
-            cols[name] = total(one)
-            for w in (30, spec.recent_days):
-                cols[f"{name}_{w}d"] = total(one * (age < w))
-            latest = hist.reduce(np.minimum, np.where(one > 0, age, np.inf), np.inf)
-            cols[f"days_since_{col}_{value}"] = np.where(np.isfinite(latest), latest, first_age + 1)
-        for name in spec.numeric_summaries:
-            self._summaries(log, name, hist, recent, cols)
-        categorical = self._static(log, snaps, customers, cols)
-        names = list(cols)
-        return AggregateTable(_stack_float32([cols[k] for k in names], n), names, categorical)
+    def _mix_names(self) -> list[str]:
+        field_name = self.spec.mix_field
+        names = [f"mix_shift_{field_name}"]
+        for cat in [*self.mix_categories, "other"]:
+            names += [f"mix_{field_name}_{cat}", f"mix_{field_name}_{cat}_recent"]
+        return names
 
     def _mix(
         self,
@@ -402,20 +454,31 @@ class AggregateFeaturizer:
         cols[f"{name}_trend"] = cols[f"{name}_mean_recent"] - cols[f"{name}_mean"]
 
     def _static(
-        self, log: EventLog, snaps: Snapshots, customers: pd.DataFrame | None, cols: dict[str, np.ndarray]
+        self,
+        log: EventLog,
+        snaps: Snapshots,
+        customers: pd.DataFrame | None,
+        cols: dict[str, np.ndarray],
+        want: Callable[[str], bool],
     ) -> list[str]:
+        """The static attributes' columns that `want` asks for; the names of the categorical ones."""
+        numeric = [name for name in self.static_numeric if want(f"static_{name}")]
+        dates = [name for name in self.static_dates if want(f"static_{name}_days")]
+        categories = [name for name in self.static_categorical if want(f"static_{name}")]
+        if not (numeric or dates or categories):
+            return []
         rows = customers.reindex(snaps.customer_ids(log)) if customers is not None else None
         n = len(snaps)
-        for name in self.static_numeric:
+        for name in numeric:
             cols[f"static_{name}"] = (
                 rows[name].to_numpy(dtype=np.float64) if rows is not None else np.full(n, np.nan)
             )
-        for name in self.static_dates:
+        for name in dates:
             when = rows[name].to_numpy(dtype="datetime64[ns]") if rows is not None else None
             days = (snaps.cutoff - when) / np.timedelta64(1, "D") if when is not None else np.full(n, np.nan)
             cols[f"static_{name}_days"] = np.clip(days, 0, None)
         categorical = []
-        for name in self.static_categorical:
+        for name in categories:
             vocab = self.static_vocabs[name]
             ids = vocab.lookup(rows[name]) if rows is not None else np.ones(n, dtype=np.int32)
             cols[f"static_{name}"] = ids.astype(np.float64)
@@ -466,6 +529,9 @@ def _previous_gap_days(log: EventLog, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+GAP_COLUMNS = ("gap_mean_days", "gap_std_days", "gap_max_days", "gap_last_days")
+SUMMARY_STATS = ("count", "mean", "mean_recent", "min", "last", "trend")
+"""The columns `_summaries` writes per numeric field, `<field>_<stat>`."""
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 

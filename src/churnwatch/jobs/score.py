@@ -189,6 +189,8 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
             leave_a_core(len(parts) > 1),  # for the next part's reading (ahead)
         ):
             task = bar.add_task("score", total=len(parts))
+            # with drivers.tiers the drivers wait for the ranking (`_explain_tiers`)
+            drivers = False if scorer.explain_tiers else None
 
             def read_and_encode(part: tuple[Path | None, Path | None]) -> tuple:
                 """One part read, validated and encoded, offers too: on a background thread, a part ahead."""
@@ -203,15 +205,13 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
                     loaded.report,
                     customer_report,
                     inp,
-                    scorer.encode_input(inp, job.chunk_customers),
+                    scorer.encode_input(inp, job.chunk_customers, drivers),
                 )
 
             for events_report, customer_report, inp, encoded in ahead(map(read_and_encode, parts)):
                 stats.add(events_report, customer_report)
                 stats.as_of = inp.as_of
                 stats.add_join(inp.join)
-                # with drivers.tiers the drivers wait for the ranking (`_explain_tiers`)
-                drivers = False if scorer.explain_tiers else None
                 scored = scorer.score_input(
                     inp, job.chunk_customers, progress=False, drivers=drivers, encoded=encoded
                 )

@@ -8,6 +8,7 @@ ranking `ranking.py`'s; `churnwatch.jobs.score.score_file` streams files of any 
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -43,7 +44,7 @@ from churnwatch.features.encode import EncodedSequences, SequenceEncoder
 from churnwatch.io.signing import Verification
 from churnwatch.models.thresholds import TIERS
 from churnwatch.pipeline.batch import EventBatch, auto_width_multiple, pad_batch
-from churnwatch.runtime.hardware import autocast, choose_precision, fit_threads, resolve_device
+from churnwatch.runtime.hardware import autocast, choose_precision, fit_threads, onednn_bf16, resolve_device
 from churnwatch.scoring.inputs import InputReader, ScoringInput, Table
 from churnwatch.scoring.ranking import Ranker, check_each_once, check_finite
 
@@ -81,6 +82,9 @@ class EncodedInput:
 
     chunks: list[EncodedChunk]
     offers: pd.DataFrame | None
+    drivers: bool | None
+    """`score_input`'s `drivers` it was made for: without drivers, the aggregate table holds only the
+    columns scoring reads (`Scorer.table_columns`)."""
 
 
 class Scorer:
@@ -155,6 +159,12 @@ class Scorer:
         trained_tte = float(tte.get("weight") or 0) > 0 or bool(tte.get("only"))
         self.forecast = trained_tte and hasattr(self.model, "demand")  # (an ensemble has no one hazard)
         """The model has a time-to-event head: expected purchases and spend come from it (else NaN)."""
+        self.bf16_network = _bf16_network(self.model, self.meta) if self.precision == "bf16" and cpu else None
+        """The probability forward's network with bf16 weights, where that is as exact as autocast (None:
+        the forward runs under autocast)."""
+        self.table_columns = None if self.use_aggregates else self._table_columns()
+        """The aggregate columns a pass without drivers reads (None: all, the model reads them): the
+        value, the forecast's spend per occasion and the segments' inputs. Driver texts may quote any."""
         self.horizon_days = int(data.get("horizon_days") or 0)
         # networks: integrated gradients; tabular models: occlusion of each aggregate
         self.tabular = hasattr(self.model, "attribute")
@@ -180,9 +190,15 @@ class Scorer:
     @torch.inference_mode()
     def _predict(self, seqs: EncodedSequences, agg: np.ndarray | None) -> np.ndarray:
         probs = np.empty(len(seqs), dtype=np.float64)
+        low = self.bf16_network
         for rows, b in self._batches(seqs, agg):
-            with autocast(self.device, self.precision == "bf16"):
-                out = self.model(b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates)
+            if low is not None:
+                half = [t.to(torch.bfloat16) for t in (b.num, b.static_num, b.aggregates)]
+                logit = low(b.cat, half[0], b.lengths, b.static_cat, half[1], half[2])
+                out = self.model.calibration(logit.float())
+            else:
+                with autocast(self.device, self.precision == "bf16"):
+                    out = self.model(b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates)
             probs[rows] = out.float().cpu().numpy()
         return probs
 
@@ -247,13 +263,26 @@ class Scorer:
         yield
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
 
+    def _table_columns(self) -> list[str]:
+        columns = [self.value_column]
+        if self.forecast:
+            columns += ["spend_total", "n_purchase_occasions"]
+        if self.segments is not None:
+            columns += self.segments.inputs()
+        return columns
+
+    def _explains(self, drivers: bool | None) -> bool:
+        """Whether a pass with `score_input`'s `drivers` explains its customers."""
+        return self.explain and drivers is not False
+
     def _encode(
-        self, log_: EventLog, snaps: Snapshots, customers: pd.DataFrame | None
+        self, log_: EventLog, snaps: Snapshots, customers: pd.DataFrame | None, explain: bool
     ) -> tuple[EncodedSequences, AggregateTable, np.ndarray | None]:
-        """Sequences, aggregate table and the aggregates the model reads (None: it reads none)."""
+        """Sequences, aggregate table (all of it to `explain`) and the aggregates the model reads (None: it
+        reads none)."""
         with self.timed("encode"):
             seqs = self.encoder.transform(log_, snaps, customers)
-            table = self.featurizer.transform(log_, snaps, customers)
+            table = self.featurizer.transform(log_, snaps, customers, None if explain else self.table_columns)
             agg = None
             if self.use_aggregates:
                 agg = table.values if self.raw_aggregates else self.featurizer.scale(table)
@@ -286,27 +315,31 @@ class Scorer:
                 columns=["main_driver", *(f"driver_{k + 1}" for k in range(int(self.drivers.top_n)))]
             )
         found = []
-        for chunk in self.encode_chunks(inp, chunk_customers, rows):
+        for chunk in self.encode_chunks(inp, chunk_customers, rows, explain=True):
             with self.timed("drivers"):
                 drivers = self._drivers(inp.log, chunk, inp.customers)
             found.append(drivers.set_index(chunk.snaps.customer_ids(inp.log).astype(str)))
         return pd.concat(found)
 
     def encode_chunks(
-        self, inp: ScoringInput, chunk_customers: int, rows: np.ndarray | None = None
+        self, inp: ScoringInput, chunk_customers: int, rows: np.ndarray | None = None, *, explain: bool
     ) -> Iterator[EncodedChunk]:
         """A loaded input's snapshots `rows` (default: all) encoded in chunks of `chunk_customers` (one empty
-        chunk for none): what `score_input` reads, lazily, or as a list made ahead on another thread
-        (`score_file`); `explain_chosen` reads the chosen rows'."""
+        chunk for none), for a pass that does or does not `explain` them: what `score_input` reads, lazily,
+        or as a list made ahead on another thread (`score_file`); `explain_chosen` reads the chosen rows'."""
         check_values({"chunk_customers": chunk_customers})
         rows = np.arange(len(inp.snaps)) if rows is None else rows
         for start in range(0, max(len(rows), 1), chunk_customers):
             snaps = inp.snaps.subset(rows[start : start + chunk_customers])
-            yield EncodedChunk(snaps, *self._encode(inp.log, snaps, inp.customers))
+            yield EncodedChunk(snaps, *self._encode(inp.log, snaps, inp.customers, explain))
 
-    def encode_input(self, inp: ScoringInput, chunk_customers: int) -> EncodedInput:
-        """`encode_chunks` and `offers_of` of a loaded input, made at once."""
-        return EncodedInput(list(self.encode_chunks(inp, chunk_customers)), self.offers_of(inp))
+    def encode_input(
+        self, inp: ScoringInput, chunk_customers: int, drivers: bool | None = None
+    ) -> EncodedInput:
+        """`encode_chunks` and `offers_of` of a loaded input, made at once for `score_input` with
+        `drivers`."""
+        chunks = list(self.encode_chunks(inp, chunk_customers, explain=self._explains(drivers)))
+        return EncodedInput(chunks, self.offers_of(inp), drivers)
 
     def offers_of(self, inp: ScoringInput) -> pd.DataFrame | None:
         """The offer columns of every customer of a loaded input (those without history too: they get
@@ -407,7 +440,9 @@ class Scorer:
         `Ranker.write_ranked`). `drivers=False` leaves the driver columns empty for this call (the
         service's per-request switch); None: as configured. `encoded`: this input's `encode_input`, if
         already made."""
-        explain = self.explain and drivers is not False
+        explain = self._explains(drivers)
+        if encoded is not None and encoded.drivers != drivers:
+            raise ValueError(f"the input was encoded for drivers={encoded.drivers}, not {drivers}")
         event_log, snaps, customers, as_of_ts = inp.log, inp.snaps, inp.customers, inp.as_of
         parts = []
         with Progress(
@@ -419,7 +454,12 @@ class Scorer:
             disable=not progress,
         ) as bar:
             task = bar.add_task("score", total=len(snaps))
-            for chunk in self.encode_chunks(inp, chunk_customers) if encoded is None else encoded.chunks:
+            chunks = (
+                self.encode_chunks(inp, chunk_customers, explain=explain)
+                if encoded is None
+                else encoded.chunks
+            )
+            for chunk in chunks:
                 parts.append(self._score_chunk(event_log, chunk, customers, explain))
                 bar.advance(task, len(chunk.snaps))
         last = event_log.ts[snaps.end - 1] if len(snaps) else np.zeros(0, dtype=np.int64)
@@ -484,6 +524,25 @@ class Scorer:
     def rank(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Rank and tier the scored population in memory, then the playbook's action (`Ranker.rank`)."""
         return self.ranker.rank(frame)
+
+
+def _bf16_network(model: torch.nn.Module, meta: Mapping[str, Any]) -> torch.nn.Module | None:
+    """A copy of a recurrent network (LSTM, GRU) with its weights in bf16, for the CPU's bf16 forward, or
+    None. Autocast casts weights and activations to bf16 around every layer, and back to fp32 for the layer
+    norm: 10-13% of the demo LSTM's forward on one thread (docs/BENCHMARKS.md). The probabilities are as
+    close to fp32's as autocast's, since the recurrent layer, the linear layers and the head read bf16 either
+    way. Not for a transformer (its time encoding's sines need fp32 angles), nor a hazard-only logit (its
+    survival needs fp32), nor where oneDNN has no bf16 RNN kernels (autocast keeps those in fp32,
+    `bf16_kernels`)."""
+    model_cfg = (meta.get("config") or {}).get("model") or {}
+    encoder = (model_cfg.get("net") or {}).get("encoder")
+    tte_only = bool((model_cfg.get("tte") or {}).get("only"))
+    if not (hasattr(model, "net") and hasattr(model, "calibration")) or encoder not in ("lstm", "gru"):
+        return None
+    if tte_only or not onednn_bf16().ok:
+        return None
+    with torch.no_grad():  # (a copy made with grad tracking has non-leaf weights)
+        return copy.deepcopy(model.net).to(torch.bfloat16)
 
 
 def with_drivers(scored: pd.DataFrame, found: pd.DataFrame) -> pd.DataFrame:
