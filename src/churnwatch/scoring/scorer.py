@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,9 @@ class EncodedChunk:
     seqs: EncodedSequences
     table: AggregateTable
     agg: np.ndarray | None
+    batches: list[tuple[np.ndarray, EventBatch]] | None = None
+    """The forward's padded batches on the CPU (`Scorer.padded`), when made ahead with the chunk
+    (`Scorer.encode_input`)."""
 
 
 @dataclass(frozen=True)
@@ -177,21 +180,26 @@ class Scorer:
         """Only the customers of `drivers.tiers` are explained, in a second pass after the ranking
         (`explain_chosen`): the first scores everyone without drivers."""
 
-    def _batches(
+    def padded(
         self, seqs: EncodedSequences, agg: np.ndarray | None
     ) -> Iterator[tuple[np.ndarray, EventBatch]]:
-        """The rows in forward batches on the device, similar lengths together (little padding; on a GPU
-        widths rounded up to 16, so few shapes: `auto_width_multiple`)."""
+        """The rows in forward batches, similar lengths together (little padding; on a GPU widths rounded up
+        to 16, so few shapes: `auto_width_multiple`)."""
         order = np.argsort(-seqs.lengths, kind="stable")
         for i in range(0, len(order), self.batch_size):
             rows = order[i : i + self.batch_size]
-            yield rows, pad_batch(seqs, rows, agg, auto_width_multiple(self.device)).to(self.device)
+            yield rows, pad_batch(seqs, rows, agg, auto_width_multiple(self.device))
+
+    def _batches(self, chunk: EncodedChunk) -> Iterator[tuple[np.ndarray, EventBatch]]:
+        """A chunk's forward batches on the device: those made ahead, or padded now."""
+        for rows, b in chunk.batches if chunk.batches is not None else self.padded(chunk.seqs, chunk.agg):
+            yield rows, b.to(self.device)
 
     @torch.inference_mode()
-    def _predict(self, seqs: EncodedSequences, agg: np.ndarray | None) -> np.ndarray:
-        probs = np.empty(len(seqs), dtype=np.float64)
+    def _predict(self, chunk: EncodedChunk) -> np.ndarray:
+        probs = np.empty(len(chunk.seqs), dtype=np.float64)
         low = self.bf16_network
-        for rows, b in self._batches(seqs, agg):
+        for rows, b in self._batches(chunk):
             if low is not None:
                 half = [t.to(torch.bfloat16) for t in (b.num, b.static_num, b.aggregates)]
                 logit = low(b.cat, half[0], b.lengths, b.static_cat, half[1], half[2])
@@ -203,10 +211,10 @@ class Scorer:
         return probs
 
     @torch.inference_mode()
-    def _demand(self, seqs: EncodedSequences, agg: np.ndarray | None) -> np.ndarray:
+    def _demand(self, chunk: EncodedChunk) -> np.ndarray:
         """(rows, 2): expected purchases within the label horizon and P(at least one), from the hazard."""
-        out = np.empty((len(seqs), 2), dtype=np.float64)
-        for rows, b in self._batches(seqs, agg):
+        out = np.empty((len(chunk.seqs), 2), dtype=np.float64)
+        for rows, b in self._batches(chunk):
             got = self.model.demand(
                 b.cat, b.num, b.lengths, b.static_cat, b.static_num, b.aggregates, self.horizon_days
             )
@@ -336,9 +344,13 @@ class Scorer:
     def encode_input(
         self, inp: ScoringInput, chunk_customers: int, drivers: bool | None = None
     ) -> EncodedInput:
-        """`encode_chunks` and `offers_of` of a loaded input, made at once for `score_input` with
-        `drivers`."""
-        chunks = list(self.encode_chunks(inp, chunk_customers, explain=self._explains(drivers)))
+        """`encode_chunks`, their forward batches and `offers_of` of a loaded input, made at once for
+        `score_input` with `drivers`: `score_file` makes the next part's on its reading thread, so the
+        forward's thread only runs the model."""
+        chunks = []
+        for chunk in self.encode_chunks(inp, chunk_customers, explain=self._explains(drivers)):
+            with self.timed("encode"):
+                chunks.append(replace(chunk, batches=list(self.padded(chunk.seqs, chunk.agg))))
         return EncodedInput(chunks, self.offers_of(inp), drivers)
 
     def offers_of(self, inp: ScoringInput) -> pd.DataFrame | None:
@@ -356,9 +368,9 @@ class Scorer:
         """Probability, value at risk, segments and (with `explain`) drivers of one chunk of snapshots, as
         columns (arrays, or Series on a range index): framed once, by `_complete`, as a frame's inserts
         cost more than a request's forward."""
-        seqs, table, agg = chunk.seqs, chunk.table, chunk.agg
+        seqs, table = chunk.seqs, chunk.table
         with self.timed("forward"):
-            probs = self._predict(seqs, agg)
+            probs = self._predict(chunk)
         check_finite(probs, seqs.customer_id, self.model_path)
         spend = table.values[:, table.names.index(self.value_column)].astype(np.float64)
         out: dict[str, Any] = {
@@ -370,7 +382,7 @@ class Scorer:
         }
         if self.forecast:
             with self.timed("forecast"):
-                expected, active = self._demand(seqs, agg).T
+                expected, active = self._demand(chunk).T
             out["expected_purchases"] = expected
             if {"spend_total", "n_purchase_occasions"} <= set(table.names):
                 # spend per purchase occasion so far: what each forecast purchase is worth
