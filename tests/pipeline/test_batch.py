@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from churnwatch.errors import ConfigError
+from churnwatch.features.encode import EncodedSequences
 from churnwatch.models.encoders import ChurnNet
 from churnwatch.pipeline.batch import LengthBucketBatchSampler, SequenceDataset, pad_batch, padded_width
 from churnwatch.pipeline.datamodule import ChurnDataModule
@@ -84,6 +85,21 @@ def test_device_gathered_batches_equal_host_padded_batches(multiple):
         assert a.dtype == b.dtype and torch.equal(a, b), name
 
 
+def _small_net(seqs: EncodedSequences, encoder: str) -> ChurnNet:
+    """A small untrained network (seeded) for the codes of `seqs`, in eval mode."""
+    torch.manual_seed(0)
+    return ChurnNet(
+        [int(seqs.cat[:, j].max()) + 2 for j in range(seqs.cat.shape[1])],
+        seqs.num.shape[1],
+        [0],
+        [int(seqs.static_cat[:, j].max()) + 2 for j in range(seqs.static_cat.shape[1])],
+        seqs.static_num.shape[1],
+        encoder=encoder,
+        d_model=16,
+        hidden=16,
+    ).eval()
+
+
 def test_rounded_widths_add_only_padding_and_change_no_prediction():
     """`width_multiple` pads each batch out to a multiple (few shapes on a GPU): the extra steps are
     padding, every network predicts the same, and `padded_width` rounds up, never down."""
@@ -96,25 +112,32 @@ def test_rounded_widths_add_only_padding_and_change_no_prediction():
     torch.testing.assert_close(rounded.cat[:, :7], plain.cat)
     assert (rounded.cat[:, 7:] == 0).all() and (rounded.num[:, 7:] == 0).all()
     assert torch.equal(rounded.lengths, plain.lengths) and torch.equal(rounded.mask[:, :7], plain.mask)
-    n_cat, n_num = seqs.cat.shape[1], seqs.num.shape[1]
     for encoder in ("lstm", "gru", "transformer"):
-        torch.manual_seed(0)
-        net = ChurnNet(
-            [int(seqs.cat[:, j].max()) + 2 for j in range(n_cat)],
-            n_num,
-            [0],
-            [int(seqs.static_cat[:, j].max()) + 2 for j in range(seqs.static_cat.shape[1])],
-            seqs.static_num.shape[1],
-            encoder=encoder,
-            d_model=16,
-            hidden=16,
-        ).eval()
+        net = _small_net(seqs, encoder)
         with torch.no_grad():
             a, b = (
                 net(x.cat, x.num, x.lengths, x.static_cat, x.static_num, x.aggregates)
                 for x in (plain, rounded)
             )
         torch.testing.assert_close(a, b, msg=encoder)
+
+
+def test_int32_codes_are_the_same_codes_and_every_network_reads_them():
+    """Scoring pads its batches ahead with int32 codes (half the memory): the same values, and every
+    network, scripted as exported, predicts exactly what it does from int64 codes."""
+    seqs = encoded_sequences([4, 1, 7, 2, 5])
+    rows = np.arange(len(seqs))
+    wide, narrow = pad_batch(seqs, rows), pad_batch(seqs, rows, codes=np.int32)
+    assert narrow.cat.dtype == narrow.static_cat.dtype == torch.int32
+    assert torch.equal(narrow.cat.long(), wide.cat) and torch.equal(narrow.static_cat.long(), wide.static_cat)
+    for encoder in ("lstm", "gru", "transformer"):
+        scripted = torch.jit.script(_small_net(seqs, encoder))
+        with torch.no_grad():
+            a, b = (
+                scripted(x.cat, x.num, x.lengths, x.static_cat, x.static_num, x.aggregates)
+                for x in (wide, narrow)
+            )
+        assert torch.equal(a, b), encoder
 
 
 def test_the_datamodule_rounds_widths_as_configured_and_refuses_a_bad_multiple():

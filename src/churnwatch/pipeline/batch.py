@@ -22,7 +22,7 @@ class EventBatch:
     """Right-padded event tensors; the last *real* step of row i is at lengths[i] - 1."""
 
     cat: torch.Tensor
-    """long (B, L, n_cat); 0 = padding."""
+    """long (B, L, n_cat); 0 = padding. (int32 in scoring's batches, `pad_batch(codes=)`.)"""
     num: torch.Tensor
     """float (B, L, n_num); 0 at padding."""
     lengths: torch.Tensor
@@ -60,11 +60,19 @@ class EventBatch:
 
 
 def pad_batch(
-    seqs: EncodedSequences, rows: np.ndarray, aggregates: np.ndarray | None = None, width_multiple: int = 1
+    seqs: EncodedSequences,
+    rows: np.ndarray,
+    aggregates: np.ndarray | None = None,
+    width_multiple: int = 1,
+    codes: type[np.integer] = np.int64,
 ) -> EventBatch:
-    """Gather `rows` from the flat arrays into one padded EventBatch (vectorised, no per-row loop)."""
+    """Gather `rows` from the flat arrays into one padded EventBatch (vectorised, no per-row loop), with
+    categorical `codes` of that type: int32 halves the largest tensor of a batch made ahead of the forward
+    (scoring), and embeddings read either."""
     rows = np.asarray(rows, dtype=np.int64)
-    return pad_steps(seqs, rows, seqs.offsets[rows], seqs.offsets[rows + 1], aggregates, width_multiple)
+    return pad_steps(
+        seqs, rows, seqs.offsets[rows], seqs.offsets[rows + 1], aggregates, width_multiple, codes
+    )
 
 
 def padded_width(longest: int, width_multiple: int = 1) -> int:
@@ -87,6 +95,7 @@ def pad_steps(
     ends: np.ndarray,
     aggregates: np.ndarray | None = None,
     width_multiple: int = 1,
+    codes: type[np.integer] = np.int64,
 ) -> EventBatch:
     """One padded EventBatch of rows whose steps are [starts, ends) of the flat arrays: whole rows
     (`pad_batch`), or slices of them (self-supervised views, models/coles.py)."""
@@ -95,7 +104,7 @@ def pad_steps(
     events = ranges(starts, ends)
     row_of = np.repeat(np.arange(len(rows)), lengths)
     step = np.arange(len(events)) - np.repeat(np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    cat = np.zeros((len(rows), width, seqs.cat.shape[1]), dtype=np.int64)
+    cat = np.zeros((len(rows), width, seqs.cat.shape[1]), dtype=codes)
     num = np.zeros((len(rows), width, seqs.num.shape[1]), dtype=np.float32)
     cat[row_of, step] = seqs.cat[events]
     num[row_of, step] = seqs.num[events]
@@ -108,7 +117,7 @@ def pad_steps(
         cat=torch.from_numpy(cat),
         num=torch.from_numpy(num),
         lengths=torch.from_numpy(lengths.astype(np.int64)),
-        static_cat=torch.from_numpy(seqs.static_cat[rows].astype(np.int64)),
+        static_cat=torch.from_numpy(seqs.static_cat[rows].astype(codes)),
         static_num=torch.from_numpy(np.ascontiguousarray(seqs.static_num[rows])),
         aggregates=torch.from_numpy(np.ascontiguousarray(agg, dtype=np.float32)),
         label=torch.from_numpy(seqs.label[rows].astype(np.float32)),

@@ -184,11 +184,11 @@ class Scorer:
         self, seqs: EncodedSequences, agg: np.ndarray | None
     ) -> Iterator[tuple[np.ndarray, EventBatch]]:
         """The rows in forward batches, similar lengths together (little padding; on a GPU widths rounded up
-        to 16, so few shapes: `auto_width_multiple`)."""
+        to 16, so few shapes: `auto_width_multiple`), with int32 codes (half the memory ahead)."""
         order = np.argsort(-seqs.lengths, kind="stable")
         for i in range(0, len(order), self.batch_size):
             rows = order[i : i + self.batch_size]
-            yield rows, pad_batch(seqs, rows, agg, auto_width_multiple(self.device))
+            yield rows, pad_batch(seqs, rows, agg, auto_width_multiple(self.device), codes=np.int32)
 
     def _batches(self, chunk: EncodedChunk) -> Iterator[tuple[np.ndarray, EventBatch]]:
         """A chunk's forward batches on the device: those made ahead, or padded now."""
