@@ -210,6 +210,9 @@ def test_ray_scoring_refuses_a_run_without_as_of_before_the_work(model: Path, tm
     job = ScoreJob(model_path=model, events_path=tmp_path, output_path=tmp_path / "out", **SCORE_OPTIONS)
     with pytest.raises(ConfigError, match="engine=ray needs an explicit as_of"):
         score_on_ray(job)
+    url = ScoreJob(**{**vars(job), "as_of": "2024-11-01", "output_path": "memory://bucket/out"})
+    with pytest.raises(ConfigError, match="^output_path=memory://bucket/out: engine=ray writes a directory"):
+        score_on_ray(url)
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import logging
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from churnwatch.data.partition import read_part
 from churnwatch.data.validation import JoinReport, ValidationReport, no_event_rows, no_valid_events
 from churnwatch.errors import ConfigError, DataValidationError
 from churnwatch.io.atomic import atomic_path, check_output, scratch_dir
+from churnwatch.io.object_store import UrlOutput, is_url
 from churnwatch.io.signing import Verification
 from churnwatch.runtime.hardware import leave_a_core
 from churnwatch.runtime.memory import release_free_memory
@@ -115,7 +116,8 @@ class ScoreJob:
 
 @dataclass(frozen=True)
 class ScoringResult:
-    output_path: Path
+    output_path: Path | str
+    """The output file, or its URL."""
     customers: int
     scored: int
     no_history: int
@@ -134,7 +136,21 @@ def score_file(job: ScoreJob, *, progress: bool = True) -> ScoringResult:
     """Score a file (or one shard of its customers) and write the result atomically, in memory bounded
     by `part_events`, not by the input: inputs with more rows are split into customer-disjoint parts on
     disk (`spill_dir`, default: next to the output), scored part by part, then ranked block by block.
-    The output is the same for any part, block and chunk size."""
+    The output is the same for any part, block and chunk size. An output URL (`s3://...`) is written in
+    `spill_dir` (default: the temp dir) and uploaded with its report when the run succeeds."""
+    if not is_url(job.output_path):
+        return _score_file(job, progress)
+    check_suffix(Path(str(job.output_path)))
+    target = UrlOutput.open(str(job.output_path), job.overwrite, job.spill_dir)
+    try:
+        result = _score_file(replace(job, output_path=target.local, overwrite=True), progress)
+        target.upload(report_path(target.local), overwrite=job.overwrite)
+    finally:
+        target.close()
+    return replace(result, output_path=target.url)
+
+
+def _score_file(job: ScoreJob, progress: bool) -> ScoringResult:
     t0 = time.perf_counter()
     events_path, customers_path, shard = job.events_path, job.customers_path, job.shard
     # a bad date fails before the work

@@ -40,6 +40,7 @@ from churnwatch.data.schema import CUSTOMER_ID
 from churnwatch.data.validation import ValidationReport, no_event_rows
 from churnwatch.errors import ConfigError
 from churnwatch.io.atomic import check_output, place_dir, scratch_dir
+from churnwatch.io.object_store import is_url
 from churnwatch.jobs.ray_data import (
     CUSTOMERS,
     EVENTS,
@@ -90,6 +91,11 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
         "customers_path": job.customers_path,
         "model_path": job.model_path,
     }
+    if is_url(job.output_path):
+        raise ConfigError(
+            f"output_path={job.output_path}: engine=ray writes a directory on a file system all nodes share "
+            "(a URL output is engine=local's)"
+        )
     output = check_output(job.output_path, job.overwrite, inputs, directory=True)
     # the driver loads the model once, for its checks (the signature too) and the ranking; actors score
     scorer = job.scorer(device="cpu", batch_size=None, precision=ScoreConfig.precision)

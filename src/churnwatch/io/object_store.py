@@ -1,0 +1,76 @@
+"""Outputs at a URL (`s3://`, `gs://`, `az://`, any fsspec protocol): written locally, then uploaded whole.
+
+An object store has no rename, so an output cannot be written beside its target and moved into place. It is
+written and checked on the local disk as usual, then uploaded, and an object appears only once its upload
+completes (S3, GCS and Azure commit a multi-part upload as one object): a failed run leaves nothing at the
+URL. The file system comes from fsspec, with the protocol's package installed (`s3fs`, `gcsfs`, `adlfs`:
+`pip install 'churnwatch[cloud]'`) and its usual credentials (environment, config files, instance roles).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import fsspec
+
+from churnwatch.errors import ConfigError
+
+
+def is_url(path: str | Path) -> bool:
+    """Whether `path` names its file system (`<protocol>://...`) rather than a local path."""
+    return isinstance(path, str) and "://" in path
+
+
+@dataclass(frozen=True)
+class UrlOutput:
+    """An output at `url`, staged in `local_dir` (a private local directory) under the same file name."""
+
+    url: str
+    fs: Any
+    """The fsspec file system of `url`."""
+    path: str
+    """`url` as `fs` names it."""
+    local_dir: Path
+
+    @classmethod
+    def open(
+        cls, url: str, overwrite: bool, where: str | Path | None = None, key: str = "output_path"
+    ) -> UrlOutput:
+        """Refuse, before any work and in one line, a URL whose file system is not installed or cannot be
+        reached, or whose object exists without `overwrite`; then a staging directory in `where` (default:
+        the system's temp dir)."""
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+            exists = fs.exists(path)
+        except (ImportError, ValueError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            hint = " (pip install 'churnwatch[cloud]' for s3, gs and az)" if isinstance(exc, ImportError) else ""
+            raise ConfigError(f"{key}={url}: {first}{hint}") from None
+        if exists and not overwrite:
+            raise ConfigError(f"{key}={url} exists (overwrite=true replaces it)")
+        if where is not None:
+            Path(where).mkdir(parents=True, exist_ok=True)
+        return cls(url, fs, path, Path(tempfile.mkdtemp(prefix="churnwatch-upload-", dir=where)))
+
+    @property
+    def local(self) -> Path:
+        """Where the run writes the output before the upload."""
+        return self.local_dir / PurePosixPath(self.path).name
+
+    def upload(self, *sidecars: Path, overwrite: bool) -> None:
+        """Upload each of `sidecars` (files beside `local`, e.g. its report) to the same place beside the URL,
+        then the output itself, last, so whoever sees the output sees its sidecars too. Without `overwrite`,
+        an output another run put there meanwhile is kept and this one fails."""
+        if not overwrite and self.fs.exists(self.path):
+            raise ConfigError(f"{self.url} appeared during the run (another run?); nothing was uploaded")
+        parent = str(PurePosixPath(self.path).parent)
+        for sidecar in sidecars:
+            self.fs.put_file(str(sidecar), f"{parent}/{sidecar.name}")
+        self.fs.put_file(str(self.local), self.path)
+
+    def close(self) -> None:
+        shutil.rmtree(self.local_dir, ignore_errors=True)

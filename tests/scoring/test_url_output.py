@@ -1,0 +1,74 @@
+"""An output URL (any fsspec protocol; here fsspec's in-memory file system, which needs no service): the
+run writes locally and uploads the output and its report when it succeeds, the same rows a local output
+gets; an existing object is kept without overwrite; a failed run uploads nothing; a protocol that is not
+installed is one line before the work; and the local staging directory is gone either way."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pytest
+
+from churnwatch.errors import ConfigError, DataValidationError
+from churnwatch.jobs.score import ScoreJob, score_file
+from tests.helpers import SCORE_OPTIONS
+
+AS_OF = "2024-11-01"
+
+
+def _job(model: Path, output: str | Path, stage: Path, **extra: object) -> ScoreJob:
+    data = model.parent.parent / "data"
+    return ScoreJob(model_path=model, events_path=data / "events.parquet", output_path=output,
+                    customers_path=data / "customers.parquet", as_of=AS_OF, spill_dir=stage,
+                    **{**SCORE_OPTIONS, "drivers": {"enabled": False}, **extra})  # fmt: skip
+
+
+def _read(fs: fsspec.AbstractFileSystem, path: str) -> pd.DataFrame:
+    return pd.read_parquet(io.BytesIO(fs.cat_file(path)))
+
+
+def test_a_url_output_gets_the_local_runs_rows_and_report_uploaded(model: Path, tmp_path: Path):
+    fs = fsspec.filesystem("memory")
+    url = f"memory://{tmp_path.name}/nightly/scores.parquet"
+    local = score_file(_job(model, tmp_path / "scores.parquet", tmp_path / "stage"), progress=False)
+    result = score_file(_job(model, url, tmp_path / "stage"), progress=False)
+    assert result.output_path == url and result.customers == local.customers
+    got = _read(fs, f"/{tmp_path.name}/nightly/scores.parquet")
+    pd.testing.assert_frame_equal(got, pd.read_parquet(tmp_path / "scores.parquet"))
+    assert fs.exists(f"/{tmp_path.name}/nightly/scores.parquet.report.json")
+    assert list((tmp_path / "stage").iterdir()) == []  # staged, uploaded, removed
+
+
+def test_an_existing_object_is_kept_without_overwrite_and_replaced_with_it(model: Path, tmp_path: Path):
+    fs = fsspec.filesystem("memory")
+    path = f"/{tmp_path.name}/scores.parquet"
+    fs.pipe_file(path, b"yesterday")
+    with pytest.raises(ConfigError, match=r"^output_path=memory://.*scores\.parquet exists \(overwrite=true"):
+        score_file(_job(model, f"memory:/{path}", tmp_path / "stage"), progress=False)
+    assert fs.cat_file(path) == b"yesterday"
+    score_file(_job(model, f"memory:/{path}", tmp_path / "stage", overwrite=True), progress=False)
+    assert len(_read(fs, path)) > 0
+
+
+def test_a_failed_run_uploads_nothing_and_leaves_no_staging(model: Path, tmp_path: Path):
+    fs = fsspec.filesystem("memory")
+    bad = tmp_path / "events.csv"
+    bad.write_text("customer_id,timestamp\nc1,not a date\n")
+    job = _job(model, f"memory://{tmp_path.name}/scores.parquet", tmp_path / "stage")
+    with pytest.raises(DataValidationError):
+        score_file(ScoreJob(**{**vars(job), "events_path": bad, "customers_path": None}), progress=False)
+    assert not fs.exists(f"/{tmp_path.name}")
+    assert list((tmp_path / "stage").iterdir()) == []
+
+
+def test_a_protocol_that_is_not_installed_or_known_is_one_line_before_the_work(tmp_path: Path):
+    job = ScoreJob(model_path="no_model.pt", events_path="e.csv", output_path="nope://bucket/scores.parquet",
+                   spill_dir=tmp_path, **SCORE_OPTIONS)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^output_path=nope://bucket/scores\.parquet: .*nope"):
+        score_file(job, progress=False)
+    with pytest.raises(ConfigError, match=r"output must end in \.parquet or \.csv"):
+        score_file(ScoreJob(**{**vars(job), "output_path": "memory://b/scores.txt"}), progress=False)
+    assert list(tmp_path.iterdir()) == []
