@@ -48,7 +48,7 @@ class UrlOutput:
             exists = fs.exists(path)
         except (ImportError, ValueError, OSError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            hint = " (pip install 'churnwatch[cloud]' for s3, gs and az)" if isinstance(exc, ImportError) else ""
+            hint = " (pip install 'churnwatch[cloud]')" if isinstance(exc, ImportError) else ""
             raise ConfigError(f"{key}={url}: {first}{hint}") from None
         if exists and not overwrite:
             raise ConfigError(f"{key}={url} exists (overwrite=true replaces it)")
