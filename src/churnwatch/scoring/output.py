@@ -184,34 +184,41 @@ def write_ranked(
     blocks = max(1, -(-n // block_rows))
     spill = scratch_dir(output_path, "rank", spill_dir)
     try:
-        writers = [RunWriter(spill / f"block-{b:05d}.parquet") for b in range(blocks)]
+        paths = [spill / f"block-{b:05d}.parquet" for b in range(blocks)]
+        writers: dict[int, pq.ParquetWriter] = {}
         first = 0
         # each run's rows to the block of their rank position, a row group at a time (the next one read on
-        # a background thread meanwhile)
+        # a background thread meanwhile), in Arrow: a block's rows meet pandas once, when it is finished
         groups = (
-            source.read_row_group(g).to_pandas().drop(columns=list(drop))
+            source.read_row_group(g).drop_columns(list(drop))
             for source in map(pq.ParquetFile, runs)
             for g in range(source.metadata.num_row_groups)
         )
-        for frame in ahead(groups):
-            pos = position[first : first + len(frame)]
-            first += len(frame)
-            frame[POSITION] = pos
-            block = pos // block_rows
-            order = np.argsort(block, kind="stable")
-            bounds = np.searchsorted(block[order], np.arange(blocks + 1))
-            for b in np.flatnonzero(np.diff(bounds)):
-                writers[b].write(frame.iloc[order[bounds[b] : bounds[b + 1]]])
-            del frame
-        for w in writers:
-            w.close()
+        try:
+            for table in ahead(groups):
+                pos = position[first : first + len(table)]
+                first += len(table)
+                table = table.append_column(POSITION, pa.array(pos))
+                block = pos // block_rows
+                order = np.argsort(block, kind="stable")
+                bounds = np.searchsorted(block[order], np.arange(blocks + 1))
+                for b in np.flatnonzero(np.diff(bounds)):
+                    piece = table.take(order[bounds[b] : bounds[b + 1]])
+                    if b not in writers:
+                        writers[b] = pq.ParquetWriter(paths[b], piece.schema)
+                    writers[b].write_table(piece)
+                del table
+        finally:
+            for w in writers.values():
+                w.close()
 
         def sorted_block(b: int) -> pd.DataFrame:
-            block = pd.read_parquet(writers[b].path).sort_values(POSITION).reset_index(drop=True)
-            writers[b].path.unlink()
-            return block.drop(columns=POSITION)
+            block = pq.read_table(paths[b])
+            paths[b].unlink()
+            block = block.take(pc.sort_indices(block.column(POSITION)))
+            return block.drop_columns([POSITION]).to_pandas()
 
-        filled = [b for b, w in enumerate(writers) if w.rows]
+        filled = sorted(writers)
         with atomic_output(output_path, overwrite) as append:
             written = 0
             # the next block read and sorted on a background thread while this one is finished and written
