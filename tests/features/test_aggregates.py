@@ -8,7 +8,7 @@ import pytest
 
 from churnwatch.data.loaders import load_events
 from churnwatch.data.schema import EventSchema
-from churnwatch.data.snapshots import EventLog, build_snapshot
+from churnwatch.data.snapshots import EventLog, Snapshots, build_snapshot
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec
 from churnwatch.features.window import FlatHistories
@@ -52,7 +52,8 @@ def test_numeric_summaries_and_no_nan_anywhere():
     assert np.isfinite(t.to_numpy()).all()
 
 
-def test_static_attributes_become_features():
+def _with_attributes() -> tuple[EventLog, Snapshots, pd.DataFrame, AggregateFeaturizer]:
+    """The hand log, its snapshot, two customers' attributes and a featurizer (unfitted) that reads them."""
     customers = pd.DataFrame(
         {"region": ["n", "s"], "signup": pd.to_datetime(["2024-03-01", "2023-01-01"])},
         index=pd.Index(["a", "b"], name="customer_id"),
@@ -62,6 +63,11 @@ def test_static_attributes_become_features():
     log = EventLog.from_frame(loaded.frame)
     snap = build_snapshot(log, "2024-04-01", horizon_days=None)
     feat = AggregateFeaturizer(AGGREGATE_SPEC, static_categorical=["region"], static_dates=["signup"])
+    return log, snap, customers, feat
+
+
+def test_static_attributes_become_features():
+    log, snap, customers, feat = _with_attributes()
     table = feat.fit(log, snap, customers).transform(log, snap, customers)
     frame = table.to_frame()
     assert frame["static_signup_days"].tolist() == [31.0, 456.0]
@@ -72,15 +78,7 @@ def test_static_attributes_become_features():
 def test_asked_columns_are_the_full_tables_own():
     """Scoring without drivers asks for a few columns (value, segments): each, alone or with others, is
     that column of the full table, in the table's order, and a categorical one stays named as such."""
-    customers = pd.DataFrame(
-        {"region": ["n", "s"], "signup": pd.to_datetime(["2024-03-01", "2023-01-01"])},
-        index=pd.Index(["a", "b"], name="customer_id"),
-    )
-    frame = pd.DataFrame(AGGREGATE_ROWS, columns=["cid", "ts", "kind", "cat", "amount"])
-    loaded = load_events("e.csv", EventSchema.from_config(SCHEMA_CFG), frame=frame, end_date="2030-01-01")
-    log = EventLog.from_frame(loaded.frame)
-    snap = build_snapshot(log, "2024-04-01", horizon_days=None)
-    feat = AggregateFeaturizer(AGGREGATE_SPEC, static_categorical=["region"], static_dates=["signup"])
+    log, snap, customers, feat = _with_attributes()
     full = feat.fit(log, snap, customers).transform(log, snap, customers)
     assert len(full.names) > 40 and full.categorical == ["static_region"]
     for j, name in enumerate(full.names):
