@@ -396,6 +396,7 @@ class AggregateFeaturizer:
         cols["recency_over_mean_gap"] = cols["recency_days"] / np.maximum(cols["gap_mean_days"], 1.0)
 
     def _mix_names(self) -> list[str]:
+        """The columns `_mix` writes."""
         field_name = self.spec.mix_field
         names = [f"mix_shift_{field_name}"]
         for cat in [*self.mix_categories, "other"]:
