@@ -1,7 +1,8 @@
-"""An output URL (any fsspec protocol; here fsspec's in-memory file system, which needs no service): the
-run writes locally and uploads the output and its report when it succeeds, the same rows a local output
-gets; an existing object is kept without overwrite; a failed run uploads nothing; a protocol that is not
-installed is one line before the work; and the local staging directory is gone either way."""
+"""Files at a URL (any fsspec protocol; here fsspec's in-memory file system, which needs no service). An
+output URL: the run writes locally and uploads the output and its report when it succeeds, the same rows a
+local output gets; an existing object is kept without overwrite; a failed run uploads nothing; a protocol
+that is not installed is one line before the work; and the local staging directory is gone either way. A
+model URL: read whole and checked as a local file is, named in its errors."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import fsspec
 import pandas as pd
 import pytest
 
-from churnwatch.errors import ConfigError, DataValidationError
+from churnwatch.artifact.model_file import load_model
+from churnwatch.errors import ArtifactError, ConfigError, DataValidationError
 from churnwatch.jobs.score import ScoreJob, score_file
 from tests.helpers import SCORE_OPTIONS
 
@@ -20,10 +22,12 @@ AS_OF = "2024-11-01"
 
 
 def _job(model: Path, output: str | Path, stage: Path, **extra: object) -> ScoreJob:
+    """A job scoring the tiny model's own data into `output`; `extra` overrides any option."""
     data = model.parent.parent / "data"
-    return ScoreJob(model_path=model, events_path=data / "events.parquet", output_path=output,
-                    customers_path=data / "customers.parquet", as_of=AS_OF, spill_dir=stage,
-                    **{**SCORE_OPTIONS, "drivers": {"enabled": False}, **extra})  # fmt: skip
+    options = dict(model_path=model, events_path=data / "events.parquet", output_path=output,
+                   customers_path=data / "customers.parquet", as_of=AS_OF, spill_dir=stage,
+                   **{**SCORE_OPTIONS, "drivers": {"enabled": False}})  # fmt: skip
+    return ScoreJob(**{**options, **extra})
 
 
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> pd.DataFrame:
@@ -72,3 +76,20 @@ def test_a_protocol_that_is_not_installed_or_known_is_one_line_before_the_work(t
     with pytest.raises(ConfigError, match=r"output must end in \.parquet or \.csv"):
         score_file(ScoreJob(**{**vars(job), "output_path": "memory://b/scores.txt"}), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_at_a_url_scores_as_its_local_file_and_is_checked_as_one(model: Path, tmp_path: Path):
+    fs = fsspec.filesystem("memory")
+    url = f"memory://{tmp_path.name}/models/model.pt"
+    fs.pipe_file(f"/{tmp_path.name}/models/model.pt", model.read_bytes())
+    score_file(_job(model, tmp_path / "local.parquet", tmp_path / "stage"), progress=False)
+    score_file(_job(model, tmp_path / "remote.parquet", tmp_path / "stage", model_path=url), progress=False)
+    local, remote = (pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("local", "remote"))
+    pd.testing.assert_frame_equal(remote, local)
+    assert load_model(url).path == url
+    with pytest.raises(ConfigError, match=rf"^model_path={url}x: not found$"):
+        load_model(f"{url}x")
+    bad = f"memory://{tmp_path.name}/models/bad.pt"
+    fs.pipe_file(f"/{tmp_path.name}/models/bad.pt", b"not a model")
+    with pytest.raises(ArtifactError, match=rf"^{bad}: not a readable churnwatch model"):
+        load_model(bad)

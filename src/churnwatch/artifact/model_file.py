@@ -29,6 +29,7 @@ from churnwatch.artifact.checks import check_meta
 from churnwatch.artifact.metadata import FORMAT_VERSION
 from churnwatch.errors import ArtifactError
 from churnwatch.io.atomic import atomic_path
+from churnwatch.io.object_store import is_url, read_url
 from churnwatch.io.signing import Key, Verification, sign_file
 from churnwatch.models.calibration import EPS, CalibrationLayer, Calibrator
 from churnwatch.models.recommend.offers import Offers, OfferSpec
@@ -210,13 +211,16 @@ def load_artifact(
 def _load(
     path: str | Path, device: str | torch.device, verify: Verification | None
 ) -> tuple[torch.jit.ScriptModule, dict, Offers | None]:
-    path = Path(path)
-    if not path.exists():
-        raise ArtifactError(f"{path}: model file not found")
-    try:
-        data = path.read_bytes()  # read once: what is verified is what is loaded
-    except OSError as exc:
-        raise ArtifactError(f"{path}: not a readable churnwatch model ({exc.strerror or exc})") from exc
+    if is_url(path):  # (messages name the URL)
+        data = read_url(str(path), "model_path")
+    else:
+        path = Path(path)
+        if not path.exists():
+            raise ArtifactError(f"{path}: model file not found")
+        try:
+            data = path.read_bytes()  # read once: what is verified is what is loaded
+        except OSError as exc:
+            raise ArtifactError(f"{path}: not a readable churnwatch model ({exc.strerror or exc})") from exc
     if verify is not None:
         verify.check(data, path)
     extra = {META_FILE: "", CHECKSUM_FILE: "", OFFERS_FILE: ""}
@@ -245,7 +249,7 @@ def _load(
     return model.eval(), meta, _offers(meta, extra[OFFERS_FILE], device, path)
 
 
-def _offers(meta: dict, data: str | bytes, device: str | torch.device, path: Path) -> Offers | None:
+def _offers(meta: dict, data: str | bytes, device: str | torch.device, path: str | Path) -> Offers | None:
     """The offer ranker the metadata promises, checked against its SHA-256 there."""
     spec = meta.get("offers")
     if not spec:
@@ -268,7 +272,8 @@ class Artifact:
     """An exported model file, loaded: the TorchScript module and the metadata it carries (data contract,
     fitted encoders, calibration, threshold and tiers, test metrics, versions)."""
 
-    path: Path
+    path: Path | str
+    """The file, or its URL."""
     module: torch.jit.ScriptModule
     meta: dict[str, Any]
     offers: Offers | None = None
@@ -286,7 +291,7 @@ class Artifact:
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", verify: Verification | None = None
 ) -> Artifact:
-    """A model.pt, checked (version, checksum, metadata, and with `verify` its signature) and loaded onto
-    `device`; `Scorer` scores with it."""
+    """A model.pt (a path, or a URL: `s3://...`, io/object_store.py), checked (version, checksum, metadata,
+    and with `verify` its signature) and loaded onto `device`; `Scorer` scores with it."""
     module, meta, offers = _load(path, device, verify)
-    return Artifact(Path(path), module, meta, offers)
+    return Artifact(path if is_url(path) else Path(path), module, meta, offers)

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from churnwatch.errors import ConfigError
+from churnwatch.io.object_store import is_url
 
 SEP = "~"
 NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
@@ -209,7 +210,8 @@ def check_output(
     process cannot write in (probed with a temp file: permission bits alone do not say it, e.g. for root
     or a read-only mount)."""
     path = Path(path)
-    named = {name: Path(p) for name, p in (inputs or {}).items() if p is not None}
+    # (an input at a URL cannot be this output)
+    named = {name: Path(p) for name, p in (inputs or {}).items() if p is not None and not is_url(p)}
     for name, p in {key: path, **named}.items():
         if _loops(p):
             raise ConfigError(f"{name}={p}: symlink loop")

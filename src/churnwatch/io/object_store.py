@@ -1,4 +1,5 @@
-"""Outputs at a URL (`s3://`, `gs://`, `az://`, any fsspec protocol): written locally, then uploaded whole.
+"""Files at a URL (`s3://`, `gs://`, `az://`, any fsspec protocol): outputs written locally, then uploaded
+whole; model files read whole.
 
 An object store has no rename, so an output cannot be written beside its target and moved into place. It is
 written and checked on the local disk as usual, then uploaded, and an object appears only once its upload
@@ -25,6 +26,23 @@ def is_url(path: str | Path) -> bool:
     return isinstance(path, str) and "://" in path
 
 
+def _one_line(url: str, exc: BaseException, key: str) -> ConfigError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = " (pip install 'churnwatch[cloud]')" if isinstance(exc, ImportError) else ""
+    return ConfigError(f"{key}={url}: {first}{hint}")
+
+
+def read_url(url: str, key: str) -> bytes:
+    """The whole object at `url` (a model file: a few MB), or one line naming `key` and why not."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+        if not fs.exists(path):
+            raise FileNotFoundError("not found")
+        return fs.cat_file(path)
+    except (ImportError, ValueError, OSError) as exc:
+        raise _one_line(url, exc, key) from None
+
+
 @dataclass(frozen=True)
 class UrlOutput:
     """An output at `url`, staged in `local_dir` (a private local directory) under the same file name."""
@@ -47,9 +65,7 @@ class UrlOutput:
             fs, path = fsspec.core.url_to_fs(url)
             exists = fs.exists(path)
         except (ImportError, ValueError, OSError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            hint = " (pip install 'churnwatch[cloud]')" if isinstance(exc, ImportError) else ""
-            raise ConfigError(f"{key}={url}: {first}{hint}") from None
+            raise _one_line(url, exc, key) from None
         if exists and not overwrite:
             raise ConfigError(f"{key}={url} exists (overwrite=true replaces it)")
         if where is not None:

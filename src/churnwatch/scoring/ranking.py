@@ -39,7 +39,7 @@ class Ranker:
     operating: Operating
     playbook: Playbook
     rank_by: str = ScoreConfig.rank_by
-    model_path: Path | None = None
+    model_path: Path | str | None = None
     """The model the rows came from, named when a probability is not a number."""
     offer_columns: tuple[str, ...] = ()
     """The model's offer columns (OfferSpec.score_columns), after the standard ones."""
@@ -57,7 +57,7 @@ class Ranker:
     def from_meta(
         cls,
         meta: Mapping[str, Any],
-        model_path: Path | None = None,
+        model_path: Path | str | None = None,
         *,
         playbook: Mapping[str, Any] | None = None,
         rank_by: str = ScoreConfig.rank_by,
@@ -310,7 +310,7 @@ def check_each_once(frame: pd.DataFrame, ids: pa.Array) -> None:
         )
 
 
-def check_finite(probs: np.ndarray, customer_ids: np.ndarray, model_path: Path | None) -> None:
+def check_finite(probs: np.ndarray, customer_ids: np.ndarray, model_path: Path | str | None) -> None:
     """A probability that is not a number (or outside [0, 1]) would rank anywhere: fail, naming the
     customers, instead, at the forward and again on each ranked block before the output is renamed into
     place. Inputs are finite by construction (validation, then clipping in the encoders), so this is the
