@@ -22,6 +22,8 @@ import pandas as pd
 
 from churnwatch import __version__
 from churnwatch.config.schema import ServeConfig
+from churnwatch.errors import ConfigError
+from churnwatch.io.object_store import is_url
 from churnwatch.io.signing import Verification
 from churnwatch.scoring.ranking import Ranker
 from churnwatch.scoring.scorer import Scorer
@@ -102,6 +104,11 @@ def file_stamp(path: Path) -> FileStamp:
 
 def load_served(config: ServeConfig) -> ServedModel:
     """The model file at `config.model_path`, loaded and checked for serving (raises on a bad file)."""
+    if is_url(config.model_path):  # a file's inode, size and mtime say when to reload
+        raise ConfigError(
+            f"model_path={config.model_path}: churnwatch serve watches a local model file for reloads; copy "
+            "the model to a local path (a URL is for churnwatch score)"
+        )
     path = Path(config.model_path)
     stamp = file_stamp(path)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
