@@ -32,14 +32,24 @@ def _one_line(url: str, exc: BaseException, key: str) -> ConfigError:
     return ConfigError(f"{key}={url}: {first}{hint}")
 
 
-def read_url(url: str, key: str) -> bytes:
-    """The whole object at `url` (a model file: a few MB), or one line naming `key` and why not."""
+def _located(url: str, key: str) -> tuple[Any, str, bool]:
+    """`url`'s fsspec file system, its path there, and whether an object is at it; or one line naming `key`
+    (a protocol not installed or not known, a store that cannot be reached)."""
     try:
         fs, path = fsspec.core.url_to_fs(url)
-        if not fs.exists(path):
-            raise FileNotFoundError("not found")
-        return fs.cat_file(path)
+        return fs, path, fs.exists(path)
     except (ImportError, ValueError, OSError) as exc:
+        raise _one_line(url, exc, key) from None
+
+
+def read_url(url: str, key: str) -> bytes:
+    """The whole object at `url` (a model file: a few MB), or one line naming `key` and why not."""
+    fs, path, exists = _located(url, key)
+    if not exists:
+        raise ConfigError(f"{key}={url}: not found")
+    try:
+        return fs.cat_file(path)
+    except OSError as exc:
         raise _one_line(url, exc, key) from None
 
 
@@ -61,11 +71,7 @@ class UrlOutput:
         """Refuse, before any work and in one line, a URL whose file system is not installed or cannot be
         reached, or whose object exists without `overwrite`; then a staging directory in `where` (default:
         the system's temp dir)."""
-        try:
-            fs, path = fsspec.core.url_to_fs(url)
-            exists = fs.exists(path)
-        except (ImportError, ValueError, OSError) as exc:
-            raise _one_line(url, exc, key) from None
+        fs, path, exists = _located(url, key)
         if exists and not overwrite:
             raise ConfigError(f"{key}={url} exists (overwrite=true replaces it)")
         if where is not None:

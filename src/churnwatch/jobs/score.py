@@ -206,7 +206,7 @@ def _score_file(job: ScoreJob, progress: bool) -> ScoringResult:
         ):
             task = bar.add_task("score", total=len(parts))
             # with drivers.tiers the drivers wait for the ranking (`_explain_tiers`)
-            drivers = False if scorer.explain_tiers else None
+            drivers = scorer.first_pass_drivers
 
             def read_and_encode(part: tuple[Path | None, Path | None]) -> tuple:
                 """One part read, validated and encoded, offers too: on a background thread, a part ahead."""

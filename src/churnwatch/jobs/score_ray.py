@@ -193,8 +193,9 @@ class _PartScorer(_PartInput):
 
     def __call__(self, group: pa.Table) -> pa.Table:
         inp, loaded, customer_report = self.prepared(group)
-        drivers = False if self.scorer.explain_tiers else None
-        scored = self.scorer.score_input(inp, self.job.chunk_customers, progress=False, drivers=drivers)
+        scored = self.scorer.score_input(
+            inp, self.job.chunk_customers, progress=False, drivers=self.scorer.first_pass_drivers
+        )
         report = {
             "events": loaded.report,
             "customers": customer_report,

@@ -179,6 +179,9 @@ class Scorer:
         self.explain_tiers = self.explain and self.drivers.tiers is not None
         """Only the customers of `drivers.tiers` are explained, in a second pass after the ranking
         (`explain_chosen`): the first scores everyone without drivers."""
+        self.first_pass_drivers = False if self.explain_tiers else None
+        """`score_input`'s `drivers` for a batch run's scoring pass: none when `drivers.tiers` leaves them to
+        the second pass, else as configured."""
 
     def padded(
         self, seqs: EncodedSequences, agg: np.ndarray | None
@@ -429,9 +432,7 @@ class Scorer:
             raise ConfigError(EXPLAIN_TIERS_UNRANKED)
         with self.timed("read"):
             inp = self.load(events, customers, as_of, shard)
-        scored = self.score_input(
-            inp, chunk_customers, progress, drivers=False if self.explain_tiers else None
-        )
+        scored = self.score_input(inp, chunk_customers, progress, drivers=self.first_pass_drivers)
         if shard is not None:
             return scored.assign(num_shards=shard[0], shard_index=shard[1])
         if self.explain_tiers:
