@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -286,3 +287,19 @@ def test_the_command_prepares_on_its_own_local_cluster(dataset: Path, tmp_path: 
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "validation" in proc.stdout and (tmp_path / "run" / "data_report.json").is_file()
     assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
+
+
+@pytest.mark.slow
+def test_inputs_at_urls_prepare_as_their_local_files(dataset: Path, cluster: None, tmp_path: Path) -> None:
+    """Events and customers at URLs (here `file://`: the workers are other processes, so fsspec's in-memory
+    store would not do), read in place by the workers: the local files' encoding, their reports naming the
+    URLs."""
+    cfg = data_config(dataset, tmp_path / "cache")
+    urls = {f"{role}_path": f"file://{dataset / role}" for role in ("events", "customers")}
+    local = encode_data({**cfg, "cache": {"enabled": False}})
+    dist = prepare_on_ray({**cfg, **urls}, {}, part_events=4_000)
+    assert [r.path for r in dist.reports] == list(urls.values())
+    assert_prepared_alike(
+        local,
+        replace(dist, reports=[replace(r, path=str(r.path).removeprefix("file://")) for r in dist.reports]),
+    )

@@ -210,9 +210,36 @@ def test_ray_scoring_refuses_a_run_without_as_of_before_the_work(model: Path, tm
     job = ScoreJob(model_path=model, events_path=tmp_path, output_path=tmp_path / "out", **SCORE_OPTIONS)
     with pytest.raises(ConfigError, match="engine=ray needs an explicit as_of"):
         score_on_ray(job)
-    url = ScoreJob(**{**vars(job), "as_of": "2024-11-01", "output_path": "memory://bucket/out"})
-    with pytest.raises(ConfigError, match="^output_path=memory://bucket/out: engine=ray writes a directory"):
+    url = ScoreJob(**{**vars(job), "as_of": "2024-11-01", "output_path": "memory://bucket/out",
+                      "events_path": "memory://bucket/out/events.parquet"})  # fmt: skip
+    with pytest.raises(ConfigError, match="^output_path=memory://bucket/out holds events_path=memory://"):
         score_on_ray(url)
+
+
+@pytest.mark.slow
+def test_inputs_and_output_at_urls_are_what_local_files_give(
+    model: Path, cluster: None, tmp_path: Path
+) -> None:
+    """URLs (here `file://`: the workers are other processes, so fsspec's in-memory store would not do)
+    read in place and written by the workers through fsspec: the files, then the sidecar, then `_SUCCESS`."""
+    data = model.parent.parent / "data"
+    partitioned(pq.read_table(data / "events.parquet"), tmp_path / "events", 2, 1_500)
+    options = dict(SCORE_OPTIONS, as_of=AS_OF, model_path=model, part_events=3_000, block_rows=500)
+    local, files = on_two_workers(tmp_path / "local", events_path=tmp_path / "events", **options)
+    url = f"file://{tmp_path}/remote"
+    job = ScoreJob(output_path=url, events_path=f"file://{tmp_path}/events", **options)
+    result = score_on_ray(job, {"workers": 2})
+    assert result.output_path == url and result.tiers == local.tiers
+    remote = sorted((tmp_path / "remote").glob("*.parquet"))
+    assert [f.name for f in remote] == [f.name for f in files] and (tmp_path / "remote" / "_SUCCESS").exists()
+    for got, want in zip(remote, files, strict=True):
+        pd.testing.assert_frame_equal(pd.read_parquet(got), pd.read_parquet(want))
+    assert json.loads(report_path(tmp_path / "remote").read_text())["customers"] == local.customers
+    with pytest.raises(ConfigError, match=rf"^output_path={url} exists \(overwrite=true"):
+        score_on_ray(job, {"workers": 2})
+    score_on_ray(ScoreJob(**{**vars(job), "overwrite": True, "block_rows": 10_000}), {"workers": 2})
+    assert sorted(f.name for f in (tmp_path / "remote").iterdir()) == ["_SUCCESS", "part-00000.parquet"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
 @pytest.mark.slow

@@ -10,8 +10,10 @@ import os
 import pickle
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -478,3 +480,41 @@ def test_a_dataset_directory_is_an_input_whose_files_are_its_identity(tmp_path, 
         changed = build_data(cfg)
     assert "events file changed" in caplog.text
     assert not np.array_equal(changed.train.seqs.num, first.train.seqs.num)
+
+
+def test_inputs_at_urls_build_what_their_local_files_build_and_key_the_entry(tmp_path, caplog):
+    """Events (a parquet directory) and customers at a URL (fsspec's in-memory store): read in place, the
+    same build as the local files, the same content digests in the key, found again; a rewritten object
+    is a miss."""
+    fs = fsspec.filesystem("memory")
+    events = make_events(n_customers=60, seed=4)
+    _write(tmp_path)
+    root, url = tmp_path / "events", f"memory://{tmp_path.name}"
+    for month, half in enumerate((events.iloc[: len(events) // 2], events.iloc[len(events) // 2 :]), start=1):
+        (root / f"month={month}").mkdir(parents=True)
+        half.to_parquet(root / f"month={month}" / "part-0.parquet")
+    fs.put(str(root), f"/{tmp_path.name}/events", recursive=True)
+    fs.put_file(str(tmp_path / "customers.parquet"), f"/{tmp_path.name}/customers.parquet")
+    local = _cfg(root, tmp_path / "cache")
+    remote = {**local, "events_path": f"{url}/events", "customers_path": f"{url}/customers.parquet"}
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
+        built = build_data(remote)
+        again = build_data(remote)
+    assert f"encoded cache hit {tmp_path / 'cache'}" in caplog.text
+    _assert_same(built, again)
+    fresh = _uncached(local)  # everything but the reports' paths
+    assert [{**r.as_dict(), "path": None} for r in built.reports] == [
+        {**r.as_dict(), "path": None} for r in fresh.reports
+    ]
+    _assert_same(built, replace(fresh, reports=built.reports))
+    for role in ("events", "customers"):
+        here, there = (cache_key.key_parts(c)["inputs"][role] for c in (local, remote))
+        assert there["path"].startswith(url) and (there["size"], there["content"]) == (
+            here["size"],
+            here["content"],
+        )
+    fs.pipe_file(f"/{tmp_path.name}/customers.parquet", _customers(50).to_parquet())
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
+        build_data(remote)
+    assert "customers file changed" in caplog.text

@@ -1,5 +1,6 @@
 """Reading input tables (parquet, CSV/TSV, Arrow batches) as churnwatch reads every file: text as-is, a
-repeated or reserved column name refused, and any read failure one line naming the file."""
+repeated or reserved column name refused, and any read failure one line naming the file. A path may be a URL
+(`s3://...`, any fsspec protocol, io/object_store.py): the file is read in place, and errors name the URL."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
@@ -17,6 +19,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from churnwatch.errors import DataValidationError
+from churnwatch.io.object_store import is_url, url_fs
 
 RESERVED_PREFIX = "__churnwatch"
 """Columns churnwatch adds while reading (e.g. each row's number in the file): an input may not have them."""
@@ -35,15 +38,79 @@ def missing_file(path: Path) -> str:
     return "file not found"
 
 
-def _suffixes(path: Path) -> str:
-    return "".join(path.suffixes).lower()
+_MODIFIED = ("mtime", "LastModified", "last_modified", "updated", "created")
+"""Where fsspec's file systems report when an object was last written (local, S3, Azure, GCS, memory)."""
 
 
-def _is_parquet(path: Path) -> bool:
+@dataclass(frozen=True)
+class InputFile:
+    """An input path as Arrow and pandas read it: a local file, or a URL's path on its fsspec file system."""
+
+    name: str | Path
+    """The path as given (errors name it)."""
+    path: str | Path
+    """Where it is on `fs` (the local path itself without one)."""
+    fs: Any = None
+
+    @classmethod
+    def of(cls, path: str | Path) -> InputFile:
+        if not is_url(path):
+            return cls(Path(path), Path(path))
+        fs, where = url_fs(str(path))
+        return cls(path, where, fs)
+
+    @property
+    def arrow(self) -> dict[str, Any]:
+        """Arrow's `filesystem=` for it (none for a local file)."""
+        return {} if self.fs is None else {"filesystem": self.fs}
+
+    @property
+    def pandas(self) -> str | Path:
+        """What pandas opens (a URL through fsspec itself)."""
+        return self.name
+
+    def exists(self) -> bool:
+        return Path(self.path).exists() if self.fs is None else self.fs.exists(self.path)
+
+    def is_dir(self) -> bool:
+        """Whether it is a directory (False for a store that cannot be reached: reading it says why)."""
+        try:
+            return Path(self.path).is_dir() if self.fs is None else self.fs.isdir(self.path)
+        except OSError:
+            return False
+
+    def size_and_mtime(self, path: str | None = None) -> tuple[int, int]:
+        """Its size and modification time in ns (0 where a store keeps none); or those of the file `path`
+        on the same file system."""
+        where = self.path if path is None else path
+        if self.fs is None:
+            st = os.stat(where)
+            return st.st_size, st.st_mtime_ns
+        info = self.fs.info(where)
+        when = next((info[k] for k in _MODIFIED if info.get(k) is not None), None)
+        if when is None:
+            return int(info["size"]), 0
+        stamp = pd.Timestamp(when, unit="s") if isinstance(when, int | float) else pd.Timestamp(when)
+        return int(info["size"]), int(stamp.value)
+
+    def open(self, path: str | None = None) -> Any:
+        """It (or the file `path` on the same file system) open for reading bytes."""
+        where = self.path if path is None else path
+        return open(where, "rb") if self.fs is None else self.fs.open(where, "rb")
+
+    def missing(self) -> str:
+        return missing_file(Path(self.path)) if self.fs is None else "file not found"
+
+
+def _suffixes(path: str | Path) -> str:
+    return "".join(PurePosixPath(str(path)).suffixes).lower()
+
+
+def _is_parquet(path: str | Path) -> bool:
     return _suffixes(path).endswith((".parquet", ".pq"))
 
 
-def _csv_options(path: Path, columns: Sequence[str] | None) -> dict[str, Any]:
+def _csv_options(path: str | Path, columns: Sequence[str] | None) -> dict[str, Any]:
     """Every CSV is read the same way: text as-is (ids keep leading zeros), BOM stripped, "" is null."""
     return {
         "sep": "\t" if ".tsv" in _suffixes(path) else ",",
@@ -59,10 +126,15 @@ def _csv_options(path: Path, columns: Sequence[str] | None) -> dict[str, Any]:
 
 
 @contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """Any read failure of `path` as one line naming it."""
-    if not path.exists():
-        raise DataValidationError(f"{path}: {missing_file(path)}")
+def _reading(file: InputFile) -> Iterator[None]:
+    """Any read failure of `file` as one line naming it."""
+    path = file.name
+    try:
+        exists = file.exists()
+    except OSError as exc:  # a store that cannot be reached, or refuses
+        raise DataValidationError(f"{path}: cannot read file ({_first_line(exc)})") from None
+    if not exists:
+        raise DataValidationError(f"{path}: {file.missing()}")
     suffixes = _suffixes(path)
     if not (_is_parquet(path) or suffixes.endswith((".csv", ".csv.gz", ".tsv", ".txt"))):
         raise DataValidationError(
@@ -78,18 +150,21 @@ def _reading(path: Path) -> Iterator[None]:
             f"{path}: cannot read file (a row has more fields than the header)"
         ) from exc
     except (pa.ArrowException, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataValidationError(f"{path}: cannot read file ({first})") from exc
+        raise DataValidationError(f"{path}: cannot read file ({_first_line(exc)})") from exc
     except pd.errors.EmptyDataError as exc:
         raise DataValidationError(f"{path}: file is empty (no header, no rows)") from exc
 
 
-def _header(path: Path) -> list[str]:
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _header(file: InputFile) -> list[str]:
     """The column names as the file states them (pandas renames a repeated CSV name to 'name.1')."""
-    if _is_parquet(path):
-        return list(pq.read_schema(path).names)
-    options = {k: v for k, v in _csv_options(path, None).items() if k != "usecols"}
-    first = pd.read_csv(path, header=None, nrows=1, **options)
+    if _is_parquet(file.name):
+        return list(pq.read_schema(file.path, **file.arrow).names)
+    options = {k: v for k, v in _csv_options(file.name, None).items() if k != "usecols"}
+    first = pd.read_csv(file.pandas, header=None, nrows=1, **options)
     return ["" if pd.isna(v) else str(v) for v in first.iloc[0]] if len(first) else []
 
 
@@ -110,18 +185,19 @@ def check_columns(names: Sequence[Any], path: str | Path) -> None:
             )
 
 
-def _discover(path: str | Path) -> pads.Dataset:
+def _discover(file: InputFile) -> pads.Dataset:
     """Arrow's discovery of a parquet file or directory (hive partitions; names starting with '.' or '_'
     skipped, as Arrow skips them), or one line saying why not."""
     try:
-        return pads.dataset(str(path), format="parquet", partitioning="hive")
+        return pads.dataset(str(file.path), format="parquet", partitioning="hive", **file.arrow)
     except (pa.ArrowException, OSError) as exc:
-        raise _not_parquet(path, exc) from None
+        raise _not_parquet(file.name, exc) from None
 
 
 def _not_parquet(path: str | Path, exc: Exception) -> DataValidationError:
-    first = str(exc).strip().splitlines()[0]
-    return DataValidationError(f"{path}: not a parquet file or a directory of parquet files ({first})")
+    return DataValidationError(
+        f"{path}: not a parquet file or a directory of parquet files ({_first_line(exc)})"
+    )
 
 
 def parquet_dataset(path: str | Path) -> pads.Dataset:
@@ -129,7 +205,8 @@ def parquet_dataset(path: str | Path) -> pads.Dataset:
     rows are read and numbered in, here and on a cluster, jobs/ray_data.py), its schema every file's
     columns (a column some file lacks is null there), then the partition keys. An unreadable one is one
     line."""
-    found = _discover(path)
+    file = InputFile.of(path)
+    found = _discover(file)
     try:
         fragments = sorted(found.get_fragments(), key=lambda f: f.path)
         schema = pa.unify_schemas([found.schema, *(f.physical_schema for f in fragments)])
@@ -138,20 +215,20 @@ def parquet_dataset(path: str | Path) -> pads.Dataset:
             schema=schema,
             format="parquet",
             partitioning="hive",
-            partition_base_dir=str(path),
+            partition_base_dir=str(file.path),
             filesystem=found.filesystem,
         )
     except (pa.ArrowException, OSError) as exc:
         raise _not_parquet(path, exc) from None
 
 
-def dataset_files(path: str | Path) -> list[str]:
+def dataset_files(path: str | Path | InputFile) -> list[str]:
     """The data files of a parquet dataset directory, in path order (found by name: no footer is read,
-    since the cache key lists them several times)."""
-    return sorted(_discover(path).files)
+    since the cache key lists them several times); at a URL, their paths on its file system."""
+    return sorted(_discover(path if isinstance(path, InputFile) else InputFile.of(path)).files)
 
 
-def _read_dataset(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
+def _read_dataset(path: str | Path, columns: Sequence[str] | None) -> pd.DataFrame:
     """A directory of parquet files as one table (`parquet_dataset`)."""
     dataset = parquet_dataset(path)
     if not dataset.files:
@@ -161,45 +238,52 @@ def _read_dataset(path: Path, columns: Sequence[str] | None) -> pd.DataFrame:
     try:
         table = dataset.to_table(columns=wanted)
     except (pa.ArrowException, OSError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DataValidationError(f"{path}: cannot read the parquet dataset ({first})") from None
+        raise DataValidationError(f"{path}: cannot read the parquet dataset ({_first_line(exc)})") from None
     return table.to_pandas(self_destruct=True, split_blocks=True)
 
 
 def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Read parquet or CSV by extension, or a directory of parquet files (a dataset, hive partitions
     allowed); a missing or unreadable file, or a header naming a column twice, is a one-line error."""
-    path = Path(path)
-    if path.is_dir():
-        return _read_dataset(path, columns)
-    with _reading(path):
-        header = _header(path)
-        check_columns(header, path)
-        if _is_parquet(path):
+    file = InputFile.of(path)
+    if file.is_dir():
+        return _read_dataset(file.name, columns)
+    with _reading(file):
+        header = _header(file)
+        check_columns(header, file.name)
+        if _is_parquet(file.name):
             wanted = [c for c in columns if c in header] if columns is not None else None
             # self_destruct frees Arrow buffers as columns convert, so the peak is ~one copy, not two
-            return pq.read_table(path, columns=wanted).to_pandas(self_destruct=True, split_blocks=True)
-        return pd.read_csv(path, **_csv_options(path, columns))
+            table = pq.read_table(file.path, columns=wanted, **file.arrow)
+            return table.to_pandas(self_destruct=True, split_blocks=True)
+        return pd.read_csv(file.pandas, **_csv_options(file.name, columns))
 
 
 def count_rows(path: str | Path) -> int | None:
     """Rows of a parquet file from its footer (None for CSV: counting would mean reading it)."""
-    path = Path(path)
-    with _reading(path):
-        return pq.ParquetFile(path).metadata.num_rows if _is_parquet(path) else None
+    file = InputFile.of(path)
+    with _reading(file):
+        return pq.ParquetFile(file.path, **file.arrow).metadata.num_rows if _is_parquet(file.name) else None
+
+
+def file_size(path: str | Path) -> int:
+    """The size of the file at `path` in bytes (a read failure: one line)."""
+    file = InputFile.of(path)
+    with _reading(file):
+        return file.size_and_mtime()[0]
 
 
 def iter_batches(path: str | Path, batch_rows: int = 1_000_000) -> Iterator[pa.Table]:
     """The file in consecutive row batches, in bounded memory, as Arrow tables with one schema for all
     batches: parquet as stored (dictionary columns stay dictionaries, with int32 indices, each batch its
     own dictionary: cheap to move and to factorize), CSV as text like `read_table` reads it."""
-    path = Path(path)
-    with _reading(path):
-        check_columns(_header(path), path)
-        if _is_parquet(path):
+    file = InputFile.of(path)
+    with _reading(file):
+        check_columns(_header(file), file.name)
+        if _is_parquet(file.name):
             # row group by row group: the reader's own iter_batches reads ahead, and its memory grew
             # with the file (1.8 GB for 145M rows against 0.3 GB this way)
-            source = pq.ParquetFile(path)
+            source = pq.ParquetFile(file.path, **file.arrow)
             schema = _int32_dictionaries(source.schema_arrow)
             for g in range(source.metadata.num_row_groups):
                 if source.metadata.row_group(g).num_rows <= 2 * batch_rows:
@@ -209,7 +293,7 @@ def iter_batches(path: str | Path, batch_rows: int = 1_000_000) -> Iterator[pa.T
                 for batch in batches:
                     yield pa.Table.from_batches([batch]).combine_chunks().cast(schema)
             return
-        with pd.read_csv(path, chunksize=batch_rows, **_csv_options(path, None)) as chunks:
+        with pd.read_csv(file.pandas, chunksize=batch_rows, **_csv_options(file.name, None)) as chunks:
             for chunk in chunks:
                 schema = pa.schema([(str(c), pa.string()) for c in chunk.columns])
                 yield pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from churnwatch.errors import ConfigError
@@ -237,6 +238,31 @@ def check_output(
     except OSError as exc:
         raise ConfigError(f"{key}={path}: cannot write in {folder} ({exc.strerror})") from None
     return path
+
+
+@dataclass(frozen=True)
+class StagedDirectory:
+    """A directory output whose files are written into a private directory beside it (by any process on
+    this file system), then renamed onto it whole (`place_dir`). `UrlDirectory` is the same for a URL."""
+
+    path: Path
+    staging: Path
+    fs: None = None
+    """(Local: no fsspec file system.)"""
+
+    @classmethod
+    def open(cls, path: Path) -> StagedDirectory:
+        return cls(path, scratch_dir(path, "tmp"))
+
+    def file(self, name: str) -> str:
+        """Where the output's file `name` is written."""
+        return str(self.staging / name)
+
+    def commit(self, overwrite: bool) -> None:
+        place_dir(self.staging, self.path, overwrite)
+
+    def close(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def place_dir(tmp: Path, path: Path, overwrite: bool) -> None:

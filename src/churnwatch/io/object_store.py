@@ -1,5 +1,6 @@
 """Files at a URL (`s3://`, `gs://`, `az://`, any fsspec protocol): outputs written locally, then uploaded
-whole; model files read whole.
+whole; model files read whole; input tables read in place (data/readers.py, through `url_fs`); a cluster
+job's directory output written in place by its workers (`UrlDirectory`).
 
 An object store has no rename, so an output cannot be written beside its target and moved into place. It is
 written and checked on the local disk as usual, then uploaded, and an object appears only once its upload
@@ -10,8 +11,10 @@ URL. The file system comes from fsspec, with the protocol's package installed (`
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -20,25 +23,38 @@ import fsspec
 
 from churnwatch.errors import ConfigError
 
+log = logging.getLogger(__name__)
+SUCCESS = "_SUCCESS"
+"""The empty object a directory output at a URL gets last (`UrlDirectory`)."""
+
 
 def is_url(path: str | Path) -> bool:
     """Whether `path` names its file system (`<protocol>://...`) rather than a local path."""
     return isinstance(path, str) and "://" in path
 
 
-def _one_line(url: str, exc: BaseException, key: str) -> ConfigError:
+def _one_line(url: str, exc: BaseException, key: str | None) -> ConfigError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     hint = " (pip install 'churnwatch[cloud]')" if isinstance(exc, ImportError) else ""
-    return ConfigError(f"{key}={url}: {first}{hint}")
+    return ConfigError(f"{key}={url}: {first}{hint}" if key else f"{url}: {first}{hint}")
+
+
+def url_fs(url: str, key: str | None = None) -> tuple[Any, str]:
+    """`url`'s fsspec file system and its path there, or one line naming the URL (and `key`, if given): a
+    protocol not installed or not known."""
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError, OSError) as exc:
+        raise _one_line(url, exc, key) from None
 
 
 def _located(url: str, key: str) -> tuple[Any, str, bool]:
     """`url`'s fsspec file system, its path there, and whether an object is at it; or one line naming `key`
     (a protocol not installed or not known, a store that cannot be reached)."""
+    fs, path = url_fs(url, key)
     try:
-        fs, path = fsspec.core.url_to_fs(url)
         return fs, path, fs.exists(path)
-    except (ImportError, ValueError, OSError) as exc:
+    except OSError as exc:
         raise _one_line(url, exc, key) from None
 
 
@@ -96,3 +112,56 @@ class UrlOutput:
 
     def close(self) -> None:
         shutil.rmtree(self.local_dir, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class UrlDirectory:
+    """A directory output at `url` whose files a cluster's workers write in place: into a hidden prefix
+    beside it, moved under `url` when all are written, then its sidecar beside it, then an empty `_SUCCESS`
+    in it (the marker Hadoop and Spark write: a reader that waits for it never sees a partial output). An
+    object store has no atomic rename: the move copies each file, so while it runs `url` holds some of the
+    files (and nothing of an old output that overwrite replaces), but no `_SUCCESS`."""
+
+    url: str
+    fs: Any
+    """The fsspec file system of `url`: the workers write through it (it travels to them pickled)."""
+    path: str
+    staging: str
+    """The hidden prefix (`.<name>.churnwatch-<id>` beside `path`) the workers write in."""
+
+    @classmethod
+    def open(cls, url: str, overwrite: bool, key: str = "output_path") -> UrlDirectory:
+        """Refuse, before any work and in one line, a URL whose file system is not installed or cannot be
+        reached, or where something exists without `overwrite`; then its staging prefix."""
+        fs, path, exists = _located(url, key)
+        if exists and not overwrite:
+            raise ConfigError(f"{key}={url} exists (overwrite=true replaces it)")
+        where = PurePosixPath(path)
+        staging = f"{where.parent}/.{where.name}.churnwatch-{uuid.uuid4().hex[:12]}"
+        fs.makedirs(staging, exist_ok=True)
+        return cls(url, fs, path, staging)
+
+    def file(self, name: str) -> str:
+        """Where (on `fs`) a worker writes the output's file `name`."""
+        return f"{self.staging}/{name}"
+
+    def commit(self, sidecar: Path, overwrite: bool) -> None:
+        """The written files moved under the URL (an old output there removed first, with `overwrite`), the
+        local file `sidecar` uploaded beside it, and `_SUCCESS` last."""
+        if self.fs.exists(self.path):
+            if not overwrite:
+                raise ConfigError(
+                    f"{self.url} appeared during the run (another run?); nothing was moved there"
+                )
+            self.fs.rm(self.path, recursive=True)
+        self.fs.mv(self.staging, self.path, recursive=True)
+        self.fs.put_file(str(sidecar), f"{PurePosixPath(self.path).parent}/{sidecar.name}")
+        self.fs.pipe_file(f"{self.path}/{SUCCESS}", b"")
+
+    def close(self) -> None:
+        """Remove what a failed run left in the staging prefix (nothing after a commit)."""
+        try:
+            if self.fs.exists(self.staging):
+                self.fs.rm(self.staging, recursive=True)
+        except OSError as exc:
+            log.warning("%s: could not remove %s (%s)", self.url, self.staging, exc)

@@ -14,16 +14,18 @@ job on a local cluster. The job, stage by stage:
    block is finished by `Ranker.finish_block` at its global position, in parallel: the only thing a block
    needs of the others is the `BlockEdge` of those before it, chained on the driver.
 4. **write**: files of `block_rows` rows in rank order (part-k holds rows k·block_rows onwards), into a
-   hidden directory renamed onto the output, and the validation sidecar next to it.
+   hidden directory renamed onto the output, and the validation sidecar next to it. At a URL (`s3://...`),
+   the workers write the files through fsspec into a hidden prefix, moved under the URL when all are
+   written; then the sidecar and an empty `_SUCCESS` (io/object_store.py, `UrlDirectory`).
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -39,8 +41,8 @@ from churnwatch.data.loaders import LoadedEvents
 from churnwatch.data.schema import CUSTOMER_ID
 from churnwatch.data.validation import ValidationReport, no_event_rows
 from churnwatch.errors import ConfigError
-from churnwatch.io.atomic import check_output, place_dir, scratch_dir
-from churnwatch.io.object_store import is_url
+from churnwatch.io.atomic import StagedDirectory, check_output
+from churnwatch.io.object_store import UrlDirectory, is_url
 from churnwatch.jobs.ray_data import (
     CUSTOMERS,
     EVENTS,
@@ -66,8 +68,9 @@ GROUP = "__churnwatch_group__"
 
 def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = None) -> ScoringResult:
     """Score the parquet dataset `job.events_path` (a file or a directory of files, hive partitions
-    allowed; `job.customers_path` likewise) on a Ray cluster into the directory `job.output_path`: its
-    files, read in name order, are the rows `score_file` would write, in rank order. Needs `job.as_of`."""
+    allowed; `job.customers_path` likewise; either may be a URL) on a Ray cluster into the directory
+    `job.output_path` (or a URL): its files, read in name order, are the rows `score_file` would write, in
+    rank order. Needs `job.as_of`."""
     t0 = time.perf_counter()
     cluster = cluster_config(cluster)
     check_values(
@@ -91,12 +94,7 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
         "customers_path": job.customers_path,
         "model_path": job.model_path,
     }
-    if is_url(job.output_path):
-        raise ConfigError(
-            f"output_path={job.output_path}: engine=ray writes a directory on a file system all nodes share "
-            "(a URL output is engine=local's)"
-        )
-    output = check_output(job.output_path, job.overwrite, inputs, directory=True)
+    output = _output(job.output_path, job.overwrite, inputs)
     # the driver loads the model once, for its checks (the signature too) and the ranking; actors score
     scorer = job.scorer(device="cpu", batch_size=None, precision=ScoreConfig.precision)
     reader = scorer.reader
@@ -156,10 +154,42 @@ def score_on_ray(job: ScoreJob, cluster: RayConfig | Mapping[str, Any] | None = 
     stats.check_join(job.customers_path)
     stats.log()
     tiers = tuple(scorer.drivers.tiers or ()) if scorer.explain_tiers else ()
-    with user_errors():
-        _write_ranked(ranked, scorer.ranker, output, job.overwrite, job.block_rows, stats, tiers, explain)
-    stats.write(report_path(output), n_parts)
-    return stats.result(output, time.perf_counter() - t0, n_parts, {})
+    try:
+        with user_errors():
+            _write_ranked(ranked, scorer.ranker, output, job.block_rows, stats, tiers, explain)
+        _commit(output, stats, n_parts, job.overwrite)
+    finally:
+        output.close()
+    where = output.url if isinstance(output, UrlDirectory) else output.path
+    return stats.result(where, time.perf_counter() - t0, n_parts, {})
+
+
+def _output(
+    path: str | Path, overwrite: bool, inputs: Mapping[str, str | Path | None]
+) -> StagedDirectory | UrlDirectory:
+    """The output directory, checked before any work (one line): local, or at a URL."""
+    if not is_url(path):
+        return StagedDirectory.open(check_output(path, overwrite, inputs, directory=True))
+    inside = f"{str(path).rstrip('/')}/"
+    for name, given in inputs.items():
+        if given is not None and (str(given) == path or str(given).startswith(inside)):
+            raise ConfigError(
+                f"output_path={path} holds {name}={given}: writing it would destroy the input, "
+                "overwrite or not"
+            )
+    return UrlDirectory.open(str(path), overwrite)
+
+
+def _commit(output: StagedDirectory | UrlDirectory, stats: RunStats, n_parts: int, overwrite: bool) -> None:
+    """The written files in place, then the validation sidecar beside them."""
+    if isinstance(output, StagedDirectory):
+        output.commit(overwrite)
+        stats.write(report_path(output.path), n_parts)
+        return
+    with tempfile.TemporaryDirectory(prefix="churnwatch-report-") as tmp:
+        report = Path(tmp) / f"{PurePosixPath(output.path).name}.report.json"
+        stats.write(report, n_parts)
+        output.commit(report, overwrite)
 
 
 class _PartInput:
@@ -265,18 +295,19 @@ def _finish(
 
 
 @ray.remote
-def _write(schema: pa.Schema, path: str, slices: list[tuple[int, int]], *tables: pa.Table) -> int:
+def _write(
+    schema: pa.Schema, path: str, filesystem: Any, slices: list[tuple[int, int]], *tables: pa.Table
+) -> int:
     """One output file: the `slices` (offset, length) of consecutive finished blocks, in order."""
     rows = pa.concat_tables([t.slice(o, n).cast(schema) for t, (o, n) in zip(tables, slices, strict=True)])
-    pq.write_table(rows, path)
+    pq.write_table(rows, path, filesystem=filesystem)
     return len(rows)
 
 
 def _write_ranked(
     ranked: ray.data.Dataset,
     ranker: Ranker,
-    output: Path,
-    overwrite: bool,
+    output: StagedDirectory | UrlDirectory,
     block_rows: int,
     stats: RunStats,
     tiers: tuple[str, ...] = (),
@@ -284,7 +315,7 @@ def _write_ranked(
 ) -> None:
     """The sorted rows → tier, rank, percentile and action per block at its global position, in parallel;
     then files of `block_rows` rows in rank order (part-k holds ranked rows k·block_rows onwards, however
-    Ray's sort cut its blocks), in a hidden directory renamed onto `output` when all are written. With
+    Ray's sort cut its blocks), into `output`'s staging directory (`_commit` puts them in place). With
     `tiers`, their customers get their drivers (`explain` of their ids) before they are finished."""
     blocks = ranked.to_arrow_refs()
     ranker_ref = ray.put(ranker)
@@ -313,29 +344,24 @@ def _write_ranked(
     infos = ray.get([info for *_, info in finished])
     schema = pa.unify_schemas([i["schema"] for i in infos], promote_options="permissive")
     total = sum(rows for _, rows, *_ in finished)
-    tmp = scratch_dir(output, "tmp")
-    try:
-        writes = []
-        for k, lo in enumerate(range(0, total, block_rows)):
-            hi = min(total, lo + block_rows)
-            pieces = [
-                (start, rows, table) for start, rows, table, _ in finished if start < hi and start + rows > lo
-            ]
-            slices = [
-                (max(lo, start) - start, min(hi, start + rows) - max(lo, start)) for start, rows, _ in pieces
-            ]
-            path = str(tmp / f"part-{k:05d}.parquet")
-            writes.append(_write.remote(schema, path, slices, *(table for *_, table in pieces)))
-        written = sum(ray.get(writes))
-        if written != stats.customers:
-            raise RuntimeError(
-                f"{output}: {written} rows for {stats.customers} customers; nothing was written"
-            )
-        for info in infos:
-            for tier, n in info["tiers"].items():
-                stats.tiers[tier] = stats.tiers.get(tier, 0) + n
-            stats.keep_top(info["top"])
-        place_dir(tmp, output, overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("ranked %s customers into %d files: %s", f"{written:,}", len(writes), output)
+    writes = []
+    for k, lo in enumerate(range(0, total, block_rows)):
+        hi = min(total, lo + block_rows)
+        pieces = [
+            (start, rows, table) for start, rows, table, _ in finished if start < hi and start + rows > lo
+        ]
+        slices = [
+            (max(lo, start) - start, min(hi, start + rows) - max(lo, start)) for start, rows, _ in pieces
+        ]
+        path = output.file(f"part-{k:05d}.parquet")
+        writes.append(_write.remote(schema, path, output.fs, slices, *(table for *_, table in pieces)))
+    written = sum(ray.get(writes))
+    if written != stats.customers:
+        raise RuntimeError(
+            f"{output.path}: {written} rows for {stats.customers} customers; nothing was written"
+        )
+    for info in infos:
+        for tier, n in info["tiers"].items():
+            stats.tiers[tier] = stats.tiers.get(tier, 0) + n
+        stats.keep_top(info["top"])
+    log.info("ranked %s customers into %d files: %s", f"{written:,}", len(writes), output.path)

@@ -1,8 +1,8 @@
 """What an encoded-cache entry's key is made of: everything that decides what `build_data` produces.
 
-Key (BLAKE2b): each input file's resolved path, size, mtime_ns and content hash; the data config minus the
-keys that do not change the encoding (loader settings, drivers, paths covered by the file identities);
-the cache format version, the churnwatch version and a fingerprint of the data-path source code
+Key (BLAKE2b): each input file's resolved path (or URL), size, mtime_ns and content hash; the data config
+minus the keys that do not change the encoding (loader settings, drivers, paths covered by the file
+identities); the cache format version, the churnwatch version and a fingerprint of the data-path source code
 (CODE_MODULES). Each entry stores these parts as key.json, so a later miss can say what changed.
 """
 
@@ -20,7 +20,8 @@ from typing import Any
 from churnwatch import __version__
 from churnwatch.config.schema import CACHE, DRIVERS, LOADING, keys_of
 from churnwatch.config.schema import INPUTS as INPUTS_CONCERN
-from churnwatch.data.readers import dataset_files
+from churnwatch.data.readers import InputFile, dataset_files
+from churnwatch.io.object_store import is_url
 
 FORMAT_VERSION = 2
 """Bump when the entry layout or the meaning of a stored array changes."""
@@ -63,11 +64,13 @@ SAMPLE_BYTES = 64 << 10
 # ------------------------------------------------------------------------------------------------- the key
 
 
-def content_digest(path: str | Path, how: str = "full") -> str:
-    """BLAKE2b of a file: every byte (`full`) or its head, tail and 16 evenly spread blocks (`sampled`)."""
+def content_digest(path: str | Path | InputFile, how: str = "full", file: str | None = None) -> str:
+    """BLAKE2b of a file (or of the file `file` on `path`'s file system): every byte (`full`) or its head,
+    tail and 16 evenly spread blocks (`sampled`)."""
     h = hashlib.blake2b(digest_size=20)
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    source = path if isinstance(path, InputFile) else InputFile.of(path)
+    size = source.size_and_mtime(file)[0]
+    with source.open(file) as f:
         if how == "full" or size <= 2 * BLOCK + SAMPLES * SAMPLE_BYTES:
             while block := f.read(BLOCK):
                 h.update(block)
@@ -82,35 +85,40 @@ def content_digest(path: str | Path, how: str = "full") -> str:
 
 
 def size_and_mtime(path: str | Path) -> tuple[int, int]:
-    """A file's size and mtime_ns; a dataset directory's: its files' total size and latest mtime_ns."""
-    path = Path(path)
-    if not path.is_dir():
-        st = path.stat()
-        return st.st_size, st.st_mtime_ns
-    stats = [os.stat(f) for f in dataset_files(path)]
-    return sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)
+    """A file's size and mtime_ns; a dataset directory's: its files' total size and latest mtime_ns (a URL:
+    as its store reports them)."""
+    source = InputFile.of(path)
+    if not source.is_dir():
+        return source.size_and_mtime()
+    stats = [source.size_and_mtime(f) for f in dataset_files(source)]
+    return sum(size for size, _ in stats), max((mtime for _, mtime in stats), default=0)
 
 
-def _digest(path: Path, how: str) -> str:
-    if not path.is_dir():
-        return content_digest(path, how)
+def _digest(source: InputFile, how: str) -> str:
+    if not source.is_dir():
+        return content_digest(source, how)
     h = hashlib.blake2b(digest_size=20)
-    for file in dataset_files(path):
-        h.update(f"{os.path.relpath(file, path)}\0{content_digest(file, how)}\0".encode())
+    for file in dataset_files(source):
+        h.update(f"{os.path.relpath(file, source.path)}\0{content_digest(source, how, file)}\0".encode())
     return h.hexdigest()
 
 
+def resolved(path: str | Path) -> str:
+    """`path` absolute, links resolved (a URL as it is): what names an input in a key."""
+    return str(path) if is_url(path) else str(Path(path).expanduser().resolve())
+
+
 def file_identity(path: str | Path, how: str = "full") -> dict[str, Any]:
-    """Resolved path, size, mtime_ns and content digest (of a dataset directory: over its files, by name);
-    raises OSError if the input changes while hashed."""
-    resolved = Path(path).expanduser().resolve()
-    before = size_and_mtime(resolved)
-    digest = _digest(resolved, how)
-    after = size_and_mtime(resolved)
+    """Resolved path (or URL), size, mtime_ns and content digest (of a dataset directory: over its files, by
+    name); raises OSError if the input changes while hashed."""
+    resolved_path = resolved(path)
+    before = size_and_mtime(resolved_path)
+    digest = _digest(InputFile.of(resolved_path), how)
+    after = size_and_mtime(resolved_path)
     if before != after:
-        raise OSError(f"{resolved} changed while it was being hashed")
+        raise OSError(f"{resolved_path} changed while it was being hashed")
     return {
-        "path": str(resolved),
+        "path": resolved_path,
         "size": after[0],
         "mtime_ns": after[1],
         "content": f"blake2b-{how}:{digest}",

@@ -35,6 +35,7 @@ from churnwatch.features.aggregates import AggregateFeaturizer, AggregateSpec, A
 from churnwatch.features.encode import Allocator, EncodedSequences, SequenceEncoder
 from churnwatch.features.time_to_event import fill_time_to_event
 from churnwatch.features.window import VisitSpec
+from churnwatch.io.object_store import is_url
 
 log = logging.getLogger(__name__)
 DATA_REPORT = "data_report.json"
@@ -197,8 +198,11 @@ def load_customer_table(
     )
 
 
-def ensure_events(cfg: Mapping[str, Any]) -> Path:
-    """The events path, after generating synthetic data there if it is missing and `generate` is set."""
+def ensure_events(cfg: Mapping[str, Any]) -> str | Path:
+    """The events path, after generating synthetic data there if it is missing and `generate` is set (a
+    URL is read as it is)."""
+    if is_url(cfg["events_path"]):
+        return cfg["events_path"]
     events_path = Path(cfg["events_path"])
     if not events_path.exists() and cfg.get("generate"):
         _generate(events_path.parent, cfg["generate"])

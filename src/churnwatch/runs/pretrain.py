@@ -31,7 +31,7 @@ from churnwatch.io.atomic import atomic_path
 from churnwatch.models.coles import ColesModule, SliceViews, load_pretrained, pretrained_state
 from churnwatch.models.encoders import ChurnNet
 from churnwatch.pipeline.batch import LengthBucketBatchSampler
-from churnwatch.pipeline.cache_key import LOADER_KEYS, NOT_ENCODING_KEYS
+from churnwatch.pipeline.cache_key import LOADER_KEYS, NOT_ENCODING_KEYS, resolved, size_and_mtime
 from churnwatch.pipeline.dataset import ChurnData
 from churnwatch.runtime.hardware import accelerator_device
 
@@ -64,11 +64,14 @@ def pretrain_key(cfg: DictConfig, data: ChurnData, net_cfg: dict[str, Any]) -> s
         for k, v in OmegaConf.to_container(cfg.data, resolve=True).items()
         if k not in LOADER_KEYS | NOT_ENCODING_KEYS | SEED_KEYS
     }
-    events = Path(cfg.data.events_path)
-    stat = events.stat() if events.exists() else None
+    events = resolved(cfg.data.events_path)
+    try:
+        stamp = [events, *size_and_mtime(events)]
+    except OSError:  # not there yet
+        stamp = None
     parts = {
         "data": data_cfg,
-        "events": [str(events.resolve()), stat.st_size, stat.st_mtime_ns] if stat else None,
+        "events": stamp,
         # not the fitted encoder: another seed's training customers refit it (its vocabularies are remapped
         # on load, its numeric statistics move inputs only slightly), and runs with any seed reuse the file
         "net": net_cfg,

@@ -9,7 +9,6 @@ contract's own (`load_events`, `load_customers`): scoring drops and reports exac
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ import pyarrow as pa
 from churnwatch.data.loaders import LoadedEvents, load_customers, load_events
 from churnwatch.data.parsing import normalise_ids, parse_day
 from churnwatch.data.partition import among, read_part, split_file
-from churnwatch.data.readers import count_rows, read_table
+from churnwatch.data.readers import count_rows, file_size, read_table
 from churnwatch.data.schema import CUSTOMER_ID, TIMESTAMP, CustomerSchema, EventSchema
 from churnwatch.data.snapshots import EventLog, Snapshots, build_snapshot
 from churnwatch.data.validation import DEFAULT_POLICY, JoinReport, ValidationReport, no_event_rows
@@ -176,7 +175,7 @@ class InputReader:
         rows each; [(None, None)] when the input fits in one part and is read whole."""
         rows = count_rows(events_path)
         if rows is None:  # CSV: estimate from the size (about 64 bytes per row)
-            rows = os.path.getsize(events_path) // 64
+            rows = file_size(events_path) // 64
         n_parts = max(1, -(-int(rows) // max(1, int(part_events))))
         if n_parts == 1 and shard is None:
             return [(None, None)]

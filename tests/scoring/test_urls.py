@@ -2,7 +2,8 @@
 output URL: the run writes locally and uploads the output and its report when it succeeds, the same rows a
 local output gets; an existing object is kept without overwrite; a failed run uploads nothing; a protocol
 that is not installed is one line before the work; and the local staging directory is gone either way. A
-model URL: read whole and checked as a local file is, named in its errors."""
+model URL: read whole and checked as a local file is, named in its errors. Input URLs: read in place (whole,
+or split into parts), the same rows as local inputs, their errors naming the URL."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 
 from churnwatch.artifact.model_file import load_model
+from churnwatch.data.readers import read_table
 from churnwatch.errors import ArtifactError, ConfigError, DataValidationError
 from churnwatch.jobs.score import ScoreJob, score_file
 from tests.helpers import SCORE_OPTIONS
@@ -93,3 +95,58 @@ def test_a_model_at_a_url_scores_as_its_local_file_and_is_checked_as_one(model: 
     fs.pipe_file(f"/{tmp_path.name}/models/bad.pt", b"not a model")
     with pytest.raises(ArtifactError, match=rf"^{bad}: not a readable churnwatch model"):
         load_model(bad)
+
+
+def _put(fs: fsspec.AbstractFileSystem, local: Path, url: str) -> str:
+    fs.put(str(local), url.removeprefix("memory:/"), recursive=local.is_dir())
+    return url
+
+
+@pytest.mark.parametrize("part_events", [None, 500])
+def test_inputs_at_urls_score_as_their_local_files(model: Path, tmp_path: Path, part_events: int | None):
+    fs = fsspec.filesystem("memory")
+    data, root = model.parent.parent / "data", f"memory://{tmp_path.name}"
+    events = _put(fs, data / "events.parquet", f"{root}/in/events.parquet")
+    customers = _put(fs, data / "customers.parquet", f"{root}/in/customers.parquet")
+    split = {"part_events": part_events} if part_events else {}  # 500: the input is split into parts
+    local = score_file(_job(model, tmp_path / "local.parquet", tmp_path / "stage", **split), progress=False)
+    job = _job(model, tmp_path / "remote.parquet", tmp_path / "stage", events_path=events,
+               customers_path=customers, **split)  # fmt: skip
+    remote = score_file(job, progress=False)
+    assert remote.parts == local.parts and (remote.parts > 1) == bool(part_events)
+    got, want = (pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("remote", "local"))
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_a_csv_or_a_parquet_directory_at_a_url_reads_as_its_local_copy(tmp_path: Path):
+    fs = fsspec.filesystem("memory")
+    frame = pd.DataFrame(
+        {"customer_id": ["007", "8", "9"], "amount": ["1.5", "", "3"], "day": ["a", "a", "b"]}
+    )
+    frame.to_csv(tmp_path / "events.csv", index=False)
+    frame.to_parquet(tmp_path / "events", partition_cols=["day"])
+    for name in ("events.csv", "events"):
+        url = _put(fs, tmp_path / name, f"memory://{tmp_path.name}/{name}")
+        got, want = read_table(url), read_table(tmp_path / name)
+        pd.testing.assert_frame_equal(got, want)
+    assert read_table(f"memory://{tmp_path.name}/events.csv")["customer_id"].tolist() == ["007", "8", "9"]
+
+
+def test_an_input_url_that_is_missing_or_bad_is_one_line_naming_it(model: Path, tmp_path: Path):
+    fs = fsspec.filesystem("memory")
+    missing = f"memory://{tmp_path.name}/nothing.parquet"
+    with pytest.raises(DataValidationError, match=rf"^{missing}: file not found$"):
+        score_file(
+            _job(model, tmp_path / "out.parquet", tmp_path / "stage", events_path=missing), progress=False
+        )
+    bad = f"memory://{tmp_path.name}/events.csv"
+    fs.pipe_file(bad.removeprefix("memory:/"), b"customer_id,timestamp\nc1,not a date\n")
+    with pytest.raises(DataValidationError, match=rf"^{bad}: column 'event_type' .*row 0: .*'not a date'"):
+        score_file(_job(model, tmp_path / "out.parquet", tmp_path / "stage", events_path=bad,
+                        customers_path=None), progress=False)  # fmt: skip
+    fs.pipe_file(f"/{tmp_path.name}/broken.parquet", b"PAR1 not really")
+    with pytest.raises(DataValidationError, match=rf"^memory://{tmp_path.name}/broken\.parquet: cannot read"):
+        read_table(f"memory://{tmp_path.name}/broken.parquet")
+    with pytest.raises(ConfigError, match=r"^nope://b/events\.parquet: .*nope"):
+        read_table("nope://b/events.parquet")
+    assert not (tmp_path / "out.parquet").exists()
