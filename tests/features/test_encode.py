@@ -183,6 +183,9 @@ def test_max_span_days_keeps_only_recent_steps_and_at_least_the_last():
 class _ShowFrame:
     """An indicator catalogue stand-in: `owners` hands back the event rows it was shown."""
 
+    def event_columns(self) -> list[str]:
+        return ["order", TIMESTAMP]  # what the test reads of the rows shown
+
     def event_owner(self, frame: pd.DataFrame, fields: list[str]) -> pd.DataFrame:
         return frame
 

@@ -518,3 +518,26 @@ def test_inputs_at_urls_build_what_their_local_files_build_and_key_the_entry(tmp
     with caplog.at_level(logging.INFO, logger="churnwatch.pipeline.cache"):
         build_data(remote)
     assert "customers file changed" in caplog.text
+
+
+def test_a_hit_log_converts_only_the_columns_and_rows_asked_for(tmp_path):
+    """The entry's events stay a memory-mapped table: the log's arrays come from it, and `select` converts
+    only what it is asked for (the drivers' owners read a few columns of some rows, offers a few columns),
+    equal to the fresh build's frame; the whole frame only when `frame` itself is read."""
+    cfg = _cfg(_write(tmp_path), tmp_path / "cache")
+    fresh = _uncached(cfg).log
+    log = build_data(cfg).log
+    for name in ("customer_ids", "customer", "ts", "offsets"):
+        want, got = getattr(fresh, name), getattr(log, name)
+        assert got.dtype == want.dtype and np.array_equal(got, want), name
+    rows, columns = np.array([len(fresh) - 1, 0, 17, 17]), ["kind", "amount", "customer_id"]
+    expected = fresh.frame[columns].iloc[rows].reset_index(drop=True)
+    pd.testing.assert_frame_equal(log.select(columns, rows), expected)
+    pd.testing.assert_frame_equal(
+        log.select(["customer_id", "timestamp"]), fresh.frame[["customer_id", "timestamp"]]
+    )
+    assert log.columns == list(fresh.frame.columns) and "frame" not in vars(log)  # nothing converted whole
+    pd.testing.assert_frame_equal(
+        log.select(["amount", "no_such_column"]), fresh.frame
+    )  # all: the caller names it
+    pd.testing.assert_frame_equal(log.frame, fresh.frame)

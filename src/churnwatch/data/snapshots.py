@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -22,11 +22,26 @@ from churnwatch.errors import ConfigError
 DAY_NS = 86_400 * 10**9
 
 
+class EventSource(Protocol):
+    """Events held outside pandas (a cache entry's memory-mapped table), converted as asked."""
+
+    @property
+    def columns(self) -> list[str]:
+        """The events' column names."""
+        ...
+
+    def frame(self, columns: Sequence[str] | None = None, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """The `columns` (default: all) of the events `rows` (default: all, in order), as `load_events`
+        gives them (`rows` numbered from 0)."""
+        ...
+
+
 @dataclass(frozen=True)
 class EventLog:
     """The validated events in flat arrays, sorted by customer then time, with per-customer offsets."""
 
-    frame: pd.DataFrame
+    source: pd.DataFrame | EventSource
+    """The events with all their columns: a frame, or where to convert one from (`frame`, `select`)."""
     customer_ids: np.ndarray
     """Canonical id strings; `customer` indexes into it."""
     customer: np.ndarray
@@ -42,17 +57,41 @@ class EventLog:
             ids = ids.astype("category")
         codes = ids.cat.codes.to_numpy().astype(np.int64)
         ts = frame[TIMESTAMP].to_numpy(dtype="datetime64[ns]").view(np.int64)
+        return cls.from_arrays(frame, np.asarray(ids.cat.categories.astype(str), dtype=object), codes, ts)
+
+    @classmethod
+    def from_arrays(
+        cls, source: pd.DataFrame | EventSource, customer_ids: np.ndarray, codes: np.ndarray, ts: np.ndarray
+    ) -> EventLog:
+        """The log of events whose customer codes (into `customer_ids`) and int64 ns times are given; their
+        other columns stay in `source` until asked for."""
         if len(codes) and (np.any(np.diff(codes) < 0) or np.any((np.diff(codes) == 0) & (np.diff(ts) < 0))):
             raise ValueError("EventLog needs events sorted by customer, then time (use load_events)")
-        counts = np.bincount(codes, minlength=len(ids.cat.categories))
+        counts = np.bincount(codes, minlength=len(customer_ids))
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        return cls(
-            frame=frame,
-            customer_ids=np.asarray(ids.cat.categories.astype(str), dtype=object),
-            customer=codes,
-            ts=ts,
-            offsets=offsets,
-        )
+        return cls(source=source, customer_ids=customer_ids, customer=codes, ts=ts, offsets=offsets)
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """Every event with every column (a log from a cache entry converts them all on first use; `select`
+        converts only some)."""
+        return self.source if isinstance(self.source, pd.DataFrame) else self.source.frame()
+
+    @property
+    def columns(self) -> list[str]:
+        """The events' column names (none converted)."""
+        return list(map(str, self.source.columns))
+
+    def select(self, columns: Sequence[str] | None = None, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """`frame`'s `columns` (default: all) of the events `rows` (default: all), converting only those
+        from a cache entry's table. With a column the events lack, all of them: the caller's own check then
+        names the missing one among every column."""
+        if columns is not None and not set(columns) <= set(self.columns):
+            columns = None
+        if isinstance(self.source, pd.DataFrame) or "frame" in self.__dict__:
+            out = self.frame if columns is None else self.frame[list(columns)]
+            return out if rows is None else out.iloc[rows].reset_index(drop=True)
+        return self.source.frame(columns, rows)
 
     @property
     def n_customers(self) -> int:

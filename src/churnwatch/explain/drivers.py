@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from churnwatch.data.expressions import check_expression, parsed
+from churnwatch.data.schema import CUSTOMER_ID
 from churnwatch.data.snapshots import EventLog, Snapshots
 from churnwatch.errors import ConfigError
 from churnwatch.features.aggregates import AggregateTable
@@ -142,6 +143,11 @@ class IndicatorCatalogue:
             owner[hit] = k
             free &= ~hit
         return owner
+
+    def event_columns(self) -> list[str]:
+        """The event columns `event_owner` reads: those of the indicators' event conditions."""
+        texts = [ind.events for ind in self.indicators[:-1] if ind.events and ind.events != "*"]
+        return list(dict.fromkeys(c for text in texts for c in parsed(text, "data.indicators").columns))
 
     def name_owner(self, names: Sequence[str], kind: str) -> np.ndarray:
         """Static fields (kind="static") or aggregate columns (kind="aggregates") → owning indicator."""
@@ -478,8 +484,10 @@ def owners(
 
     The flat events are the encoder's steps for `snaps` (`kept_steps`, the rule its transform follows), so
     owner row k belongs to encoded step k."""
-    # a visit's fields are its representative (mode) values; its first line stands for it here
-    frame = log_.frame.iloc[kept_steps(log_, snaps, encoder.window).first].reset_index(drop=True)
+    # a visit's fields are its representative (mode) values; its first line stands for it here. Only the
+    # columns the indicators' event conditions read: a log from the cache converts no others
+    first = kept_steps(log_, snaps, encoder.window).first
+    frame = log_.select([CUSTOMER_ID, *catalogue.event_columns()], first)
     return IndicatorOwners(
         event=catalogue.event_owner(frame, [*encoder.cat_names, *encoder.num_names]),
         static=catalogue.name_owner([*encoder.static_cat_names, *encoder.static_num_names], "static"),

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.feather as feather
 
 from churnwatch import __version__
-from churnwatch.data.schema import CUSTOMER_ID, CustomerSchema, EventSchema
+from churnwatch.data.schema import CUSTOMER_ID, TIMESTAMP, CustomerSchema, EventSchema
 from churnwatch.data.snapshots import EventLog, SnapshotPlan, Snapshots
 from churnwatch.data.validation import ValidationReport
 from churnwatch.features.aggregates import AggregateFeaturizer, AggregateTable
@@ -90,6 +90,8 @@ def _to_frame(table: pa.Table, info: Mapping[str, Any]) -> pd.DataFrame:
     """Back to the exact pandas frame that was written (category dtypes and index dtype included)."""
     frame = table.to_pandas()
     for col, dtype in info["categories_dtype"].items():
+        if col not in frame.columns:
+            continue
         cats = frame[col].dtype.categories
         if str(cats.dtype) != dtype:
             want = pd.CategoricalDtype(pd.Index(cats, dtype=dtype), frame[col].dtype.ordered)
@@ -305,7 +307,9 @@ def _load(entry: Path, manifest: Mapping[str, Any], cfg: Mapping[str, Any], veri
 
 
 class _MappedEventLog:
-    """The entry's event frame, converted to an EventLog on first use (training needs only the arrays).
+    """The entry's events, made an EventLog on first use (training needs only the arrays): customer codes and
+    times from the memory-mapped table, the other columns converted to pandas only when asked for (`frame`:
+    the drivers' owners read a few rows, offers and demand a few columns).
 
     It holds the memory-mapped table, so a later deletion of the entry cannot pull the log away; pickled
     (e.g. into a spawned process) it carries the path and maps the file again.
@@ -314,9 +318,32 @@ class _MappedEventLog:
     def __init__(self, path: Path, info: Mapping[str, Any], table: pa.Table | None = None):
         self.path, self.info, self.table = path, dict(info), table
 
+    def _table(self) -> pa.Table:
+        if self.table is None:
+            self.table = _open_table(self.path, self.info["rows"])
+        return self.table
+
     def __call__(self) -> EventLog:
-        table = self.table if self.table is not None else _open_table(self.path, self.info["rows"])
-        return EventLog.from_frame(_to_frame(table, self.info))
+        table = self._table()
+        ids = table.column(CUSTOMER_ID)
+        customer_ids = np.asarray(ids.chunk(0).dictionary.to_numpy(zero_copy_only=False), dtype=object)
+        codes = np.concatenate([np.zeros(0, np.int64), *(c.indices.to_numpy() for c in ids.chunks)])
+        ts = table.column(TIMESTAMP).to_numpy().astype("datetime64[ns]").view(np.int64)
+        return EventLog.from_arrays(self, customer_ids, codes.astype(np.int64), ts)
+
+    @property
+    def columns(self) -> list[str]:
+        """(`EventSource`) The events' column names."""
+        return list(self._table().column_names)
+
+    def frame(self, columns: Sequence[str] | None = None, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """(`EventSource`) The events as the entry's build held them, only `columns` of `rows` converted."""
+        table = self._table()
+        if columns is not None:
+            table = table.select(list(columns))
+        if rows is not None:
+            table = table.take(pa.array(np.asarray(rows, dtype=np.int64)))
+        return _to_frame(table, self.info)
 
     @property
     def size(self) -> tuple[int, int]:

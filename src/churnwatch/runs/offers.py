@@ -11,7 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from churnwatch.config.schema import RecommenderConfig, typed
-from churnwatch.data.schema import TIMESTAMP
+from churnwatch.data.schema import CUSTOMER_ID, TIMESTAMP
 from churnwatch.errors import ConfigError
 from churnwatch.models.recommend.backtest import backtest, evaluate, fit_before
 from churnwatch.models.recommend.offers import Offers, OfferSpec
@@ -43,7 +43,9 @@ def fit_offers(
             f"recommender={rc.name} needs data.item: the event column naming what a purchase bought"
         )
     columns = ItemColumns(str(cfg.data.item), cfg.data.get("item_name"), cfg.data.get("item_category"))
-    frame = data.log.frame
+    # only the columns offers read: a log from the cache converts no others
+    wanted = dict.fromkeys([CUSTOMER_ID, TIMESTAMP, columns.item, columns.name, columns.category])
+    frame = data.log.select([c for c in wanted if c])
     settings = {"min_count": rc.min_count, "half_life_days": rc.half_life_days}
     record: dict[str, Any] = {"name": rc.name, "params": dict(rc.params), "k": rc.k, **settings}
     tested = data.test is not None and "test" in predictions
