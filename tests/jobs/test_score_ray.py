@@ -18,7 +18,7 @@ import pytest
 from churnwatch.errors import ConfigError, DataValidationError
 from churnwatch.jobs.score import ScoreJob, ScoringResult, score_file
 from churnwatch.scoring.output import report_path
-from tests.helpers import SCORE_OPTIONS, score_model_data
+from tests.helpers import SCORE_OPTIONS, hidden_names, score_model_data
 
 ray = pytest.importorskip("ray", reason="engine=ray needs Ray Data: pip install 'churnwatch[distributed]'")
 from churnwatch.jobs.score_ray import score_on_ray  # noqa: E402  (after the skip: it imports ray)
@@ -204,6 +204,7 @@ def test_a_csv_input_is_one_line(model: Path, cluster: None, tmp_path: Path) -> 
     ) as caught:
         score_on_ray(job)
     assert "\n" not in str(caught.value)
+    assert hidden_names(tmp_path) == [] and not (tmp_path / "out").exists()  # no staging made or left
 
 
 def test_ray_scoring_refuses_a_run_without_as_of_before_the_work(model: Path, tmp_path: Path) -> None:

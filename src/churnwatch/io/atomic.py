@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from churnwatch.errors import ConfigError
@@ -246,13 +247,13 @@ class StagedDirectory:
     this file system), then renamed onto it whole (`place_dir`). `UrlDirectory` is the same for a URL."""
 
     path: Path
-    staging: Path
     fs: None = None
     """(Local: no fsspec file system.)"""
 
-    @classmethod
-    def open(cls, path: Path) -> StagedDirectory:
-        return cls(path, scratch_dir(path, "tmp"))
+    @cached_property
+    def staging(self) -> Path:
+        """The private directory (made on first use: a run that fails before writing leaves none)."""
+        return scratch_dir(self.path, "tmp")
 
     def file(self, name: str) -> str:
         """Where the output's file `name` is written."""
@@ -262,7 +263,8 @@ class StagedDirectory:
         place_dir(self.staging, self.path, overwrite)
 
     def close(self) -> None:
-        shutil.rmtree(self.staging, ignore_errors=True)
+        if "staging" in vars(self):
+            shutil.rmtree(self.staging, ignore_errors=True)
 
 
 def place_dir(tmp: Path, path: Path, overwrite: bool) -> None:

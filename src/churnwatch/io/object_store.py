@@ -137,17 +137,18 @@ class UrlDirectory:
         if exists and not overwrite:
             raise ConfigError(f"{key}={url} exists (overwrite=true replaces it)")
         where = PurePosixPath(path)
-        staging = f"{where.parent}/.{where.name}.churnwatch-{uuid.uuid4().hex[:12]}"
-        fs.makedirs(staging, exist_ok=True)
-        return cls(url, fs, path, staging)
+        return cls(url, fs, path, f"{where.parent}/.{where.name}.churnwatch-{uuid.uuid4().hex[:12]}")
 
     def file(self, name: str) -> str:
-        """Where (on `fs`) a worker writes the output's file `name`."""
+        """Where (on `fs`) a worker writes the output's file `name` (the staging prefix made first, where a
+        file system has directories)."""
+        self.fs.makedirs(self.staging, exist_ok=True)
         return f"{self.staging}/{name}"
 
     def commit(self, sidecar: Path, overwrite: bool) -> None:
         """The written files moved under the URL (an old output there removed first, with `overwrite`), the
         local file `sidecar` uploaded beside it, and `_SUCCESS` last."""
+        self.fs.makedirs(self.staging, exist_ok=True)  # (an output of no files)
         if self.fs.exists(self.path):
             if not overwrite:
                 raise ConfigError(

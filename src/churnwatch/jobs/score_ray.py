@@ -169,7 +169,7 @@ def _output(
 ) -> StagedDirectory | UrlDirectory:
     """The output directory, checked before any work (one line): local, or at a URL."""
     if not is_url(path):
-        return StagedDirectory.open(check_output(path, overwrite, inputs, directory=True))
+        return StagedDirectory(check_output(path, overwrite, inputs, directory=True))
     inside = f"{str(path).rstrip('/')}/"
     for name, given in inputs.items():
         if given is not None and (str(given) == path or str(given).startswith(inside)):
