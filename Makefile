@@ -11,7 +11,7 @@ EXTRAS ?= test,mlflow,wandb,cluster,signing,recommend,serve,distributed
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow test-gpu lint demo data wheel bench-data bench-score bench-lifestream clean
+.PHONY: venv test test-slow test-gpu gpu-wheels lint demo data wheel bench-data bench-score bench-lifestream clean
 
 venv: $(STAMP)
 
@@ -72,6 +72,16 @@ bench-lifestream: $(PTLS_STAMP)
 
 # Synthetic data (20k customers) → train the default LSTM (→ export, report.html) → score the latest snapshot,
 # all into checkpoints/demo/ (metrics.json, model.pt, report.html, scores.parquet with tier/driver/action).
+# The wheels a GPU machine's image (Python 3.12 with CUDA torch, lightning, pandas... already there) lacks, at
+# this venv's versions, into .whl/ for scripts/gpu_checks.sh (antlr4's runtime is only a source package here).
+GPU_WHEELS := hydra-core|omegaconf|captum|lightgbm
+gpu-wheels: venv
+	rm -rf .whl && mkdir .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		$$($(BIN)/python -m pip freeze | grep -i -E '^($(GPU_WHEELS))==')
+	$(BIN)/python -m pip wheel -q --no-deps -w .whl $$($(BIN)/python -m pip freeze | grep -i '^antlr4-python3-runtime==')
+
 demo: venv
 	rm -rf checkpoints/demo
 	$(BIN)/churnwatch train experiment=demo

@@ -2,7 +2,7 @@
 
     python scripts/bench_score.py --model checkpoints/demo/model.pt [--customers 1000000 4000000]
         [--drivers on off] [--chunk 100000] [--part-events 2000000] [--as-of 2025-01-01]
-        [--work-dir /tmp/churnwatch_bench_score] [--engine local ray]
+        [--work-dir /tmp/churnwatch_bench_score] [--engine local ray] [--device cpu|cuda]
     python scripts/bench_score.py --model checkpoints/demo/model.pt --forward-batches 64 128 256 1024 4096 \
         --events checkpoints/demo/data/events.parquet --as-of 2025-01-01
 
@@ -47,9 +47,10 @@ import json, time, torch
 torch.set_num_threads({args.threads})
 from churnwatch.jobs.score import ScoreJob, score_file
 job = ScoreJob(model_path={model!r}, events_path={str(data / "events.parquet")!r}, output_path={str(out)!r},
-               customers_path={str(data / "customers.parquet")!r}, device="cpu", chunk_customers={args.chunk},
-               overwrite=True, drivers={{"enabled": {drivers}}}, as_of={args.as_of!r},
-               part_events={args.part_events}, batch_size={args.batch_size}, precision={args.precision!r})
+               customers_path={str(data / "customers.parquet")!r}, device={args.device!r},
+               chunk_customers={args.chunk}, overwrite=True, drivers={{"enabled": {drivers}}},
+               as_of={args.as_of!r}, part_events={args.part_events}, batch_size={args.batch_size},
+               precision={args.precision!r})
 {run}
 print(json.dumps({{"seconds": r.seconds, "customers": r.customers, "phases": r.phases, "parts": r.parts,
                    "ranked": sum(r.tiers.get(t, 0) for t in ("high", "medium", "low"))}}))
@@ -123,7 +124,10 @@ def main() -> None:
     parser.add_argument("--drivers", nargs="+", default=["off", "on"], choices=["on", "off"])
     parser.add_argument("--chunk", type=int, default=100_000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: the scorer's (256 on CPU)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the forward and drivers)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: the scorer's (256 on CPU, 4096 on a GPU)"
+    )
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--part-events", type=int, default=2_000_000)
     parser.add_argument("--as-of", default=None, help="score date (default: the day after the last event)")
@@ -168,9 +172,9 @@ def main() -> None:
                 print(json.dumps(r), file=sys.stderr)
     (work / "bench_score.json").write_text(json.dumps(rows, indent=1))
     print(
-        f"\nmachine: {platform.processor() or platform.machine()}, {args.threads} torch threads, chunk "
-        f"{args.chunk:,}, part_events {args.part_events:,}, batch {args.batch_size}, {args.precision}, "
-        f"as_of {args.as_of}; "
+        f"\nmachine: {platform.processor() or platform.machine()}, device {args.device}, {args.threads} "
+        f"torch threads, chunk {args.chunk:,}, part_events {args.part_events:,}, batch {args.batch_size}, "
+        f"{args.precision}, as_of {args.as_of}; "
         f"{time.strftime('%Y-%m-%d')}\n"
     )
     print(

@@ -2,12 +2,15 @@
 
     python scripts/bench_train.py [--models lstm gru transformer] [--device cpu|cuda] [--precision 32|bf16]
         [--customers 20000] [--batch-size 512] [--max-len 256] [--d-model 128] [--layers 4] [--steps 40]
-        [--num-workers 0] [--data-dir /tmp/churnwatch_bench_train]
+        [--num-workers 0] [--device-gather auto|true|false] [--pad-multiple auto|N] [--compile]
+        [--data-dir /tmp/churnwatch_bench_train]
 
 Real batches come from the training DataLoader (length-bucketed slices of the flat encoded arrays);
 "data" is the wall time to get the next batch and move it to the device, "compute" the forward, backward
 and optimiser step (synchronised on CUDA). The same steps are then timed on the same batches already on the
-device ("in-device"): the input pipeline is the bottleneck when real step time exceeds that.
+device ("in-device"): the input pipeline is the bottleneck when real step time exceeds that. Batches are
+gathered where `data.device_gather` says and padded to `data.pad_multiple`, whose auto settings follow
+--device as a training run's follow its trainer's (a GPU: gathered there if the split fits, widths of 16).
 Prints a markdown table for docs/BENCHMARKS.md.
 """
 
@@ -118,6 +121,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--device-gather", default="auto", help="data.device_gather: auto | true | false")
+    parser.add_argument("--pad-multiple", default="auto", help="data.pad_multiple: auto | N")
     parser.add_argument("--data-dir", default="/tmp/churnwatch_bench_train")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -129,15 +134,20 @@ def main() -> None:
         f"data.batch_size={args.batch_size}",
         f"data.num_workers={args.num_workers}",
         f"data.pin_memory={device.type == 'cuda'}",
+        f"data.device_gather={args.device_gather}",
+        f"data.pad_multiple={args.pad_multiple}",
     ]
-    dm = ChurnDataModule(compose("train", overrides=overrides).data)
+    dm = ChurnDataModule(compose("train", overrides=overrides).data, device=device)
     dm.setup("fit")
+    served = dm.train_dataloader().dataset
+    gathered = getattr(served, "device", None)
     rows = [bench(m, dm, args, device) for m in args.models]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     setup = (
         f"{name}, {args.precision}, batch {args.batch_size}, max_len {args.max_len}, d_model {args.d_model}, "
         f"transformer layers {args.layers}, {args.steps} steps, num_workers {args.num_workers}, "
-        f"compile {args.compile}; {time.strftime('%Y-%m-%d')}"
+        f"compile {args.compile}, batches gathered on {gathered or 'the host'}, widths rounded to "
+        f"{served.width_multiple}; {time.strftime('%Y-%m-%d')}"
     )
     columns = [
         "events/s",

@@ -148,6 +148,8 @@ def test_the_datamodule_rounds_widths_as_configured_and_refuses_a_bad_multiple()
     batch = ChurnDataModule({"pad_multiple": 8})._dataset(split)[np.arange(len(seqs))]
     assert batch.cat.shape[1] == 8 and batch.lengths.max() == 7
     assert ChurnDataModule({})._dataset(split)[np.arange(len(seqs))].cat.shape[1] == 7  # auto, on CPU
+    # without a Trainer (a benchmark, a notebook) the datamodule's own device decides what auto means
+    assert ChurnDataModule({}, device="cuda")._width_multiple() == 16
     for bad in (0, "16", 2.5, True):
         with pytest.raises(ConfigError, match="data.pad_multiple must be auto or a whole number >= 1"):
             ChurnDataModule({"pad_multiple": bad})._width_multiple()

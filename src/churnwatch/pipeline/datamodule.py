@@ -28,11 +28,14 @@ quiet_litlogger_tip()
 class ChurnDataModule(L.LightningDataModule):
     """Builds the data once (`setup`), then hands out loaders whose batches are slices of flat arrays."""
 
-    def __init__(self, data: Mapping[str, Any] | DictConfig):
+    def __init__(self, data: Mapping[str, Any] | DictConfig, device: torch.device | str | None = None):
         super().__init__()
         self.save_hyperparameters({"data": as_dict(data)})
         self.cfg = self.hparams["data"]
         self.data: ChurnData | None = None
+        self.device = torch.device(device) if device is not None else None
+        """Where batches go without a Trainer (a benchmark, a notebook): what `data.device_gather` and
+        `data.pad_multiple`'s auto settings decide for; with a Trainer, its device."""
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
@@ -95,7 +98,9 @@ class ChurnDataModule(L.LightningDataModule):
 
     def _trainer_device(self) -> torch.device:
         trainer = self.trainer
-        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        if trainer is not None:
+            return trainer.strategy.root_device
+        return self.device if self.device is not None else torch.device("cpu")
 
     def _gather_device(self, split: Split, agg: np.ndarray | None) -> torch.device | None:
         """Where batches are gathered: `data.device_gather` true → the trainer's device; auto → a CUDA
