@@ -309,7 +309,7 @@ def _load(entry: Path, manifest: Mapping[str, Any], cfg: Mapping[str, Any], veri
 class _MappedEventLog:
     """The entry's events, made an EventLog on first use (training needs only the arrays): customer codes and
     times from the memory-mapped table, the other columns converted to pandas only when asked for (`frame`:
-    the drivers' owners read a few rows, offers and demand a few columns).
+    the drivers' owners read a few columns of some rows, offers a few columns).
 
     It holds the memory-mapped table, so a later deletion of the entry cannot pull the log away; pickled
     (e.g. into a spawned process) it carries the path and maps the file again.
