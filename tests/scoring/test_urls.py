@@ -102,16 +102,26 @@ def _put(fs: fsspec.AbstractFileSystem, local: Path, url: str) -> str:
     return url
 
 
-@pytest.mark.parametrize("part_events", [None, 500])
-def test_inputs_at_urls_score_as_their_local_files(model: Path, tmp_path: Path, part_events: int | None):
+@pytest.mark.parametrize(("kind", "part_events"), [("parquet", None), ("parquet", 500), ("csv", 500)])
+def test_inputs_at_urls_score_as_their_local_files(
+    model: Path, tmp_path: Path, kind: str, part_events: int | None
+):
     fs = fsspec.filesystem("memory")
     data, root = model.parent.parent / "data", f"memory://{tmp_path.name}"
-    events = _put(fs, data / "events.parquet", f"{root}/in/events.parquet")
+    local_events = data / "events.parquet"
+    if kind == "csv":  # (its size estimates the rows: read from the store)
+        local_events = tmp_path / "events.csv"
+        pd.read_parquet(data / "events.parquet").to_csv(local_events, index=False)
+    events = _put(fs, local_events, f"{root}/in/{local_events.name}")
     customers = _put(fs, data / "customers.parquet", f"{root}/in/customers.parquet")
     split = {"part_events": part_events} if part_events else {}  # 500: the input is split into parts
-    local = score_file(_job(model, tmp_path / "local.parquet", tmp_path / "stage", **split), progress=False)
-    job = _job(model, tmp_path / "remote.parquet", tmp_path / "stage", events_path=events,
-               customers_path=customers, **split)  # fmt: skip
+    stage = tmp_path / "stage"
+    local = score_file(
+        _job(model, tmp_path / "local.parquet", stage, events_path=local_events, **split), progress=False
+    )
+    job = _job(
+        model, tmp_path / "remote.parquet", stage, events_path=events, customers_path=customers, **split
+    )
     remote = score_file(job, progress=False)
     assert remote.parts == local.parts and (remote.parts > 1) == bool(part_events)
     got, want = (pd.read_parquet(tmp_path / f"{name}.parquet") for name in ("remote", "local"))
