@@ -64,24 +64,27 @@ def test_the_ranker_scores_each_model_as_documented_scripted_or_not():
     knn = ItemKNN(k=4, shrinkage=0.0, own=0.5).fit(counts)
     sparse_knn = ItemKNN(k=3, shrinkage=0.0, own=0.5).fit(counts)
     assert knn.ranker().dense.shape == (12, 12) and sparse_knn.ranker().dense.numel() == 0
-    history = [[(0, 2.0), (3, 1.0)], [(7, 1.0)], []]
-    items, c, exclude = _history(history)
-    for model in (knn, sparse_knn, BuyAgain().fit(counts), Popularity().fit(counts)):
-        ranker = model.ranker()
-        pop = model.popularity_ / model.popularity_.max()
-        expected = np.tile(1e-6 * pop, (3, 1))
-        for b, row in enumerate(history):
-            for i, n in row:
-                if isinstance(model, BuyAgain | ItemKNN):
-                    expected[b, i] += n * model.ranker().own
-                if isinstance(model, ItemKNN):
-                    expected[b, model.neighbours_[i]] += n * model.similarity_[i]
-        for module in (ranker, torch.jit.script(ranker)):
-            top, score = module(items, c, exclude, 12)
-            got = np.zeros((3, 12))
-            np.put_along_axis(got, top.numpy(), score.numpy(), axis=1)
-            np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-9)
+    # a dense ranker takes the rows of a short batch's items (2 of 12 wide) and multiplies a long one's (4)
+    short = [[(0, 2.0), (3, 1.0)], [(7, 1.0)], []]
+    for history in (short, [*short, [(1, 1.0), (2, 3.0), (9, 1.0), (11, 2.0)]]):
+        items, c, exclude = _history(history)
+        for model in (knn, sparse_knn, BuyAgain().fit(counts), Popularity().fit(counts)):
+            ranker = model.ranker()
+            pop = model.popularity_ / model.popularity_.max()
+            expected = np.tile(1e-6 * pop, (len(history), 1))
+            for b, row in enumerate(history):
+                for i, n in row:
+                    if isinstance(model, BuyAgain | ItemKNN):
+                        expected[b, i] += n * model.ranker().own
+                    if isinstance(model, ItemKNN):
+                        expected[b, model.neighbours_[i]] += n * model.similarity_[i]
+            for module in (ranker, torch.jit.script(ranker)):
+                top, score = module(items, c, exclude, 12)
+                got = np.zeros((len(history), 12))
+                np.put_along_axis(got, top.numpy(), score.numpy(), axis=1)
+                np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-9)
     # kNN finds the customer's taste group (each item keeps 4 neighbours)
+    items, c, exclude = _history(short)
     top, _ = knn.ranker()(items, c, exclude, 4)
     assert set(top[0].tolist()) <= set(range(6)) and set(top[1].tolist()) <= set(range(6, 12))
 

@@ -11,8 +11,9 @@ their history as in implicit ALS (Hu, Koren & Volinsky 2008, eq. 4): x_u = (Yᵀ
 Yᵀ C_u p_u. Popularity (eps * pop) breaks ties, so a customer without history gets the most popular items.
 Each recommender fills the parts it uses (popularity: none; buy-again: `own`; item-kNN: S; ALS: Y).
 A small catalogue's S is stored dense, with `own` on its diagonal (`dense`): when it is no larger than the
-neighbour lists (n ≤ 3K), one matrix product per batch beats gathering and scattering every neighbour
-(2.3x for the demo's 400 items and K = 200, docs/BENCHMARKS.md).
+neighbour lists (n ≤ 3K), summing the weighted rows of the items a customer bought (`embedding_bag`; one
+matrix product with the whole of it for a batch of long histories) beats gathering and scattering every
+neighbour (docs/BENCHMARKS.md).
 Solving x_u at scoring time means no customer factors are stored: a new customer, or a customer with new
 purchases since training, is scored from what they bought, and nothing about the future leaks in.
 """
@@ -75,7 +76,11 @@ class OfferRanker(nn.Module):
         idx = items.clamp(min=0)
         weight = torch.where(real, counts, torch.zeros_like(counts))
         score = self.eps * self.popularity.unsqueeze(0).expand(b, n).clone()
-        if self.dense.shape[0] > 0:  # S + own * I
+        if self.dense.shape[0] > 0 and 4 * idx.shape[1] < n:  # S + own * I, a few rows of it per customer
+            score = score + nn.functional.embedding_bag(
+                idx, self.dense, per_sample_weights=weight, mode="sum"
+            )
+        elif self.dense.shape[0] > 0:  # long histories: one product with the whole matrix
             bought = torch.zeros_like(score).scatter_add_(1, idx, weight)
             score = torch.addmm(score, bought, self.dense)
         elif self.own != 0.0:
