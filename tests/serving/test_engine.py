@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from churnwatch.config.schema import LimitsConfig, ServeConfig
-from churnwatch.errors import ConfigError, DataValidationError
+from churnwatch.errors import DataValidationError
 from churnwatch.serving.engine import ScoreResult, _concat, plan, score_batch
 from churnwatch.serving.requests import RequestError, ScoreRequest, _frame, as_frame, parse_request
 from churnwatch.serving.slot import ServedModel, load_served
@@ -193,8 +193,3 @@ def test_with_drivers_tiers_a_request_explains_only_its_chosen_tiers(
     pd.testing.assert_frame_equal(some.loc[explained, drivers], full.loc[explained, drivers])
     assert (some.loc[~explained, drivers] == "").all().all()
     assert full.loc[~explained, "main_driver"].ne("").any()
-
-
-def test_a_model_url_is_refused_in_one_line_since_the_service_watches_a_local_file() -> None:
-    with pytest.raises(ConfigError, match=r"^model_path=s3://bucket/model\.pt: churnwatch serve watches"):
-        load_served(ServeConfig(model_path="s3://bucket/model.pt", device="cpu", verify_key=None))

@@ -4,6 +4,7 @@ swaps in a new model file without dropping a request (a corrupt one is refused, 
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import httpx
 import numpy as np
 import pandas as pd
@@ -61,7 +63,7 @@ def running(config: ServeConfig) -> Iterator[tuple[str, Any]]:
         sock.close()
 
 
-def serve_config(model_path: Path, reload_seconds: float = 0, **extra: Any) -> ServeConfig:
+def serve_config(model_path: Path | str, reload_seconds: float = 0, **extra: Any) -> ServeConfig:
     return ServeConfig(
         model_path=str(model_path),
         device="cpu",
@@ -388,6 +390,38 @@ def test_the_watcher_notices_a_renamed_file_by_itself(model: Path, tmp_path: Pat
         os.replace(newer, path)
         with slot.changed:
             assert slot.changed.wait_for(lambda: slot.reloads == 1, timeout=60)
+
+
+def test_a_model_at_a_url_serves_and_reloads_when_its_object_is_replaced(model: Path, tmp_path: Path) -> None:
+    """`model_path=s3://...` (here fsspec's in-memory store): served as the local file is, and an upload onto
+    the URL (a new size, time or version tag) is loaded and checked like a renamed file; a bad or a missing
+    object is refused and the old model serves on."""
+    fs = fsspec.filesystem("memory")
+    where = f"/{tmp_path.name}/models/model.pt"
+    fs.pipe_file(where, model.read_bytes())
+    with running(serve_config(f"memory:/{where}")) as (url, app):
+        slot = app.state.slot
+        first = httpx.get(f"{url}/v1/model").json()
+        assert (
+            first["path"] == f"memory:/{where}"
+            and first["sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+        )
+        assert httpx.post(f"{url}/v1/reload", timeout=120).json()["status"] == "unchanged"
+        newer = rewrite_model(model, tmp_path / "newer.pt", meta=lambda m: m.update(threshold=0.123))
+        fs.pipe_file(where, newer.read_bytes())
+        reloaded = httpx.post(f"{url}/v1/reload", timeout=120).json()
+        assert (
+            reloaded["status"] == "reloaded"
+            and reloaded["sha256"] == hashlib.sha256(newer.read_bytes()).hexdigest()
+        )
+        assert httpx.get(f"{url}/v1/model").json()["thresholds"]["threshold"] == 0.123
+        fs.pipe_file(where, b"not a model")
+        refused = httpx.post(f"{url}/v1/reload", timeout=120)
+        assert refused.status_code == 409 and "not a readable churnwatch model" in refused.json()["message"]
+        fs.rm(where)
+        gone = httpx.post(f"{url}/v1/reload", timeout=120)
+        assert gone.status_code == 409 and gone.json()["message"].endswith(f"memory:/{where}: not found")
+        assert slot.current.sha256 == reloaded["sha256"]  # the last good model serves on
 
 
 def test_churnwatch_serve_starts_answers_and_stops_on_sigterm(model: Path, tmp_path: Path) -> None:

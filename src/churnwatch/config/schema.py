@@ -330,7 +330,7 @@ class ModelFileConfig:
     """The model file a command loads, and its signature check (docs/RELIABILITY.md)."""
 
     task_name: str = _opt("churnwatch", "names the run dir")
-    model_path: str = _opt(MISSING, "the exported model.pt")
+    model_path: str = _opt(MISSING, "the exported model.pt (a path, or a URL: s3://..., gs://...)")
     verify_key: str | None = _opt(
         "${oc.env:CHURNWATCH_VERIFY_KEY,null}",
         "model_path's signature is checked before loading it, with this public key (Ed25519 PEM) or HMAC "

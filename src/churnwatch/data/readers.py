@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from churnwatch.errors import DataValidationError
-from churnwatch.io.object_store import is_url, url_fs
+from churnwatch.io.object_store import is_url, modified_ns, url_fs
 
 RESERVED_PREFIX = "__churnwatch"
 """Columns churnwatch adds while reading (e.g. each row's number in the file): an input may not have them."""
@@ -36,10 +36,6 @@ def missing_file(path: Path) -> str:
             return "symlink loop (the link points back to itself)"
         return f"dangling symlink to {os.readlink(path)!r}"
     return "file not found"
-
-
-_MODIFIED = ("mtime", "LastModified", "last_modified", "updated", "created")
-"""Where fsspec's file systems report when an object was last written (local, S3, Azure, GCS, memory)."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +83,7 @@ class InputFile:
             st = os.stat(where)
             return st.st_size, st.st_mtime_ns
         info = self.fs.info(where)
-        when = next((info[k] for k in _MODIFIED if info.get(k) is not None), None)
-        if when is None:
-            return int(info["size"]), 0
-        stamp = pd.Timestamp(when, unit="s") if isinstance(when, int | float) else pd.Timestamp(when)
-        return int(info["size"]), int(stamp.value)
+        return int(info["size"]), modified_ns(info)
 
     def open(self, path: str | None = None) -> Any:
         """It (or the file `path` on the same file system) open for reading bytes."""

@@ -11,6 +11,7 @@ URL. The file system comes from fsspec, with the protocol's package installed (`
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import fsspec
+import pandas as pd
 
 from churnwatch.errors import ConfigError
 
@@ -56,6 +58,34 @@ def _located(url: str, key: str) -> tuple[Any, str, bool]:
         return fs, path, fs.exists(path)
     except OSError as exc:
         raise _one_line(url, exc, key) from None
+
+
+MODIFIED = ("mtime", "LastModified", "last_modified", "updated", "created")
+"""Where fsspec's file systems report when an object was last written (local, S3, Azure, GCS, memory)."""
+VERSION = ("ETag", "etag", "generation", "version_id", "VersionId")
+"""Where they report a tag that changes with every write (S3 and Azure, GCS)."""
+
+
+def modified_ns(info: dict[str, Any]) -> int:
+    """When the object `info` (an fsspec `info()`) describes was last written, in ns (0 where its store
+    keeps no time)."""
+    when = next((info[k] for k in MODIFIED if info.get(k) is not None), None)
+    if when is None:
+        return 0
+    stamp = pd.Timestamp(when, unit="s") if isinstance(when, int | float) else pd.Timestamp(when)
+    return int(stamp.value)
+
+
+def object_stamp(url: str, key: str) -> tuple[Any, ...]:
+    """(size, last written in ns, version tag or None) of the object at `url`: what says it was replaced.
+    Raises OSError (FileNotFoundError where nothing is there)."""
+    fs, path = url_fs(url, key)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "not found", url) from None
+    tag = next((str(info[k]) for k in VERSION if info.get(k) is not None), None)
+    return int(info["size"]), modified_ns(info), tag
 
 
 def read_url(url: str, key: str) -> bytes:

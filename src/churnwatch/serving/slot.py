@@ -1,7 +1,9 @@
 """The model a service answers with, and its hot reload.
 
 Deploying a model is renaming a new `model.pt` onto the served path (atomically, as `churnwatch train` and
-`export` write it). The slot notices a new file (inode, size or time changed), loads and checks it beside
+`export` write it), or uploading it onto the served URL (`s3://...`: an object store replaces an object
+whole). The slot notices a new file (inode, size or time changed; an object's size, time or version tag),
+loads and checks it beside
 the serving one, and swaps it in between two batches: no request is dropped or sees half a model. A file
 that fails to load (truncated, checksum or signature wrong, another contract's features) is refused with one
 line in the log and in `/healthz`, and the old model keeps serving.
@@ -22,16 +24,16 @@ import pandas as pd
 
 from churnwatch import __version__
 from churnwatch.config.schema import ServeConfig
-from churnwatch.errors import ConfigError
-from churnwatch.io.object_store import is_url
+from churnwatch.io.object_store import is_url, object_stamp, read_url
 from churnwatch.io.signing import Verification
 from churnwatch.scoring.ranking import Ranker
 from churnwatch.scoring.scorer import Scorer
 from churnwatch.serving.requests import end_of_today
 
 log = logging.getLogger(__name__)
-FileStamp = tuple[int, int, int]
-"""(inode, size, mtime in ns): a rename onto the path changes the inode."""
+FileStamp = tuple[Any, ...]
+"""What says the model file was replaced: (inode, size, mtime in ns) of a local file, where a rename onto the
+path changes the inode; (size, last written in ns, version tag) of an object at a URL."""
 
 
 @dataclass(frozen=True)
@@ -97,21 +99,21 @@ class ReloadOutcome:
     """The model serving after the check."""
 
 
-def file_stamp(path: Path) -> FileStamp:
+def file_stamp(path: str | Path) -> FileStamp:
+    """The model file's `FileStamp` (raises OSError where nothing is there)."""
+    if is_url(path):
+        return object_stamp(str(path), "model_path")
     st = os.stat(path)
     return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def load_served(config: ServeConfig) -> ServedModel:
-    """The model file at `config.model_path`, loaded and checked for serving (raises on a bad file)."""
-    if is_url(config.model_path):  # a file's inode, size and mtime say when to reload
-        raise ConfigError(
-            f"model_path={config.model_path}: churnwatch serve watches a local model file for reloads; copy "
-            "the model to a local path (a URL is for churnwatch score)"
-        )
-    path = Path(config.model_path)
+    """The model file at `config.model_path` (a path or a URL), loaded and checked for serving (raises on a
+    bad file)."""
+    path = config.model_path if is_url(config.model_path) else Path(config.model_path)
     stamp = file_stamp(path)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    data = read_url(str(path), "model_path") if is_url(path) else path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
     scorer = Scorer(
         path,
         device=config.device,
@@ -176,7 +178,7 @@ class ModelSlot:
         """Load the file at the path if it changed (or `force`): the new model serves from the next batch;
         a file that fails to load is refused and the current model stays. One check at a time."""
         with self._lock:
-            path = Path(self.config.model_path)
+            path = self.config.model_path
             try:
                 stamp = file_stamp(path)
             except OSError as exc:  # e.g. mid-way through a deployment that is not a rename
