@@ -204,13 +204,13 @@ def load_artifact(
 ) -> tuple[torch.jit.ScriptModule, dict]:
     """The scripted model and its metadata; refuses unreadable, tampered, unknown-version or nonsensical
     files, and with `verify` a file its signature does not vouch for."""
-    model, meta, _ = _load(path, device, verify)
-    return model, meta
+    artifact = load_model(path, device, verify)
+    return artifact.module, artifact.meta
 
 
 def _load(
     path: str | Path, device: str | torch.device, verify: Verification | None
-) -> tuple[torch.jit.ScriptModule, dict, Offers | None]:
+) -> tuple[torch.jit.ScriptModule, dict, Offers | None, str]:
     if is_url(path):  # (messages name the URL)
         data = read_url(str(path), "model_path")
     else:
@@ -246,7 +246,8 @@ def _load(
             f"{FORMAT_VERSION}; re-export it with this version (churnwatch export)"
         )
     check_meta(meta, model, path)
-    return model.eval(), meta, _offers(meta, extra[OFFERS_FILE], device, path)
+    offers = _offers(meta, extra[OFFERS_FILE], device, path)
+    return model.eval(), meta, offers, hashlib.sha256(data).hexdigest()
 
 
 def _offers(meta: dict, data: str | bytes, device: str | torch.device, path: str | Path) -> Offers | None:
@@ -278,6 +279,8 @@ class Artifact:
     meta: dict[str, Any]
     offers: Offers | None = None
     """The next-best-offer ranker, when the run fitted a recommender."""
+    sha256: str = ""
+    """SHA-256 of the file's bytes as they were read and loaded (what a service names its model by)."""
 
     @property
     def threshold(self) -> float:
@@ -293,5 +296,5 @@ def load_model(
 ) -> Artifact:
     """A model.pt (a path, or a URL: `s3://...`, io/object_store.py), checked (version, checksum, metadata,
     and with `verify` its signature) and loaded onto `device`; `Scorer` scores with it."""
-    module, meta, offers = _load(path, device, verify)
-    return Artifact(path if is_url(path) else Path(path), module, meta, offers)
+    module, meta, offers, sha256 = _load(path, device, verify)
+    return Artifact(path if is_url(path) else Path(path), module, meta, offers, sha256)

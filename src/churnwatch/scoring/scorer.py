@@ -126,6 +126,8 @@ class Scorer:
         """Wall seconds per phase (read, encode, forward, segments, drivers, rank, write), summed."""
         artifact = model if isinstance(model, Artifact) else load_model(model, self.device, verify)
         self.model_path = artifact.path
+        self.model_sha256 = artifact.sha256
+        """The model file's SHA-256, of the bytes loaded."""
         self.model, self.meta = artifact.module.to(self.device), artifact.meta
         self.offers = artifact.offers
         """The next-best-offer ranker the model file carries (None: the run fitted no recommender)."""

@@ -3,16 +3,14 @@
 Deploying a model is renaming a new `model.pt` onto the served path (atomically, as `churnwatch train` and
 `export` write it), or uploading it onto the served URL (`s3://...`: an object store replaces an object
 whole). The slot notices a new file (inode, size or time changed; an object's size, time or version tag),
-loads and checks it beside
-the serving one, and swaps it in between two batches: no request is dropped or sees half a model. A file
-that fails to load (truncated, checksum or signature wrong, another contract's features) is refused with one
-line in the log and in `/healthz`, and the old model keeps serving.
+loads and checks it beside the serving one, and swaps it in between two batches: no request is dropped or
+sees half a model. A file that fails to load (truncated, checksum or signature wrong, another contract's
+features) is refused with one line in the log and in `/healthz`, and the old model keeps serving.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import threading
@@ -24,7 +22,7 @@ import pandas as pd
 
 from churnwatch import __version__
 from churnwatch.config.schema import ServeConfig
-from churnwatch.io.object_store import is_url, object_stamp, read_url
+from churnwatch.io.object_store import is_url, object_stamp
 from churnwatch.io.signing import Verification
 from churnwatch.scoring.ranking import Ranker
 from churnwatch.scoring.scorer import Scorer
@@ -112,8 +110,6 @@ def load_served(config: ServeConfig) -> ServedModel:
     bad file)."""
     path = config.model_path if is_url(config.model_path) else Path(config.model_path)
     stamp = file_stamp(path)
-    data = read_url(str(path), "model_path") if is_url(path) else path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
     scorer = Scorer(
         path,
         device=config.device,
@@ -128,7 +124,7 @@ def load_served(config: ServeConfig) -> ServedModel:
     warm_up(scorer)
     # a request is not a population: tiers come from the probability cut-offs training chose
     ranker = dataclasses.replace(scorer.ranker, by_capacity=False)
-    return ServedModel(scorer, ranker, digest, stamp, pd.Timestamp.now(tz="UTC"))
+    return ServedModel(scorer, ranker, scorer.model_sha256, stamp, pd.Timestamp.now(tz="UTC"))
 
 
 def warm_up(scorer: Scorer) -> None:
