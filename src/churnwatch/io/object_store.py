@@ -60,6 +60,15 @@ def _located(url: str, key: str) -> tuple[Any, str, bool]:
         raise _one_line(url, exc, key) from None
 
 
+def _vacant(url: str, overwrite: bool, key: str) -> tuple[Any, str]:
+    """`url`'s file system and path, refusing in one line, before any work, an output URL whose protocol is
+    not installed, whose store cannot be reached, or where something exists without `overwrite`."""
+    fs, path, exists = _located(url, key)
+    if exists and not overwrite:
+        raise ConfigError(f"{key}={url} exists (overwrite=true replaces it)")
+    return fs, path
+
+
 MODIFIED = ("mtime", "LastModified", "last_modified", "updated", "created")
 """Where fsspec's file systems report when an object was last written (local, S3, Azure, GCS, memory)."""
 VERSION = ("ETag", "etag", "generation", "version_id", "VersionId")
@@ -117,9 +126,7 @@ class UrlOutput:
         """Refuse, before any work and in one line, a URL whose file system is not installed or cannot be
         reached, or whose object exists without `overwrite`; then a staging directory in `where` (default:
         the system's temp dir)."""
-        fs, path, exists = _located(url, key)
-        if exists and not overwrite:
-            raise ConfigError(f"{key}={url} exists (overwrite=true replaces it)")
+        fs, path = _vacant(url, overwrite, key)
         if where is not None:
             Path(where).mkdir(parents=True, exist_ok=True)
         return cls(url, fs, path, Path(tempfile.mkdtemp(prefix="churnwatch-upload-", dir=where)))
@@ -163,9 +170,7 @@ class UrlDirectory:
     def open(cls, url: str, overwrite: bool, key: str = "output_path") -> UrlDirectory:
         """Refuse, before any work and in one line, a URL whose file system is not installed or cannot be
         reached, or where something exists without `overwrite`; then its staging prefix."""
-        fs, path, exists = _located(url, key)
-        if exists and not overwrite:
-            raise ConfigError(f"{key}={url} exists (overwrite=true replaces it)")
+        fs, path = _vacant(url, overwrite, key)
         where = PurePosixPath(path)
         return cls(url, fs, path, f"{where.parent}/.{where.name}.churnwatch-{uuid.uuid4().hex[:12]}")
 
