@@ -146,8 +146,12 @@ class IndicatorCatalogue:
 
     def event_columns(self) -> list[str]:
         """The event columns `event_owner` reads: those of the indicators' event conditions."""
-        texts = [ind.events for ind in self.indicators[:-1] if ind.events and ind.events != "*"]
-        return list(dict.fromkeys(c for text in texts for c in parsed(text, "data.indicators").columns))
+        conditions = [
+            parsed(ind.events, f"data.indicators.{ind.name}.events")  # (as event_owner parses them)
+            for ind in self.indicators[:-1]
+            if ind.events and ind.events != "*"
+        ]
+        return list(dict.fromkeys(c for condition in conditions for c in condition.columns))
 
     def name_owner(self, names: Sequence[str], kind: str) -> np.ndarray:
         """Static fields (kind="static") or aggregate columns (kind="aggregates") → owning indicator."""
