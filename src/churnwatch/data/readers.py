@@ -43,7 +43,7 @@ class InputFile:
     """An input path as Arrow and pandas read it: a local file, or a URL's path on its fsspec file system."""
 
     name: str | Path
-    """The path as given (errors name it)."""
+    """The path as given: errors name it, and pandas opens it (a URL through fsspec itself)."""
     path: str | Path
     """Where it is on `fs` (the local path itself without one)."""
     fs: Any = None
@@ -59,11 +59,6 @@ class InputFile:
     def arrow(self) -> dict[str, Any]:
         """Arrow's `filesystem=` for it (none for a local file)."""
         return {} if self.fs is None else {"filesystem": self.fs}
-
-    @property
-    def pandas(self) -> str | Path:
-        """What pandas opens (a URL through fsspec itself)."""
-        return self.name
 
     def exists(self) -> bool:
         return Path(self.path).exists() if self.fs is None else self.fs.exists(self.path)
@@ -156,7 +151,7 @@ def _header(file: InputFile) -> list[str]:
     if _is_parquet(file.name):
         return list(pq.read_schema(file.path, **file.arrow).names)
     options = {k: v for k, v in _csv_options(file.name, None).items() if k != "usecols"}
-    first = pd.read_csv(file.pandas, header=None, nrows=1, **options)
+    first = pd.read_csv(file.name, header=None, nrows=1, **options)
     return ["" if pd.isna(v) else str(v) for v in first.iloc[0]] if len(first) else []
 
 
@@ -248,7 +243,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pd.Dat
             # self_destruct frees Arrow buffers as columns convert, so the peak is ~one copy, not two
             table = pq.read_table(file.path, columns=wanted, **file.arrow)
             return table.to_pandas(self_destruct=True, split_blocks=True)
-        return pd.read_csv(file.pandas, **_csv_options(file.name, columns))
+        return pd.read_csv(file.name, **_csv_options(file.name, columns))
 
 
 def count_rows(path: str | Path) -> int | None:
@@ -285,7 +280,7 @@ def iter_batches(path: str | Path, batch_rows: int = 1_000_000) -> Iterator[pa.T
                 for batch in batches:
                     yield pa.Table.from_batches([batch]).combine_chunks().cast(schema)
             return
-        with pd.read_csv(file.pandas, chunksize=batch_rows, **_csv_options(file.name, None)) as chunks:
+        with pd.read_csv(file.name, chunksize=batch_rows, **_csv_options(file.name, None)) as chunks:
             for chunk in chunks:
                 schema = pa.schema([(str(c), pa.string()) for c in chunk.columns])
                 yield pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
